@@ -1,0 +1,20 @@
+//! The etcd v3 API exactly as etcd 3.6 puts it on the wire: same package names,
+//! field numbers and method paths, so unmodified etcd clients talk to Cairn.
+//!
+//! The `.proto` files under `proto/` keep etcd's definitions with the gogoproto,
+//! gateway and version annotations removed; those change Go code generation only,
+//! never the bytes on the wire.
+
+#![allow(clippy::all, missing_docs)]
+
+pub mod mvccpb {
+    tonic::include_proto!("mvccpb");
+}
+
+pub mod authpb {
+    tonic::include_proto!("authpb");
+}
+
+pub mod etcdserverpb {
+    tonic::include_proto!("etcdserverpb");
+}

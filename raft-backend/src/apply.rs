@@ -1,0 +1,193 @@
+//! Applies one command to the state machine inside the writer's transaction.
+
+use cairn_proto::etcdserverpb::{
+    alarm_request::AlarmAction, AlarmMember, AlarmRequest, AlarmResponse, AlarmType,
+    CompactionResponse, ResponseHeader,
+};
+use cairn_proto::mvccpb::event::EventType;
+use rusqlite::{params, Connection};
+
+use crate::command::{Command, CommandOutput, ImportRevision};
+use crate::error::{Result, StoreError};
+use crate::schema::{meta, set_meta};
+use crate::view::{txn_has_put, View};
+
+/// The counters the apply loop keeps in memory and persists with every batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApplyState {
+    pub current_rev: i64,
+    pub compact_rev: i64,
+    pub applied_index: u64,
+    pub applied_term: u64,
+}
+
+impl ApplyState {
+    pub fn load(conn: &Connection) -> Result<Self> {
+        use crate::schema::get_meta;
+        Ok(ApplyState {
+            current_rev: get_meta(conn, meta::CURRENT_REV)?,
+            compact_rev: get_meta(conn, meta::COMPACT_REV)?,
+            applied_index: get_meta(conn, meta::APPLIED_INDEX)? as u64,
+            applied_term: get_meta(conn, meta::APPLIED_TERM)? as u64,
+        })
+    }
+
+    pub fn persist(&self, conn: &Connection) -> Result<()> {
+        set_meta(conn, meta::CURRENT_REV, self.current_rev)?;
+        set_meta(conn, meta::COMPACT_REV, self.compact_rev)?;
+        set_meta(conn, meta::APPLIED_INDEX, self.applied_index as i64)?;
+        set_meta(conn, meta::APPLIED_TERM, self.applied_term as i64)?;
+        Ok(())
+    }
+}
+
+/// What applying one command produced.
+pub struct Applied {
+    pub output: CommandOutput,
+    /// Set when the command created a new revision.
+    pub events: Option<(i64, Vec<cairn_proto::mvccpb::Event>)>,
+    /// Set when the command scheduled a compaction.
+    pub compacted_to: Option<i64>,
+}
+
+/// Applies `cmd` to `conn`. On error nothing it wrote may be kept: the caller
+/// runs each command in its own savepoint and leaves `state` untouched.
+pub fn apply(conn: &Connection, state: &mut ApplyState, cmd: &Command) -> Result<Applied> {
+    let mut view = View::with_revisions(conn, state.current_rev, state.compact_rev);
+    let mut compacted_to = None;
+    let output = match cmd {
+        Command::Put(p) => {
+            if nospace(conn)? {
+                return Err(StoreError::NoSpace);
+            }
+            CommandOutput::Put(view.put(p)?)
+        }
+        Command::DeleteRange(d) => CommandOutput::DeleteRange(view.delete_range(d)?),
+        Command::Txn(t) => {
+            if txn_has_put(t) && nospace(conn)? {
+                return Err(StoreError::NoSpace);
+            }
+            CommandOutput::Txn(view.txn(t)?)
+        }
+        Command::Compact(c) => {
+            if c.revision <= state.compact_rev {
+                return Err(StoreError::Compacted);
+            }
+            if c.revision > state.current_rev {
+                return Err(StoreError::FutureRev);
+            }
+            state.compact_rev = c.revision;
+            compacted_to = Some(c.revision);
+            CommandOutput::Compact {
+                response: CompactionResponse {
+                    header: Some(ResponseHeader {
+                        revision: state.current_rev,
+                        ..Default::default()
+                    }),
+                },
+                compact_revision: c.revision,
+            }
+        }
+        Command::Alarm(a) => CommandOutput::Alarm(apply_alarm(conn, a)?),
+        Command::Import(imp) => {
+            if imp.revision <= state.current_rev {
+                return Err(StoreError::ImportOutOfOrder {
+                    got: imp.revision,
+                    current: state.current_rev,
+                });
+            }
+            // Writes through a view land one above its base revision, so base
+            // it just below the revision being imported.
+            view = View::with_revisions(conn, imp.revision - 1, state.compact_rev);
+            import(&mut view, imp)?;
+            CommandOutput::Import {
+                revision: imp.revision,
+            }
+        }
+    };
+    if let Command::Import(imp) = cmd {
+        // An imported revision moves the counter even if it changed nothing
+        // here, so that later imports keep the source's numbering.
+        state.current_rev = imp.revision;
+    }
+    let events = if view.has_changes() {
+        let rev = view.current_rev();
+        state.current_rev = rev;
+        Some((rev, view.into_events()))
+    } else {
+        None
+    };
+    Ok(Applied {
+        output,
+        events,
+        compacted_to,
+    })
+}
+
+fn import(view: &mut View<'_>, imp: &ImportRevision) -> Result<()> {
+    for ev in &imp.events {
+        let kv = ev.kv.clone().unwrap_or_default();
+        let prev = view.get(&kv.key)?;
+        if ev.r#type == EventType::Delete as i32 {
+            if let Some(prev) = prev {
+                view.record_delete(prev, imp.revision)?;
+            }
+        } else {
+            let kv = cairn_proto::mvccpb::KeyValue {
+                mod_revision: imp.revision,
+                ..kv
+            };
+            view.record_put(kv, prev)?;
+        }
+    }
+    Ok(())
+}
+
+fn nospace(conn: &Connection) -> Result<bool> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM alarms WHERE alarm = ?1 LIMIT 1")?
+        .exists([AlarmType::Nospace as i32])?)
+}
+
+/// Every active alarm, ordered by member and type.
+pub fn list_alarms(conn: &Connection) -> Result<Vec<AlarmMember>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT member_id, alarm FROM alarms ORDER BY member_id, alarm")?;
+    let rows = stmt.query_map([], |r| {
+        Ok(AlarmMember {
+            member_id: r.get::<_, i64>(0)? as u64,
+            alarm: r.get(1)?,
+        })
+    })?;
+    Ok(rows.collect::<std::result::Result<_, _>>()?)
+}
+
+fn apply_alarm(conn: &Connection, a: &AlarmRequest) -> Result<AlarmResponse> {
+    let member = |member_id: u64, alarm: i32| AlarmMember {
+        member_id,
+        alarm,
+    };
+    let mut alarms = Vec::new();
+    match AlarmAction::try_from(a.action).unwrap_or(AlarmAction::Get) {
+        AlarmAction::Get => alarms = list_alarms(conn)?,
+        AlarmAction::Activate => {
+            if a.alarm != AlarmType::None as i32 {
+                conn.prepare_cached("INSERT OR IGNORE INTO alarms (member_id, alarm) VALUES (?1, ?2)")?
+                    .execute(params![a.member_id as i64, a.alarm])?;
+                alarms.push(member(a.member_id, a.alarm));
+            }
+        }
+        AlarmAction::Deactivate => {
+            let removed = conn
+                .prepare_cached("DELETE FROM alarms WHERE member_id = ?1 AND alarm = ?2")?
+                .execute(params![a.member_id as i64, a.alarm])?;
+            if removed > 0 {
+                alarms.push(member(a.member_id, a.alarm));
+            }
+        }
+    }
+    Ok(AlarmResponse {
+        header: Some(ResponseHeader::default()),
+        alarms,
+    })
+}

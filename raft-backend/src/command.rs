@@ -1,0 +1,64 @@
+//! The deterministic write commands that go through the log, and their results.
+//!
+//! Every member applies the same commands in the same order and so reaches the
+//! same revisions; nothing in a command depends on local time or state outside
+//! the store.
+
+use cairn_proto::etcdserverpb::{
+    AlarmRequest, AlarmResponse, CompactionRequest, CompactionResponse, DeleteRangeRequest,
+    DeleteRangeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse,
+};
+use cairn_proto::mvccpb::Event;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    Put(PutRequest),
+    DeleteRange(DeleteRangeRequest),
+    Txn(TxnRequest),
+    Compact(CompactionRequest),
+    Alarm(AlarmRequest),
+    /// Replays one revision recorded elsewhere (live migration from etcd),
+    /// keeping its revision number and every key's create revision and version.
+    Import(ImportRevision),
+}
+
+/// All changes a source store made at one revision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImportRevision {
+    /// Must be greater than the store's current revision.
+    pub revision: i64,
+    /// PUT events carry complete key-values (create_revision, version, lease,
+    /// mod_revision == `revision`); DELETE events need only the key.
+    pub events: Vec<Event>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CommandOutput {
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+    /// `compact_revision` is what a caller asking for `physical` waits for.
+    Compact {
+        response: CompactionResponse,
+        compact_revision: i64,
+    },
+    Alarm(AlarmResponse),
+    Import {
+        revision: i64,
+    },
+}
+
+/// The events one applied command produced, all at one revision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RevisionEvents {
+    pub revision: i64,
+    pub events: Vec<Event>,
+}
+
+/// What one group commit made durable, in apply order; the watch hub's feed.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AppliedBatch {
+    pub revisions: Vec<RevisionEvents>,
+    /// The store's revision after the batch.
+    pub current_revision: i64,
+}

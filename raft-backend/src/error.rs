@@ -1,0 +1,39 @@
+//! Errors the store can return. Each client-visible variant corresponds to one
+//! etcd error; the shim maps them to gRPC status codes and etcd's exact messages
+//! in a single place.
+
+use thiserror::Error;
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    #[error("mvcc: required revision has been compacted")]
+    Compacted,
+    #[error("mvcc: required revision is a future revision")]
+    FutureRev,
+    #[error("key not found")]
+    KeyNotFound,
+    #[error("requested lease not found")]
+    LeaseNotFound,
+    #[error("mvcc: database space exceeded")]
+    NoSpace,
+    /// An import tried to write at or below the store's current revision.
+    #[error("import revision {got} is not after the current revision {current}")]
+    ImportOutOfOrder { got: i64, current: i64 },
+    /// The apply loop is gone (shutdown or a fatal storage fault).
+    #[error("store is stopped")]
+    Stopped,
+    /// A storage fault; the message carries the underlying cause.
+    #[error("storage: {0}")]
+    Storage(String),
+    /// Written data could not be decoded: the data dir is damaged.
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Storage(e.to_string())
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -1,0 +1,27 @@
+//! Cairn's revisioned store: an MVCC keyspace with etcd's revision semantics,
+//! kept in SQLite, written only by applying log commands in order.
+//!
+//! Write path: [`Store::propose`] → log (group commit) → [`apply`] → SQLite.
+//! Every applied batch is published to subscribers (the watch hub) from the
+//! apply loop itself, never by polling.
+
+mod apply;
+mod checkpointer;
+mod command;
+mod compactor;
+mod error;
+mod key_range;
+mod local_log;
+mod metrics;
+mod readers;
+mod schema;
+mod store;
+mod view;
+
+pub use apply::ApplyState;
+pub use command::{AppliedBatch, Command, CommandOutput, ImportRevision, RevisionEvents};
+pub use error::{Result, StoreError};
+pub use key_range::{prefix_end, KeyRange};
+pub use metrics::StoreMetrics;
+pub use store::{Store, StoreStatus, DB_FILE};
+pub use view::{is_txn_readonly, txn_has_put};

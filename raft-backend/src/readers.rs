@@ -1,0 +1,78 @@
+//! A pool of read-only connections. WAL mode lets each read run in its own
+//! snapshot beside the writer, so reads never wait for a group commit.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::Connection;
+
+use crate::error::{Result, StoreError};
+use crate::schema;
+use crate::view::View;
+
+#[derive(Clone)]
+pub struct Readers {
+    path: PathBuf,
+    idle: Arc<Mutex<Vec<Connection>>>,
+    /// Bounds the connections open at once (and the blocking threads reading).
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl Readers {
+    pub fn new(path: &Path, max: usize) -> Self {
+        Readers {
+            path: path.to_path_buf(),
+            idle: Arc::new(Mutex::new(Vec::new())),
+            permits: Arc::new(tokio::sync::Semaphore::new(max.max(1))),
+        }
+    }
+
+    /// Runs `f` on a consistent snapshot of the store.
+    pub async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut View<'_>) -> Result<T> + Send + 'static,
+    {
+        self.run(move |conn| {
+            let tx = conn.transaction()?;
+            let mut view = View::open(&tx)?;
+            f(&mut view)
+        })
+        .await
+    }
+
+    /// Runs `f` on a pooled connection outside any view (sizes, pragmas).
+    pub async fn with_conn<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        self.run(move |conn| f(conn)).await
+    }
+
+    async fn run<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Stopped)?;
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = match this.idle.lock().ok().and_then(|mut v| v.pop()) {
+                Some(c) => c,
+                None => schema::open_reader(&this.path)?,
+            };
+            let result = f(&mut conn);
+            if let Ok(mut idle) = this.idle.lock() {
+                idle.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Storage(format!("read task failed: {e}")))?
+    }
+}

