@@ -163,17 +163,16 @@ pub fn list_alarms(conn: &Connection) -> Result<Vec<AlarmMember>> {
 }
 
 fn apply_alarm(conn: &Connection, a: &AlarmRequest) -> Result<AlarmResponse> {
-    let member = |member_id: u64, alarm: i32| AlarmMember {
-        member_id,
-        alarm,
-    };
+    let member = |member_id: u64, alarm: i32| AlarmMember { member_id, alarm };
     let mut alarms = Vec::new();
     match AlarmAction::try_from(a.action).unwrap_or(AlarmAction::Get) {
         AlarmAction::Get => alarms = list_alarms(conn)?,
         AlarmAction::Activate => {
             if a.alarm != AlarmType::None as i32 {
-                conn.prepare_cached("INSERT OR IGNORE INTO alarms (member_id, alarm) VALUES (?1, ?2)")?
-                    .execute(params![a.member_id as i64, a.alarm])?;
+                conn.prepare_cached(
+                    "INSERT OR IGNORE INTO alarms (member_id, alarm) VALUES (?1, ?2)",
+                )?
+                .execute(params![a.member_id as i64, a.alarm])?;
                 alarms.push(member(a.member_id, a.alarm));
             }
         }

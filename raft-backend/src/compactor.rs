@@ -48,7 +48,9 @@ impl Compactor {
                             tracing::info!(revision = target, removed, "compaction finished");
                             done_tx.send_replace(target);
                         }
-                        Err(e) => tracing::error!(revision = target, error = %e, "compaction failed"),
+                        Err(e) => {
+                            tracing::error!(revision = target, error = %e, "compaction failed")
+                        }
                     }
                 }
             })

@@ -6,7 +6,10 @@ pub enum KeyRange {
     /// `range_end` empty: exactly `key`.
     Single(Vec<u8>),
     /// `[start, end)`; `end == None` means unbounded (`range_end == "\0"`).
-    Interval { start: Vec<u8>, end: Option<Vec<u8>> },
+    Interval {
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+    },
 }
 
 impl KeyRange {

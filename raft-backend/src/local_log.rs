@@ -79,7 +79,12 @@ impl Drop for LocalLog {
     }
 }
 
-fn run(mut conn: Connection, mut state: ApplyState, rx: mpsc::Receiver<WriterMsg>, out: LogOutputs) {
+fn run(
+    mut conn: Connection,
+    mut state: ApplyState,
+    rx: mpsc::Receiver<WriterMsg>,
+    out: LogOutputs,
+) {
     let mut pending = Vec::with_capacity(MAX_BATCH);
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
@@ -103,7 +108,12 @@ fn run(mut conn: Connection, mut state: ApplyState, rx: mpsc::Receiver<WriterMsg
 
 type Pending = Vec<(Command, oneshot::Sender<Result<CommandOutput>>)>;
 
-fn commit_batch(conn: &mut Connection, state: &mut ApplyState, pending: &mut Pending, out: &LogOutputs) {
+fn commit_batch(
+    conn: &mut Connection,
+    state: &mut ApplyState,
+    pending: &mut Pending,
+    out: &LogOutputs,
+) {
     if pending.is_empty() {
         return;
     }
@@ -145,7 +155,9 @@ fn commit_batch(conn: &mut Connection, state: &mut ApplyState, pending: &mut Pen
         Ok(()) => {
             out.metrics.batch_size.observe(batch.len() as f64);
             out.metrics.proposals_committed.inc_by(batch.len() as u64);
-            out.metrics.proposals_applied.set(state.applied_index as i64);
+            out.metrics
+                .proposals_applied
+                .set(state.applied_index as i64);
             applied.current_revision = state.current_rev;
             out.state.send_replace(*state);
             if let Some(rev) = compacted_to {

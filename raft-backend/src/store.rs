@@ -105,9 +105,7 @@ impl Store {
 
     /// A txn with no writes at any depth, answered from a snapshot without a log entry.
     pub async fn txn_readonly(&self, t: TxnRequest) -> Result<TxnResponse> {
-        self.readers
-            .read(move |v| v.txn(&t))
-            .await
+        self.readers.read(move |v| v.txn(&t)).await
     }
 
     pub fn applied(&self) -> ApplyState {
@@ -124,7 +122,9 @@ impl Store {
     }
 
     pub async fn alarms(&self) -> Result<Vec<cairn_proto::etcdserverpb::AlarmMember>> {
-        self.readers.with_conn(|c| crate::apply::list_alarms(c)).await
+        self.readers
+            .with_conn(|c| crate::apply::list_alarms(c))
+            .await
     }
 
     /// Resolves when physical compaction has reached `revision`.

@@ -6,9 +6,9 @@
 //! through it, exactly as later ops of an etcd txn see earlier ones.
 
 use cairn_proto::etcdserverpb::{
-    compare, request_op, response_op, Compare, DeleteRangeRequest, DeleteRangeResponse,
-    PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp,
-    TxnRequest, TxnResponse,
+    compare, request_op, response_op, Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest,
+    TxnResponse,
 };
 use cairn_proto::mvccpb::{event::EventType, Event, KeyValue};
 use rusqlite::{params, params_from_iter, types::Value, Connection, OptionalExtension};
@@ -503,21 +503,27 @@ fn branch(t: &TxnRequest, succeeded: bool) -> &[RequestOp] {
 
 /// True when no branch at any depth writes; such a txn needs no log entry.
 pub fn is_txn_readonly(t: &TxnRequest) -> bool {
-    t.success.iter().chain(&t.failure).all(|op| match &op.request {
-        Some(request_op::Request::RequestPut(_))
-        | Some(request_op::Request::RequestDeleteRange(_)) => false,
-        Some(request_op::Request::RequestTxn(inner)) => is_txn_readonly(inner),
-        _ => true,
-    })
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .all(|op| match &op.request {
+            Some(request_op::Request::RequestPut(_))
+            | Some(request_op::Request::RequestDeleteRange(_)) => false,
+            Some(request_op::Request::RequestTxn(inner)) => is_txn_readonly(inner),
+            _ => true,
+        })
 }
 
 /// True when any branch at any depth puts; such a txn is refused under NOSPACE.
 pub fn txn_has_put(t: &TxnRequest) -> bool {
-    t.success.iter().chain(&t.failure).any(|op| match &op.request {
-        Some(request_op::Request::RequestPut(_)) => true,
-        Some(request_op::Request::RequestTxn(inner)) => txn_has_put(inner),
-        _ => false,
-    })
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .any(|op| match &op.request {
+            Some(request_op::Request::RequestPut(_)) => true,
+            Some(request_op::Request::RequestTxn(inner)) => txn_has_put(inner),
+            _ => false,
+        })
 }
 
 fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {

@@ -107,7 +107,10 @@ impl ServeArgs {
         for url in &self.listen_client_urls {
             let scheme = url.split("://").next().unwrap_or_default();
             if scheme != want {
-                bail!("listen client URL {url:?} must use {want}:// (TLS is {})", if self.tls_enabled() { "on" } else { "off" });
+                bail!(
+                    "listen client URL {url:?} must use {want}:// (TLS is {})",
+                    if self.tls_enabled() { "on" } else { "off" }
+                );
             }
         }
         Ok(())

@@ -51,7 +51,10 @@ async fn health(State(node): State<SharedNode>) -> impl IntoResponse {
         Ok(()) => (StatusCode::OK, "true", String::new()),
         Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, "false", reason),
     };
-    (code, axum::Json(json!({ "health": healthy, "reason": reason })))
+    (
+        code,
+        axum::Json(json!({ "health": healthy, "reason": reason })),
+    )
 }
 
 async fn livez() -> impl IntoResponse {
@@ -61,7 +64,10 @@ async fn livez() -> impl IntoResponse {
 async fn readyz(State(node): State<SharedNode>) -> impl IntoResponse {
     match check(&node).await {
         Ok(()) => (StatusCode::OK, "ok".to_string()),
-        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}")),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}"),
+        ),
     }
 }
 

@@ -2,8 +2,8 @@
 
 use cairn_proto::etcdserverpb::{
     kv_server::Kv, request_op::Request as Op, CompactionRequest, CompactionResponse,
-    DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest,
-    RangeResponse, TxnRequest, TxnResponse,
+    DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    TxnRequest, TxnResponse,
 };
 use cairn_raft_backend::{is_txn_readonly, Command, CommandOutput};
 use tonic::{Request, Response, Status};
@@ -45,11 +45,14 @@ fn txn_cost(t: &TxnRequest) -> i64 {
 }
 
 fn all_serializable(t: &TxnRequest) -> bool {
-    t.success.iter().chain(&t.failure).all(|op| match &op.request {
-        Some(Op::RequestRange(r)) => r.serializable,
-        Some(Op::RequestTxn(inner)) => all_serializable(inner),
-        _ => true,
-    })
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .all(|op| match &op.request {
+            Some(Op::RequestRange(r)) => r.serializable,
+            Some(Op::RequestTxn(inner)) => all_serializable(inner),
+            _ => true,
+        })
 }
 
 #[tonic::async_trait]
@@ -57,7 +60,12 @@ impl Kv for KvService {
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         self.node.check_leader(&req)?;
         let r = req.into_inner();
-        let span = tracing::debug_span!("range", key_len = r.key.len(), rev = r.revision, limit = r.limit);
+        let span = tracing::debug_span!(
+            "range",
+            key_len = r.key.len(),
+            rev = r.revision,
+            limit = r.limit
+        );
         async move {
             validate::range(&r)?;
             if !r.serializable {
@@ -128,7 +136,11 @@ impl Kv for KvService {
                 if !all_serializable(&r) {
                     self.node.store.read_barrier().await.map_err(store_status)?;
                 }
-                self.node.store.txn_readonly(r).await.map_err(store_status)?
+                self.node
+                    .store
+                    .txn_readonly(r)
+                    .await
+                    .map_err(store_status)?
             } else {
                 self.node.check_size(&r)?;
                 quota::check(&self.node, txn_cost(&r)).await?;

@@ -64,7 +64,10 @@ async fn main() -> anyhow::Result<()> {
         Some(Cmd::Bench(args)) => bench::run(args).await,
         None => {
             tracing_subscriber::fmt()
-                .with_env_filter(EnvFilter::try_new(&cli.serve.log_level).unwrap_or_else(|_| EnvFilter::new("info")))
+                .with_env_filter(
+                    EnvFilter::try_new(&cli.serve.log_level)
+                        .unwrap_or_else(|_| EnvFilter::new("info")),
+                )
                 .with_writer(std::io::stderr)
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .init();

@@ -3,10 +3,10 @@
 use std::pin::Pin;
 
 use cairn_proto::etcdserverpb::{
-    maintenance_server::Maintenance, AlarmRequest, AlarmResponse,
-    AlarmType, DefragmentRequest, DefragmentResponse, DowngradeRequest, DowngradeResponse,
-    HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest,
-    MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
+    maintenance_server::Maintenance, AlarmRequest, AlarmResponse, AlarmType, DefragmentRequest,
+    DefragmentResponse, DowngradeRequest, DowngradeResponse, HashKvRequest, HashKvResponse,
+    HashRequest, HashResponse, MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest,
+    SnapshotResponse, StatusRequest, StatusResponse,
 };
 use cairn_raft_backend::{Command, CommandOutput};
 use futures::Stream;
@@ -51,11 +51,16 @@ impl Maintenance for MaintenanceService {
                 self.node.fill(&mut resp.header);
                 Ok(Response::new(resp))
             }
-            _ => Err(Status::internal("etcdserver: unexpected apply result for alarm")),
+            _ => Err(Status::internal(
+                "etcdserver: unexpected apply result for alarm",
+            )),
         }
     }
 
-    async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+    async fn status(
+        &self,
+        _req: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
         let st = self.node.store.status().await.map_err(store_status)?;
         let alarms = self.node.store.alarms().await.map_err(store_status)?;
         Ok(Response::new(StatusResponse {
@@ -66,7 +71,10 @@ impl Maintenance for MaintenanceService {
             raft_index: st.applied.applied_index,
             raft_term: st.applied.applied_term.max(crate::node::RAFT_TERM),
             raft_applied_index: st.applied.applied_index,
-            errors: alarms.iter().map(|a| alarm_text(a.member_id, a.alarm)).collect(),
+            errors: alarms
+                .iter()
+                .map(|a| alarm_text(a.member_id, a.alarm))
+                .collect(),
             db_size_in_use: st.db_size_in_use,
             is_learner: false,
             storage_version: ETCD_VERSION.to_string(),
@@ -91,10 +99,15 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        Err(Status::unimplemented("Hash is not implemented yet; use HashKV when it lands"))
+        Err(Status::unimplemented(
+            "Hash is not implemented yet; use HashKV when it lands",
+        ))
     }
 
-    async fn hash_kv(&self, _req: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+    async fn hash_kv(
+        &self,
+        _req: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
         Err(Status::unimplemented("HashKV is not implemented yet"))
     }
 
@@ -111,7 +124,9 @@ impl Maintenance for MaintenanceService {
         &self,
         _req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        Err(Status::unimplemented("MoveLeader needs Raft replication, which is not implemented yet"))
+        Err(Status::unimplemented(
+            "MoveLeader needs Raft replication, which is not implemented yet",
+        ))
     }
 
     async fn downgrade(

@@ -92,7 +92,11 @@ fn grpc_type(service: &str, method: &str) -> &'static str {
 /// Counts gRPC calls by method and status code. A unary call's code is in the
 /// response headers when it failed (trailers-only) and OK otherwise; streams
 /// are counted when their response starts.
-pub async fn track(State(metrics): State<Arc<ServerMetrics>>, req: Request, next: Next) -> Response {
+pub async fn track(
+    State(metrics): State<Arc<ServerMetrics>>,
+    req: Request,
+    next: Next,
+) -> Response {
     let is_grpc = req
         .headers()
         .get(axum::http::header::CONTENT_TYPE)

@@ -22,7 +22,11 @@ pub async fn check(node: &Node, cost: i64) -> Result<(), Status> {
     if size + cost + KV_OVERHEAD < node.quota_bytes {
         return Ok(());
     }
-    tracing::warn!(size, quota = node.quota_bytes, "backend quota exceeded, raising NOSPACE alarm");
+    tracing::warn!(
+        size,
+        quota = node.quota_bytes,
+        "backend quota exceeded, raising NOSPACE alarm"
+    );
     node.store
         .propose(Command::Alarm(AlarmRequest {
             action: AlarmAction::Activate as i32,

@@ -53,7 +53,8 @@ fn tls_config(args: &ServeArgs) -> anyhow::Result<Option<ServerTlsConfig>> {
     let (Some(cert), Some(key)) = (&args.cert_file, &args.key_file) else {
         return Ok(None);
     };
-    let read = |p: &std::path::Path| std::fs::read(p).with_context(|| format!("read {}", p.display()));
+    let read =
+        |p: &std::path::Path| std::fs::read(p).with_context(|| format!("read {}", p.display()));
     let mut tls = ServerTlsConfig::new().identity(TlsIdentity::from_pem(read(cert)?, read(key)?));
     if args.client_cert_auth {
         if let Some(ca) = &args.trusted_ca_file {
@@ -64,16 +65,29 @@ fn tls_config(args: &ServeArgs) -> anyhow::Result<Option<ServerTlsConfig>> {
 }
 
 /// Serves until `shutdown` resolves.
-pub async fn serve(args: ServeArgs, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+pub async fn serve(
+    args: ServeArgs,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
     let node = open_node(&args)?;
     let limit = args.max_request_bytes + GRPC_OVERHEAD_BYTES;
-    let grpc = Routes::new(KvServer::new(KvService::new(node.clone())).max_decoding_message_size(limit))
-        .add_service(MaintenanceServer::new(MaintenanceService::new(node.clone())).max_decoding_message_size(limit))
-        .add_service(ClusterServer::new(ClusterService::new(node.clone())).max_decoding_message_size(limit));
+    let grpc =
+        Routes::new(KvServer::new(KvService::new(node.clone())).max_decoding_message_size(limit))
+            .add_service(
+                MaintenanceServer::new(MaintenanceService::new(node.clone()))
+                    .max_decoding_message_size(limit),
+            )
+            .add_service(
+                ClusterServer::new(ClusterService::new(node.clone()))
+                    .max_decoding_message_size(limit),
+            );
     let app = grpc
         .into_axum_router()
         .merge(crate::http::routes(node.clone()))
-        .layer(axum::middleware::from_fn_with_state(node.metrics.clone(), track));
+        .layer(axum::middleware::from_fn_with_state(
+            node.metrics.clone(),
+            track,
+        ));
 
     let mut listeners = Vec::new();
     for url in &args.listen_client_urls {

@@ -166,23 +166,44 @@ mod tests {
 
     #[test]
     fn duplicate_puts_and_put_delete_overlap_are_refused() {
-        assert_eq!(txn(&txn_of(vec![put_op("a"), put_op("a")], vec![]), 128), Err(EtcdError::DuplicateKey));
-        assert_eq!(txn(&txn_of(vec![del_op("a", "c"), put_op("b")], vec![]), 128), Err(EtcdError::DuplicateKey));
+        assert_eq!(
+            txn(&txn_of(vec![put_op("a"), put_op("a")], vec![]), 128),
+            Err(EtcdError::DuplicateKey)
+        );
+        assert_eq!(
+            txn(&txn_of(vec![del_op("a", "c"), put_op("b")], vec![]), 128),
+            Err(EtcdError::DuplicateKey)
+        );
         // then/else of a nested txn are exclusive, so both may put the same key.
         let nested = RequestOp {
-            request: Some(Request::RequestTxn(txn_of(vec![put_op("k")], vec![put_op("k")]))),
+            request: Some(Request::RequestTxn(txn_of(
+                vec![put_op("k")],
+                vec![put_op("k")],
+            ))),
         };
         assert_eq!(txn(&txn_of(vec![nested.clone()], vec![]), 128), Ok(()));
-        assert_eq!(txn(&txn_of(vec![nested, put_op("k")], vec![]), 128), Err(EtcdError::DuplicateKey));
+        assert_eq!(
+            txn(&txn_of(vec![nested, put_op("k")], vec![]), 128),
+            Err(EtcdError::DuplicateKey)
+        );
         // Success and failure of the top level are checked separately.
-        assert_eq!(txn(&txn_of(vec![put_op("a")], vec![put_op("a")]), 128), Ok(()));
+        assert_eq!(
+            txn(&txn_of(vec![put_op("a")], vec![put_op("a")]), 128),
+            Ok(())
+        );
     }
 
     #[test]
     fn op_limits_and_empty_keys() {
         let many: Vec<RequestOp> = (0..129).map(|i| put_op(&format!("k{i}"))).collect();
         assert_eq!(txn(&txn_of(many, vec![]), 128), Err(EtcdError::TooManyOps));
-        assert_eq!(txn(&txn_of(vec![put_op("")], vec![]), 128), Err(EtcdError::EmptyKey));
-        assert_eq!(txn(&txn_of(vec![RequestOp { request: None }], vec![]), 128), Err(EtcdError::KeyNotFound));
+        assert_eq!(
+            txn(&txn_of(vec![put_op("")], vec![]), 128),
+            Err(EtcdError::EmptyKey)
+        );
+        assert_eq!(
+            txn(&txn_of(vec![RequestOp { request: None }], vec![]), 128),
+            Err(EtcdError::KeyNotFound)
+        );
     }
 }

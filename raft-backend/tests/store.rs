@@ -1,0 +1,343 @@
+//! The store's revision semantics, checked against what etcd does.
+
+use std::sync::Arc;
+
+use cairn_proto::etcdserverpb::{
+    compare, request_op, CompactionRequest, Compare, DeleteRangeRequest, PutRequest, RangeRequest,
+    RequestOp, TxnRequest,
+};
+use cairn_proto::mvccpb::{event::EventType, Event, KeyValue};
+use cairn_raft_backend::{Command, CommandOutput, ImportRevision, Store, StoreError};
+
+fn open(dir: &tempfile::TempDir) -> Store {
+    Store::open(dir.path(), &prometheus::Registry::new()).unwrap()
+}
+
+fn put(k: &str, v: &str) -> Command {
+    Command::Put(PutRequest {
+        key: k.into(),
+        value: v.into(),
+        ..Default::default()
+    })
+}
+
+fn put_op(k: &str, v: &str) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestPut(PutRequest {
+            key: k.into(),
+            value: v.into(),
+            ..Default::default()
+        })),
+    }
+}
+
+fn del(k: &str, end: &str) -> Command {
+    Command::DeleteRange(DeleteRangeRequest {
+        key: k.into(),
+        range_end: end.into(),
+        prev_kv: true,
+    })
+}
+
+async fn get(s: &Store, k: &str, rev: i64) -> Result<Vec<KeyValue>, StoreError> {
+    s.range(RangeRequest {
+        key: k.into(),
+        revision: rev,
+        ..Default::default()
+    })
+    .await
+    .map(|r| r.kvs)
+}
+
+fn rev_of(out: &CommandOutput) -> i64 {
+    match out {
+        CommandOutput::Put(r) => r.header.as_ref().unwrap().revision,
+        CommandOutput::DeleteRange(r) => r.header.as_ref().unwrap().revision,
+        CommandOutput::Txn(r) => r.header.as_ref().unwrap().revision,
+        other => panic!("no revision in {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn revisions_follow_etcd_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    assert_eq!(
+        s.applied().current_rev,
+        1,
+        "an empty store is at revision 1"
+    );
+
+    assert_eq!(rev_of(&s.propose(put("a", "1")).await.unwrap()), 2);
+
+    // A txn with three puts takes one revision, with sub-revisions in order.
+    let mut events = s.subscribe();
+    let t = Command::Txn(TxnRequest {
+        success: vec![put_op("x", "1"), put_op("y", "1"), put_op("z", "1")],
+        ..Default::default()
+    });
+    assert_eq!(rev_of(&s.propose(t).await.unwrap()), 3);
+    let batch = events.recv().await.unwrap();
+    assert_eq!(batch.revisions.len(), 1);
+    let keys: Vec<_> = batch.revisions[0]
+        .events
+        .iter()
+        .map(|e| e.kv.clone().unwrap().key)
+        .collect();
+    assert_eq!(keys, vec![b"x".to_vec(), b"y".to_vec(), b"z".to_vec()]);
+
+    // A txn that writes nothing, and a delete that deletes nothing, take none.
+    let t = Command::Txn(TxnRequest {
+        compare: vec![Compare {
+            key: "a".into(),
+            target: compare::CompareTarget::Version as i32,
+            result: compare::CompareResult::Equal as i32,
+            target_union: Some(compare::TargetUnion::Version(99)),
+            ..Default::default()
+        }],
+        success: vec![put_op("a", "never")],
+        ..Default::default()
+    });
+    match s.propose(t).await.unwrap() {
+        CommandOutput::Txn(r) => {
+            assert!(!r.succeeded);
+            assert_eq!(r.header.unwrap().revision, 3);
+        }
+        o => panic!("{o:?}"),
+    }
+    assert_eq!(rev_of(&s.propose(del("nothing", "")).await.unwrap()), 3);
+    assert_eq!(s.applied().current_rev, 3);
+
+    // version counts puts since creation and restarts after a delete.
+    s.propose(put("a", "2")).await.unwrap();
+    let kv = &get(&s, "a", 0).await.unwrap()[0];
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 4, 2));
+    assert_eq!(rev_of(&s.propose(del("a", "")).await.unwrap()), 5);
+    s.propose(put("a", "3")).await.unwrap();
+    let kv = &get(&s, "a", 0).await.unwrap()[0];
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (6, 6, 1));
+
+    // History stays readable, tombstones included.
+    assert_eq!(get(&s, "a", 4).await.unwrap()[0].value, b"2");
+    assert!(get(&s, "a", 5).await.unwrap().is_empty());
+    assert_eq!(get(&s, "a", 2).await.unwrap()[0].value, b"1");
+    assert_eq!(get(&s, "a", 7).await, Err(StoreError::FutureRev));
+}
+
+#[tokio::test]
+async fn range_limit_count_and_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    for i in 0..10 {
+        s.propose(put(&format!("k{i}"), &format!("v{i}")))
+            .await
+            .unwrap();
+    }
+    let r = s
+        .range(RangeRequest {
+            key: "k".into(),
+            range_end: "l".into(),
+            limit: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!((r.kvs.len(), r.count, r.more), (3, 10, true));
+    // count ignores the mod-revision filter, more reflects what survived it.
+    let r = s
+        .range(RangeRequest {
+            key: "k".into(),
+            range_end: "l".into(),
+            limit: 3,
+            min_mod_revision: 9,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!((r.kvs.len(), r.count, r.more), (3, 10, false));
+    // "\0" as range_end: every key from `key` on.
+    let r = s
+        .range(RangeRequest {
+            key: "k5".into(),
+            range_end: vec![0],
+            count_only: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!((r.count, r.kvs.len()), (5, 0));
+}
+
+#[tokio::test]
+async fn compaction_keeps_latest_and_refuses_older_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    s.propose(put("keep", "1")).await.unwrap(); // 2
+    s.propose(put("keep", "2")).await.unwrap(); // 3
+    s.propose(put("gone", "1")).await.unwrap(); // 4
+    s.propose(del("gone", "")).await.unwrap(); // 5
+    s.propose(put("later", "1")).await.unwrap(); // 6
+    let out = s
+        .propose(Command::Compact(CompactionRequest {
+            revision: 5,
+            physical: true,
+        }))
+        .await
+        .unwrap();
+    let CommandOutput::Compact {
+        compact_revision, ..
+    } = out
+    else {
+        panic!("{out:?}")
+    };
+    s.wait_compacted(compact_revision).await;
+
+    assert_eq!(get(&s, "keep", 4).await, Err(StoreError::Compacted));
+    assert_eq!(get(&s, "keep", 5).await.unwrap()[0].value, b"2");
+    assert!(get(&s, "gone", 5).await.unwrap().is_empty());
+    assert_eq!(get(&s, "later", 0).await.unwrap()[0].value, b"1");
+    // Compacting again at or below the compacted revision, or in the future, fails.
+    for (rev, err) in [
+        (5, StoreError::Compacted),
+        (4, StoreError::Compacted),
+        (7, StoreError::FutureRev),
+    ] {
+        let r = s
+            .propose(Command::Compact(CompactionRequest {
+                revision: rev,
+                physical: false,
+            }))
+            .await;
+        assert_eq!(r, Err(err), "compact {rev}");
+    }
+    // The physical rows are gone: only keep@3 and later@6 remain.
+    let conn = rusqlite::Connection::open(s.path()).unwrap();
+    let rows: i64 = conn
+        .query_row("SELECT count(*) FROM history", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 2);
+}
+
+#[tokio::test]
+async fn failed_command_leaves_no_trace_and_others_in_batch_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(open(&dir));
+    // ignore_value on a missing key fails; concurrent good puts still land.
+    let bad = Command::Put(PutRequest {
+        key: "missing".into(),
+        ignore_value: true,
+        ..Default::default()
+    });
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let s = s.clone();
+        let cmd = if i % 10 == 0 {
+            bad.clone()
+        } else {
+            put(&format!("ok{i}"), "v")
+        };
+        tasks.push(tokio::spawn(async move { s.propose(cmd).await }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(e) => assert_eq!(e, StoreError::KeyNotFound),
+        }
+    }
+    assert_eq!(ok, 45);
+    assert_eq!(
+        s.applied().current_rev,
+        46,
+        "45 puts, no revision for failures"
+    );
+    assert!(get(&s, "missing", 0).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn concurrent_proposals_share_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(open(&dir));
+    let mut tasks = Vec::new();
+    for i in 0..400 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.propose(put(&format!("g{i}"), "v")).await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let commits = s.metrics().wal_fsync.get_sample_count();
+    assert!(
+        commits < 400,
+        "400 proposals took {commits} commits: no group commit"
+    );
+    assert_eq!(s.applied().current_rev, 401);
+}
+
+#[tokio::test]
+async fn import_keeps_source_revisions() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let kv = |k: &str, create, ver| KeyValue {
+        key: k.into(),
+        value: b"v".to_vec(),
+        create_revision: create,
+        version: ver,
+        ..Default::default()
+    };
+    let put_ev = |kv: KeyValue| Event {
+        r#type: EventType::Put as i32,
+        kv: Some(kv),
+        prev_kv: None,
+    };
+    s.propose(Command::Import(ImportRevision {
+        revision: 1000,
+        events: vec![put_ev(kv("a", 7, 3)), put_ev(kv("b", 1000, 1))],
+    }))
+    .await
+    .unwrap();
+    let a = &get(&s, "a", 0).await.unwrap()[0];
+    assert_eq!((a.create_revision, a.mod_revision, a.version), (7, 1000, 3));
+    assert_eq!(s.applied().current_rev, 1000);
+    // Revisions never go back.
+    let again = s
+        .propose(Command::Import(ImportRevision {
+            revision: 1000,
+            events: vec![],
+        }))
+        .await;
+    assert!(matches!(again, Err(StoreError::ImportOutOfOrder { .. })));
+    s.propose(Command::Import(ImportRevision {
+        revision: 1005,
+        events: vec![Event {
+            r#type: EventType::Delete as i32,
+            kv: Some(KeyValue {
+                key: "a".into(),
+                ..Default::default()
+            }),
+            prev_kv: None,
+        }],
+    }))
+    .await
+    .unwrap();
+    assert!(get(&s, "a", 0).await.unwrap().is_empty());
+    // Local writes continue from the imported numbering.
+    assert_eq!(rev_of(&s.propose(put("c", "1")).await.unwrap()), 1006);
+}
+
+#[tokio::test]
+async fn state_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = open(&dir);
+        s.propose(put("a", "1")).await.unwrap();
+        s.propose(put("a", "2")).await.unwrap();
+    }
+    let s = open(&dir);
+    assert_eq!(s.applied().current_rev, 3);
+    assert_eq!(s.applied().applied_index, 2);
+    assert_eq!(rev_of(&s.propose(put("b", "1")).await.unwrap()), 4);
+    assert_eq!(get(&s, "a", 2).await.unwrap()[0].value, b"1");
+}
