@@ -108,6 +108,19 @@ impl Store {
         self.readers.read(move |v| v.txn(&t)).await
     }
 
+    /// Changes with revisions in `[from, to]` (see `View::events_between`);
+    /// `Compacted` if `from` is below the compact revision.
+    pub async fn events_between(
+        &self,
+        from: i64,
+        to: i64,
+        max_events: usize,
+    ) -> Result<Vec<cairn_proto::mvccpb::Event>> {
+        self.readers
+            .read(move |v| v.events_between(from, to, max_events))
+            .await
+    }
+
     pub fn applied(&self) -> ApplyState {
         *self.state.borrow()
     }

@@ -186,7 +186,7 @@ impl<'c> View<'c> {
                 "SELECT h.key, h.create_rev, h.rev, h.version, h.lease, {value}
                  FROM history h
                  WHERE {cond} AND h.rev <= ? AND h.tombstone = 0
-                   AND h.id = (SELECT max(h2.id) FROM history h2 WHERE h2.key = h.key AND h2.rev <= ?)
+                   AND h.id = (SELECT h2.id FROM history h2 WHERE h2.key = h.key AND h2.rev <= ? ORDER BY h2.rev DESC, h2.id DESC LIMIT 1)
                  ORDER BY h.key LIMIT ?"
             )
         };
@@ -208,7 +208,7 @@ impl<'c> View<'c> {
                 format!(
                     "SELECT count(*) FROM history h
                      WHERE {cond} AND h.rev <= ? AND h.tombstone = 0
-                       AND h.id = (SELECT max(h2.id) FROM history h2 WHERE h2.key = h.key AND h2.rev <= ?)"
+                       AND h.id = (SELECT h2.id FROM history h2 WHERE h2.key = h.key AND h2.rev <= ? ORDER BY h2.rev DESC, h2.id DESC LIMIT 1)"
                 ),
                 args,
             )
@@ -229,6 +229,73 @@ impl<'c> View<'c> {
             return Ok(c.target != CMPT_VALUE && compare_kv(c, &KeyValue::default()));
         }
         Ok(kvs.iter().all(|kv| compare_kv(c, kv)))
+    }
+
+    /// Every change with a revision in `[from, to]`, in apply order, each with
+    /// the key's previous version (none if it did not exist or was compacted).
+    /// Stops after the revision in which `max_events` is reached, so a
+    /// revision's events are never split.
+    pub fn events_between(&self, from: i64, to: i64, max_events: usize) -> Result<Vec<Event>> {
+        // Checked in the same snapshot as the read: rows below the compact
+        // revision may already be gone, and a missing event must be an error.
+        if from < self.compact_rev {
+            return Err(StoreError::Compacted);
+        }
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT h.key, h.create_rev, h.rev, h.version, h.lease, h.value, h.tombstone,
+                    p.key, p.create_rev, p.rev, p.version, p.lease, p.value, p.tombstone
+             FROM history h
+             LEFT JOIN history p ON p.id = (
+                 SELECT p2.id FROM history p2
+                 WHERE p2.key = h.key AND p2.rev <= h.rev AND p2.id < h.id
+                 ORDER BY p2.rev DESC, p2.id DESC LIMIT 1)
+             WHERE h.rev >= ?1 AND h.rev <= ?2
+             ORDER BY h.rev, h.id",
+        )?;
+        let mut rows = stmt.query(params![from, to])?;
+        let mut events = Vec::new();
+        while let Some(r) = rows.next()? {
+            let kv = row_to_kv(r)?;
+            if events.len() >= max_events
+                && events.last().is_some_and(|e: &Event| {
+                    e.kv.as_ref()
+                        .is_some_and(|k| k.mod_revision != kv.mod_revision)
+                })
+            {
+                break;
+            }
+            let tombstone: bool = r.get(6)?;
+            let prev_tombstone: Option<bool> = r.get(13)?;
+            let prev_kv = match prev_tombstone {
+                Some(false) => Some(KeyValue {
+                    key: r.get(7)?,
+                    create_revision: r.get(8)?,
+                    mod_revision: r.get(9)?,
+                    version: r.get(10)?,
+                    lease: r.get(11)?,
+                    value: r.get::<_, Option<Vec<u8>>>(12)?.unwrap_or_default(),
+                }),
+                _ => None,
+            };
+            events.push(if tombstone {
+                Event {
+                    r#type: EventType::Delete as i32,
+                    kv: Some(KeyValue {
+                        key: kv.key,
+                        mod_revision: kv.mod_revision,
+                        ..Default::default()
+                    }),
+                    prev_kv,
+                }
+            } else {
+                Event {
+                    r#type: EventType::Put as i32,
+                    kv: Some(kv),
+                    prev_kv,
+                }
+            });
+        }
+        Ok(events)
     }
 
     // ---- writes ------------------------------------------------------------

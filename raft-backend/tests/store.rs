@@ -341,3 +341,51 @@ async fn state_survives_reopen() {
     assert_eq!(rev_of(&s.propose(put("b", "1")).await.unwrap()), 4);
     assert_eq!(get(&s, "a", 2).await.unwrap()[0].value, b"1");
 }
+
+#[tokio::test]
+async fn history_events_carry_prev_kv_and_respect_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    s.propose(put("a", "1")).await.unwrap(); // 2
+    s.propose(put("a", "2")).await.unwrap(); // 3
+    s.propose(del("a", "")).await.unwrap(); // 4
+    s.propose(put("a", "3")).await.unwrap(); // 5
+    let evs = s.events_between(2, 5, 100).await.unwrap();
+    let summary: Vec<_> = evs
+        .iter()
+        .map(|e| {
+            let kv = e.kv.as_ref().unwrap();
+            (
+                e.r#type,
+                kv.mod_revision,
+                e.prev_kv.as_ref().map(|p| p.mod_revision),
+            )
+        })
+        .collect();
+    let (put_t, del_t) = (EventType::Put as i32, EventType::Delete as i32);
+    assert_eq!(
+        summary,
+        vec![
+            (put_t, 2, None),
+            (put_t, 3, Some(2)),
+            (del_t, 4, Some(3)),
+            (put_t, 5, None)
+        ]
+    );
+    // max_events stops at a revision boundary.
+    assert_eq!(s.events_between(2, 5, 1).await.unwrap().len(), 1);
+    s.propose(Command::Compact(CompactionRequest {
+        revision: 4,
+        physical: true,
+    }))
+    .await
+    .unwrap();
+    assert_eq!(
+        s.events_between(3, 5, 100).await,
+        Err(StoreError::Compacted)
+    );
+    // Once physically compacted, the tombstone at the compact revision is gone
+    // (as in etcd, which keeps no tombstone at or below it).
+    s.wait_compacted(4).await;
+    assert_eq!(s.events_between(4, 5, 100).await.unwrap().len(), 1);
+}
