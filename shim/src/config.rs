@@ -68,6 +68,10 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = false)]
     pub client_cert_auth: bool,
 
+    /// Interval between periodic progress notifications to watchers that ask for them.
+    #[arg(long, alias = "experimental-watch-progress-notify-interval", default_value = "10m", value_parser = parse_duration)]
+    pub watch_progress_notify_interval: std::time::Duration,
+
     /// Log filter, in tracing's EnvFilter syntax (e.g. info, cairn=debug).
     #[arg(long, default_value = "info", env = "CAIRN_LOG")]
     pub log_level: String,
@@ -132,4 +136,26 @@ pub async fn resolve_listen_url(url: &str) -> anyhow::Result<Vec<SocketAddr>> {
         bail!("listen URL {url:?} resolves to no address");
     }
     Ok(addrs)
+}
+
+/// Parses Go-style durations as etcd's flags take them: "10m", "5s", "100ms", "1h".
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+    let secs = match unit {
+        "ns" => n / 1e9,
+        "us" | "µs" => n / 1e6,
+        "ms" => n / 1e3,
+        "s" | "" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("invalid duration unit in {s:?}")),
+    };
+    if !(secs.is_finite() && secs > 0.0) {
+        return Err(format!("duration {s:?} must be positive"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
 }

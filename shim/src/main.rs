@@ -16,6 +16,7 @@ mod node;
 mod quota;
 mod server;
 mod validate;
+mod watch;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;

@@ -52,6 +52,16 @@ impl Node {
         }
     }
 
+    /// A header stamped with an explicit revision (watch responses).
+    pub fn header_at(&self, revision: i64) -> Option<ResponseHeader> {
+        Some(ResponseHeader {
+            cluster_id: self.id.cluster_id,
+            member_id: self.id.member_id,
+            raft_term: RAFT_TERM,
+            revision,
+        })
+    }
+
     pub fn header(&self) -> Option<ResponseHeader> {
         let mut h = None;
         self.fill(&mut h);

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use cairn_proto::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
+    watch_server::WatchServer,
 };
 use cairn_raft_backend::Store;
 use futures::{StreamExt, TryStreamExt};
@@ -21,6 +22,7 @@ use crate::kv_service::KvService;
 use crate::maintenance_service::MaintenanceService;
 use crate::metrics::{track, ServerMetrics};
 use crate::node::{Node, SharedNode};
+use crate::watch::{WatchHub, WatchService};
 
 /// Opens the store and identity in the configured data dir.
 pub fn open_node(args: &ServeArgs) -> anyhow::Result<SharedNode> {
@@ -71,6 +73,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let node = open_node(&args)?;
     let limit = args.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let hub = WatchHub::start(node.clone(), args.watch_progress_notify_interval);
     let grpc =
         Routes::new(KvServer::new(KvService::new(node.clone())).max_decoding_message_size(limit))
             .add_service(
@@ -79,6 +82,10 @@ pub async fn serve(
             )
             .add_service(
                 ClusterServer::new(ClusterService::new(node.clone()))
+                    .max_decoding_message_size(limit),
+            )
+            .add_service(
+                WatchServer::new(WatchService::new(node.clone(), hub))
                     .max_decoding_message_size(limit),
             );
     let app = grpc

@@ -1,0 +1,389 @@
+//! The watch hub: one task that owns every watcher.
+//!
+//! Synced watchers receive each applied batch from the store's apply stream as
+//! it arrives. A watcher that starts in the past, or whose stream's buffer is
+//! full, is unsynced: it catches up from history on the sync tick and rejoins
+//! the live feed once it reaches the hub's revision. No writer ever waits for
+//! a watcher. Because the hub sends every response of a stream into one ordered
+//! buffer, a progress reply can never overtake an event it vouches for.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_proto::etcdserverpb::WatchResponse;
+use cairn_raft_backend::{AppliedBatch, StoreError};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::watcher::{fragments, StreamId, Watcher};
+use crate::node::SharedNode;
+
+/// How often unsynced watchers catch up (etcd syncs every 100 ms).
+const SYNC_INTERVAL: Duration = Duration::from_millis(100);
+/// Events read from history per catch-up pass.
+const SYNC_MAX_EVENTS: usize = 10_000;
+/// etcd's id for responses that belong to no single watcher.
+pub const NO_WATCH_ID: i64 = -1;
+
+pub type Sink = mpsc::Sender<WatchResponse>;
+
+pub enum HubMsg {
+    Register {
+        watcher: Watcher,
+        sink: Sink,
+    },
+    Cancel {
+        stream: StreamId,
+        id: i64,
+        done: oneshot::Sender<bool>,
+    },
+    ProgressAll {
+        stream: StreamId,
+    },
+    StreamClosed {
+        stream: StreamId,
+    },
+}
+
+#[derive(Clone)]
+pub struct WatchHub {
+    tx: mpsc::UnboundedSender<HubMsg>,
+}
+
+impl WatchHub {
+    pub fn start(node: SharedNode, progress_interval: Duration) -> Self {
+        // Subscribe before reading the revision: a batch committed in between
+        // is then both received and recognised as already covered.
+        let events = node.store.subscribe();
+        let rev = node.store.applied().current_rev;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let hub = Hub {
+            node,
+            rev,
+            watchers: BTreeMap::new(),
+            sinks: HashMap::new(),
+        };
+        tokio::spawn(hub.run(rx, events, progress_interval));
+        WatchHub { tx }
+    }
+
+    pub fn send(&self, msg: HubMsg) {
+        // Fails only once the hub has stopped, with the server.
+        let _ = self.tx.send(msg);
+    }
+}
+
+struct Hub {
+    node: SharedNode,
+    /// Every event up to this revision has been handed to every synced watcher.
+    rev: i64,
+    watchers: BTreeMap<(StreamId, i64), Watcher>,
+    sinks: HashMap<StreamId, Sink>,
+}
+
+enum Sent {
+    Ok,
+    /// The stream's buffer is full: the watcher must catch up later.
+    Full,
+    /// The stream is gone.
+    Closed,
+}
+
+impl Hub {
+    async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<HubMsg>,
+        mut events: broadcast::Receiver<Arc<AppliedBatch>>,
+        progress_interval: Duration,
+    ) {
+        let mut sync_tick = tokio::time::interval(SYNC_INTERVAL);
+        sync_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut progress_tick = tokio::time::interval(progress_interval);
+        progress_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        progress_tick.reset();
+        loop {
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(msg) => self.handle(msg),
+                    None => return,
+                },
+                batch = events.recv() => match batch {
+                    Ok(batch) => self.apply(&batch),
+                    Err(broadcast::error::RecvError::Lagged(missed)) => self.lagged(missed),
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                _ = sync_tick.tick() => self.sync_unsynced().await,
+                _ = progress_tick.tick() => self.progress_notify(),
+            }
+        }
+    }
+
+    fn handle(&mut self, msg: HubMsg) {
+        match msg {
+            HubMsg::Register { mut watcher, sink } => {
+                // A start at or before the hub's revision needs history first.
+                watcher.synced = watcher.next_rev > self.rev;
+                self.sinks.entry(watcher.stream).or_insert(sink);
+                self.watchers.insert((watcher.stream, watcher.id), watcher);
+            }
+            HubMsg::Cancel { stream, id, done } => {
+                let _ = done.send(self.watchers.remove(&(stream, id)).is_some());
+            }
+            HubMsg::ProgressAll { stream } => self.progress_all(stream),
+            HubMsg::StreamClosed { stream } => self.drop_stream(stream),
+        }
+    }
+
+    fn drop_stream(&mut self, stream: StreamId) {
+        self.sinks.remove(&stream);
+        self.watchers.retain(|(s, _), _| *s != stream);
+    }
+
+    fn send(&self, stream: StreamId, responses: Vec<WatchResponse>) -> Sent {
+        let Some(sink) = self.sinks.get(&stream) else {
+            return Sent::Closed;
+        };
+        // All fragments of a response go in together or not at all.
+        match sink.try_reserve_many(responses.len()) {
+            Ok(permits) => {
+                for (permit, r) in permits.zip(responses) {
+                    permit.send(r);
+                }
+                Sent::Ok
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => Sent::Full,
+            Err(mpsc::error::TrySendError::Closed(_)) => Sent::Closed,
+        }
+    }
+
+    fn response(
+        &self,
+        w: &Watcher,
+        revision: i64,
+        events: Vec<cairn_proto::mvccpb::Event>,
+    ) -> Vec<WatchResponse> {
+        let resp = WatchResponse {
+            header: self.node.header_at(revision),
+            watch_id: w.id,
+            events,
+            ..Default::default()
+        };
+        if w.fragment {
+            fragments(resp, self.node.max_request_bytes)
+        } else {
+            vec![resp]
+        }
+    }
+
+    /// Feeds one applied batch to the synced watchers.
+    fn apply(&mut self, batch: &AppliedBatch) {
+        let mut closed = Vec::new();
+        for re in batch.revisions.iter().filter(|r| r.revision > self.rev) {
+            let keys: Vec<_> = self
+                .watchers
+                .iter()
+                .filter(|(_, w)| w.synced && re.revision >= w.next_rev)
+                .map(|(k, _)| *k)
+                .collect();
+            for key in keys {
+                let Some(w) = self.watchers.get(&key) else {
+                    continue;
+                };
+                let evs = w.select(&re.events);
+                if evs.is_empty() {
+                    continue;
+                }
+                let out = self.response(w, re.revision, evs);
+                let sent = self.send(w.stream, out);
+                let Some(w) = self.watchers.get_mut(&key) else {
+                    continue;
+                };
+                match sent {
+                    Sent::Ok => {
+                        w.next_rev = re.revision + 1;
+                        w.sent_since_tick = true;
+                    }
+                    Sent::Full => {
+                        tracing::debug!(
+                            stream = w.stream,
+                            watch_id = w.id,
+                            revision = re.revision,
+                            "watcher fell behind"
+                        );
+                        w.synced = false;
+                        w.next_rev = re.revision;
+                    }
+                    Sent::Closed => closed.push(w.stream),
+                }
+            }
+        }
+        self.rev = self.rev.max(batch.current_revision);
+        for s in closed {
+            self.drop_stream(s);
+        }
+    }
+
+    /// Batches were missed: every synced watcher catches up from history.
+    fn lagged(&mut self, missed: u64) {
+        tracing::warn!(
+            missed,
+            "watch hub fell behind the apply stream; watchers resync from history"
+        );
+        let from = self.rev + 1;
+        for w in self.watchers.values_mut().filter(|w| w.synced) {
+            w.synced = false;
+            w.next_rev = w.next_rev.max(from);
+        }
+        // Batches still queued at or below this revision are then skipped.
+        self.rev = self.node.store.applied().current_rev;
+    }
+
+    async fn sync_unsynced(&mut self) {
+        let compact = self.node.store.applied().compact_rev;
+        let mut closed = Vec::new();
+        // Watchers whose next revision is compacted are canceled, as in etcd.
+        let compacted: Vec<_> = self
+            .watchers
+            .iter()
+            .filter(|(_, w)| !w.synced && w.next_rev < compact)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in compacted {
+            let Some(w) = self.watchers.get(&key) else {
+                continue;
+            };
+            let resp = WatchResponse {
+                header: self.node.header_at(self.rev),
+                watch_id: w.id,
+                canceled: true,
+                compact_revision: compact,
+                ..Default::default()
+            };
+            match self.send(w.stream, vec![resp]) {
+                Sent::Ok => {
+                    self.watchers.remove(&key);
+                }
+                Sent::Full => {}
+                Sent::Closed => closed.push(w.stream),
+            }
+        }
+        // Streams with no room are skipped rather than re-read every tick.
+        let ready: Vec<_> = self
+            .watchers
+            .iter()
+            .filter(|(_, w)| !w.synced)
+            .filter(|(_, w)| self.sinks.get(&w.stream).is_some_and(|s| s.capacity() > 0))
+            .map(|(k, _)| *k)
+            .collect();
+        let Some(from) = ready
+            .iter()
+            .filter_map(|k| self.watchers.get(k))
+            .map(|w| w.next_rev)
+            .min()
+        else {
+            for s in closed {
+                self.drop_stream(s);
+            }
+            return;
+        };
+        let to = self.rev;
+        let events = if from > to {
+            Vec::new()
+        } else {
+            match self
+                .node
+                .store
+                .events_between(from, to, SYNC_MAX_EVENTS)
+                .await
+            {
+                Ok(evs) => evs,
+                // A compaction landed meanwhile; the next tick cancels those watchers.
+                Err(StoreError::Compacted) => return,
+                Err(e) => {
+                    tracing::error!(error = %e, "watch catch-up read failed");
+                    return;
+                }
+            }
+        };
+        // Complete revisions up to `reached` were read.
+        let truncated = events.len() >= SYNC_MAX_EVENTS;
+        let reached = match (truncated, events.last().and_then(|e| e.kv.as_ref())) {
+            (true, Some(kv)) => kv.mod_revision,
+            _ => to,
+        };
+        for key in ready {
+            let Some(w) = self.watchers.get(&key) else {
+                continue;
+            };
+            let evs = w.select(
+                events
+                    .iter()
+                    .filter(|e| e.kv.as_ref().is_some_and(|kv| kv.mod_revision <= reached)),
+            );
+            let sent = if evs.is_empty() {
+                Sent::Ok
+            } else {
+                // etcd stamps catch-up responses with the store's revision.
+                let out = self.response(w, to, evs);
+                self.send(w.stream, out)
+            };
+            let Some(w) = self.watchers.get_mut(&key) else {
+                continue;
+            };
+            match sent {
+                Sent::Ok => {
+                    w.sent_since_tick = true;
+                    w.next_rev = w.next_rev.max(reached + 1);
+                    w.synced = reached >= to;
+                }
+                Sent::Full => {}
+                Sent::Closed => closed.push(w.stream),
+            }
+        }
+        for s in closed {
+            self.drop_stream(s);
+        }
+    }
+
+    /// WatchProgressRequest: one reply for the whole stream, and only when
+    /// every watcher on it is synced (etcd 3.6 drops it otherwise; clients
+    /// such as kube-apiserver ask again).
+    fn progress_all(&mut self, stream: StreamId) {
+        let mut on_stream = self
+            .watchers
+            .range((stream, i64::MIN)..=(stream, i64::MAX))
+            .peekable();
+        if on_stream.peek().is_none() || !on_stream.all(|(_, w)| w.synced) {
+            return;
+        }
+        let resp = WatchResponse {
+            header: self.node.header_at(self.rev),
+            watch_id: NO_WATCH_ID,
+            ..Default::default()
+        };
+        if let Sent::Closed = self.send(stream, vec![resp]) {
+            self.drop_stream(stream);
+        }
+    }
+
+    /// Periodic progress for watchers that asked for it and saw no events.
+    fn progress_notify(&mut self) {
+        let mut due = Vec::new();
+        for w in self.watchers.values_mut() {
+            if w.progress_notify && w.synced && !w.sent_since_tick {
+                due.push((w.stream, w.id));
+            }
+            w.sent_since_tick = false;
+        }
+        for (stream, id) in due {
+            let resp = WatchResponse {
+                header: self.node.header_at(self.rev),
+                watch_id: id,
+                ..Default::default()
+            };
+            if let Sent::Closed = self.send(stream, vec![resp]) {
+                self.drop_stream(stream);
+            }
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! Watches: the hub that fans applied events out to watchers, and the gRPC
+//! service that carries them.
+
+mod hub;
+mod service;
+mod watcher;
+
+pub use hub::WatchHub;
+pub use service::WatchService;

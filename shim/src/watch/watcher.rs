@@ -1,0 +1,166 @@
+//! One watcher: what it covers, how its events are filtered and shaped.
+
+use cairn_proto::etcdserverpb::{
+    watch_create_request::FilterType, WatchCreateRequest, WatchResponse,
+};
+use cairn_proto::mvccpb::{event::EventType, Event};
+use cairn_raft_backend::KeyRange;
+use prost::Message;
+
+pub type StreamId = u64;
+
+#[derive(Debug, Clone)]
+pub struct Watcher {
+    pub id: i64,
+    pub stream: StreamId,
+    pub range: KeyRange,
+    pub no_put: bool,
+    pub no_delete: bool,
+    pub prev_kv: bool,
+    pub fragment: bool,
+    pub progress_notify: bool,
+    /// The lowest revision this watcher has not been sent yet.
+    pub next_rev: i64,
+    /// Synced watchers are fed live from the apply stream; unsynced ones
+    /// catch up from history first.
+    pub synced: bool,
+    /// Events were sent since the last progress tick (then no notify is due).
+    pub sent_since_tick: bool,
+}
+
+impl Watcher {
+    pub fn new(
+        id: i64,
+        stream: StreamId,
+        req: &WatchCreateRequest,
+        range: KeyRange,
+        next_rev: i64,
+    ) -> Self {
+        Watcher {
+            id,
+            stream,
+            range,
+            no_put: req.filters.contains(&(FilterType::Noput as i32)),
+            no_delete: req.filters.contains(&(FilterType::Nodelete as i32)),
+            prev_kv: req.prev_kv,
+            fragment: req.fragment,
+            progress_notify: req.progress_notify,
+            next_rev,
+            synced: false,
+            sent_since_tick: false,
+        }
+    }
+
+    /// The events of `evs` this watcher should see, shaped for it.
+    pub fn select<'a>(&self, evs: impl IntoIterator<Item = &'a Event>) -> Vec<Event> {
+        evs.into_iter()
+            .filter(|e| {
+                let kv = match &e.kv {
+                    Some(kv) => kv,
+                    None => return false,
+                };
+                if kv.mod_revision < self.next_rev || !self.range.contains(&kv.key) {
+                    return false;
+                }
+                let is_put = e.r#type == EventType::Put as i32;
+                !(is_put && self.no_put || !is_put && self.no_delete)
+            })
+            .map(|e| {
+                let mut e = e.clone();
+                // etcd looks prev_kv up only for events that are not creations.
+                let creation = e.r#type == EventType::Put as i32
+                    && e.kv
+                        .as_ref()
+                        .is_some_and(|kv| kv.create_revision == kv.mod_revision);
+                if !self.prev_kv || creation {
+                    e.prev_kv = None;
+                }
+                e
+            })
+            .collect()
+    }
+}
+
+/// Splits a response whose size reaches `max_bytes` into fragments, each
+/// flagged `fragment` but the last, as etcd does for watchers that ask for it.
+pub fn fragments(resp: WatchResponse, max_bytes: usize) -> Vec<WatchResponse> {
+    if resp.encoded_len() < max_bytes || resp.events.len() < 2 {
+        return vec![resp];
+    }
+    let mut out = Vec::new();
+    let template = WatchResponse {
+        events: Vec::new(),
+        fragment: true,
+        ..resp.clone()
+    };
+    let mut cur = template.clone();
+    for ev in resp.events {
+        cur.events.push(ev);
+        if cur.events.len() > 1 && cur.encoded_len() >= max_bytes {
+            let overflow = cur.events.pop();
+            out.push(std::mem::replace(&mut cur, template.clone()));
+            cur.events.extend(overflow);
+        }
+    }
+    cur.fragment = false;
+    out.push(cur);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_proto::mvccpb::KeyValue;
+
+    fn put(key: &str, rev: i64, size: usize) -> Event {
+        Event {
+            r#type: EventType::Put as i32,
+            kv: Some(KeyValue {
+                key: key.into(),
+                mod_revision: rev,
+                version: 2,
+                value: vec![b'x'; size],
+                ..Default::default()
+            }),
+            prev_kv: Some(KeyValue::default()),
+        }
+    }
+
+    #[test]
+    fn filters_and_prev_kv() {
+        let req = WatchCreateRequest {
+            filters: vec![FilterType::Nodelete as i32],
+            ..Default::default()
+        };
+        let w = Watcher::new(0, 0, &req, KeyRange::new(b"a", b"c"), 5);
+        let del = Event {
+            r#type: EventType::Delete as i32,
+            kv: Some(KeyValue {
+                key: "b".into(),
+                mod_revision: 6,
+                ..Default::default()
+            }),
+            prev_kv: None,
+        };
+        let got = w.select(&[put("a", 4, 1), put("b", 5, 1), put("c", 6, 1), del]);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].kv.as_ref().unwrap().key, b"b");
+        assert!(got[0].prev_kv.is_none(), "prev_kv only when asked");
+    }
+
+    #[test]
+    fn fragments_split_at_the_limit_and_flag_all_but_last() {
+        let resp = WatchResponse {
+            watch_id: 7,
+            events: (0..10).map(|i| put(&format!("k{i}"), 2, 100)).collect(),
+            ..Default::default()
+        };
+        let parts = fragments(resp.clone(), 350);
+        assert!(parts.len() > 1);
+        assert!(parts[..parts.len() - 1].iter().all(|p| p.fragment));
+        assert!(!parts.last().unwrap().fragment);
+        let joined: Vec<_> = parts.iter().flat_map(|p| p.events.clone()).collect();
+        assert_eq!(joined, resp.events);
+        assert_eq!(fragments(resp, 1 << 20).len(), 1);
+    }
+}
