@@ -2,7 +2,7 @@
 
 use cairn_proto::etcdserverpb::{
     alarm_request::AlarmAction, AlarmMember, AlarmRequest, AlarmResponse, AlarmType,
-    CompactionResponse, ResponseHeader,
+    CompactionResponse, LeaseGrantResponse, LeaseRevokeResponse, ResponseHeader,
 };
 use cairn_proto::mvccpb::event::EventType;
 use rusqlite::{params, Connection};
@@ -89,6 +89,27 @@ pub fn apply(conn: &Connection, state: &mut ApplyState, cmd: &Command) -> Result
             }
         }
         Command::Alarm(a) => CommandOutput::Alarm(apply_alarm(conn, a)?),
+        Command::LeaseGrant(g) => {
+            if nospace(conn)? {
+                return Err(StoreError::NoSpace);
+            }
+            view.lease_grant(g.id, g.ttl)?;
+            CommandOutput::LeaseGrant(LeaseGrantResponse {
+                header: Some(ResponseHeader::default()),
+                id: g.id,
+                ttl: g.ttl,
+                error: String::new(),
+            })
+        }
+        Command::LeaseRevoke(r) => {
+            view.lease_revoke(r.id)?;
+            CommandOutput::LeaseRevoke(LeaseRevokeResponse {
+                header: Some(ResponseHeader {
+                    revision: view.current_rev(),
+                    ..Default::default()
+                }),
+            })
+        }
         Command::Import(imp) => {
             if imp.revision <= state.current_rev {
                 return Err(StoreError::ImportOutOfOrder {

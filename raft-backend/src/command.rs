@@ -6,7 +6,8 @@
 
 use cairn_proto::etcdserverpb::{
     AlarmRequest, AlarmResponse, CompactionRequest, CompactionResponse, DeleteRangeRequest,
-    DeleteRangeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse,
+    DeleteRangeResponse, LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest,
+    LeaseRevokeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse,
 };
 use cairn_proto::mvccpb::Event;
 
@@ -17,6 +18,12 @@ pub enum Command {
     Txn(TxnRequest),
     Compact(CompactionRequest),
     Alarm(AlarmRequest),
+    /// The ID and TTL are final: the proposer chose the ID and applied the
+    /// minimum TTL, so every member applies the same lease.
+    LeaseGrant(LeaseGrantRequest),
+    /// Deletes the lease and, in one revision, every key attached to it.
+    /// Expiry uses this same command.
+    LeaseRevoke(LeaseRevokeRequest),
     /// Replays one revision recorded elsewhere (live migration from etcd),
     /// keeping its revision number and every key's create revision and version.
     Import(ImportRevision),
@@ -43,6 +50,8 @@ pub enum CommandOutput {
         compact_revision: i64,
     },
     Alarm(AlarmResponse),
+    LeaseGrant(LeaseGrantResponse),
+    LeaseRevoke(LeaseRevokeResponse),
     Import {
         revision: i64,
     },

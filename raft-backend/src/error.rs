@@ -14,6 +14,8 @@ pub enum StoreError {
     KeyNotFound,
     #[error("requested lease not found")]
     LeaseNotFound,
+    #[error("lease already exists")]
+    LeaseExists,
     #[error("mvcc: database space exceeded")]
     NoSpace,
     /// An import tried to write at or below the store's current revision.

@@ -29,6 +29,7 @@ CREATE TABLE IF NOT EXISTS history (
 );
 CREATE INDEX IF NOT EXISTS history_key_rev ON history (key, rev);
 CREATE INDEX IF NOT EXISTS history_rev ON history (rev);
+CREATE INDEX IF NOT EXISTS history_lease ON history (lease) WHERE lease != 0;
 CREATE TABLE IF NOT EXISTS live (
     key BLOB PRIMARY KEY,
     hid INTEGER NOT NULL

@@ -134,6 +134,16 @@ impl Store {
         })
     }
 
+    /// Live keys attached to a lease.
+    pub async fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>> {
+        self.readers.read(move |v| v.lease_keys(id)).await
+    }
+
+    /// Every lease as (id, granted TTL seconds).
+    pub async fn leases(&self) -> Result<Vec<(i64, i64)>> {
+        self.readers.read(|v| v.leases()).await
+    }
+
     pub async fn alarms(&self) -> Result<Vec<cairn_proto::etcdserverpb::AlarmMember>> {
         self.readers
             .with_conn(|c| crate::apply::list_alarms(c))

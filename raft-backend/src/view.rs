@@ -387,6 +387,52 @@ impl<'c> View<'c> {
         Ok(victims)
     }
 
+    /// Live keys attached to lease `id`, in key order.
+    pub fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT h.key FROM history h JOIN live l ON l.hid = h.id
+             WHERE h.lease = ?1 AND h.lease != 0 ORDER BY h.key",
+        )?;
+        let rows = stmt.query_map([id], |r| r.get(0))?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// Every lease, as (id, granted TTL in seconds).
+    pub fn leases(&self) -> Result<Vec<(i64, i64)>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id, ttl FROM leases ORDER BY id")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    pub fn lease_grant(&mut self, id: i64, ttl: i64) -> Result<()> {
+        if self.lease_exists(id)? {
+            return Err(StoreError::LeaseExists);
+        }
+        self.conn
+            .prepare_cached("INSERT INTO leases (id, ttl) VALUES (?1, ?2)")?
+            .execute(params![id, ttl])?;
+        Ok(())
+    }
+
+    /// Removes the lease and deletes its keys at one new revision (none if it had no keys).
+    pub fn lease_revoke(&mut self, id: i64) -> Result<()> {
+        if !self.lease_exists(id)? {
+            return Err(StoreError::LeaseNotFound);
+        }
+        let rev = self.write_rev();
+        for key in self.lease_keys(id)? {
+            if let Some(prev) = self.get(&key)? {
+                self.record_delete(prev, rev)?;
+            }
+        }
+        self.conn
+            .prepare_cached("DELETE FROM leases WHERE id = ?1")?
+            .execute([id])?;
+        Ok(())
+    }
+
     pub fn lease_exists(&self, id: i64) -> Result<bool> {
         Ok(self
             .conn

@@ -389,3 +389,59 @@ async fn history_events_carry_prev_kv_and_respect_compaction() {
     s.wait_compacted(4).await;
     assert_eq!(s.events_between(4, 5, 100).await.unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn lease_revoke_deletes_attached_keys_in_one_revision() {
+    use cairn_proto::etcdserverpb::{LeaseGrantRequest, LeaseRevokeRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let grant = |id| Command::LeaseGrant(LeaseGrantRequest { id, ttl: 60 });
+    s.propose(grant(7)).await.unwrap();
+    assert_eq!(s.propose(grant(7)).await, Err(StoreError::LeaseExists));
+    for k in ["a", "b", "c"] {
+        s.propose(Command::Put(PutRequest {
+            key: k.into(),
+            value: b"v".to_vec(),
+            lease: 7,
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    }
+    // Re-putting without the lease detaches the key.
+    s.propose(put("c", "free")).await.unwrap();
+    assert_eq!(
+        s.lease_keys(7).await.unwrap(),
+        vec![b"a".to_vec(), b"b".to_vec()]
+    );
+    let before = s.applied().current_rev;
+    let mut events = s.subscribe();
+    s.propose(Command::LeaseRevoke(LeaseRevokeRequest { id: 7 }))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.applied().current_rev,
+        before + 1,
+        "one revision for all keys"
+    );
+    let batch = events.recv().await.unwrap();
+    assert_eq!(batch.revisions[0].events.len(), 2);
+    assert!(batch.revisions[0]
+        .events
+        .iter()
+        .all(|e| e.r#type == EventType::Delete as i32 && e.prev_kv.is_some()));
+    assert_eq!(get(&s, "c", 0).await.unwrap()[0].value, b"free");
+    assert_eq!(
+        s.propose(Command::LeaseRevoke(LeaseRevokeRequest { id: 7 }))
+            .await,
+        Err(StoreError::LeaseNotFound)
+    );
+    // A lease with no keys is revoked without a new revision.
+    s.propose(grant(8)).await.unwrap();
+    let before = s.applied().current_rev;
+    s.propose(Command::LeaseRevoke(LeaseRevokeRequest { id: 8 }))
+        .await
+        .unwrap();
+    assert_eq!(s.applied().current_rev, before);
+    assert!(s.leases().await.unwrap().is_empty());
+}

@@ -29,6 +29,10 @@ pub enum EtcdError {
     NoSpace,
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
+    #[error("etcdserver: lease already exists")]
+    LeaseExist,
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
     #[error("etcdserver: no leader")]
     NoLeader,
     #[error("etcdserver: request timed out")]
@@ -41,7 +45,8 @@ impl EtcdError {
         match self {
             EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
             | RequestTooLarge => Code::InvalidArgument,
-            Compacted | FutureRev => Code::OutOfRange,
+            Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
+            LeaseExist => Code::FailedPrecondition,
             NoSpace => Code::ResourceExhausted,
             LeaseNotFound => Code::NotFound,
             NoLeader | Timeout => Code::Unavailable,
@@ -63,6 +68,7 @@ pub fn store_status(e: StoreError) -> Status {
         StoreError::KeyNotFound => EtcdError::KeyNotFound.into(),
         StoreError::LeaseNotFound => EtcdError::LeaseNotFound.into(),
         StoreError::NoSpace => EtcdError::NoSpace.into(),
+        StoreError::LeaseExists => EtcdError::LeaseExist.into(),
         StoreError::ImportOutOfOrder { .. } => Status::failed_precondition(e.to_string()),
         StoreError::Stopped => Status::unavailable("etcdserver: server stopped"),
         StoreError::Storage(msg) | StoreError::Corrupt(msg) => {

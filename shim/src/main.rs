@@ -10,6 +10,7 @@ mod errors;
 mod http;
 mod identity;
 mod kv_service;
+mod lease;
 mod maintenance_service;
 mod metrics;
 mod node;

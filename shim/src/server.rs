@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use cairn_proto::etcdserverpb::{
-    cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
-    watch_server::WatchServer,
+    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+    maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use cairn_raft_backend::Store;
 use futures::{StreamExt, TryStreamExt};
@@ -19,6 +19,7 @@ use crate::cluster_service::ClusterService;
 use crate::config::{resolve_listen_url, ServeArgs, GRPC_OVERHEAD_BYTES};
 use crate::identity::Identity;
 use crate::kv_service::KvService;
+use crate::lease::{LeaseService, Lessor};
 use crate::maintenance_service::MaintenanceService;
 use crate::metrics::{track, ServerMetrics};
 use crate::node::{Node, SharedNode};
@@ -74,6 +75,7 @@ pub async fn serve(
     let node = open_node(&args)?;
     let limit = args.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let hub = WatchHub::start(node.clone(), args.watch_progress_notify_interval);
+    let lessor = Lessor::start(node.clone()).await?;
     let grpc =
         Routes::new(KvServer::new(KvService::new(node.clone())).max_decoding_message_size(limit))
             .add_service(
@@ -86,6 +88,10 @@ pub async fn serve(
             )
             .add_service(
                 WatchServer::new(WatchService::new(node.clone(), hub))
+                    .max_decoding_message_size(limit),
+            )
+            .add_service(
+                LeaseServer::new(LeaseService::new(node.clone(), lessor))
                     .max_decoding_message_size(limit),
             );
     let app = grpc
