@@ -126,7 +126,7 @@ impl Store {
     }
 
     pub async fn status(&self) -> Result<StoreStatus> {
-        let (db_size, db_size_in_use) = self.readers.with_conn(|c| schema::db_size(c)).await?;
+        let (db_size, db_size_in_use) = self.readers.with_conn(schema::db_size).await?;
         Ok(StoreStatus {
             applied: self.applied(),
             db_size,
@@ -146,7 +146,7 @@ impl Store {
 
     pub async fn alarms(&self) -> Result<Vec<cairn_proto::etcdserverpb::AlarmMember>> {
         self.readers
-            .with_conn(|c| crate::apply::list_alarms(c))
+            .with_conn(crate::apply::list_alarms)
             .await
     }
 

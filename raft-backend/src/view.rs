@@ -551,14 +551,12 @@ impl<'c> View<'c> {
                         return Err(StoreError::LeaseNotFound);
                     }
                 }
-                Some(request_op::Request::RequestRange(r)) => {
-                    if r.revision != 0 {
-                        if r.revision > self.current_rev() {
-                            return Err(StoreError::FutureRev);
-                        }
-                        if r.revision < self.compact_rev {
-                            return Err(StoreError::Compacted);
-                        }
+                Some(request_op::Request::RequestRange(r)) if r.revision != 0 => {
+                    if r.revision > self.current_rev() {
+                        return Err(StoreError::FutureRev);
+                    }
+                    if r.revision < self.compact_rev {
+                        return Err(StoreError::Compacted);
                     }
                 }
                 _ => {}
