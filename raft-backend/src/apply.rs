@@ -50,10 +50,51 @@ pub struct Applied {
     pub compacted_to: Option<i64>,
 }
 
-/// Applies `cmd` to `conn`. On error nothing it wrote may be kept: the caller
-/// runs each command in its own savepoint and leaves `state` untouched.
+/// Applies `cmd` to `conn`, updating `state` only on success.
+///
+/// Every command checks everything that can refuse it before it writes (as
+/// etcd's applier does), so a refused command has written nothing and needs no
+/// rollback. An error after a write is a storage fault, reported as such so
+/// that the caller rolls the whole batch back.
 pub fn apply(conn: &Connection, state: &mut ApplyState, cmd: &Command) -> Result<Applied> {
-    let mut view = View::with_revisions(conn, state.current_rev, state.compact_rev);
+    let mut next = *state;
+    let mut view = View::with_revisions(conn, next.current_rev, next.compact_rev);
+    let result = apply_to(conn, &mut view, &mut next, cmd);
+    let (output, compacted_to) = match result {
+        Ok(out) => out,
+        Err(e) if e.is_storage_fault() || !view.has_changes() => return Err(e),
+        Err(e) => {
+            return Err(StoreError::Storage(format!(
+                "command failed after writing ({e}); rolling back its batch"
+            )))
+        }
+    };
+    if let Command::Import(imp) = cmd {
+        // An imported revision moves the counter even if it changed nothing
+        // here, so that later imports keep the source's numbering.
+        next.current_rev = imp.revision;
+    }
+    let events = if view.has_changes() {
+        let rev = view.current_rev();
+        next.current_rev = rev;
+        Some((rev, view.into_events()))
+    } else {
+        None
+    };
+    *state = next;
+    Ok(Applied {
+        output,
+        events,
+        compacted_to,
+    })
+}
+
+fn apply_to<'c>(
+    conn: &'c Connection,
+    view: &mut View<'c>,
+    state: &mut ApplyState,
+    cmd: &Command,
+) -> Result<(CommandOutput, Option<i64>)> {
     let mut compacted_to = None;
     let output = match cmd {
         Command::Put(p) => {
@@ -119,30 +160,14 @@ pub fn apply(conn: &Connection, state: &mut ApplyState, cmd: &Command) -> Result
             }
             // Writes through a view land one above its base revision, so base
             // it just below the revision being imported.
-            view = View::with_revisions(conn, imp.revision - 1, state.compact_rev);
-            import(&mut view, imp)?;
+            *view = View::with_revisions(conn, imp.revision - 1, state.compact_rev);
+            import(view, imp)?;
             CommandOutput::Import {
                 revision: imp.revision,
             }
         }
     };
-    if let Command::Import(imp) = cmd {
-        // An imported revision moves the counter even if it changed nothing
-        // here, so that later imports keep the source's numbering.
-        state.current_rev = imp.revision;
-    }
-    let events = if view.has_changes() {
-        let rev = view.current_rev();
-        state.current_rev = rev;
-        Some((rev, view.into_events()))
-    } else {
-        None
-    };
-    Ok(Applied {
-        output,
-        events,
-        compacted_to,
-    })
+    Ok((output, compacted_to))
 }
 
 fn import(view: &mut View<'_>, imp: &ImportRevision) -> Result<()> {

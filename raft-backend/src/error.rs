@@ -32,6 +32,17 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl StoreError {
+    /// A storage fault, as opposed to a refusal of the request: the batch it
+    /// happened in cannot be trusted and is rolled back whole.
+    pub fn is_storage_fault(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Storage(_) | StoreError::Corrupt(_) | StoreError::Stopped
+        )
+    }
+}
+
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         StoreError::Storage(e.to_string())

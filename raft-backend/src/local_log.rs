@@ -1,8 +1,7 @@
 //! The single-member log: propose → durable log → apply, with group commit.
 //!
 //! One thread owns the write connection. It takes every proposal waiting,
-//! applies each in its own savepoint inside one SQLite transaction, and commits
-//! once: one WAL fsync makes the whole batch durable, and only then is any
+//! applies them in order inside one SQLite transaction, and commits once: one WAL fsync makes the whole batch durable, and only then is any
 //! proposal in it acknowledged. For one member the SQLite WAL is the log, so a
 //! command is durable and applied in the same step. A replicated log replaces
 //! this module and drives the same `apply` function with committed entries.
@@ -123,23 +122,21 @@ fn commit_batch(
     let mut applied = AppliedBatch::default();
     let mut compacted_to = None;
     let outcome = (|| -> Result<()> {
-        let mut tx = conn.transaction()?;
+        let tx = conn.transaction()?;
         for (cmd, _) in &batch {
             state.applied_index += 1;
             state.applied_term = TERM;
-            let sp = tx.savepoint()?;
-            let mut next = *state;
-            match apply(&sp, &mut next, cmd) {
+            match apply(&tx, state, cmd) {
                 Ok(a) => {
-                    sp.commit()?;
-                    *state = next;
                     if let Some((revision, events)) = a.events {
                         applied.revisions.push(RevisionEvents { revision, events });
                     }
                     compacted_to = a.compacted_to.or(compacted_to);
                     results.push(Ok(a.output));
                 }
-                // Dropping the savepoint rolls back whatever the command wrote.
+                // A fault leaves the transaction in doubt: roll the batch back.
+                Err(e) if e.is_storage_fault() => return Err(e),
+                // A refused command wrote nothing.
                 Err(e) => results.push(Err(e)),
             }
         }

@@ -41,6 +41,28 @@ impl Readers {
         .await
     }
 
+    /// Like `read`, but on the calling thread. Only for reads bounded to a few
+    /// rows (a single key): handing microseconds of work to a blocking thread
+    /// and back costs more than the work.
+    pub fn read_inline<T, F>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(&mut View<'_>) -> Result<T>,
+    {
+        let mut conn = match self.idle.lock().ok().and_then(|mut v| v.pop()) {
+            Some(c) => c,
+            None => schema::open_reader(&self.path)?,
+        };
+        let result = (|| {
+            let tx = conn.transaction()?;
+            let mut view = View::open(&tx)?;
+            f(&mut view)
+        })();
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push(conn);
+        }
+        result
+    }
+
     /// Runs `f` on a pooled connection outside any view (sizes, pragmas).
     pub async fn with_conn<T, F>(&self, f: F) -> Result<T>
     where

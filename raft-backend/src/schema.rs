@@ -109,6 +109,10 @@ pub fn open_reader(path: &Path) -> Result<Connection> {
     )?;
     configure(&conn)?;
     conn.pragma_update(None, "query_only", true)?;
+    // Readers share the OS page cache through mmap instead of each keeping a
+    // large private cache.
+    conn.pragma_update(None, "cache_size", -4096)?;
+    conn.pragma_update(None, "mmap_size", 1i64 << 30)?;
     Ok(conn)
 }
 
@@ -121,6 +125,9 @@ fn configure(conn: &Connection) -> Result<()> {
     conn.pragma_update(None, "cache_size", -65536)?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    // rusqlite keeps 16 prepared statements by default; the store uses more,
+    // and re-preparing on every eviction costs more than the query.
+    conn.set_prepared_statement_cache_capacity(128);
     Ok(())
 }
 

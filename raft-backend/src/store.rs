@@ -100,6 +100,10 @@ impl Store {
     }
 
     pub async fn range(&self, r: RangeRequest) -> Result<RangeResponse> {
+        if r.range_end.is_empty() {
+            // One key: a couple of index lookups, served without a thread hop.
+            return self.readers.read_inline(|v| v.range(&r));
+        }
         self.readers.read(move |v| v.range(&r)).await
     }
 
@@ -145,9 +149,7 @@ impl Store {
     }
 
     pub async fn alarms(&self) -> Result<Vec<cairn_proto::etcdserverpb::AlarmMember>> {
-        self.readers
-            .with_conn(crate::apply::list_alarms)
-            .await
+        self.readers.with_conn(crate::apply::list_alarms).await
     }
 
     /// Resolves when physical compaction has reached `revision`.

@@ -15,7 +15,7 @@ use rusqlite::{params, params_from_iter, types::Value, Connection, OptionalExten
 
 use crate::error::{Result, StoreError};
 use crate::key_range::KeyRange;
-use crate::schema::{get_meta, meta};
+use crate::schema::meta;
 
 // Enum values of the wire protocol, named once here.
 const SORT_NONE: i32 = 0;
@@ -48,10 +48,19 @@ pub struct View<'c> {
 impl<'c> View<'c> {
     /// A view at the state `conn`'s transaction sees.
     pub fn open(conn: &'c Connection) -> Result<Self> {
+        let (begin_rev, compact_rev) = conn
+            .prepare_cached(
+                "SELECT (SELECT value FROM meta WHERE name = ?1),
+                        (SELECT value FROM meta WHERE name = ?2)",
+            )?
+            .query_row([meta::CURRENT_REV, meta::COMPACT_REV], |r| {
+                Ok((r.get::<_, Option<i64>>(0)?, r.get::<_, Option<i64>>(1)?))
+            })?;
+        let missing = || StoreError::Corrupt("revision counters missing from meta".into());
         Ok(View {
             conn,
-            begin_rev: get_meta(conn, meta::CURRENT_REV)?,
-            compact_rev: get_meta(conn, meta::COMPACT_REV)?,
+            begin_rev: begin_rev.ok_or_else(missing)?,
+            compact_rev: compact_rev.ok_or_else(missing)?,
             changes: 0,
             events: Vec::new(),
         })
@@ -348,7 +357,10 @@ impl<'c> View<'c> {
     pub(crate) fn record_put(&mut self, kv: KeyValue, prev: Option<KeyValue>) -> Result<()> {
         let id = self.insert_history(&kv, false)?;
         self.conn
-            .prepare_cached("INSERT OR REPLACE INTO live (key, hid) VALUES (?1, ?2)")?
+            .prepare_cached(
+                "INSERT INTO live (key, hid) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET hid = excluded.hid",
+            )?
             .execute(params![kv.key, id])?;
         self.events.push(Event {
             r#type: EventType::Put as i32,
