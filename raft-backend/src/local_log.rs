@@ -122,7 +122,9 @@ fn commit_batch(
     let mut applied = AppliedBatch::default();
     let mut compacted_to = None;
     let outcome = (|| -> Result<()> {
-        let tx = conn.transaction()?;
+        // IMMEDIATE takes the write lock up front and waits for the compactor if
+        // it holds it; a deferred transaction would fail on the upgrade instead.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         for (cmd, _) in &batch {
             state.applied_index += 1;
             state.applied_term = TERM;

@@ -512,9 +512,12 @@ impl<'c> View<'c> {
     pub fn txn(&mut self, t: &TxnRequest) -> Result<TxnResponse> {
         let mut path = Vec::new();
         self.compare_path(t, &mut path)?;
-        let writes = !is_txn_readonly(t);
-        let mut cursor = 0;
-        self.check_ops(t, &path, &mut cursor, writes)?;
+        // etcd checks the chosen path's puts first (only when the txn writes),
+        // then its ranges; the first failure of either pass is the answer.
+        if !is_txn_readonly(t) {
+            self.check_ops(t, &path, &mut 0, Check::Puts)?;
+        }
+        self.check_ops(t, &path, &mut 0, Check::Ranges)?;
         let mut cursor = 0;
         let mut resp = self.apply_txn(t, &path, &mut cursor)?;
         resp.header = Some(ResponseHeader {
@@ -546,16 +549,16 @@ impl<'c> View<'c> {
         t: &TxnRequest,
         path: &[bool],
         cursor: &mut usize,
-        writes: bool,
+        check: Check,
     ) -> Result<()> {
         let taken = path.get(*cursor).copied().unwrap_or(false);
         *cursor += 1;
         for op in branch(t, taken) {
             match &op.request {
                 Some(request_op::Request::RequestTxn(inner)) => {
-                    self.check_ops(inner, path, cursor, writes)?
+                    self.check_ops(inner, path, cursor, check)?
                 }
-                Some(request_op::Request::RequestPut(p)) if writes => {
+                Some(request_op::Request::RequestPut(p)) if check == Check::Puts => {
                     if (p.ignore_value || p.ignore_lease) && self.get(&p.key)?.is_none() {
                         return Err(StoreError::KeyNotFound);
                     }
@@ -563,7 +566,9 @@ impl<'c> View<'c> {
                         return Err(StoreError::LeaseNotFound);
                     }
                 }
-                Some(request_op::Request::RequestRange(r)) if r.revision != 0 => {
+                Some(request_op::Request::RequestRange(r))
+                    if check == Check::Ranges && r.revision != 0 =>
+                {
                     if r.revision > self.current_rev() {
                         return Err(StoreError::FutureRev);
                     }
@@ -614,6 +619,13 @@ impl<'c> View<'c> {
             responses,
         })
     }
+}
+
+/// Which ops of a txn's chosen path a checking pass looks at.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Check {
+    Puts,
+    Ranges,
 }
 
 fn branch(t: &TxnRequest, succeeded: bool) -> &[RequestOp] {

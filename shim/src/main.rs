@@ -7,6 +7,7 @@ mod bench;
 mod cluster_service;
 mod config;
 mod errors;
+mod grpc_compat;
 mod http;
 mod identity;
 mod kv_service;

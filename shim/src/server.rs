@@ -97,6 +97,9 @@ pub async fn serve(
     let app = grpc
         .into_axum_router()
         .merge(crate::http::routes(node.clone()))
+        .layer(axum::middleware::from_fn(
+            crate::grpc_compat::message_size_status,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             node.metrics.clone(),
             track,
