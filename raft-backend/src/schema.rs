@@ -111,7 +111,7 @@ pub fn open_reader(path: &Path) -> Result<Connection> {
     conn.pragma_update(None, "query_only", true)?;
     // Readers share the OS page cache through mmap instead of each keeping a
     // large private cache.
-    conn.pragma_update(None, "cache_size", -4096)?;
+    conn.pragma_update(None, "cache_size", -16384)?;
     conn.pragma_update(None, "mmap_size", 1i64 << 30)?;
     Ok(conn)
 }
@@ -128,6 +128,10 @@ fn configure(conn: &Connection) -> Result<()> {
     // rusqlite keeps 16 prepared statements by default; the store uses more,
     // and re-preparing on every eviction costs more than the query.
     conn.set_prepared_statement_cache_capacity(128);
+    // The bundled SQLite has STAT4, which recompiles a statement whenever a
+    // rebound parameter might change its plan: on every request here. Our
+    // plans never depend on the values, so pin them.
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     Ok(())
 }
 
