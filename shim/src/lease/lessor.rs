@@ -2,9 +2,9 @@
 //! the lessor keeps only their deadlines, in memory, and revokes what expires
 //! by proposing a revoke command through the log like any other write.
 //!
-//! Deadlines are not persisted: on start every lease gets its full TTL again,
-//! as etcd extends all leases when a member becomes leader, so a restart never
-//! expires a lease whose holder had no chance to renew it.
+//! Deadlines are not persisted: on start every lease gets its full TTL plus one
+//! election timeout, as etcd extends all leases when a member becomes leader,
+//! so a restart never expires a lease whose holder had no chance to renew it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,6 +22,8 @@ pub const MIN_TTL: i64 = 2;
 /// etcd's maximum TTL.
 pub const MAX_TTL: i64 = 9_000_000_000;
 const EXPIRY_CHECK: Duration = Duration::from_millis(500);
+/// What etcd adds to every lease on leader promotion: one election timeout.
+const EXTEND_ON_START: Duration = Duration::from_secs(1);
 
 struct Deadline {
     ttl: i64,
@@ -72,7 +74,7 @@ impl Lessor {
                     id,
                     Deadline {
                         ttl,
-                        expiry: now + Duration::from_secs(ttl.max(0) as u64),
+                        expiry: now + Duration::from_secs(ttl.max(0) as u64) + EXTEND_ON_START,
                     },
                 )
             })

@@ -16,6 +16,7 @@ use cairn_raft_backend::{AppliedBatch, StoreError};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::watcher::{fragments, StreamId, Watcher};
+use crate::config::GRPC_OVERHEAD_BYTES;
 use crate::node::SharedNode;
 
 /// How often unsynced watchers catch up (etcd syncs every 100 ms).
@@ -25,7 +26,9 @@ const SYNC_MAX_EVENTS: usize = 10_000;
 /// etcd's id for responses that belong to no single watcher.
 pub const NO_WATCH_ID: i64 = -1;
 
-pub type Sink = mpsc::Sender<WatchResponse>;
+/// A stream's ordered buffer. One entry holds every fragment of a response,
+/// so a response is queued whole or not at all, however many fragments it has.
+pub type Sink = mpsc::Sender<Vec<WatchResponse>>;
 
 pub enum HubMsg {
     Register {
@@ -143,14 +146,8 @@ impl Hub {
         let Some(sink) = self.sinks.get(&stream) else {
             return Sent::Closed;
         };
-        // All fragments of a response go in together or not at all.
-        match sink.try_reserve_many(responses.len()) {
-            Ok(permits) => {
-                for (permit, r) in permits.zip(responses) {
-                    permit.send(r);
-                }
-                Sent::Ok
-            }
+        match sink.try_send(responses) {
+            Ok(()) => Sent::Ok,
             Err(mpsc::error::TrySendError::Full(_)) => Sent::Full,
             Err(mpsc::error::TrySendError::Closed(_)) => Sent::Closed,
         }
@@ -169,7 +166,8 @@ impl Hub {
             ..Default::default()
         };
         if w.fragment {
-            fragments(resp, self.node.max_request_bytes)
+            // etcd's watch stream limit includes the gRPC overhead allowance.
+            fragments(resp, self.node.max_request_bytes + GRPC_OVERHEAD_BYTES)
         } else {
             vec![resp]
         }
@@ -253,7 +251,8 @@ impl Hub {
                 continue;
             };
             let resp = WatchResponse {
-                header: self.node.header_at(self.rev),
+                // etcd stamps this response with revision 0.
+                header: self.node.header_at(0),
                 watch_id: w.id,
                 canceled: true,
                 compact_revision: compact,

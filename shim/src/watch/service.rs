@@ -18,8 +18,8 @@ use super::hub::{HubMsg, Sink, WatchHub, NO_WATCH_ID};
 use super::watcher::{StreamId, Watcher};
 use crate::node::SharedNode;
 
-/// Responses buffered per stream before its watchers fall back to catching up
-/// from history (etcd buffers 128 per stream; responses here are per revision).
+/// Responses (each with its fragments) buffered per stream before its watchers
+/// fall back to catching up from history (etcd buffers 128 per stream).
 const STREAM_BUFFER: usize = 1024;
 
 pub struct WatchService {
@@ -67,11 +67,11 @@ impl StreamCtx {
         }
         if req.start_revision < 0 {
             let r = self.refuse("etcdserver: mvcc: required revision has been compacted");
-            return self.sink.send(r).await.map_err(drop);
+            return self.sink.send(vec![r]).await.map_err(drop);
         }
         if !req.range_end.is_empty() && req.range_end != [0] && req.key >= req.range_end {
             let r = self.refuse("mvcc: watcher range is empty");
-            return self.sink.send(r).await.map_err(drop);
+            return self.sink.send(vec![r]).await.map_err(drop);
         }
         let id = if req.watch_id == 0 {
             while self.ids.contains(&self.next_id) {
@@ -80,8 +80,8 @@ impl StreamCtx {
             self.next_id += 1;
             self.next_id - 1
         } else if self.ids.contains(&req.watch_id) {
-            let r = self.refuse("mvcc: duplicate watch ID");
-            return self.sink.send(r).await.map_err(drop);
+            let r = self.refuse("mvcc: duplicate watch ID provided on the WatchStream");
+            return self.sink.send(vec![r]).await.map_err(drop);
         } else {
             req.watch_id
         };
@@ -100,7 +100,7 @@ impl StreamCtx {
             ..Default::default()
         };
         // Created goes out before the hub can send this watcher anything.
-        self.sink.send(created).await.map_err(drop)?;
+        self.sink.send(vec![created]).await.map_err(drop)?;
         let range = KeyRange::new(&req.key, &req.range_end);
         let watcher = Watcher::new(id, self.id, &req, range, next_rev);
         self.hub.send(HubMsg::Register {
@@ -111,22 +111,24 @@ impl StreamCtx {
     }
 
     async fn cancel(&mut self, id: i64) -> Result<(), ()> {
-        let (done, existed) = oneshot::channel();
+        let (done, removed) = oneshot::channel();
         self.hub.send(HubMsg::Cancel {
             stream: self.id,
             id,
             done,
         });
-        // The hub sends nothing more for the watcher once it answers.
-        if existed.await.unwrap_or(false) {
-            self.ids.remove(&id);
+        // Once the hub answers it sends nothing more for the watcher.
+        let _ = removed.await;
+        // An id this stream created is answered and freed even if the server
+        // already canceled the watcher (a compacted start), as etcd does.
+        if self.ids.remove(&id) {
             let resp = WatchResponse {
                 header: self.node.header(),
                 watch_id: id,
                 canceled: true,
                 ..Default::default()
             };
-            self.sink.send(resp).await.map_err(drop)?;
+            self.sink.send(vec![resp]).await.map_err(drop)?;
         }
         Ok(())
     }
@@ -169,6 +171,8 @@ impl Watch for WatchService {
             next_id: 0,
         };
         tokio::spawn(ctx.run(req.into_inner()));
-        Ok(Response::new(Box::pin(ReceiverStream::new(out).map(Ok))))
+        let responses = ReceiverStream::new(out)
+            .flat_map(|group| futures::stream::iter(group.into_iter().map(Ok)));
+        Ok(Response::new(Box::pin(responses)))
     }
 }
