@@ -1334,3 +1334,40 @@ async fn slow_watcher_never_blocks_writers_cairn() -> Result<()> {
 async fn slow_watcher_never_blocks_writers_etcd() -> Result<()> {
     slow_watcher(Kind::Etcd).await
 }
+
+/// A client that closes its sending side keeps receiving its watchers' events:
+/// etcd ignores the half-close, and only the end of the call ends the watchers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_closed_stream_keeps_delivering_matches_etcd() -> Result<()> {
+    let (mut etcd, mut cairn) = start_pair(&[], &[], None).await?;
+    let r = async {
+        for m in [&etcd, &cairn] {
+            let ch = channel(m).await?;
+            let mut kv = kv_client(&ch);
+            let mut w = RawWatch::open(
+                &ch,
+                &format!("{} half-close", m.kind()),
+                Create::prefix("hc/"),
+            )
+            .await?;
+            w.expect_created().await?;
+            w.close_send();
+            let rev = put(&mut kv, "hc/a", b"1").await?;
+            let resp = w.next().await?;
+            let got: Vec<_> = resp
+                .events
+                .iter()
+                .filter_map(|e| e.kv.as_ref())
+                .map(|kv| (kv.key.clone(), kv.mod_revision))
+                .collect();
+            ensure!(
+                got == vec![(b"hc/a".to_vec(), rev)],
+                "{}: after half-close got {got:?}",
+                m.kind()
+            );
+        }
+        Ok(())
+    }
+    .await;
+    keep_on_err(r, &mut [&mut etcd, &mut cairn])
+}

@@ -131,7 +131,10 @@ fn configure(conn: &Connection) -> Result<()> {
     // The bundled SQLite has STAT4, which recompiles a statement whenever a
     // rebound parameter might change its plan: on every request here. Our
     // plans never depend on the values, so pin them.
-    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
     Ok(())
 }
 

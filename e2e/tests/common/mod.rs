@@ -313,6 +313,13 @@ impl RawWatch {
     }
 
     /// A handle to send requests from another task.
+    /// Closes the request side of the stream (a client half-close) while
+    /// responses keep being read.
+    pub fn close_send(&mut self) {
+        let (closed, _) = mpsc::channel(1);
+        self.req = closed;
+    }
+
     pub fn sender(&self) -> mpsc::Sender<pb::WatchRequest> {
         self.req.clone()
     }

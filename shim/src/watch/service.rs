@@ -19,8 +19,10 @@ use super::watcher::{StreamId, Watcher};
 use crate::node::SharedNode;
 
 /// Responses (each with its fragments) buffered per stream before its watchers
-/// fall back to catching up from history (etcd buffers 128 per stream).
-const STREAM_BUFFER: usize = 1024;
+/// fall back to catching up from history, as etcd's 128. A deeper buffer only
+/// turns overload into queueing delay and memory: catch-up from history sends
+/// many revisions per response and so drains a backlog faster.
+const STREAM_BUFFER: usize = 128;
 
 pub struct WatchService {
     node: SharedNode,
@@ -134,7 +136,17 @@ impl StreamCtx {
     }
 
     async fn run(mut self, mut inbound: Streaming<WatchRequest>) {
-        while let Some(Ok(req)) = inbound.next().await {
+        loop {
+            let req = match inbound.next().await {
+                Some(Ok(req)) => req,
+                // The client closed its sending side: as in etcd, its watchers
+                // keep receiving until the response stream goes away too.
+                None => {
+                    self.sink.closed().await;
+                    break;
+                }
+                Some(Err(_)) => break,
+            };
             let step = match req.request_union {
                 Some(RequestUnion::CreateRequest(c)) => self.create(c).await,
                 Some(RequestUnion::CancelRequest(c)) => self.cancel(c.watch_id).await,
