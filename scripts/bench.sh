@@ -4,13 +4,19 @@
 #   scripts/bench.sh [cairn bench flags...]
 #
 # Builds `cargo build --release -p cairn-shim`, then for each workload (put,
-# range) and each server (etcd, then Cairn) starts that server alone on free
+# range, and watch fan-out at each size of BENCH_WATCH_RUNS) and each server (etcd, then Cairn) starts that server alone on free
 # 127.0.0.1 ports with a fresh data directory, waits for it to answer, runs the
 # identical `target/release/cairn bench --workload W --json [flags...]` against
 # it, and stops it again, so that the two never run at the same time nor
 # compete for the cores. Rounds alternate which server goes first. All data directories are under one temporary
 # directory, hence on the same disk. Then prints every result and the ratios
-# (throughput Cairn/etcd, p99 latency Cairn/etcd).
+# (throughput Cairn/etcd, p99 latency Cairn/etcd; for watch: delivery p50 and
+# p99 Cairn/etcd, and the server memory per watcher).
+#
+# Watch runs get `--watchers W --rate R [--duration D] --server-pid PID`, so
+# `cairn bench` samples the server's VmRSS before the watchers, after they are
+# all created, and its peak. Do not repeat those flags among the extra flags
+# (clap refuses a flag given twice); use BENCH_WATCH_RUNS.
 #
 # Both servers run with their default settings (for etcd: 2 GiB backend quota,
 # --snapshot-count 100000, fsync on every commit; nothing is tuned on either).
@@ -18,7 +24,12 @@
 # Extra flags are given to every `cairn bench` run, e.g.
 #   scripts/bench.sh --total 50000 --clients 50
 # Environment:
-#   BENCH_WORKLOADS  workloads to run (default "put range")
+#   BENCH_WORKLOADS  workloads to run (default "put range watch")
+#   BENCH_WATCH_RUNS watch fan-out sizes, each WATCHERS:RATE[:DURATION]
+#                    (default "1000:100 10000:10": 1,000 watchers with 100
+#                    writes/s and 10,000 with 10 writes/s, 10 s each, i.e.
+#                    100,000 events/s to deliver; see docs/benchmarks.md for
+#                    why not 1,000 writes/s by default)
 #   BENCH_SERVERS    servers to run (default "etcd cairn"; "etcd" alone is fine)
 #   BENCH_ROUNDS     rounds, each running every workload on every server in
 #                    turn (default 3); the ratios use each server's median
@@ -32,7 +43,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
-workloads=${BENCH_WORKLOADS:-put range}
+workloads=${BENCH_WORKLOADS:-put range watch}
+watch_runs=${BENCH_WATCH_RUNS:-1000:100 10000:10}
 servers=${BENCH_SERVERS:-etcd cairn}
 rounds=${BENCH_ROUNDS:-3}
 ready_timeout=${READY_TIMEOUT:-60}
@@ -65,6 +77,26 @@ fi
 case " $servers " in
   *" cairn "*) [ -x "$cairn_bin" ] || die "$cairn_bin missing" ;;
 esac
+
+# Watch streams are HTTP/2 streams, not sockets: 10,000 watchers over --conns
+# connections need only that many descriptors on either side. Still, raise the
+# soft limit to the hard one for servers and client, in case --conns is large.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+# The runs of one round: put, range, and watch at each size.
+runs=()
+for w in $workloads; do
+  case $w in
+    watch)
+      for spec in $watch_runs; do
+        IFS=: read -r ww wr wd <<<"$spec"
+        [[ "$ww" =~ ^[0-9]+$ && "$wr" =~ ^[0-9]+$ ]] || die "bad BENCH_WATCH_RUNS entry $spec (want WATCHERS:RATE[:DURATION])"
+        runs+=("watch:$ww:$wr:${wd:-}")
+      done
+      ;;
+    *) runs+=("$w") ;;
+  esac
+done
 
 tmp=$(mktemp -d "${BENCH_TMPDIR:-${TMPDIR:-/tmp}}/cairn-bench.XXXXXX")
 results=$tmp/results.jsonl
@@ -185,6 +217,7 @@ EOF
 )
 log "fsync of a 4 KiB write on that disk: $fsync_us"
 log "etcd: $("$etcd" --version | head -n 1); cairn: $("$cairn_bin" --version 2>/dev/null || echo '?') at $(git describe --always --dirty 2>/dev/null || echo '?')"
+log "open files limit: $(ulimit -n)"
 log "load average before starting: $(cut -d' ' -f1-3 /proc/loadavg) (anything else busy on the machine skews the numbers)"
 failed=0
 for round in $(seq 1 "$rounds"); do
@@ -194,22 +227,40 @@ for round in $(seq 1 "$rounds"); do
   if [ $((round % 2)) -eq 0 ]; then
     order=$(printf '%s\n' $servers | tac | tr '\n' ' ')
   fi
-  for w in $workloads; do
+  for run in "${runs[@]}"; do
+    # put/range run as they are; watch:W:R:D gets its size and rate.
+    w=${run%%:*}
+    label=$w
+    wargs=()
+    if [ "$w" = watch ]; then
+      IFS=: read -r _ ww wr wd <<<"$run"
+      label=watch-${ww}x${wr}
+      wargs=(--watchers "$ww" --rate "$wr")
+      if [ -n "$wd" ]; then
+        wargs+=(--duration "$wd")
+        label=$label-$wd
+      fi
+    fi
     for s in $order; do
-      dir=$tmp/r$round-$w-$s
-      log "round $round: $w on $s"
+      dir=$tmp/r$round-$label-$s
+      log "round $round: $label on $s"
       if ! start_server "$s" "$dir"; then
         failed=1
         printf '{"round":%s,"workload":"%s","server":"%s","failed":"did not start"}\n' \
-          "$round" "$w" "$s" >>"$results"
+          "$round" "$label" "$s" >>"$results"
         continue
+      fi
+      extra=()
+      if [ "$w" = watch ]; then
+        extra=("${wargs[@]}" --server-pid "$server_pid")
       fi
       busy0=$(machine_busy)
       srv0=$(proc_cpu "$server_pid")
       # In the background and waited for, so that a signal reaches the trap
       # (and the cleanup) at once rather than when the client is done.
       RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0 \
-        "${client_cmd[@]}" --endpoints "$url" --workload "$w" "$@" --json \
+        "${client_cmd[@]}" --endpoints "$url" --workload "$w" \
+        ${extra[@]+"${extra[@]}"} "$@" --json \
         >"$dir/result.json" 2>"$dir/bench.log" &
       client_pid=$!
       rc=0
@@ -226,11 +277,11 @@ for round in $(seq 1 "$rounds"); do
       fi
       if [ -s "$dir/result.json" ]; then
         printf '{"round":%s,"workload":"%s","server":"%s","rc":%s,"hz":%s,"busy_ticks":%s,"server_ticks":%s,"peak_rss_mb":%s,"result":%s}\n' \
-          "$round" "$w" "$s" "$rc" "$hz" "$((busy1 - busy0))" "$((srv1 - srv0))" \
+          "$round" "$label" "$s" "$rc" "$hz" "$((busy1 - busy0))" "$((srv1 - srv0))" \
           "${rss_mb:-null}" "$(cat "$dir/result.json")" >>"$results"
       else
         printf '{"round":%s,"workload":"%s","server":"%s","failed":"bench failed"}\n' \
-          "$round" "$w" "$s" >>"$results"
+          "$round" "$label" "$s" >>"$results"
       fi
       stop_server
     done
@@ -245,9 +296,12 @@ out = sys.argv[2]
 print()
 print("CPU s: seconds of CPU used while the client ran (populate and warm-up included) by the server,")
 print("the client, and everything else on the machine; RSS: the server's peak resident memory.")
-print(f"{'round':>5} {'workload':<8} {'server':<6} {'ops/s':>10} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'max ms':>8} {'errors':>6} {'srv CPU s':>9} {'cli CPU s':>9} {'other':>6} {'RSS MB':>6}")
+print("watch-WxR rows: W watchers, R writes/s; ops/s = events delivered per second, latency = delivery")
+print("latency (event received - write sent), errors = missing + duplicate + out-of-order + other")
+print("correctness errors + events undelivered at the deadline.")
+print(f"{'round':>5} {'workload':<16} {'server':<6} {'ops/s':>10} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'max ms':>8} {'errors':>6} {'srv CPU s':>9} {'cli CPU s':>9} {'other':>6} {'RSS MB':>6}")
 for r in rows:
-    head = f"{r['round']:>5} {r['workload']:<8} {r['server']:<6}"
+    head = f"{r['round']:>5} {r['workload']:<16} {r['server']:<6}"
     if "result" not in r:
         print(f"{head} {r['failed']}")
         continue
@@ -259,6 +313,28 @@ for r in rows:
     r["cpu_s"] = {"server": srv, "client": cli, "other": other}
     note = "" if r.get("rc", 0) == 0 else f"  FAILED (exit {r['rc']}, stopped by {x['stopped_by']}); not used below"
     print(f"{head} {x['ops_per_sec']:>10.0f} {l['p50']/1e3:>8.2f} {l['p90']/1e3:>8.2f} {l['p99']/1e3:>8.2f} {l['p99_9']/1e3:>9.2f} {l['max']/1e3:>8.2f} {x['errors']:>6} {srv:>9.1f} {cli:>9.1f} {other:>6.1f} {r.get('peak_rss_mb') or 0:>6}{note}")
+
+watch_rows = [r for r in rows if r["workload"].startswith("watch") and "result" in r]
+if watch_rows:
+    print()
+    print("Watch fan-out: writes/s achieved (target in the name); events received of expected; errors;")
+    print("server VmRSS before the watchers, 1 s after the last was created, per watcher, and the peak.")
+    print(f"{'round':>5} {'workload':<16} {'server':<6} {'writes/s':>8} {'received':>10} {'expected':>10} "
+          f"{'missing':>7} {'dup':>5} {'order':>5} {'undeliv':>7} {'other':>5} {'create s':>8} "
+          f"{'RSS0 MB':>7} {'RSS1 MB':>7} {'KB/watcher':>10} {'peak MB':>7}")
+    for r in watch_rows:
+        x = r["result"]; e = x["events"]; m = x.get("server_rss") or {}
+        other = (e["foreign"] + e["unknown_watch_id"] + e["canceled_watchers"] + e["stream_errors"]
+                 + x["writes"].get("not_stored_as_acknowledged", 0))
+        mb = lambda kb: f"{kb/1024:.1f}" if kb is not None else "-"
+        pw = m.get("per_watcher_bytes")
+        print(f"{r['round']:>5} {r['workload']:<16} {r['server']:<6} {x['writes']['per_sec']:>8.1f} "
+              f"{e['received']:>10} {e['expected']:>10} {e['missing']:>7} {e['duplicates']:>5} "
+              f"{e['out_of_order']:>5} {e['undelivered']:>7} {other:>5} {x['create_s']:>8.2f} "
+              f"{mb(m.get('before_kb')):>7} {mb(m.get('after_create_kb')):>7} "
+              f"{(pw/1024 if pw is not None else float('nan')):>10.1f} {mb(m.get('peak_kb')):>7}")
+        for msg in x.get("first_errors", [])[:5]:
+            print(f"      {msg}")
 
 def med(w, s, f):
     v = [f(r["result"]) for r in rows
@@ -275,6 +351,13 @@ for w in dict.fromkeys(r["workload"] for r in rows):
                   "throughput_ratio": (c_tp / e_tp) if e_tp and c_tp is not None else None,
                   "p99_ratio": (c_99 / e_99) if e_99 and c_99 is not None else None}
     s = summary[w]
+    if w.startswith("watch"):
+        e_50, c_50 = med(w, "etcd", lambda x: x["latency_us"]["p50"]), med(w, "cairn", lambda x: x["latency_us"]["p50"])
+        pw = lambda x: (x.get("server_rss") or {}).get("per_watcher_bytes")
+        e_m, c_m = med(w, "etcd", pw), med(w, "cairn", pw)
+        s.update({"etcd_p50_us": e_50, "cairn_p50_us": c_50,
+                  "p50_ratio": (c_50 / e_50) if e_50 and c_50 is not None else None,
+                  "etcd_rss_per_watcher_bytes": e_m, "cairn_rss_per_watcher_bytes": c_m})
     n = len({r["round"] for r in rows if r["workload"] == w})
     w = f"{w} (medians of {n} rounds)" if n > 1 else w
     if s["throughput_ratio"] is None:
@@ -284,6 +367,11 @@ for w in dict.fromkeys(r["workload"] for r in rows):
         print(f"{w}: throughput Cairn/etcd = {s['throughput_ratio']:.2f}x "
               f"({c_tp:.0f} vs {e_tp:.0f} ops/s); "
               f"p99 Cairn/etcd = {s['p99_ratio']:.2f}x ({c_99/1e3:.2f} vs {e_99/1e3:.2f} ms)")
+    if "p50_ratio" in s and s["p50_ratio"] is not None:
+        kb = lambda v: "?" if v is None else f"{v/1024:.1f} KB"
+        print(f"{' ' * len(w)}  delivery p50 Cairn/etcd = {s['p50_ratio']:.2f}x "
+              f"({c_50/1e3:.2f} vs {e_50/1e3:.2f} ms); server RSS per watcher: "
+              f"Cairn {kb(s['cairn_rss_per_watcher_bytes'])}, etcd {kb(s['etcd_rss_per_watcher_bytes'])}")
 if out:
     with open(out, "w") as f:
         json.dump({"runs": rows, "summary": summary}, f, indent=2)

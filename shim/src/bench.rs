@@ -16,6 +16,11 @@
 //!   single-key Range requests on uniformly drawn keys, linearizable by default
 //!   or serializable with `--consistency s`. A response without exactly one
 //!   key-value counts as an error.
+//! * `watch`: watch fan-out (see the `watch` submodule): `--watchers` watchers
+//!   on one prefix, over `--conns` connections, then a paced writer puts
+//!   `--rate` values per second under the prefix for `--duration`; reports the
+//!   delivery latency of every event to every watcher, and counts missing,
+//!   duplicated and out-of-order events as errors.
 //!
 //! Each run has three phases: populate (range only), warm-up (`--warmup`
 //! requests, not measured) and the measured phase, which ends after `--total`
@@ -40,6 +45,8 @@ use cairn_proto::etcdserverpb::{PutRequest, RangeRequest, StatusRequest};
 use hdrhistogram::Histogram;
 use tonic::transport::{Channel, Endpoint};
 
+mod watch;
+
 /// Highest latency the histograms track exactly (60 s, in microseconds);
 /// anything slower is recorded as this value.
 const HIST_MAX_US: u64 = 60_000_000;
@@ -59,8 +66,9 @@ pub struct BenchArgs {
     )]
     pub endpoints: Vec<String>,
 
-    /// Workload: `put` (random-key puts) or `range` (single-key reads of keys
-    /// populated first).
+    /// Workload: `put` (random-key puts), `range` (single-key reads of keys
+    /// populated first) or `watch` (watch fan-out: --watchers watchers on one
+    /// prefix, a writer at --rate puts/s).
     #[arg(long, value_enum, default_value_t = Workload::Put)]
     pub workload: Workload,
 
@@ -132,6 +140,40 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
 
+    /// watch: number of watchers, all on --watch-prefix.
+    #[arg(long, default_value_t = 1000)]
+    pub watchers: usize,
+
+    /// watch: watchers per bidirectional Watch stream. 1 (the default) opens
+    /// one gRPC stream per watcher; streams are spread round robin over
+    /// --conns connections.
+    #[arg(long, default_value_t = 1)]
+    pub watchers_per_stream: usize,
+
+    /// watch: the prefix every watcher watches and every write goes under.
+    #[arg(long, default_value = "/fanout/")]
+    pub watch_prefix: String,
+
+    /// watch: writes per second (paced on a fixed schedule; up to --clients
+    /// writes in flight). The writer issues --rate x --duration writes (10 s
+    /// when --duration is not given), or --total if smaller.
+    #[arg(long, default_value_t = 1000)]
+    pub rate: u64,
+
+    /// watch: deadline for every watcher's Created response.
+    #[arg(long, value_parser = parse_duration, default_value = "120s")]
+    pub create_timeout: Duration,
+
+    /// watch: after the last write, how long to wait for events still due.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub drain_timeout: Duration,
+
+    /// watch: PID of the server (on this machine) whose resident memory to
+    /// sample from /proc/PID/status: before the watchers, after they are all
+    /// created, and the peak.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+
     /// Print the result as one JSON object on stdout instead of text.
     #[arg(long)]
     pub json: bool,
@@ -148,6 +190,8 @@ pub enum Workload {
     Put,
     /// Single-key Range requests on random, previously written keys.
     Range,
+    /// Watch fan-out: many watchers on one prefix, a paced writer under it.
+    Watch,
 }
 
 /// Consistency of Range requests.
@@ -166,6 +210,7 @@ impl Workload {
         match self {
             Workload::Put => "put",
             Workload::Range => "range",
+            Workload::Watch => "watch",
         }
     }
 }
@@ -547,6 +592,9 @@ fn validate(args: &BenchArgs) -> anyhow::Result<()> {
     if !(0.0..=1.0).contains(&args.max_error_rate) {
         bail!("--max-error-rate must be within 0..=1");
     }
+    if args.workload == Workload::Watch {
+        return watch::validate(args);
+    }
     let digits = (args.key_space - 1).to_string().len();
     if args.key_size < args.key_prefix.len() + digits {
         bail!(
@@ -630,6 +678,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .map_err(|s| anyhow!("probe Range failed: {:?}: {}", s.code(), s.message()))?;
     }
 
+    if args.workload == Workload::Watch {
+        return watch::run(&args, endpoints, channels, server, run_start).await;
+    }
+
     let mut rng = Rng(args.seed ^ 0xA076_1D64_78BD_642F);
     let value: Vec<u8> = (0..args.val_size)
         .map(|_| b'a' + rng.below(26) as u8)
@@ -660,6 +712,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let op = match args.workload {
         Workload::Put => Op::Put,
         Workload::Range => Op::Range,
+        Workload::Watch => unreachable!("handled above"),
     };
 
     let mut populate = None;
