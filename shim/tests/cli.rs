@@ -17,7 +17,24 @@ fn no_flags_serves_default_member_on_2379() {
     let out = etcdctl_run(&["--endpoints", ep, "member", "list", "-w", "json"], None);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("\"name\":\"default\""), "{text}");
-    assert!(dir.path().join("default.cairn").join("cairn.db").exists());
+    // The member answering on 2379 is the one this test started in its own
+    // data dir, not something else that happened to hold the port.
+    let identity =
+        std::fs::read_to_string(dir.path().join("default.cairn").join("member.json")).unwrap();
+    let member_id = identity
+        .split("\"member_id\":")
+        .nth(1)
+        .and_then(|rest| {
+            rest.trim_start()
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+        })
+        .unwrap()
+        .to_string();
+    assert!(
+        text.contains(&format!("\"ID\":{member_id}")),
+        "member {member_id} not in {text}"
+    );
 }
 
 #[test]
