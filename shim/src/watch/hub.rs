@@ -19,8 +19,10 @@ use super::watcher::{fragments, StreamId, Watcher};
 use crate::config::GRPC_OVERHEAD_BYTES;
 use crate::node::SharedNode;
 
-/// How often unsynced watchers catch up (etcd syncs every 100 ms).
-const SYNC_INTERVAL: Duration = Duration::from_millis(100);
+/// How often unsynced watchers catch up. etcd syncs new watchers every 100 ms
+/// but retries watchers whose buffer was full every 10 ms; a watcher here is
+/// unsynced for either reason, so it gets the shorter wait.
+const SYNC_INTERVAL: Duration = Duration::from_millis(10);
 /// Events read from history per catch-up pass.
 const SYNC_MAX_EVENTS: usize = 10_000;
 /// etcd's id for responses that belong to no single watcher.
@@ -237,6 +239,9 @@ impl Hub {
     }
 
     async fn sync_unsynced(&mut self) {
+        if self.watchers.values().all(|w| w.synced) {
+            return;
+        }
         let compact = self.node.store.applied().compact_rev;
         let mut closed = Vec::new();
         // Watchers whose next revision is compacted are canceled, as in etcd.
