@@ -58,3 +58,26 @@ pub async fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> Resu
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     })
 }
+
+/// Removes cluster_id, member_id and raft_term from every header object of
+/// etcdctl's JSON output (it writes both "header" and "Header"): the only
+/// fields in which two correct servers may differ.
+pub fn strip_header_ids(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Object(map) => {
+            for (k, child) in map.iter_mut() {
+                if k.eq_ignore_ascii_case("header") {
+                    if let Value::Object(h) = child {
+                        h.remove("cluster_id");
+                        h.remove("member_id");
+                        h.remove("raft_term");
+                    }
+                }
+                strip_header_ids(child);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_header_ids),
+        _ => {}
+    }
+}

@@ -19,29 +19,10 @@
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
+use cairn_e2e::etcdctl::strip_header_ids;
 use cairn_e2e::etcdctl::{etcdctl, CtlOutput};
 use cairn_e2e::{Kind, Member};
 use serde_json::Value;
-
-/// Removes cluster_id, member_id and raft_term from every "header" object.
-fn strip_header_ids(v: &mut Value) {
-    match v {
-        Value::Object(map) => {
-            for (k, child) in map.iter_mut() {
-                if k == "header" {
-                    if let Value::Object(h) = child {
-                        h.remove("cluster_id");
-                        h.remove("member_id");
-                        h.remove("raft_term");
-                    }
-                }
-                strip_header_ids(child);
-            }
-        }
-        Value::Array(items) => items.iter_mut().for_each(strip_header_ids),
-        _ => {}
-    }
-}
 
 /// The comparable part of an etcdctl run.
 #[derive(Debug, PartialEq, Eq)]

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use cairn_e2e::binaries::etcdctl_bin;
+use cairn_e2e::etcdctl::strip_header_ids;
 use cairn_e2e::etcdctl::{etcdctl, CtlOutput};
 use cairn_e2e::Member;
 use cairn_proto::etcdserverpb as pb;
@@ -106,15 +107,30 @@ async fn ctl_until(
         }
         tokio::time::sleep(Duration::from_millis(20)).await; // polling with a deadline
     }
+    // What the command had printed when its output was judged complete; a
+    // command that keeps running (watch) would otherwise print more below.
+    let complete = out.lock().await.clone();
+    if finished && code.is_none() {
+        // Give a command that is about to exit (lease keep-alive after the
+        // revoke) a moment, so its exit code does not depend on who was faster.
+        if let Ok(Ok(status)) = tokio::time::timeout(Duration::from_secs(1), child.wait()).await {
+            code = Some(status.code().unwrap_or(-1));
+        }
+    }
     if code.is_none() {
         let _ = child.kill().await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), ro).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), re).await;
     drop(input);
+    let stdout = if finished && code.is_none() {
+        complete
+    } else {
+        out.lock().await.clone()
+    };
     let run = Run {
         code,
-        stdout: String::from_utf8_lossy(&out.lock().await).into_owned(),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
         stderr: String::from_utf8_lossy(&err.lock().await).into_owned(),
     };
     ensure!(
@@ -122,27 +138,6 @@ async fn ctl_until(
         "{what}: output incomplete after {timeout:?}: {run:?}"
     );
     Ok(run)
-}
-
-/// Removes cluster_id, member_id and raft_term from every header object
-/// (etcdctl's JSON uses both "header" and "Header").
-fn strip_header_ids(v: &mut Value) {
-    match v {
-        Value::Object(map) => {
-            for (k, child) in map.iter_mut() {
-                if k.eq_ignore_ascii_case("header") {
-                    if let Value::Object(h) = child {
-                        h.remove("cluster_id");
-                        h.remove("member_id");
-                        h.remove("raft_term");
-                    }
-                }
-                strip_header_ids(child);
-            }
-        }
-        Value::Array(items) => items.iter_mut().for_each(strip_header_ids),
-        _ => {}
-    }
 }
 
 /// The comparable part of a run: exit code, stdout with JSON lines
