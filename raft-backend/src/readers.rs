@@ -48,18 +48,13 @@ impl Readers {
     where
         F: FnOnce(&mut View<'_>) -> Result<T>,
     {
-        let mut conn = match self.idle.lock().ok().and_then(|mut v| v.pop()) {
-            Some(c) => c,
-            None => schema::open_reader(&self.path)?,
-        };
+        let mut conn = self.checkout()?;
         let result = (|| {
             let tx = conn.transaction()?;
             let mut view = View::open(&tx)?;
             f(&mut view)
         })();
-        if let Ok(mut idle) = self.idle.lock() {
-            idle.push(conn);
-        }
+        self.checkin(conn);
         result
     }
 
@@ -84,17 +79,26 @@ impl Readers {
             .map_err(|_| StoreError::Stopped)?;
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
-            let mut conn = match this.idle.lock().ok().and_then(|mut v| v.pop()) {
-                Some(c) => c,
-                None => schema::open_reader(&this.path)?,
-            };
+            let mut conn = this.checkout()?;
             let result = f(&mut conn);
-            if let Ok(mut idle) = this.idle.lock() {
-                idle.push(conn);
-            }
+            this.checkin(conn);
             result
         })
         .await
         .map_err(|e| StoreError::Storage(format!("read task failed: {e}")))?
+    }
+
+    /// An idle connection, or a new one when all are in use.
+    fn checkout(&self) -> Result<Connection> {
+        match self.idle.lock().ok().and_then(|mut v| v.pop()) {
+            Some(c) => Ok(c),
+            None => schema::open_reader(&self.path),
+        }
+    }
+
+    fn checkin(&self, conn: Connection) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push(conn);
+        }
     }
 }

@@ -844,7 +844,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.json {
         println!("{result}");
     } else {
-        let ms = |us: u64| us as f64 / 1000.0;
         println!(
             "{} against {} ({})",
             args.workload.name(),
@@ -872,15 +871,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             r.stop.name()
         );
         println!("  throughput: {ops_per_sec:.1} ops/s");
-        println!(
-            "  latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  (mean {:.3})",
-            ms(lat(0.5)),
-            ms(lat(0.9)),
-            ms(lat(0.99)),
-            ms(lat(0.999)),
-            ms(if h.is_empty() { 0 } else { h.max() }),
-            if h.is_empty() { 0.0 } else { h.mean() / 1000.0 }
-        );
+        println!("  latency ms: {}", latency_summary_ms(h));
         if r.errors > 0 {
             println!("  errors by kind: {:?}", r.error_kinds);
             for e in &r.first_errors {
@@ -899,6 +890,28 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         bail!("no request succeeded");
     }
     Ok(())
+}
+
+/// "p50 … p90 … p99 … p99.9 … max … (mean …)" in milliseconds, from a
+/// microsecond histogram: the one latency line every workload prints.
+pub(crate) fn latency_summary_ms(h: &hdrhistogram::Histogram<u64>) -> String {
+    let ms = |us: u64| us as f64 / 1000.0;
+    let q = |x: f64| {
+        if h.is_empty() {
+            0
+        } else {
+            h.value_at_quantile(x)
+        }
+    };
+    format!(
+        "p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  (mean {:.3})",
+        ms(q(0.5)),
+        ms(q(0.9)),
+        ms(q(0.99)),
+        ms(q(0.999)),
+        ms(if h.is_empty() { 0 } else { h.max() }),
+        if h.is_empty() { 0.0 } else { h.mean() / 1000.0 }
+    )
 }
 
 #[cfg(test)]

@@ -80,6 +80,32 @@ pub async fn refresh(node: &SharedNode) {
     }
 }
 
+/// Status code names as go-grpc-prometheus writes them in `grpc_code` (Go's
+/// `codes.Code.String()`: "OK", not "Ok"), which etcd dashboards filter on.
+const CODE_NAMES: [&str; 17] = [
+    "OK",
+    "Canceled",
+    "Unknown",
+    "InvalidArgument",
+    "DeadlineExceeded",
+    "NotFound",
+    "AlreadyExists",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "FailedPrecondition",
+    "Aborted",
+    "OutOfRange",
+    "Unimplemented",
+    "Internal",
+    "Unavailable",
+    "DataLoss",
+    "Unauthenticated",
+];
+
+fn code_name(code: usize) -> &'static str {
+    CODE_NAMES.get(code).copied().unwrap_or("Unknown")
+}
+
 /// The gRPC call type, as go-grpc-prometheus labels it.
 fn grpc_type(service: &str, method: &str) -> &'static str {
     match (service, method) {
@@ -105,25 +131,43 @@ pub async fn track(
     if !is_grpc {
         return next.run(req).await;
     }
-    let path = req.uri().path().trim_start_matches('/').to_string();
-    let (service, method) = path.split_once('/').unwrap_or((path.as_str(), ""));
-    let (service, method) = (service.to_string(), method.to_string());
-    let kind = grpc_type(&service, &method);
+    // One allocation: the path must outlive the request, which `next` consumes.
+    let path = req.uri().path().to_owned();
+    let (service, method) = path
+        .trim_start_matches('/')
+        .split_once('/')
+        .unwrap_or((path.as_str(), ""));
+    let kind = grpc_type(service, method);
     metrics
         .grpc_started
-        .with_label_values(&[kind, &service, &method])
+        .with_label_values(&[kind, service, method])
         .inc();
     let resp = next.run(req).await;
     let code = resp
         .headers()
         .get("grpc-status")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<i32>().ok())
+        .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(0);
-    let code_name = format!("{:?}", tonic::Code::from(code));
     metrics
         .grpc_handled
-        .with_label_values(&[kind, &service, &method, &code_name])
+        .with_label_values(&[kind, service, method, code_name(code)])
         .inc();
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::code_name;
+
+    #[test]
+    fn code_names_follow_go_grpc() {
+        assert_eq!(code_name(0), "OK");
+        assert_eq!(code_name(tonic::Code::OutOfRange as usize), "OutOfRange");
+        assert_eq!(
+            code_name(tonic::Code::Unauthenticated as usize),
+            "Unauthenticated"
+        );
+        assert_eq!(code_name(99), "Unknown");
+    }
 }

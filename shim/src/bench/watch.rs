@@ -43,6 +43,7 @@ use cairn_proto::etcdserverpb::{
     PutRequest, RangeRequest, WatchCreateRequest, WatchRequest, WatchResponse,
 };
 use cairn_proto::mvccpb::event::EventType;
+use cairn_raft_backend::prefix_end;
 use futures::stream::{self, BoxStream, SelectAll, StreamExt};
 use hdrhistogram::Histogram;
 use tokio::sync::{mpsc, watch as signal, Semaphore};
@@ -105,20 +106,6 @@ pub(super) fn validate(args: &BenchArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// The end of the range of every key starting with `prefix` (etcd's
-/// `GetPrefixRangeEnd`): the prefix with its last byte below 0xff incremented
-/// and what follows dropped; `\0` (to the end of the key space) if none.
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
 }
 
 fn write_key(prefix: &[u8], seq: u64) -> Vec<u8> {
@@ -1135,13 +1122,6 @@ pub(super) async fn run(
     } else {
         let ms = |us: u64| us as f64 / 1000.0;
         let h = &hist;
-        let q = |x: f64| {
-            if h.is_empty() {
-                0
-            } else {
-                h.value_at_quantile(x)
-            }
-        };
         println!(
             "watch fan-out against {} ({})",
             endpoints.join(","),
@@ -1164,15 +1144,7 @@ pub(super) async fn run(
             "  events: {} of {} expected received; {events_per_sec:.0} events/s over {delivery_s:.2} s ({stopped_by}, drained {drain_s:.2} s after the last write)",
             tally.received, tally.expected
         );
-        println!(
-            "  delivery latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  (mean {:.3})",
-            ms(q(0.5)),
-            ms(q(0.9)),
-            ms(q(0.99)),
-            ms(q(0.999)),
-            ms(if h.is_empty() { 0 } else { h.max() }),
-            if h.is_empty() { 0.0 } else { h.mean() / 1000.0 }
-        );
+        println!("  delivery latency ms: {}", super::latency_summary_ms(h));
         println!(
             "  errors: {} writes not stored as acknowledged, {} missing, {} duplicates, {} out of order, {} foreign, {} unknown watch ids, {} canceled, {} stream errors; {} undelivered at the deadline",
             store_errors.len(), tally.missing, dup, ooo, errs.foreign, errs.unknown_watch, errs.canceled, errs.stream_errors, tally.undelivered

@@ -17,7 +17,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::watcher::{fragments, StreamId, Watcher};
 use crate::config::GRPC_OVERHEAD_BYTES;
-use crate::node::SharedNode;
+use crate::node::{Node, SharedNode};
 
 /// How often unsynced watchers catch up. etcd syncs new watchers every 100 ms
 /// but retries watchers whose buffer was full every 10 ms; a watcher here is
@@ -144,61 +144,25 @@ impl Hub {
         self.watchers.retain(|(s, _), _| *s != stream);
     }
 
-    fn send(&self, stream: StreamId, responses: Vec<WatchResponse>) -> Sent {
-        let Some(sink) = self.sinks.get(&stream) else {
-            return Sent::Closed;
-        };
-        match sink.try_send(responses) {
-            Ok(()) => Sent::Ok,
-            Err(mpsc::error::TrySendError::Full(_)) => Sent::Full,
-            Err(mpsc::error::TrySendError::Closed(_)) => Sent::Closed,
-        }
-    }
-
-    fn response(
-        &self,
-        w: &Watcher,
-        revision: i64,
-        events: Vec<cairn_proto::mvccpb::Event>,
-    ) -> Vec<WatchResponse> {
-        let resp = WatchResponse {
-            header: self.node.header_at(revision),
-            watch_id: w.id,
-            events,
-            ..Default::default()
-        };
-        if w.fragment {
-            // etcd's watch stream limit includes the gRPC overhead allowance.
-            fragments(resp, self.node.max_request_bytes + GRPC_OVERHEAD_BYTES)
-        } else {
-            vec![resp]
-        }
-    }
-
     /// Feeds one applied batch to the synced watchers.
     fn apply(&mut self, batch: &AppliedBatch) {
         let mut closed = Vec::new();
-        for re in batch.revisions.iter().filter(|r| r.revision > self.rev) {
-            let keys: Vec<_> = self
-                .watchers
-                .iter()
-                .filter(|(_, w)| w.synced && re.revision >= w.next_rev)
-                .map(|(k, _)| *k)
-                .collect();
-            for key in keys {
-                let Some(w) = self.watchers.get(&key) else {
-                    continue;
-                };
+        let Hub {
+            node,
+            rev,
+            watchers,
+            sinks,
+        } = self;
+        for re in batch.revisions.iter().filter(|r| r.revision > *rev) {
+            for w in watchers
+                .values_mut()
+                .filter(|w| w.synced && re.revision >= w.next_rev)
+            {
                 let evs = w.select(&re.events);
                 if evs.is_empty() {
                     continue;
                 }
-                let out = self.response(w, re.revision, evs);
-                let sent = self.send(w.stream, out);
-                let Some(w) = self.watchers.get_mut(&key) else {
-                    continue;
-                };
-                match sent {
+                match send(sinks, w.stream, response(node, w, re.revision, evs)) {
                     Sent::Ok => {
                         w.next_rev = re.revision + 1;
                         w.sent_since_tick = true;
@@ -263,7 +227,7 @@ impl Hub {
                 compact_revision: compact,
                 ..Default::default()
             };
-            match self.send(w.stream, vec![resp]) {
+            match send(&self.sinks, w.stream, vec![resp]) {
                 Sent::Ok => {
                     self.watchers.remove(&key);
                 }
@@ -328,8 +292,8 @@ impl Hub {
                 Sent::Ok
             } else {
                 // etcd stamps catch-up responses with the store's revision.
-                let out = self.response(w, to, evs);
-                self.send(w.stream, out)
+                let out = response(&self.node, w, to, evs);
+                send(&self.sinks, w.stream, out)
             };
             let Some(w) = self.watchers.get_mut(&key) else {
                 continue;
@@ -365,7 +329,7 @@ impl Hub {
             watch_id: NO_WATCH_ID,
             ..Default::default()
         };
-        if let Sent::Closed = self.send(stream, vec![resp]) {
+        if let Sent::Closed = send(&self.sinks, stream, vec![resp]) {
             self.drop_stream(stream);
         }
     }
@@ -385,9 +349,41 @@ impl Hub {
                 watch_id: id,
                 ..Default::default()
             };
-            if let Sent::Closed = self.send(stream, vec![resp]) {
+            if let Sent::Closed = send(&self.sinks, stream, vec![resp]) {
                 self.drop_stream(stream);
             }
         }
+    }
+}
+
+fn send(sinks: &HashMap<StreamId, Sink>, stream: StreamId, responses: Vec<WatchResponse>) -> Sent {
+    let Some(sink) = sinks.get(&stream) else {
+        return Sent::Closed;
+    };
+    match sink.try_send(responses) {
+        Ok(()) => Sent::Ok,
+        Err(mpsc::error::TrySendError::Full(_)) => Sent::Full,
+        Err(mpsc::error::TrySendError::Closed(_)) => Sent::Closed,
+    }
+}
+
+/// One response for `w`, split into fragments if it asked for them.
+fn response(
+    node: &Node,
+    w: &Watcher,
+    revision: i64,
+    events: Vec<cairn_proto::mvccpb::Event>,
+) -> Vec<WatchResponse> {
+    let resp = WatchResponse {
+        header: node.header_at(revision),
+        watch_id: w.id,
+        events,
+        ..Default::default()
+    };
+    if w.fragment {
+        // etcd's watch stream limit includes the gRPC overhead allowance.
+        fragments(resp, node.max_request_bytes + GRPC_OVERHEAD_BYTES)
+    } else {
+        vec![resp]
     }
 }
