@@ -12,6 +12,8 @@
 //! * [`grpc`]: gRPC error (code, message) extraction.
 //! * [`dump`]: a full, comparable snapshot of a store's keyspace.
 //! * [`wait`]: polling a condition with a deadline.
+//! * [`linearizability`]: checking a recorded client history is linearizable.
+//! * [`proxy`]: [`proxy::Proxy`], a TCP proxy a test can partition and heal.
 //!
 //! Running: `scripts/test.sh` (builds the `cairn` binary, exports the etcd
 //! paths, runs everything), or `cargo build -p cairn-shim && cargo test -p
@@ -32,8 +34,10 @@ pub mod client;
 pub mod dump;
 pub mod etcdctl;
 pub mod grpc;
+pub mod linearizability;
 pub mod member;
 pub mod ports;
+pub mod proxy;
 pub mod wait;
 
 pub use client::{connect, connect_with, ClientTimeouts};

@@ -18,3 +18,17 @@ pub mod authpb {
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
 }
+
+/// Cairn's own member-to-member protocol (Raft, forwarding, discovery).
+pub mod cairnpb {
+    pub mod peer {
+        pub mod v1 {
+            tonic::include_proto!("cairnpb.peer.v1");
+
+            /// The peer protocol version this build speaks; sent as `cairn-peer-version`.
+            pub const PROTOCOL_VERSION: u32 = 1;
+        }
+    }
+}
+
+pub use cairnpb::peer::v1 as peer;

@@ -70,4 +70,7 @@ pub struct AppliedBatch {
     pub revisions: Vec<RevisionEvents>,
     /// The store's revision after the batch.
     pub current_revision: i64,
+    /// The state was replaced by a snapshot from the leader: there are no
+    /// events to give, and watchers must re-read what they need from history.
+    pub reset: bool,
 }

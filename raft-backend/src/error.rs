@@ -21,6 +21,19 @@ pub enum StoreError {
     /// An import tried to write at or below the store's current revision.
     #[error("import revision {got} is not after the current revision {current}")]
     ImportOutOfOrder { got: i64, current: i64 },
+    /// No leader is known (election in progress, or this member is cut off
+    /// from a quorum).
+    #[error("no leader")]
+    NoLeader,
+    /// The leader changed while the request was in flight; its outcome is unknown.
+    #[error("leader changed")]
+    LeaderChanged,
+    /// The request was accepted but not applied here in time; its outcome is unknown.
+    #[error("request timed out")]
+    Timeout,
+    /// A membership change was refused; the message says why, in etcd's words.
+    #[error("{0}")]
+    Membership(String),
     /// The apply loop is gone (shutdown or a fatal storage fault).
     #[error("store is stopped")]
     Stopped,

@@ -1,7 +1,8 @@
 //! Cairn's revisioned store: an MVCC keyspace with etcd's revision semantics,
 //! kept in SQLite, written only by applying log commands in order.
 //!
-//! Write path: [`Store::propose`] → log (group commit) → [`apply`] → SQLite.
+//! Write path: [`Store::propose`] → Raft log (openraft, group commit) →
+//! committed → apply → SQLite.
 //! Every applied batch is published to subscribers (the watch hub) from the
 //! apply loop itself, never by polling.
 
@@ -11,8 +12,8 @@ mod command;
 mod compactor;
 mod error;
 mod key_range;
-mod local_log;
 mod metrics;
+mod raft;
 mod readers;
 mod schema;
 mod store;
@@ -23,5 +24,9 @@ pub use command::{AppliedBatch, Command, CommandOutput, ImportRevision, Revision
 pub use error::{Result, StoreError};
 pub use key_range::{prefix_end, KeyRange};
 pub use metrics::StoreMetrics;
+pub use raft::{
+    codec, network, to_status, Bootstrap, MemberInfo, Peer, PeerTransport, RaftStatus, RaftTiming,
+    Replica, ReplicaOptions, LOG_FILE,
+};
 pub use store::{Store, StoreStatus, DB_FILE};
 pub use view::{is_txn_readonly, txn_has_put};

@@ -5,15 +5,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use cairn_proto::etcdserverpb::{RangeRequest, RangeResponse, TxnRequest, TxnResponse};
-use tokio::sync::{broadcast, oneshot, watch};
+use tokio::sync::{broadcast, watch};
 
 use crate::apply::ApplyState;
 use crate::checkpointer::Checkpointer;
 use crate::command::{AppliedBatch, Command, CommandOutput};
 use crate::compactor::Compactor;
 use crate::error::{Result, StoreError};
-use crate::local_log::{LocalLog, LogOutputs, WriterMsg};
 use crate::metrics::StoreMetrics;
+use crate::raft::{
+    Applier, ApplierMsg, ApplierOutputs, Bootstrap, LogStore, MemberInfo, PeerTransport, Replica,
+    ReplicaOptions, StateMachine,
+};
 use crate::readers::Readers;
 use crate::schema;
 
@@ -28,9 +31,10 @@ pub const DB_FILE: &str = "cairn.db";
 pub struct Store {
     path: PathBuf,
     readers: Readers,
-    // Field order is drop order: the log stops (committing nothing new)
-    // before the compactor and checkpointer it feeds.
-    log: LocalLog,
+    replica: Arc<Replica>,
+    // Field order is drop order: apply stops before the compactor and
+    // checkpointer it feeds.
+    applier: Arc<Applier>,
     compactor: Arc<Compactor>,
     _checkpointer: Checkpointer,
     state: watch::Receiver<ApplyState>,
@@ -47,32 +51,54 @@ pub struct StoreStatus {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `data_dir`.
-    pub fn open(data_dir: &Path, registry: &prometheus::Registry) -> Result<Self> {
+    /// Opens (or creates) the store in `data_dir` and starts its Raft member.
+    pub async fn open(
+        data_dir: &Path,
+        registry: &prometheus::Registry,
+        opts: ReplicaOptions,
+    ) -> Result<Self> {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| StoreError::Storage(format!("create {}: {e}", data_dir.display())))?;
         let path = data_dir.join(DB_FILE);
         let conn = schema::open_writer(&path)?;
         let metrics = StoreMetrics::new(registry)
             .map_err(|e| StoreError::Storage(format!("register metrics: {e}")))?;
-        let state_now = crate::apply::ApplyState::load(&conn)?;
+        let state_now = ApplyState::load(&conn)?;
+        let membership_now = crate::raft::applier_membership(&conn)?;
         let (state_tx, state) = watch::channel(state_now);
+        let (membership_tx, membership) = watch::channel(membership_now);
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let compactor = Arc::new(Compactor::start(&path)?);
         let checkpointer = Checkpointer::start(&path)?;
-        let log = LocalLog::start(
+        let waiters = crate::raft::Waiters::default();
+        let applier = Arc::new(Applier::start(
             conn,
-            LogOutputs {
+            ApplierOutputs {
+                member_id: opts.member_id,
                 state: state_tx,
                 events: events.clone(),
                 compactor: compactor.clone(),
                 metrics: metrics.clone(),
+                waiters: waiters.clone(),
+                membership: membership_tx,
             },
-        )?;
+        )?);
+        let io = |e: std::io::Error| StoreError::Storage(e.to_string());
+        let log = LogStore::open(data_dir, metrics.clone()).map_err(io)?;
+        let sm = StateMachine::new(
+            data_dir,
+            path.clone(),
+            applier.clone(),
+            state.clone(),
+            membership,
+        )
+        .map_err(io)?;
+        let replica = Arc::new(Replica::start(opts, log, sm, state.clone(), waiters).await?);
         Ok(Store {
             readers: Readers::new(&path, MAX_READERS),
+            replica,
             path,
-            log,
+            applier,
             compactor,
             _checkpointer: checkpointer,
             state,
@@ -81,22 +107,61 @@ impl Store {
         })
     }
 
+    /// A one-member store that has elected itself (tests and tools).
+    pub async fn open_single(data_dir: &Path, registry: &prometheus::Registry) -> Result<Self> {
+        let id = 1;
+        let opts = ReplicaOptions {
+            member_id: id,
+            timing: Default::default(),
+            transport: Arc::new(PeerTransport {
+                cluster_id: 0,
+                tls: None,
+                connect_timeout: std::time::Duration::from_secs(1),
+            }),
+            bootstrap: Bootstrap::New(
+                [(
+                    id,
+                    MemberInfo {
+                        name: "single".into(),
+                        peer_urls: vec!["http://127.0.0.1:1".into()],
+                        client_urls: vec![],
+                    },
+                )]
+                .into(),
+            ),
+            request_timeout: std::time::Duration::from_secs(10),
+        };
+        let store = Self::open(data_dir, registry, opts).await?;
+        store
+            .replica
+            .wait_leader(std::time::Duration::from_secs(10))
+            .await?;
+        Ok(store)
+    }
+
+    /// Stops this member's Raft tasks; the store answers nothing new after it.
+    pub async fn shutdown(&self) {
+        self.replica.shutdown().await
+    }
+
+    pub fn replica(&self) -> &Arc<Replica> {
+        &self.replica
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Appends `cmd` to the log and resolves once it is durable and applied.
+    /// Replicates `cmd` and resolves once a quorum has it durably and this
+    /// member has applied it.
     pub async fn propose(&self, cmd: Command) -> Result<CommandOutput> {
-        let (reply, rx) = oneshot::channel();
-        self.log.send(WriterMsg::Propose { cmd, reply })?;
-        rx.await.map_err(|_| StoreError::Stopped)?
+        self.replica.propose(cmd).await
     }
 
-    /// Waits until everything committed before the call is applied, so that a
-    /// read after it is linearizable. With one member every acknowledged write
-    /// is already applied; a replicated log makes this a ReadIndex round.
+    /// Waits until everything committed before the call is applied here, so
+    /// that a read after it is linearizable (ReadIndex).
     pub async fn read_barrier(&self) -> Result<()> {
-        Ok(())
+        self.replica.read_barrier().await
     }
 
     pub async fn range(&self, r: RangeRequest) -> Result<RangeResponse> {
@@ -158,9 +223,9 @@ impl Store {
     }
 
     pub async fn defragment(&self) -> Result<()> {
-        let (reply, rx) = oneshot::channel();
-        self.log.send(WriterMsg::Defragment { reply })?;
-        rx.await.map_err(|_| StoreError::Stopped)?
+        self.applier
+            .call(|reply| ApplierMsg::Defragment { reply })
+            .await
     }
 
     /// Every batch applied from now on, in order.

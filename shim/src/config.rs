@@ -36,9 +36,61 @@ pub struct ServeArgs {
     #[arg(long, default_value = "http://localhost:2380", value_delimiter = ',')]
     pub initial_advertise_peer_urls: Vec<String>,
 
+    /// List of URLs to listen on for peer (member-to-member) traffic.
+    #[arg(long, default_value = "http://localhost:2380", value_delimiter = ',')]
+    pub listen_peer_urls: Vec<String>,
+
+    /// Initial cluster configuration for bootstrapping, as name=peer-url,...
+    /// [default: ${name}=${initial-advertise-peer-urls}].
+    #[arg(long)]
+    pub initial_cluster: Option<String>,
+
+    /// Initial cluster state: `new` bootstraps the members of --initial-cluster;
+    /// `existing` joins a running cluster that this member was added to.
+    #[arg(long, value_enum, default_value = "new")]
+    pub initial_cluster_state: crate::cluster_config::ClusterState,
+
     /// Initial cluster token; part of the cluster's identity.
     #[arg(long, default_value = "etcd-cluster")]
     pub initial_cluster_token: String,
+
+    /// Time (in milliseconds) of a heartbeat interval.
+    #[arg(long, default_value_t = 100)]
+    pub heartbeat_interval: u64,
+
+    /// Time (in milliseconds) for an election to timeout.
+    #[arg(long, default_value_t = 1000)]
+    pub election_timeout: u64,
+
+    /// Number of committed entries between state-machine snapshots (which let
+    /// the Raft log be compacted).
+    #[arg(long, default_value_t = 10_000)]
+    pub snapshot_count: u64,
+
+    /// Entries kept in the log behind a snapshot, so slow followers catch up
+    /// without a snapshot.
+    #[arg(
+        long,
+        alias = "experimental-snapshot-catchup-entries",
+        default_value_t = 5_000
+    )]
+    pub snapshot_catchup_entries: u64,
+
+    /// Path to the peer server TLS cert file.
+    #[arg(long)]
+    pub peer_cert_file: Option<PathBuf>,
+
+    /// Path to the peer server TLS key file.
+    #[arg(long)]
+    pub peer_key_file: Option<PathBuf>,
+
+    /// Path to the peer server TLS trusted CA file.
+    #[arg(long)]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+
+    /// Enable peer client cert authentication (requires --peer-trusted-ca-file).
+    #[arg(long, default_value_t = false)]
+    pub peer_client_cert_auth: bool,
 
     /// Maximum client request size in bytes the server will accept.
     #[arg(long, default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
@@ -92,6 +144,21 @@ impl ServeArgs {
         }
     }
 
+    /// --initial-cluster, or this member alone under its name, as etcd defaults it.
+    pub fn initial_cluster(&self) -> String {
+        self.initial_cluster.clone().unwrap_or_else(|| {
+            self.initial_advertise_peer_urls
+                .iter()
+                .map(|u| format!("{}={u}", self.name))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+    }
+
+    pub fn peer_tls_enabled(&self) -> bool {
+        self.peer_cert_file.is_some()
+    }
+
     pub fn tls_enabled(&self) -> bool {
         self.cert_file.is_some() || self.key_file.is_some()
     }
@@ -103,6 +170,20 @@ impl ServeArgs {
         }
         if self.client_cert_auth && self.trusted_ca_file.is_none() {
             bail!("--client-cert-auth requires --trusted-ca-file");
+        }
+        if self.peer_cert_file.is_some() != self.peer_key_file.is_some() {
+            bail!("--peer-cert-file and --peer-key-file must be given together");
+        }
+        if self.peer_client_cert_auth && self.peer_trusted_ca_file.is_none() {
+            bail!("--peer-client-cert-auth requires --peer-trusted-ca-file");
+        }
+        if self.heartbeat_interval == 0 || self.election_timeout < 5 * self.heartbeat_interval {
+            // etcd's rule: the election timeout must be at least 5 heartbeats.
+            bail!(
+                "--election-timeout[{}ms] should be at least as 5 times as --heartbeat-interval[{}ms]",
+                self.election_timeout,
+                self.heartbeat_interval
+            );
         }
         if self.max_txn_ops == 0 {
             bail!("--max-txn-ops must be positive");

@@ -37,6 +37,20 @@ pub enum EtcdError {
     NoLeader,
     #[error("etcdserver: request timed out")]
     Timeout,
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
+    #[error("etcdserver: not leader")]
+    NotLeader,
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    #[error("etcdserver: member ID already exist")]
+    MemberExist,
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExist,
+    #[error("etcdserver: given member URLs are invalid")]
+    MemberBadUrls,
+    #[error("etcdserver: unhealthy cluster")]
+    Unhealthy,
 }
 
 impl EtcdError {
@@ -49,7 +63,10 @@ impl EtcdError {
             LeaseExist => Code::FailedPrecondition,
             NoSpace => Code::ResourceExhausted,
             LeaseNotFound => Code::NotFound,
-            NoLeader | Timeout => Code::Unavailable,
+            NoLeader | Timeout | LeaderChanged | Unhealthy => Code::Unavailable,
+            NotLeader | MemberExist | PeerUrlExist => Code::FailedPrecondition,
+            MemberNotFound => Code::NotFound,
+            MemberBadUrls => Code::InvalidArgument,
         }
     }
 }
@@ -71,6 +88,13 @@ pub fn store_status(e: StoreError) -> Status {
         StoreError::LeaseExists => EtcdError::LeaseExist.into(),
         StoreError::ImportOutOfOrder { .. } => Status::failed_precondition(e.to_string()),
         StoreError::Stopped => Status::unavailable("etcdserver: server stopped"),
+        StoreError::NoLeader => EtcdError::NoLeader.into(),
+        StoreError::LeaderChanged => EtcdError::LeaderChanged.into(),
+        StoreError::Timeout => EtcdError::Timeout.into(),
+        StoreError::Membership(m) if m == "member not found" => EtcdError::MemberNotFound.into(),
+        // The remaining membership refusals (not a learner, bad transferee, ...)
+        // are FailedPrecondition in etcd, with its wording after the prefix.
+        StoreError::Membership(m) => Status::failed_precondition(format!("etcdserver: {m}")),
         StoreError::Storage(msg) | StoreError::Corrupt(msg) => {
             tracing::error!(error = %msg, "storage error");
             Status::internal(format!("etcdserver: storage: {msg}"))

@@ -4,6 +4,7 @@
 //! `./default.cairn`, as `etcd` does with `./default.etcd`.
 
 mod bench;
+mod cluster_config;
 mod cluster_service;
 mod config;
 mod errors;
@@ -15,6 +16,7 @@ mod lease;
 mod maintenance_service;
 mod metrics;
 mod node;
+mod peer_service;
 mod quota;
 mod server;
 mod validate;

@@ -63,20 +63,21 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<StatusResponse>, Status> {
         let st = self.node.store.status().await.map_err(store_status)?;
         let alarms = self.node.store.alarms().await.map_err(store_status)?;
+        let raft = self.node.store.replica().status();
         Ok(Response::new(StatusResponse {
             header: self.node.header(),
             version: ETCD_VERSION.to_string(),
             db_size: st.db_size,
-            leader: self.node.leader_id(),
-            raft_index: st.applied.applied_index,
-            raft_term: st.applied.applied_term.max(crate::node::RAFT_TERM),
+            leader: raft.leader.unwrap_or(0),
+            raft_index: raft.last_log_index.max(st.applied.applied_index),
+            raft_term: raft.term,
             raft_applied_index: st.applied.applied_index,
             errors: alarms
                 .iter()
                 .map(|a| alarm_text(a.member_id, a.alarm))
                 .collect(),
             db_size_in_use: st.db_size_in_use,
-            is_learner: false,
+            is_learner: raft.is_learner,
             storage_version: ETCD_VERSION.to_string(),
             db_size_quota: self.node.quota_bytes,
             downgrade_info: None,
@@ -120,13 +121,34 @@ impl Maintenance for MaintenanceService {
         Err(Status::unimplemented("Snapshot is not implemented yet"))
     }
 
+    /// Like etcd, only the leader hands leadership over; etcdctl finds it.
+    #[tracing::instrument(skip_all, name = "MoveLeader")]
     async fn move_leader(
         &self,
-        _req: Request<MoveLeaderRequest>,
+        req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        Err(Status::unimplemented(
-            "MoveLeader needs Raft replication, which is not implemented yet",
-        ))
+        let replica = self.node.store.replica();
+        if !replica.is_leader() {
+            return Err(crate::errors::EtcdError::NotLeader.into());
+        }
+        let target = req.into_inner().target_id;
+        if replica
+            .status()
+            .members
+            .iter()
+            .all(|(id, _, learner)| *id != target || *learner)
+        {
+            return Err(Status::failed_precondition(
+                "etcdserver: bad leader transferee",
+            ));
+        }
+        replica
+            .transfer_leader(target)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(MoveLeaderResponse {
+            header: self.node.header(),
+        }))
     }
 
     async fn downgrade(

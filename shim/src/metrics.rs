@@ -12,6 +12,8 @@ use crate::node::SharedNode;
 #[derive(Clone)]
 pub struct ServerMetrics {
     has_leader: IntGauge,
+    leader_changes: prometheus::IntCounter,
+    is_leader: IntGauge,
     db_total_size: IntGauge,
     db_in_use_size: IntGauge,
     current_revision: IntGauge,
@@ -27,6 +29,14 @@ impl ServerMetrics {
             has_leader: IntGauge::new(
                 "etcd_server_has_leader",
                 "Whether or not a leader exists. 1 is existence, 0 is not.",
+            )?,
+            leader_changes: prometheus::IntCounter::new(
+                "etcd_server_leader_changes_seen_total",
+                "The number of leader changes seen.",
+            )?,
+            is_leader: IntGauge::new(
+                "etcd_server_is_leader",
+                "Whether or not this member is a leader. 1 if is, 0 otherwise.",
             )?,
             db_total_size: IntGauge::new(
                 "etcd_mvcc_db_total_size_in_bytes",
@@ -57,6 +67,8 @@ impl ServerMetrics {
             )?,
         };
         registry.register(Box::new(m.has_leader.clone()))?;
+        registry.register(Box::new(m.leader_changes.clone()))?;
+        registry.register(Box::new(m.is_leader.clone()))?;
         registry.register(Box::new(m.db_total_size.clone()))?;
         registry.register(Box::new(m.db_in_use_size.clone()))?;
         registry.register(Box::new(m.current_revision.clone()))?;
@@ -67,10 +79,21 @@ impl ServerMetrics {
     }
 }
 
+impl ServerMetrics {
+    /// Called on every change of the known leader.
+    pub fn leader_changed(&self, leader: Option<u64>) {
+        self.has_leader.set(i64::from(leader.is_some()));
+        if leader.is_some() {
+            self.leader_changes.inc();
+        }
+    }
+}
+
 /// Updates the gauges that are read from state at scrape time.
 pub async fn refresh(node: &SharedNode) {
     let m = &node.metrics;
     m.has_leader.set(i64::from(node.has_leader()));
+    m.is_leader.set(i64::from(node.store.replica().is_leader()));
     let applied = node.store.applied();
     m.current_revision.set(applied.current_rev);
     m.compact_revision.set(applied.compact_rev.max(0));

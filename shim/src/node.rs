@@ -12,8 +12,6 @@ use crate::identity::Identity;
 /// The etcd release whose API and behaviour Cairn serves. kube-apiserver gates
 /// WatchProgressRequest and consistent reads on this being at least 3.5.13.
 pub const ETCD_VERSION: &str = "3.6.0";
-/// The single member's Raft term (see `cairn_raft_backend` local log).
-pub const RAFT_TERM: u64 = 1;
 
 pub struct Node {
     pub store: Store,
@@ -30,14 +28,13 @@ pub struct Node {
 pub type SharedNode = Arc<Node>;
 
 impl Node {
-    /// With one member there is always a leader: this member. A replicated
-    /// node answers from its Raft state.
+    /// Whether this member knows a leader (Raft state, not a guess).
     pub fn has_leader(&self) -> bool {
-        true
+        self.store.replica().leader().is_some()
     }
 
-    pub fn leader_id(&self) -> u64 {
-        self.id.member_id
+    fn raft_term(&self) -> u64 {
+        self.store.replica().term()
     }
 
     /// Fills the fields of a top-level response header that only the server
@@ -46,7 +43,7 @@ impl Node {
         let h = header.get_or_insert_with(ResponseHeader::default);
         h.cluster_id = self.id.cluster_id;
         h.member_id = self.id.member_id;
-        h.raft_term = RAFT_TERM;
+        h.raft_term = self.raft_term();
         if h.revision == 0 {
             h.revision = self.store.applied().current_rev;
         }
@@ -57,7 +54,7 @@ impl Node {
         Some(ResponseHeader {
             cluster_id: self.id.cluster_id,
             member_id: self.id.member_id,
-            raft_term: RAFT_TERM,
+            raft_term: self.raft_term(),
             revision,
         })
     }

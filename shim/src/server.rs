@@ -9,12 +9,19 @@ use cairn_proto::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
-use cairn_raft_backend::Store;
+use cairn_proto::peer::peer_server::PeerServer;
+use cairn_raft_backend::{Bootstrap, MemberInfo, PeerTransport, RaftTiming, ReplicaOptions, Store};
 use futures::{StreamExt, TryStreamExt};
+use std::time::Duration;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
-use tonic::transport::{Certificate, Identity as TlsIdentity, Server, ServerTlsConfig};
+use tonic::transport::{
+    Certificate, ClientTlsConfig, Identity as TlsIdentity, Server, ServerTlsConfig,
+};
 
+use crate::cluster_config::{
+    check_data_dir, parse_initial_cluster, validate_bootstrap, ClusterState,
+};
 use crate::cluster_service::ClusterService;
 use crate::config::{resolve_listen_url, ServeArgs, GRPC_OVERHEAD_BYTES};
 use crate::identity::Identity;
@@ -23,20 +30,190 @@ use crate::lease::{LeaseService, Lessor};
 use crate::maintenance_service::MaintenanceService;
 use crate::metrics::{track, ServerMetrics};
 use crate::node::{Node, SharedNode};
+use crate::peer_service::PeerService;
 use crate::watch::{WatchHub, WatchService};
 
-/// Opens the store and identity in the configured data dir.
-pub fn open_node(args: &ServeArgs) -> anyhow::Result<SharedNode> {
+/// Decides this member's identity and how it joins Raft: from its data dir
+/// when it has one, else from the bootstrap flags (new cluster) or from the
+/// running cluster (existing).
+async fn bootstrap(
+    args: &ServeArgs,
+    transport_tls: &Option<ClientTlsConfig>,
+) -> anyhow::Result<(Identity, Bootstrap)> {
+    let data_dir = args.data_dir();
+    let initial = parse_initial_cluster(&args.initial_cluster())?;
+    let boot = validate_bootstrap(
+        &args.name,
+        &args.initial_advertise_peer_urls,
+        &initial,
+        args.initial_cluster_state,
+        &args.initial_cluster_token,
+    )?;
+    let stored = Identity::load(&data_dir)?;
+    check_data_dir(
+        stored.as_ref().map(|s| s.stored()).as_ref(),
+        args.initial_cluster_state,
+        &boot,
+        &args.initial_cluster_token,
+    )?;
+    if let Some(id) = stored {
+        // A restart: Raft state on disk says who the members are.
+        return Ok((id, Bootstrap::Existing));
+    }
+    let id = match args.initial_cluster_state {
+        ClusterState::New => {
+            let id = Identity {
+                name: args.name.clone(),
+                member_id: boot.local_id,
+                cluster_id: boot.cluster_id,
+                cluster_token: args.initial_cluster_token.clone(),
+            };
+            let members = boot
+                .members
+                .iter()
+                // Identical on every initial member (their first log entry
+                // must be the same); client URLs are published once running.
+                .map(|m| {
+                    (
+                        m.id,
+                        MemberInfo {
+                            name: m.name.clone(),
+                            peer_urls: m.peer_urls.clone(),
+                            client_urls: Vec::new(),
+                        },
+                    )
+                })
+                .collect();
+            id.save(&data_dir)?;
+            return Ok((id, Bootstrap::New(members)));
+        }
+        ClusterState::Existing => join_existing(args, &boot, transport_tls).await?,
+    };
+    id.save(&data_dir)?;
+    Ok((id, Bootstrap::Existing))
+}
+
+/// Asks the running cluster (through the other members in --initial-cluster)
+/// which member this is: the one `member add` registered with our peer URLs.
+async fn join_existing(
+    args: &ServeArgs,
+    boot: &crate::cluster_config::Bootstrap,
+    tls: &Option<ClientTlsConfig>,
+) -> anyhow::Result<Identity> {
+    let transport = PeerTransport {
+        cluster_id: 0,
+        tls: tls.clone(),
+        connect_timeout: Duration::from_secs(2),
+    };
+    let own: Vec<String> = boot
+        .members
+        .iter()
+        .find(|m| m.id == boot.local_id)
+        .map(|m| m.peer_urls.clone())
+        .unwrap_or_default();
+    let mut last_err = String::from("no other member in --initial-cluster");
+    for m in boot.members.iter().filter(|m| m.id != boot.local_id) {
+        let peer = match transport.client(&m.peer_urls) {
+            Ok(p) => p,
+            Err(e) => {
+                last_err = e;
+                continue;
+            }
+        };
+        let info = peer
+            .client
+            .clone()
+            .cluster_info(peer.request(
+                cairn_proto::peer::ClusterInfoRequest {},
+                Some(Duration::from_secs(5)),
+            ))
+            .await;
+        let info = match info {
+            Ok(r) => r.into_inner(),
+            Err(s) => {
+                last_err = format!("{}: {}", m.name, s.message());
+                continue;
+            }
+        };
+        let members = info.membership.map(|x| x.nodes).unwrap_or_default();
+        let Some(me) = members
+            .iter()
+            .find(|x| x.peer_urls.iter().any(|u| own.contains(u)))
+        else {
+            anyhow::bail!(
+                "the running cluster has no member with peer URLs {own:?}; add it first with `etcdctl member add {} --peer-urls={}`",
+                args.name,
+                own.join(",")
+            );
+        };
+        return Ok(Identity {
+            name: args.name.clone(),
+            member_id: me.id,
+            cluster_id: info.cluster_id,
+            cluster_token: args.initial_cluster_token.clone(),
+        });
+    }
+    anyhow::bail!("cannot reach the running cluster to join it: {last_err}")
+}
+
+fn peer_client_tls(args: &ServeArgs) -> anyhow::Result<Option<ClientTlsConfig>> {
+    if !args.peer_tls_enabled() {
+        return Ok(None);
+    }
+    let read =
+        |p: &std::path::Path| std::fs::read(p).with_context(|| format!("read {}", p.display()));
+    let mut tls = ClientTlsConfig::new();
+    if let Some(ca) = &args.peer_trusted_ca_file {
+        tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+    }
+    if let (Some(cert), Some(key)) = (&args.peer_cert_file, &args.peer_key_file) {
+        tls = tls.identity(TlsIdentity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(Some(tls))
+}
+
+fn peer_server_tls(args: &ServeArgs) -> anyhow::Result<Option<ServerTlsConfig>> {
+    let (Some(cert), Some(key)) = (&args.peer_cert_file, &args.peer_key_file) else {
+        return Ok(None);
+    };
+    let read =
+        |p: &std::path::Path| std::fs::read(p).with_context(|| format!("read {}", p.display()));
+    let mut tls = ServerTlsConfig::new().identity(TlsIdentity::from_pem(read(cert)?, read(key)?));
+    if args.peer_client_cert_auth {
+        if let Some(ca) = &args.peer_trusted_ca_file {
+            tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
+        }
+    }
+    Ok(Some(tls))
+}
+
+/// Opens the store and identity in the configured data dir and starts Raft.
+pub async fn open_node(args: &ServeArgs) -> anyhow::Result<SharedNode> {
     args.validate()?;
     let data_dir = args.data_dir();
     let registry = prometheus::Registry::new();
-    let id = Identity::load_or_create(
-        &data_dir,
-        &args.name,
-        &args.initial_cluster_token,
-        &args.initial_advertise_peer_urls,
-    )?;
-    let store = Store::open(&data_dir, &registry)
+    let peer_tls = peer_client_tls(args)?;
+    let (id, bootstrap) = bootstrap(args, &peer_tls).await?;
+    let election = Duration::from_millis(args.election_timeout);
+    let opts = ReplicaOptions {
+        member_id: id.member_id,
+        timing: RaftTiming {
+            heartbeat: Duration::from_millis(args.heartbeat_interval),
+            election,
+            snapshot_count: args.snapshot_count,
+            catchup_entries: args.snapshot_catchup_entries,
+        },
+        transport: Arc::new(PeerTransport {
+            cluster_id: id.cluster_id,
+            tls: peer_tls,
+            connect_timeout: election,
+        }),
+        bootstrap,
+        // etcd's request timeout: 5 s plus two election timeouts.
+        request_timeout: Duration::from_secs(5) + 2 * election,
+    };
+    let store = Store::open(&data_dir, &registry, opts)
+        .await
         .with_context(|| format!("open store in {}", data_dir.display()))?;
     let metrics = Arc::new(ServerMetrics::new(&registry)?);
     Ok(Arc::new(Node {
@@ -50,6 +227,102 @@ pub fn open_node(args: &ServeArgs) -> anyhow::Result<SharedNode> {
         registry,
         metrics,
     }))
+}
+
+/// Once a leader is known, records this member's name and client URLs in the
+/// membership (etcd "publishes" its attributes through Raft the same way).
+async fn publish_self(node: SharedNode) {
+    let replica = node.store.replica().clone();
+    let me = cairn_proto::peer::Member {
+        id: node.id.member_id,
+        name: node.id.name.clone(),
+        peer_urls: node.peer_urls.clone(),
+        client_urls: node.client_urls.clone(),
+    };
+    loop {
+        let listed = replica
+            .status()
+            .members
+            .into_iter()
+            .find(|(id, _, _)| *id == me.id)
+            .map(|(_, info, _)| info.name == me.name && info.client_urls == me.client_urls);
+        if listed == Some(true) {
+            return;
+        }
+        if replica.leader().is_some() && listed.is_some() {
+            match replica
+                .change_member(
+                    cairn_proto::peer::MemberChangeKind::MemberPublish,
+                    me.clone(),
+                )
+                .await
+            {
+                Ok(_) => continue,
+                Err(e) => tracing::debug!(error = %e, "publishing member attributes; will retry"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Logs when this member loses and regains a leader (quorum), as etcd warns.
+async fn watch_leader(node: SharedNode) {
+    let mut rx = node.store.replica().leader_watch();
+    let mut last = *rx.borrow();
+    while rx.changed().await.is_ok() {
+        let now = *rx.borrow();
+        match (last, now) {
+            (Some(_), None) => tracing::warn!(
+                "lost the leader: no quorum reachable; requests fail with \"no leader\""
+            ),
+            (None, Some(l)) => tracing::info!(
+                leader = format_args!("{l:x}"),
+                "leader elected; quorum regained"
+            ),
+            (Some(a), Some(b)) if a != b => tracing::info!(
+                from = format_args!("{a:x}"),
+                to = format_args!("{b:x}"),
+                "leader changed"
+            ),
+            _ => {}
+        }
+        if last != now {
+            node.metrics.leader_changed(now);
+        }
+        last = now;
+    }
+}
+
+async fn serve_peers(args: &ServeArgs, svc: PeerService) -> anyhow::Result<()> {
+    let mut listeners = Vec::new();
+    for url in &args.listen_peer_urls {
+        for addr in resolve_listen_url(url).await? {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listen for peers on {addr} (from {url})"))?;
+            tracing::info!(address = %l.local_addr()?, "serving peer traffic");
+            listeners.push(TcpListenerStream::new(l));
+        }
+    }
+    let incoming = futures::stream::select_all(listeners).map_ok(|s| {
+        let _ = s.set_nodelay(true);
+        s
+    });
+    let mut builder = Server::builder();
+    if let Some(tls) = peer_server_tls(args)? {
+        builder = builder.tls_config(tls)?;
+    }
+    let server = builder.add_service(
+        PeerServer::new(svc)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = server.serve_with_incoming(incoming.boxed()).await {
+            tracing::error!(error = %e, "peer server stopped");
+        }
+    });
+    Ok(())
 }
 
 fn tls_config(args: &ServeArgs) -> anyhow::Result<Option<ServerTlsConfig>> {
@@ -72,10 +345,13 @@ pub async fn serve(
     args: ServeArgs,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let node = open_node(&args)?;
+    let node = open_node(&args).await?;
     let limit = args.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let hub = WatchHub::start(node.clone(), args.watch_progress_notify_interval);
-    let lessor = Lessor::start(node.clone()).await?;
+    let lessor = Lessor::start(node.clone(), Duration::from_millis(args.election_timeout)).await?;
+    serve_peers(&args, PeerService::new(node.clone(), lessor.clone())).await?;
+    tokio::spawn(publish_self(node.clone()));
+    tokio::spawn(watch_leader(node.clone()));
     let grpc =
         Routes::new(KvServer::new(KvService::new(node.clone())).max_decoding_message_size(limit))
             .add_service(

@@ -2,9 +2,12 @@
 //! the lessor keeps only their deadlines, in memory, and revokes what expires
 //! by proposing a revoke command through the log like any other write.
 //!
-//! Deadlines are not persisted: on start every lease gets its full TTL plus one
-//! election timeout, as etcd extends all leases when a member becomes leader,
-//! so a restart never expires a lease whose holder had no chance to renew it.
+//! Only the leader keeps deadlines and expires leases. Deadlines are not
+//! persisted or replicated: whenever a member becomes leader it gives every
+//! lease its full TTL plus one election timeout, as etcd's lessor does on
+//! promotion, so neither a restart nor a failover expires a lease whose holder
+//! had no chance to renew it. Keep-alives and TTL queries that reach a
+//! follower are answered by the leader.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,8 +25,6 @@ pub const MIN_TTL: i64 = 2;
 /// etcd's maximum TTL.
 pub const MAX_TTL: i64 = 9_000_000_000;
 const EXPIRY_CHECK: Duration = Duration::from_millis(500);
-/// What etcd adds to every lease on leader promotion: one election timeout.
-const EXTEND_ON_START: Duration = Duration::from_secs(1);
 
 struct Deadline {
     ttl: i64,
@@ -34,6 +35,8 @@ pub struct Lessor {
     node: SharedNode,
     deadlines: Mutex<HashMap<i64, Deadline>>,
     ids: Mutex<IdGen>,
+    /// Added to every lease on promotion: one election timeout.
+    extend: Duration,
 }
 
 /// etcd's request-ID scheme: the member ID's low 16 bits above a counter
@@ -62,30 +65,94 @@ impl IdGen {
 }
 
 impl Lessor {
-    pub async fn start(node: SharedNode) -> anyhow::Result<Arc<Self>> {
-        let now = Instant::now();
-        let deadlines = node
-            .store
-            .leases()
-            .await?
-            .into_iter()
-            .map(|(id, ttl)| {
-                (
-                    id,
-                    Deadline {
-                        ttl,
-                        expiry: now + Duration::from_secs(ttl.max(0) as u64) + EXTEND_ON_START,
-                    },
-                )
-            })
-            .collect();
+    pub async fn start(node: SharedNode, extend: Duration) -> anyhow::Result<Arc<Self>> {
         let lessor = Arc::new(Lessor {
             ids: Mutex::new(IdGen::new(node.id.member_id)),
             node,
-            deadlines: Mutex::new(deadlines),
+            deadlines: Mutex::new(HashMap::new()),
+            extend,
         });
         tokio::spawn(lessor.clone().expire_loop());
         Ok(lessor)
+    }
+
+    fn is_leader(&self) -> bool {
+        self.node.store.replica().is_leader()
+    }
+
+    /// Brings the deadlines in line with the leases in the store: leases
+    /// granted through other members are tracked from when they are seen,
+    /// revoked ones are dropped. On promotion every lease starts afresh.
+    async fn reconcile(&self, promoted: bool) -> Result<(), StoreError> {
+        let leases = self.node.store.leases().await?;
+        let now = Instant::now();
+        let mut d = self.deadlines();
+        if promoted {
+            d.clear();
+        }
+        let live: std::collections::HashSet<i64> = leases.iter().map(|(id, _)| *id).collect();
+        d.retain(|id, _| live.contains(id));
+        for (id, ttl) in leases {
+            d.entry(id).or_insert_with(|| Deadline {
+                ttl,
+                expiry: now
+                    + Duration::from_secs(ttl.max(0) as u64)
+                    + if promoted {
+                        self.extend
+                    } else {
+                        Duration::ZERO
+                    },
+            });
+        }
+        Ok(())
+    }
+
+    /// Keep-alive from a client of this member: renewed by the leader.
+    pub async fn renew_anywhere(&self, id: i64) -> Result<Option<i64>, Status> {
+        if self.is_leader() {
+            return Ok(self.renew(id));
+        }
+        let peer = self
+            .node
+            .store
+            .replica()
+            .leader_peer()
+            .map_err(store_status)?;
+        let resp = peer
+            .client
+            .clone()
+            .lease_renew(peer.request(
+                cairn_proto::peer::LeaseRenewRequest { id },
+                Some(Duration::from_secs(5)),
+            ))
+            .await
+            .map_err(|_| Status::from(EtcdError::NoLeader))?
+            .into_inner();
+        Ok((resp.ttl > 0).then_some(resp.ttl))
+    }
+
+    /// (remaining seconds, granted TTL) from the leader's deadlines.
+    pub async fn ttl_anywhere(&self, id: i64) -> Result<Option<(i64, i64)>, Status> {
+        if self.is_leader() {
+            return Ok(self.ttl(id));
+        }
+        let peer = self
+            .node
+            .store
+            .replica()
+            .leader_peer()
+            .map_err(store_status)?;
+        let resp = peer
+            .client
+            .clone()
+            .lease_time_to_live(peer.request(
+                cairn_proto::peer::LeaseTimeToLiveRequest { id },
+                Some(Duration::from_secs(5)),
+            ))
+            .await
+            .map_err(|_| Status::from(EtcdError::NoLeader))?
+            .into_inner();
+        Ok((resp.ttl >= 0).then_some((resp.ttl, resp.granted_ttl)))
     }
 
     fn deadlines(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Deadline>> {
@@ -115,13 +182,15 @@ impl Lessor {
                 "etcdserver: unexpected apply result for lease grant",
             ));
         }
-        self.deadlines().insert(
-            id,
-            Deadline {
-                ttl,
-                expiry: Instant::now() + Duration::from_secs(ttl as u64),
-            },
-        );
+        if self.is_leader() {
+            self.deadlines().insert(
+                id,
+                Deadline {
+                    ttl,
+                    expiry: Instant::now() + Duration::from_secs(ttl as u64),
+                },
+            );
+        }
         Ok((id, ttl))
     }
 
@@ -160,17 +229,25 @@ impl Lessor {
         Some((remaining, lease.ttl))
     }
 
-    pub fn ids(&self) -> Vec<i64> {
-        let mut ids: Vec<i64> = self.deadlines().keys().copied().collect();
-        ids.sort_unstable();
-        ids
-    }
-
     async fn expire_loop(self: Arc<Self>) {
         let mut tick = tokio::time::interval(EXPIRY_CHECK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut leading = false;
         loop {
             tick.tick().await;
+            if !self.is_leader() {
+                if leading {
+                    self.deadlines().clear();
+                }
+                leading = false;
+                continue;
+            }
+            let promoted = !leading;
+            if let Err(e) = self.reconcile(promoted).await {
+                tracing::warn!(error = %e, "reading leases failed; will retry");
+                continue;
+            }
+            leading = true;
             let now = Instant::now();
             let expired: Vec<i64> = self
                 .deadlines()

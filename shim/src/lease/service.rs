@@ -88,7 +88,13 @@ impl Lease for LeaseService {
                 // never sees a renewal at a revision after the lease's revoke.
                 let header = node.header();
                 // An unknown or expired lease is answered with TTL 0.
-                let ttl = lessor.renew(ka.id).unwrap_or(0);
+                let ttl = match lessor.renew_anywhere(ka.id).await {
+                    Ok(ttl) => ttl.unwrap_or(0),
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        break;
+                    }
+                };
                 let resp = LeaseKeepAliveResponse {
                     header,
                     id: ka.id,
@@ -109,7 +115,7 @@ impl Lease for LeaseService {
         self.node.check_leader(&req)?;
         let r = req.into_inner();
         // etcd answers an unknown lease with TTL -1, not an error.
-        let Some((ttl, granted_ttl)) = self.lessor.ttl(r.id) else {
+        let Some((ttl, granted_ttl)) = self.lessor.ttl_anywhere(r.id).await? else {
             return Ok(Response::new(LeaseTimeToLiveResponse {
                 header: self.node.header(),
                 id: r.id,
@@ -143,10 +149,13 @@ impl Lease for LeaseService {
         Ok(Response::new(LeaseLeasesResponse {
             header: self.node.header(),
             leases: self
-                .lessor
-                .ids()
+                .node
+                .store
+                .leases()
+                .await
+                .map_err(store_status)?
                 .into_iter()
-                .map(|id| LeaseStatus { id })
+                .map(|(id, _)| LeaseStatus { id })
                 .collect(),
         }))
     }

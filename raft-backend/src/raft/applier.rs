@@ -1,0 +1,308 @@
+//! Apply: committed Raft entries → the MVCC store, in log order.
+//!
+//! One thread owns the SQLite write connection. Each batch of committed
+//! entries openraft hands over is applied in one IMMEDIATE transaction and
+//! committed once; only then are its answers released and its events
+//! published to the watch hub. A refused command (a compacted revision, a
+//! missing lease) is a deterministic answer that every member reaches alike.
+//! A storage fault is not: it fails the batch, and openraft stops this member
+//! rather than let it diverge, as etcd panics.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use openraft::storage::ApplyResponder;
+use prost::Message;
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::{broadcast, oneshot, watch};
+
+use super::codec;
+use super::types::{Entry, EntryPayload, LogId, StoredMembership, TypeConfig};
+use crate::apply::{apply, ApplyState};
+use crate::command::{AppliedBatch, CommandOutput, RevisionEvents};
+use crate::compactor::Compactor;
+use crate::error::{Result, StoreError};
+use crate::metrics::StoreMetrics;
+
+const MEMBERSHIP: &str = "membership";
+
+/// Answers owed to clients of this member whose writes were forwarded to the
+/// leader, keyed by request id; resolved when this member applies the entry.
+pub type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<CommandOutput>>>>>;
+
+pub(crate) enum ApplierMsg {
+    Apply {
+        entries: Vec<(Entry, Option<ApplyResponder<TypeConfig>>)>,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    /// Replaces the whole state with the snapshot database at `path`.
+    Install {
+        path: PathBuf,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    /// Rewrites the database file to return free pages (etcd's defragment).
+    Defragment { reply: oneshot::Sender<Result<()>> },
+}
+
+pub(crate) struct ApplierOutputs {
+    pub member_id: u64,
+    pub state: watch::Sender<ApplyState>,
+    pub events: broadcast::Sender<Arc<AppliedBatch>>,
+    pub compactor: Arc<Compactor>,
+    pub metrics: StoreMetrics,
+    pub waiters: Waiters,
+    pub membership: watch::Sender<StoredMembership>,
+}
+
+pub(crate) struct Applier {
+    tx: Option<mpsc::Sender<ApplierMsg>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The membership recorded in the state machine (None before the first one).
+pub(crate) fn load_membership(conn: &Connection) -> Result<StoredMembership> {
+    let raw: Option<Vec<u8>> = conn
+        .query_row(
+            "SELECT value FROM raft_state WHERE name = ?1",
+            [MEMBERSHIP],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match raw {
+        None => Ok(StoredMembership::default()),
+        Some(b) => {
+            let pb = cairn_proto::peer::SnapshotMeta::decode(b.as_slice())
+                .map_err(|e| StoreError::Corrupt(format!("stored membership: {e}")))?;
+            codec::stored_membership_from_pb(pb)
+                .map_err(|e| StoreError::Corrupt(format!("stored membership: {e}")))
+        }
+    }
+}
+
+fn save_membership(conn: &Connection, m: &StoredMembership) -> Result<()> {
+    conn.prepare_cached("INSERT OR REPLACE INTO raft_state (name, value) VALUES (?1, ?2)")?
+        .execute(params![
+            MEMBERSHIP,
+            codec::stored_membership_to_pb(m).encode_to_vec()
+        ])?;
+    Ok(())
+}
+
+/// The last applied log id as the state machine recorded it.
+pub(crate) fn last_applied(state: &ApplyState) -> Option<LogId> {
+    (state.applied_index > 0).then(|| LogId::new(state.applied_term.into(), state.applied_index))
+}
+
+impl Applier {
+    pub fn start(conn: Connection, out: ApplierOutputs) -> Result<Self> {
+        let state = ApplyState::load(&conn)?;
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("cairn-apply".into())
+            .spawn(move || run(conn, state, rx, out))
+            .map_err(|e| StoreError::Storage(format!("spawn apply thread: {e}")))?;
+        Ok(Applier {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    pub fn send(&self, msg: ApplierMsg) -> Result<()> {
+        self.tx
+            .as_ref()
+            .ok_or(StoreError::Stopped)?
+            .send(msg)
+            .map_err(|_| StoreError::Stopped)
+    }
+
+    pub async fn call<T>(
+        &self,
+        msg: impl FnOnce(oneshot::Sender<Result<T>>) -> ApplierMsg,
+    ) -> Result<T> {
+        let (reply, rx) = oneshot::channel();
+        self.send(msg(reply))?;
+        rx.await.map_err(|_| StoreError::Stopped)?
+    }
+}
+
+impl Drop for Applier {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(
+    mut conn: Connection,
+    mut state: ApplyState,
+    rx: mpsc::Receiver<ApplierMsg>,
+    out: ApplierOutputs,
+) {
+    while let Ok(msg) = rx.recv() {
+        match msg {
+            ApplierMsg::Apply { entries, reply } => {
+                let r = apply_batch(&mut conn, &mut state, entries, &out);
+                let _ = reply.send(r);
+            }
+            ApplierMsg::Install { path, reply } => {
+                let r = install(&mut conn, &path).and_then(|()| {
+                    state = ApplyState::load(&conn)?;
+                    let m = load_membership(&conn)?;
+                    out.membership.send_replace(m);
+                    Ok(())
+                });
+                if r.is_ok() {
+                    out.state.send_replace(state);
+                    out.compactor.schedule(state.compact_rev);
+                    // Watchers cannot be told what changed event by event: the
+                    // hub re-reads their history from the new state.
+                    let _ = out.events.send(Arc::new(AppliedBatch {
+                        revisions: Vec::new(),
+                        current_revision: state.current_rev,
+                        reset: true,
+                    }));
+                }
+                let _ = reply.send(r);
+            }
+            ApplierMsg::Defragment { reply } => {
+                let _ = reply.send(defragment(&conn));
+            }
+        }
+    }
+}
+
+type Responder = Option<ApplyResponder<TypeConfig>>;
+
+fn apply_batch(
+    conn: &mut Connection,
+    state: &mut ApplyState,
+    entries: Vec<(Entry, Responder)>,
+    out: &ApplierOutputs,
+) -> Result<()> {
+    let before = *state;
+    let mut results: Vec<(Responder, Option<(u64, u64)>, Option<Result<CommandOutput>>)> =
+        Vec::with_capacity(entries.len());
+    let mut applied = AppliedBatch::default();
+    let mut compacted_to = None;
+    let mut new_membership = None;
+    let outcome = (|| -> Result<()> {
+        // IMMEDIATE takes the write lock up front and waits for the compactor if
+        // it holds it; a deferred transaction would fail on the upgrade instead.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        for (entry, responder) in entries {
+            state.applied_index = entry.log_id.index;
+            state.applied_term = entry.log_id.leader_id.term;
+            match entry.payload {
+                EntryPayload::Blank => results.push((responder, None, None)),
+                EntryPayload::Membership(m) => {
+                    let stored = StoredMembership::new(Some(entry.log_id), m);
+                    save_membership(&tx, &stored)?;
+                    new_membership = Some(stored);
+                    results.push((responder, None, None));
+                }
+                EntryPayload::Normal(lc) => {
+                    let result = match apply(&tx, state, &lc.cmd) {
+                        Ok(a) => {
+                            if let Some((revision, events)) = a.events {
+                                applied.revisions.push(RevisionEvents { revision, events });
+                            }
+                            compacted_to = a.compacted_to.or(compacted_to);
+                            Ok(a.output)
+                        }
+                        // A fault leaves the transaction in doubt: fail the batch.
+                        Err(e) if e.is_storage_fault() => return Err(e),
+                        // A refused command wrote nothing, on every member alike.
+                        Err(e) => Err(e),
+                    };
+                    results.push((responder, Some((lc.origin, lc.request_id)), Some(result)));
+                }
+            }
+        }
+        state.persist(&tx)?;
+        let started = Instant::now();
+        tx.commit()?;
+        out.metrics
+            .backend_commit
+            .observe(started.elapsed().as_secs_f64());
+        Ok(())
+    })();
+    if let Err(e) = outcome {
+        tracing::error!(error = %e, "applying committed entries failed");
+        *state = before;
+        return Err(e);
+    }
+    out.metrics.batch_size.observe(results.len() as f64);
+    out.metrics
+        .proposals_applied
+        .set(state.applied_index as i64);
+    applied.current_revision = state.current_rev;
+    out.state.send_replace(*state);
+    if let Some(m) = new_membership {
+        out.membership.send_replace(m);
+    }
+    if let Some(rev) = compacted_to {
+        out.compactor.schedule(rev);
+    }
+    if !applied.revisions.is_empty() {
+        // No subscriber is not an error: the watch hub may not be running.
+        let _ = out.events.send(Arc::new(applied));
+    }
+    for (responder, ids, result) in results {
+        out.metrics.proposals_committed.inc();
+        if matches!(result, Some(Err(_))) {
+            out.metrics.proposals_failed.inc();
+        }
+        // A client of this member whose write went through the leader.
+        if let (Some((origin, request_id)), Some(r)) = (ids, &result) {
+            if origin == out.member_id {
+                let waiter = out
+                    .waiters
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&request_id);
+                if let Some(w) = waiter {
+                    let _ = w.send(r.clone());
+                }
+            }
+        }
+        if let Some(responder) = responder {
+            responder.send(result);
+        }
+    }
+    Ok(())
+}
+
+/// Replaces every table's rows with the snapshot's, in one transaction, so
+/// that readers see the old state or the new one and never a mix.
+fn install(conn: &mut Connection, snapshot: &Path) -> Result<()> {
+    let path = snapshot.to_str().ok_or_else(|| {
+        StoreError::Storage(format!("snapshot path {} is not UTF-8", snapshot.display()))
+    })?;
+    conn.execute("ATTACH DATABASE ?1 AS snap", [path])?;
+    let copy = (|| -> Result<()> {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        for table in ["history", "live", "meta", "leases", "alarms", "raft_state"] {
+            tx.execute_batch(&format!(
+                "DELETE FROM main.{table}; INSERT INTO main.{table} SELECT * FROM snap.{table};"
+            ))?;
+        }
+        tx.commit()?;
+        Ok(())
+    })();
+    let detach = conn.execute("DETACH DATABASE snap", []);
+    copy?;
+    detach?;
+    Ok(())
+}
+
+fn defragment(conn: &Connection) -> Result<()> {
+    conn.execute_batch("VACUUM")?;
+    // Fold the rewritten pages back into the main file and shrink the WAL.
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    Ok(())
+}

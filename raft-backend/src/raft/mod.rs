@@ -1,0 +1,23 @@
+//! Replication: the Raft log (openraft) in front of the MVCC store.
+//!
+//! Write path: `Replica::propose` → leader's log (`log_store`, group commit)
+//! → replicated and committed → `state_machine` → `applier` → SQLite →
+//! applied-event stream. Every openraft type stays inside this module tree.
+
+mod applier;
+pub mod codec;
+mod log_store;
+pub mod network;
+mod replica;
+mod state_machine;
+mod types;
+
+pub(crate) use applier::{
+    load_membership as applier_membership, Applier, ApplierMsg, ApplierOutputs, Waiters,
+};
+pub(crate) use log_store::LogStore;
+pub use log_store::LOG_FILE;
+pub use network::{Peer, PeerTransport};
+pub use replica::{to_status, Bootstrap, RaftStatus, RaftTiming, Replica, ReplicaOptions};
+pub(crate) use state_machine::StateMachine;
+pub use types::MemberInfo;

@@ -1,0 +1,344 @@
+//! Client side of the peer protocol: openraft's network, plus the calls a
+//! member makes to the leader on a client's behalf (forwarded writes,
+//! ReadIndex, membership changes, lease renewals).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_proto::peer as pb;
+use cairn_proto::peer::peer_client::PeerClient;
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
+};
+use openraft::RaftNetworkV2;
+use tokio::io::AsyncReadExt;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+
+use super::codec;
+use super::state_machine::SnapshotFile;
+use super::types::{MemberInfo, Snapshot, TypeConfig, Vote};
+
+/// Metadata names every peer request carries.
+pub const VERSION_HEADER: &str = "cairn-peer-version";
+pub const CLUSTER_HEADER: &str = "cairn-cluster-id";
+
+const SNAPSHOT_CHUNK: usize = 1 << 20;
+
+/// How to reach peers: their cluster, and TLS when peer URLs are https.
+#[derive(Clone)]
+pub struct PeerTransport {
+    pub cluster_id: u64,
+    pub tls: Option<ClientTlsConfig>,
+    pub connect_timeout: Duration,
+}
+
+impl PeerTransport {
+    /// A lazily connecting channel to the first of `urls` (gRPC reconnects by itself).
+    pub fn channel(&self, urls: &[String]) -> Result<Channel, String> {
+        let url = urls
+            .first()
+            .ok_or_else(|| "member has no peer URL".to_string())?;
+        let mut ep = Endpoint::from_shared(url.clone())
+            .map_err(|e| format!("peer URL {url:?}: {e}"))?
+            .connect_timeout(self.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5));
+        if url.starts_with("https://") {
+            let tls = self.tls.clone().unwrap_or_default();
+            ep = ep
+                .tls_config(tls)
+                .map_err(|e| format!("peer TLS for {url:?}: {e}"))?;
+        }
+        Ok(ep.connect_lazy())
+    }
+
+    pub fn client(&self, urls: &[String]) -> Result<Peer, String> {
+        Ok(Peer {
+            client: PeerClient::new(self.channel(urls)?)
+                .max_decoding_message_size(usize::MAX)
+                .max_encoding_message_size(usize::MAX),
+            cluster_id: self.cluster_id,
+        })
+    }
+}
+
+/// One peer's client, with the protocol metadata attached to each request.
+#[derive(Clone)]
+pub struct Peer {
+    pub client: PeerClient<Channel>,
+    cluster_id: u64,
+}
+
+impl Peer {
+    pub fn request<T>(&self, msg: T, timeout: Option<Duration>) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(msg);
+        let md = req.metadata_mut();
+        md.insert(VERSION_HEADER, pb::PROTOCOL_VERSION.into());
+        if let Ok(v) = self.cluster_id.to_string().parse() {
+            md.insert(CLUSTER_HEADER, v);
+        }
+        if let Some(t) = timeout {
+            req.set_timeout(t);
+        }
+        req
+    }
+}
+
+/// openraft's network factory: one [`Network`] per target member.
+pub struct Factory {
+    pub transport: Arc<PeerTransport>,
+}
+
+pub struct Network {
+    peer: Result<Peer, String>,
+    target: u64,
+}
+
+fn unreachable<E: std::error::Error>(
+    target: u64,
+    msg: impl std::fmt::Display,
+) -> RPCError<TypeConfig, E> {
+    RPCError::Unreachable(Unreachable::new(&std::io::Error::other(format!(
+        "member {target:x}: {msg}"
+    ))))
+}
+
+fn status_err<E: std::error::Error>(target: u64, s: tonic::Status) -> RPCError<TypeConfig, E> {
+    match s.code() {
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+            unreachable(target, s.message())
+        }
+        _ => RPCError::Network(NetworkError::new(&std::io::Error::other(format!(
+            "member {target:x}: {}: {}",
+            s.code(),
+            s.message()
+        )))),
+    }
+}
+
+fn decode_err<E: std::error::Error>(e: codec::DecodeError) -> RPCError<TypeConfig, E> {
+    RPCError::Network(NetworkError::new(&std::io::Error::other(e.to_string())))
+}
+
+impl RaftNetworkFactory<TypeConfig> for Factory {
+    type Network = Network;
+
+    async fn new_client(&mut self, target: u64, node: &MemberInfo) -> Network {
+        Network {
+            peer: self.transport.client(&node.peer_urls),
+            target,
+        }
+    }
+}
+
+impl Network {
+    fn peer(&self) -> Result<&Peer, String> {
+        self.peer.as_ref().map_err(|e| e.clone())
+    }
+
+    async fn vote_rpc(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+        pre: bool,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let target = self.target;
+        let peer = self.peer().map_err(|e| unreachable(target, e))?;
+        let msg = pb::VoteRequest {
+            vote: Some(codec::vote_to_pb(&rpc.vote)),
+            last_log_id: codec::opt_log_id_to_pb(rpc.last_log_id.as_ref()),
+            leadership_transfer: rpc.leadership_transfer,
+        };
+        let mut client = peer.client.clone();
+        let req = peer.request(msg, Some(option.soft_ttl()));
+        let resp = if pre {
+            client.pre_vote(req).await
+        } else {
+            client.vote(req).await
+        }
+        .map_err(|s| status_err(target, s))?
+        .into_inner();
+        Ok(VoteResponse {
+            vote: codec::vote_from_pb(resp.vote).map_err(decode_err)?,
+            vote_granted: resp.vote_granted,
+            last_log_id: codec::opt_log_id_from_pb(resp.last_log_id),
+        })
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for Network {
+    type SnapshotData = SnapshotFile;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let target = self.target;
+        let peer = self.peer().map_err(|e| unreachable(target, e))?;
+        let msg = pb::AppendEntriesRequest {
+            vote: Some(codec::vote_to_pb(&rpc.vote)),
+            prev_log_id: codec::opt_log_id_to_pb(rpc.prev_log_id.as_ref()),
+            entries: rpc.entries.iter().map(codec::entry_to_pb).collect(),
+            leader_commit: codec::opt_log_id_to_pb(rpc.leader_commit.as_ref()),
+        };
+        let resp = peer
+            .client
+            .clone()
+            .append_entries(peer.request(msg, Some(option.soft_ttl())))
+            .await
+            .map_err(|s| status_err(target, s))?
+            .into_inner();
+        append_response_from_pb(resp).map_err(decode_err)
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.vote_rpc(rpc, option, false).await
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.vote_rpc(rpc, option, true).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot<SnapshotFile>,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let target = self.target;
+        let peer = self
+            .peer()
+            .map_err(|e| StreamingError::Unreachable(Unreachable::new(&std::io::Error::other(e))))?
+            .clone();
+        let meta = &snapshot.meta;
+        let head = pb::SnapshotChunk {
+            payload: Some(pb::snapshot_chunk::Payload::Head(pb::SnapshotHead {
+                vote: Some(codec::vote_to_pb(&vote)),
+                meta: Some(pb::SnapshotMeta {
+                    last_log_id: codec::opt_log_id_to_pb(meta.last_log_id.as_ref()),
+                    ..codec::stored_membership_to_pb(&meta.last_membership)
+                }),
+            })),
+        };
+        let mut file = tokio::fs::File::open(&snapshot.snapshot.path)
+            .await
+            .map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<pb::SnapshotChunk>(4);
+        let feeder = async move {
+            if tx.send(head).await.is_err() {
+                return Ok::<(), std::io::Error>(());
+            }
+            loop {
+                let mut buf = vec![0u8; SNAPSHOT_CHUNK];
+                let n = file.read(&mut buf).await?;
+                if n == 0 {
+                    return Ok(());
+                }
+                buf.truncate(n);
+                let chunk = pb::SnapshotChunk {
+                    payload: Some(pb::snapshot_chunk::Payload::Data(buf)),
+                };
+                if tx.send(chunk).await.is_err() {
+                    return Ok(());
+                }
+            }
+        };
+        let feeder = tokio::spawn(feeder);
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let mut client = peer.client.clone();
+        let call = client.install_snapshot(peer.request(stream, None));
+        let result = tokio::select! {
+            r = call => r,
+            closed = cancel => {
+                feeder.abort();
+                return Err(StreamingError::Closed(closed));
+            }
+        };
+        feeder.abort();
+        let resp = result
+            .map_err(|s| {
+                StreamingError::Unreachable(Unreachable::new(&std::io::Error::other(format!(
+                    "member {target:x}: snapshot: {}",
+                    s.message()
+                ))))
+            })?
+            .into_inner();
+        let vote = codec::vote_from_pb(resp.vote).map_err(|e| {
+            StreamingError::Unreachable(Unreachable::new(&std::io::Error::other(e.to_string())))
+        })?;
+        Ok(SnapshotResponse { vote })
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let target = self.target;
+        let peer = self.peer().map_err(|e| unreachable(target, e))?;
+        let msg = pb::TransferLeaderRequest {
+            from_leader: Some(codec::vote_to_pb(req.from_leader())),
+            to_node_id: *req.to_node_id(),
+            last_log_id: codec::opt_log_id_to_pb(req.last_log_id()),
+        };
+        peer.client
+            .clone()
+            .transfer_leader(peer.request(msg, Some(option.soft_ttl())))
+            .await
+            .map_err(|s| status_err(target, s))?;
+        Ok(Ok(()))
+    }
+}
+
+pub fn append_response_from_pb(
+    r: pb::AppendEntriesResponse,
+) -> Result<AppendEntriesResponse<TypeConfig>, codec::DecodeError> {
+    Ok(match pb::AppendResult::try_from(r.result) {
+        Ok(pb::AppendResult::AppendSuccess) => AppendEntriesResponse::Success,
+        Ok(pb::AppendResult::AppendPartial) => {
+            AppendEntriesResponse::PartialSuccess(codec::opt_log_id_from_pb(r.last_log_id))
+        }
+        Ok(pb::AppendResult::AppendConflict) => AppendEntriesResponse::Conflict,
+        Ok(pb::AppendResult::AppendHigherVote) => {
+            AppendEntriesResponse::HigherVote(codec::vote_from_pb(r.vote)?)
+        }
+        Err(_) => {
+            return Err(codec::DecodeError {
+                what: "append response",
+                detail: format!("unknown result {}", r.result),
+            })
+        }
+    })
+}
+
+pub fn append_response_to_pb(r: AppendEntriesResponse<TypeConfig>) -> pb::AppendEntriesResponse {
+    let mut out = pb::AppendEntriesResponse::default();
+    match r {
+        AppendEntriesResponse::Success => out.result = pb::AppendResult::AppendSuccess as i32,
+        AppendEntriesResponse::PartialSuccess(l) => {
+            out.result = pb::AppendResult::AppendPartial as i32;
+            out.last_log_id = codec::opt_log_id_to_pb(l.as_ref());
+        }
+        AppendEntriesResponse::Conflict => out.result = pb::AppendResult::AppendConflict as i32,
+        AppendEntriesResponse::HigherVote(v) => {
+            out.result = pb::AppendResult::AppendHigherVote as i32;
+            out.vote = Some(codec::vote_to_pb(&v));
+        }
+    }
+    out
+}

@@ -1,0 +1,619 @@
+//! The one place the rest of Cairn meets openraft: propose a write, wait for
+//! a linearizable read point, inspect and change the membership, and handle
+//! the Raft messages that arrive from peers. Upgrading openraft touches this
+//! module tree (`raft/`) only.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_proto::peer as pb;
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::errors::ClientWriteError;
+use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
+use openraft::{ChangeMembers, Config, ReadPolicy, ServerState, SnapshotPolicy};
+use tokio::sync::{oneshot, watch};
+
+use super::applier::Waiters;
+use super::codec;
+use super::log_store::LogStore;
+use super::network::{Factory, Peer, PeerTransport};
+use super::state_machine::{SnapshotFile, StateMachine};
+use super::types::{
+    LogCommand, MemberInfo, Membership, Raft, Snapshot, StoredMembership, TypeConfig,
+};
+use crate::apply::ApplyState;
+use crate::command::{Command, CommandOutput};
+use crate::error::{Result, StoreError};
+
+/// Timing and log retention, under etcd's flag names where etcd has one.
+#[derive(Debug, Clone)]
+pub struct RaftTiming {
+    /// --heartbeat-interval.
+    pub heartbeat: Duration,
+    /// --election-timeout; the actual timeout is drawn from [t, 2t), as etcd does.
+    pub election: Duration,
+    /// --snapshot-count: entries applied between state-machine snapshots.
+    pub snapshot_count: u64,
+    /// --snapshot-catchup-entries: entries kept behind a snapshot for slow followers.
+    pub catchup_entries: u64,
+}
+
+impl Default for RaftTiming {
+    fn default() -> Self {
+        RaftTiming {
+            heartbeat: Duration::from_millis(100),
+            election: Duration::from_millis(1000),
+            snapshot_count: 10_000,
+            catchup_entries: 5_000,
+        }
+    }
+}
+
+/// How this member comes to be part of a cluster.
+#[derive(Debug, Clone)]
+pub enum Bootstrap {
+    /// A new cluster: every initial member starts with the same membership.
+    New(BTreeMap<u64, MemberInfo>),
+    /// Joining a running cluster, which added this member first; or a restart.
+    Existing,
+}
+
+#[derive(Clone)]
+pub struct ReplicaOptions {
+    pub member_id: u64,
+    pub timing: RaftTiming,
+    pub transport: Arc<PeerTransport>,
+    pub bootstrap: Bootstrap,
+    /// How long a write accepted here may take to be applied here.
+    pub request_timeout: Duration,
+}
+
+/// A point-in-time view of this member's Raft state.
+#[derive(Debug, Clone, Default)]
+pub struct RaftStatus {
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub last_log_index: u64,
+    pub committed: u64,
+    pub applied: u64,
+    pub is_leader: bool,
+    pub is_learner: bool,
+    pub members: Vec<(u64, MemberInfo, bool)>,
+}
+
+pub struct Replica {
+    raft: Raft,
+    id: u64,
+    sm: StateMachine,
+    transport: Arc<PeerTransport>,
+    waiters: Waiters,
+    next_request: AtomicU64,
+    state: watch::Receiver<ApplyState>,
+    request_timeout: Duration,
+}
+
+fn fatal(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Storage(format!("raft: {e}"))
+}
+
+/// Maps a peer's gRPC refusal back to the store error it stands for.
+fn from_status(s: tonic::Status) -> StoreError {
+    match s.code() {
+        tonic::Code::FailedPrecondition => StoreError::NoLeader,
+        tonic::Code::InvalidArgument | tonic::Code::NotFound | tonic::Code::AlreadyExists => {
+            StoreError::Membership(s.message().to_string())
+        }
+        tonic::Code::DeadlineExceeded => StoreError::Timeout,
+        _ => StoreError::NoLeader,
+    }
+}
+
+pub fn to_status(e: &StoreError) -> tonic::Status {
+    match e {
+        StoreError::NoLeader => tonic::Status::failed_precondition("not leader"),
+        StoreError::Membership(m) => tonic::Status::invalid_argument(m.clone()),
+        StoreError::Timeout => tonic::Status::deadline_exceeded("request timed out"),
+        other => tonic::Status::internal(other.to_string()),
+    }
+}
+
+impl Replica {
+    pub(crate) async fn start(
+        opts: ReplicaOptions,
+        log: LogStore,
+        sm: StateMachine,
+        state: watch::Receiver<ApplyState>,
+        waiters: Waiters,
+    ) -> Result<Self> {
+        let t = &opts.timing;
+        let election_ms = t.election.as_millis().max(1) as u64;
+        let config = Config {
+            cluster_name: "cairn".into(),
+            heartbeat_interval: t.heartbeat.as_millis().max(1) as u64,
+            election_timeout_min: election_ms,
+            election_timeout_max: election_ms * 2,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(t.snapshot_count.max(1)),
+            max_in_snapshot_log_to_keep: t.catchup_entries,
+            // A member that rejoins after a partition must not depose a
+            // healthy leader (etcd's --pre-vote, on by default since 3.5).
+            enable_pre_vote: Some(true),
+            install_snapshot_timeout: 60_000,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(fatal)?;
+        let factory = Factory {
+            transport: opts.transport.clone(),
+        };
+        let raft = Raft::new(opts.member_id, Arc::new(config), factory, log, sm.clone())
+            .await
+            .map_err(fatal)?;
+        if let Bootstrap::New(members) = &opts.bootstrap {
+            // Every initial member proposes the same membership; openraft
+            // accepts that from all of them, and only an uninitialized
+            // member acts on it.
+            if !raft.is_initialized().await.map_err(fatal)? {
+                if let Err(e) = raft.initialize(members.clone()).await {
+                    tracing::warn!(error = %e, "raft initialize");
+                }
+            }
+        }
+        Ok(Replica {
+            raft,
+            id: opts.member_id,
+            sm,
+            transport: opts.transport,
+            waiters,
+            next_request: AtomicU64::new(1),
+            state,
+            request_timeout: opts.request_timeout,
+        })
+    }
+
+    pub fn member_id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn status(&self) -> RaftStatus {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        RaftStatus {
+            leader: m.current_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            committed: m.last_applied.map(|l| l.index).unwrap_or(0),
+            applied: m.last_applied.map(|l| l.index).unwrap_or(0),
+            is_leader: m.state == ServerState::Leader,
+            is_learner: !voters.contains(&self.id),
+            members: membership
+                .nodes()
+                .map(|(id, n)| (*id, n.clone(), !voters.contains(id)))
+                .collect(),
+        }
+    }
+
+    pub fn term(&self) -> u64 {
+        self.raft.metrics().borrow_watched().current_term
+    }
+
+    pub fn leader(&self) -> Option<u64> {
+        self.raft.metrics().borrow_watched().current_leader
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.leader() == Some(self.id)
+    }
+
+    /// Resolves when the leader is known to have changed (or to be lost).
+    pub fn leader_watch(&self) -> watch::Receiver<Option<u64>> {
+        let (tx, rx) = watch::channel(self.leader());
+        let mut metrics = self.raft.metrics();
+        tokio::spawn(async move {
+            loop {
+                let leader = metrics.borrow_watched().current_leader;
+                tx.send_if_modified(|cur| {
+                    let changed = *cur != leader;
+                    *cur = leader;
+                    changed
+                });
+                if tx.is_closed() || metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        rx
+    }
+
+    fn membership(&self) -> Membership {
+        self.raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .clone()
+    }
+
+    /// A client for the current leader, or `NoLeader`.
+    pub fn leader_peer(&self) -> Result<Peer> {
+        let leader = self.leader().ok_or(StoreError::NoLeader)?;
+        let m = self.membership();
+        let node = m
+            .nodes()
+            .find(|(id, _)| **id == leader)
+            .map(|(_, n)| n.clone())
+            .ok_or(StoreError::NoLeader)?;
+        self.transport
+            .client(&node.peer_urls)
+            .map_err(|e| StoreError::Storage(e))
+    }
+
+    /// Proposes `cmd` and resolves with its result once it is applied on
+    /// this member, so that a read here afterwards sees it.
+    pub async fn propose(&self, cmd: Command) -> Result<CommandOutput> {
+        if self.is_leader() {
+            let lc = LogCommand {
+                origin: self.id,
+                request_id: 0,
+                cmd,
+            };
+            return match self.raft.client_write(lc).await {
+                Ok(resp) => resp.data.unwrap_or(Err(StoreError::Stopped)),
+                Err(e) => Err(match e.api_error() {
+                    Some(ClientWriteError::ForwardToLeader(_)) => StoreError::NoLeader,
+                    Some(ClientWriteError::LogEntryDiscarded(_)) => StoreError::LeaderChanged,
+                    Some(other) => StoreError::Storage(other.to_string()),
+                    None => StoreError::Stopped,
+                }),
+            };
+        }
+        let peer = self.leader_peer()?;
+        let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(request_id, tx);
+        let guard = WaiterGuard {
+            waiters: &self.waiters,
+            id: request_id,
+        };
+        let msg = pb::ProposeRequest {
+            command: Some(codec::command_to_pb(&LogCommand {
+                origin: self.id,
+                request_id,
+                cmd,
+            })),
+        };
+        match peer
+            .client
+            .clone()
+            .propose(peer.request(msg, Some(self.request_timeout)))
+            .await
+        {
+            Ok(_) => {}
+            // Refused before it reached the log: nothing happened.
+            Err(s) if s.code() == tonic::Code::FailedPrecondition => return Err(from_status(s)),
+            // Unknown: it may still commit; wait for it below.
+            Err(s) => tracing::debug!(status = %s, "forwarded proposal outcome unknown"),
+        }
+        let out = tokio::time::timeout(self.request_timeout, rx).await;
+        drop(guard);
+        match out {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(StoreError::Stopped),
+            Err(_) => Err(StoreError::Timeout),
+        }
+    }
+
+    /// The leader's side of a forwarded write: commit it and apply it here.
+    pub async fn handle_propose(&self, cmd: pb::Command) -> Result<u64> {
+        let lc = codec::command_from_pb(cmd).map_err(|e| StoreError::Storage(e.to_string()))?;
+        match self.raft.client_write(lc).await {
+            Ok(resp) => Ok(resp.log_id.index),
+            Err(e) => Err(match e.api_error() {
+                Some(ClientWriteError::ForwardToLeader(_)) => StoreError::NoLeader,
+                Some(ClientWriteError::LogEntryDiscarded(_)) => StoreError::LeaderChanged,
+                Some(other) => StoreError::Storage(other.to_string()),
+                None => StoreError::Stopped,
+            }),
+        }
+    }
+
+    /// ReadIndex: resolves once this member has applied everything committed
+    /// when the call began, confirmed by a quorum's heartbeat, so a read after
+    /// it is linearizable. Leader leases are not used: they trust clocks.
+    pub async fn read_barrier(&self) -> Result<()> {
+        let index = if self.is_leader() {
+            self.leader_read_index().await?
+        } else {
+            let peer = self.leader_peer()?;
+            peer.client
+                .clone()
+                .read_index(peer.request(pb::ReadIndexRequest {}, Some(self.request_timeout)))
+                .await
+                .map_err(from_status)?
+                .into_inner()
+                .index
+        };
+        self.wait_applied(index).await
+    }
+
+    /// The leader's read index: its commit index, once a quorum confirmed it still leads.
+    pub async fn leader_read_index(&self) -> Result<u64> {
+        let fut = self.raft.get_read_log_id(ReadPolicy::ReadIndex);
+        match tokio::time::timeout(self.request_timeout, fut).await {
+            Err(_) => Err(StoreError::Timeout),
+            Ok(Err(e)) => Err(match e.api_error() {
+                Some(_) => StoreError::NoLeader,
+                None => StoreError::Stopped,
+            }),
+            Ok(Ok((read_log_id, _))) => Ok(read_log_id.index()),
+        }
+    }
+
+    async fn wait_applied(&self, index: u64) -> Result<()> {
+        let mut state = self.state.clone();
+        let wait = async move {
+            state
+                .wait_for(|s| s.applied_index >= index)
+                .await
+                .map(|_| ())
+        };
+        match tokio::time::timeout(self.request_timeout, wait).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(StoreError::Stopped),
+            Err(_) => Err(StoreError::Timeout),
+        }
+    }
+
+    /// Applies a membership change on the leader, or forwards it there.
+    pub async fn change_member(
+        &self,
+        kind: pb::MemberChangeKind,
+        member: pb::Member,
+    ) -> Result<Membership> {
+        if !self.is_leader() {
+            let peer = self.leader_peer()?;
+            let resp = peer
+                .client
+                .clone()
+                .change_member(peer.request(
+                    pb::MemberChangeRequest {
+                        kind: kind as i32,
+                        member: Some(member),
+                    },
+                    Some(self.request_timeout),
+                ))
+                .await
+                .map_err(from_status)?
+                .into_inner();
+            return codec::membership_from_pb(resp.membership.unwrap_or_default())
+                .map_err(|e| StoreError::Storage(e.to_string()));
+        }
+        let (id, info) = codec::member_from_pb(member);
+        let current = self.membership();
+        let exists = current.nodes().any(|(n, _)| *n == id);
+        let is_voter = current.voter_ids().any(|v| v == id);
+        let change: ChangeMembers<u64, MemberInfo> = match kind {
+            pb::MemberChangeKind::MemberAdd => {
+                ChangeMembers::AddVoters(BTreeMap::from([(id, info)]))
+            }
+            pb::MemberChangeKind::MemberAddLearner => {
+                ChangeMembers::AddNodes(BTreeMap::from([(id, info)]))
+            }
+            pb::MemberChangeKind::MemberRemove => {
+                if !exists {
+                    return Err(StoreError::Membership("member not found".into()));
+                }
+                if is_voter {
+                    ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+                } else {
+                    ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+                }
+            }
+            pb::MemberChangeKind::MemberUpdate | pb::MemberChangeKind::MemberPublish => {
+                let old = current
+                    .nodes()
+                    .find(|(n, _)| **n == id)
+                    .map(|(_, n)| n.clone())
+                    .ok_or_else(|| StoreError::Membership("member not found".into()))?;
+                let mut new = old.clone();
+                if kind == pb::MemberChangeKind::MemberUpdate {
+                    new.peer_urls = info.peer_urls;
+                } else {
+                    new.name = info.name;
+                    new.client_urls = info.client_urls;
+                }
+                if new == old {
+                    return Ok(current);
+                }
+                ChangeMembers::SetNodes(BTreeMap::from([(id, new)]))
+            }
+            pb::MemberChangeKind::MemberPromote => {
+                if !exists {
+                    return Err(StoreError::Membership("member not found".into()));
+                }
+                if is_voter {
+                    return Err(StoreError::Membership(
+                        "can only promote a learner member".into(),
+                    ));
+                }
+                ChangeMembers::AddVoterIds(BTreeSet::from([id]))
+            }
+        };
+        match self.raft.change_membership(change, false).await {
+            Ok(_) => Ok(self.membership()),
+            Err(e) => Err(match e.api_error() {
+                Some(ClientWriteError::ForwardToLeader(_)) => StoreError::NoLeader,
+                Some(other) => StoreError::Membership(other.to_string()),
+                None => StoreError::Stopped,
+            }),
+        }
+    }
+
+    /// Hands leadership to `target` (etcd's MoveLeader) and waits for it to take over.
+    pub async fn transfer_leader(&self, target: u64) -> Result<()> {
+        if !self.is_leader() {
+            return Err(StoreError::NoLeader);
+        }
+        if !self.membership().voter_ids().any(|v| v == target) {
+            return Err(StoreError::Membership("bad leader transferee".into()));
+        }
+        self.raft
+            .trigger()
+            .transfer_leader(target)
+            .await
+            .map_err(fatal)?;
+        let mut leader = self.leader_watch();
+        let wait = async move { leader.wait_for(|l| *l == Some(target)).await.map(|_| ()) };
+        match tokio::time::timeout(self.request_timeout, wait).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(StoreError::Timeout),
+        }
+    }
+
+    pub fn membership_pb(&self) -> pb::Membership {
+        codec::membership_to_pb(&self.membership())
+    }
+
+    // ---- Raft messages from peers ----
+
+    pub async fn handle_vote(
+        &self,
+        req: pb::VoteRequest,
+        pre: bool,
+    ) -> Result<pb::VoteResponse, tonic::Status> {
+        let rpc = VoteRequest::<TypeConfig> {
+            vote: codec::vote_from_pb(req.vote).map_err(bad)?,
+            last_log_id: codec::opt_log_id_from_pb(req.last_log_id),
+            leadership_transfer: req.leadership_transfer,
+        };
+        let resp = if pre {
+            self.raft.pre_vote(rpc).await
+        } else {
+            self.raft.vote(rpc).await
+        }
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        Ok(pb::VoteResponse {
+            vote: Some(codec::vote_to_pb(&resp.vote)),
+            vote_granted: resp.vote_granted,
+            last_log_id: codec::opt_log_id_to_pb(resp.last_log_id.as_ref()),
+        })
+    }
+
+    pub async fn handle_append(
+        &self,
+        req: pb::AppendEntriesRequest,
+    ) -> Result<pb::AppendEntriesResponse, tonic::Status> {
+        let entries = req
+            .entries
+            .into_iter()
+            .map(codec::entry_from_pb)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(bad)?;
+        let rpc = AppendEntriesRequest::<TypeConfig> {
+            vote: codec::vote_from_pb(req.vote).map_err(bad)?,
+            prev_log_id: codec::opt_log_id_from_pb(req.prev_log_id),
+            entries,
+            leader_commit: codec::opt_log_id_from_pb(req.leader_commit),
+        };
+        let resp = self
+            .raft
+            .append_entries(rpc)
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        Ok(super::network::append_response_to_pb(resp))
+    }
+
+    /// Where an incoming snapshot's data is written before it is installed.
+    pub fn snapshot_receive_path(&self) -> std::path::PathBuf {
+        self.sm.receive_path()
+    }
+
+    pub async fn handle_snapshot(
+        &self,
+        head: pb::SnapshotHead,
+        path: std::path::PathBuf,
+    ) -> Result<pb::SnapshotResponse, tonic::Status> {
+        let vote = codec::vote_from_pb(head.vote).map_err(bad)?;
+        let meta_pb = head.meta.unwrap_or_default();
+        let last_log_id = codec::opt_log_id_from_pb(meta_pb.last_log_id);
+        let last_membership: StoredMembership =
+            codec::stored_membership_from_pb(meta_pb).map_err(bad)?;
+        let snapshot = Snapshot {
+            meta: openraft::storage::SnapshotMeta {
+                last_log_id,
+                last_membership,
+            },
+            snapshot: SnapshotFile { path },
+        };
+        let resp = self
+            .raft
+            .install_full_snapshot(vote, snapshot)
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        Ok(pb::SnapshotResponse {
+            vote: Some(codec::vote_to_pb(&resp.vote)),
+        })
+    }
+
+    pub async fn handle_transfer_leader(
+        &self,
+        req: pb::TransferLeaderRequest,
+    ) -> Result<pb::TransferLeaderResponse, tonic::Status> {
+        let from = codec::vote_from_pb(req.from_leader).map_err(bad)?;
+        let rpc = TransferLeaderRequest::<TypeConfig>::new(
+            from,
+            req.to_node_id,
+            codec::opt_log_id_from_pb(req.last_log_id),
+        );
+        let resp = self
+            .raft
+            .handle_transfer_leader(rpc)
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        if let Err(e) = resp {
+            return Err(tonic::Status::failed_precondition(e.to_string()));
+        }
+        Ok(pb::TransferLeaderResponse { vote: None })
+    }
+
+    pub async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+    }
+}
+
+fn bad(e: codec::DecodeError) -> tonic::Status {
+    tonic::Status::invalid_argument(e.to_string())
+}
+
+/// Removes a forwarded write's waiter however the wait ends.
+struct WaiterGuard<'a> {
+    waiters: &'a Waiters,
+    id: u64,
+}
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        self.waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
+}
+
+impl Replica {
+    /// Resolves once some leader is known, or fails with `NoLeader`.
+    pub async fn wait_leader(&self, timeout: Duration) -> Result<u64> {
+        let mut rx = self.leader_watch();
+        let wait = async move { rx.wait_for(|l| l.is_some()).await.map(|l| *l) };
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(l)) => l.ok_or(StoreError::NoLeader),
+            _ => Err(StoreError::NoLeader),
+        }
+    }
+}
