@@ -7,6 +7,7 @@
 //! * [`binaries`]: where the etcd, etcdctl and cairn binaries are found.
 //! * [`ports`]: free port allocation.
 //! * [`member`]: [`Member`], one server process (start, ready, kill9, restart, drop).
+//! * [`cluster`]: a multi-member Cairn cluster with per-pair peer proxies.
 //! * [`client`]: connecting an `etcd_client::Client`.
 //! * [`etcdctl`]: running etcdctl 3.5 against a member.
 //! * [`grpc`]: gRPC error (code, message) extraction.
@@ -31,6 +32,7 @@
 
 pub mod binaries;
 pub mod client;
+pub mod cluster;
 pub mod dump;
 pub mod etcdctl;
 pub mod grpc;

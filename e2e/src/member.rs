@@ -257,17 +257,16 @@ impl Member {
             "--advertise-client-urls".to_string(),
             url,
         ];
-        if self.kind == Kind::Etcd {
-            let peer = format!("http://127.0.0.1:{}", self.peer_port);
-            args.extend([
-                "--listen-peer-urls".to_string(),
-                peer.clone(),
-                "--initial-advertise-peer-urls".to_string(),
-                peer.clone(),
-                "--initial-cluster".to_string(),
-                format!("{}={peer}", self.opts.name),
-            ]);
-        }
+        // Cairn takes etcd's cluster flags too, and listens for peers.
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        args.extend([
+            "--listen-peer-urls".to_string(),
+            peer.clone(),
+            "--initial-advertise-peer-urls".to_string(),
+            peer.clone(),
+            "--initial-cluster".to_string(),
+            format!("{}={peer}", self.opts.name),
+        ]);
         if let Some(b) = self.opts.max_request_bytes {
             args.extend(["--max-request-bytes".to_string(), b.to_string()]);
         }

@@ -91,7 +91,8 @@ impl Cluster for ClusterService {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .ok();
-        let id = member_id(&urls, &self.node.id.cluster_token, now);
+        // etcd hashes an added member's URLs with an empty token and the time.
+        let id = member_id(&urls, "", now);
         if existing.iter().any(|m| m.id == id) {
             return Err(EtcdError::MemberExist.into());
         }

@@ -62,6 +62,9 @@ fn mtls_accepts_trusted_client_and_refuses_others() {
         &[
             "--data-dir",
             "data",
+            // Any free port: a single member never dials itself.
+            "--listen-peer-urls",
+            "http://127.0.0.1:0",
             "--listen-client-urls",
             &url,
             "--advertise-client-urls",

@@ -177,6 +177,8 @@ fn run(
 }
 
 type Responder = Option<ApplyResponder<TypeConfig>>;
+/// Per entry: who answers it, (origin, request id) for a command, its result.
+type EntryResult = (Responder, Option<(u64, u64)>, Option<Result<CommandOutput>>);
 
 fn apply_batch(
     conn: &mut Connection,
@@ -185,8 +187,7 @@ fn apply_batch(
     out: &ApplierOutputs,
 ) -> Result<()> {
     let before = *state;
-    let mut results: Vec<(Responder, Option<(u64, u64)>, Option<Result<CommandOutput>>)> =
-        Vec::with_capacity(entries.len());
+    let mut results: Vec<EntryResult> = Vec::with_capacity(entries.len());
     let mut applied = AppliedBatch::default();
     let mut compacted_to = None;
     let mut new_membership = None;

@@ -42,6 +42,7 @@ impl PeerTransport {
         let url = urls
             .first()
             .ok_or_else(|| "member has no peer URL".to_string())?;
+        let url = &dial_override(url);
         let mut ep = Endpoint::from_shared(url.clone())
             .map_err(|e| format!("peer URL {url:?}: {e}"))?
             .connect_timeout(self.connect_timeout)
@@ -65,6 +66,26 @@ impl PeerTransport {
             cluster_id: self.cluster_id,
         })
     }
+}
+
+/// Test hook, like etcd's failpoints: `CAIRN_TEST_PEER_DIAL=adv=dial,...`
+/// makes this member dial `dial` for a peer advertising `adv`, so that a fault
+/// test can route each ordered pair of members through its own proxy and cut
+/// one member off in both directions.
+fn dial_override(url: &str) -> String {
+    static MAP: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+    let map = MAP.get_or_init(|| {
+        std::env::var("CAIRN_TEST_PEER_DIAL")
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|pair| pair.split_once('='))
+            .map(|(a, d)| (a.trim().to_string(), d.trim().to_string()))
+            .collect()
+    });
+    map.iter()
+        .find(|(adv, _)| adv == url)
+        .map(|(_, dial)| dial.clone())
+        .unwrap_or_else(|| url.to_string())
 }
 
 /// One peer's client, with the protocol metadata attached to each request.

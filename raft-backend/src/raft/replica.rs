@@ -248,7 +248,7 @@ impl Replica {
             .ok_or(StoreError::NoLeader)?;
         self.transport
             .client(&node.peer_urls)
-            .map_err(|e| StoreError::Storage(e))
+            .map_err(StoreError::Storage)
     }
 
     /// Proposes `cmd` and resolves with its result once it is applied on

@@ -18,7 +18,6 @@ use tokio::sync::watch;
 use super::applier::{last_applied, load_membership, Applier, ApplierMsg};
 use super::types::{LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::apply::ApplyState;
-use crate::schema;
 
 const SNAP_DIR: &str = "snap";
 const CURRENT: &str = "snapshot.db";
@@ -103,7 +102,10 @@ impl StateMachine {
 
     fn build_blocking(db_path: &Path, snap_dir: &Path) -> io::Result<Snapshot<SnapshotFile>> {
         let tmp = unique(snap_dir, "build");
-        let conn = schema::open_reader(db_path).map_err(io_err)?;
+        // Not a pooled reader: those are query_only, which VACUUM INTO refuses.
+        let conn = rusqlite::Connection::open(db_path).map_err(io_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))
+            .map_err(io_err)?;
         let target = tmp
             .to_str()
             .ok_or_else(|| io_err("snapshot path is not UTF-8"))?;

@@ -1,0 +1,376 @@
+//! A Cairn cluster of real processes on 127.0.0.1, for fault tests.
+//!
+//! Every ordered pair of members talks through its own [`Proxy`] (member X
+//! dials member Y's advertised peer URL through proxy X→Y, set with Cairn's
+//! `CAIRN_TEST_PEER_DIAL` hook), so [`Cluster::isolate`] cuts one member off
+//! in both directions while the rest keep talking. Members are started with
+//! short Raft timings so that elections happen within a test's patience.
+
+use std::collections::HashMap;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use etcd_client::Client;
+use tempfile::TempDir;
+
+use crate::binaries::cairn_bin;
+use crate::client::{connect_with, ClientTimeouts};
+use crate::ports::free_port;
+use crate::proxy::Proxy;
+use crate::wait::{wait_until, Poll};
+
+/// Raft timings the fault tests run with (etcd's flags, in ms).
+pub const HEARTBEAT_MS: u64 = 50;
+pub const ELECTION_MS: u64 = 500;
+
+pub struct ClusterMember {
+    pub name: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+    dir: TempDir,
+    child: Option<Child>,
+    state: &'static str,
+    extra: Vec<String>,
+}
+
+impl ClusterMember {
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("member.log")
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+pub struct Cluster {
+    pub members: Vec<ClusterMember>,
+    /// (from, to) → the proxy `from` dials to reach `to`.
+    proxies: HashMap<(usize, usize), Proxy>,
+    extra: Vec<String>,
+    keep: bool,
+}
+
+impl Cluster {
+    /// Starts `n` members as a new cluster and waits until it has a leader
+    /// and every member serves a linearizable read.
+    pub async fn start(n: usize, extra: &[&str]) -> Result<Cluster> {
+        let mut c = Cluster {
+            members: Vec::new(),
+            proxies: HashMap::new(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            keep: std::env::var_os("CAIRN_E2E_KEEP").is_some(),
+        };
+        for i in 0..n {
+            c.members.push(ClusterMember {
+                name: format!("m{i}"),
+                client_port: free_port()?,
+                peer_port: free_port()?,
+                dir: tempfile::Builder::new()
+                    .prefix("cairn-cluster-")
+                    .tempdir()?,
+                child: None,
+                state: "new",
+                extra: Vec::new(),
+            });
+        }
+        for from in 0..n {
+            for to in 0..n {
+                if from != to {
+                    c.add_proxy(from, to)?;
+                }
+            }
+        }
+        for i in 0..n {
+            c.spawn(i)?;
+        }
+        c.wait_all_ready(Duration::from_secs(30)).await?;
+        Ok(c)
+    }
+
+    fn add_proxy(&mut self, from: usize, to: usize) -> Result<()> {
+        let target: SocketAddr = format!("127.0.0.1:{}", self.members[to].peer_port).parse()?;
+        self.proxies.insert((from, to), Proxy::start(target)?);
+        Ok(())
+    }
+
+    fn initial_cluster(&self) -> String {
+        self.members
+            .iter()
+            .filter(|m| m.state == "new" || m.child.is_some() || m.state == "existing")
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn spawn(&mut self, i: usize) -> Result<()> {
+        let dial: Vec<String> = self
+            .proxies
+            .iter()
+            .filter(|((from, _), _)| *from == i)
+            .map(|((_, to), p)| format!("{}=http://{}", self.members[*to].peer_url(), p.addr()))
+            .collect();
+        let initial = self.initial_cluster();
+        let m = &mut self.members[i];
+        let mut args = vec![
+            format!("--name={}", m.name),
+            format!("--data-dir={}", m.dir.path().join("data").display()),
+            format!("--listen-client-urls={}", m.endpoint()),
+            format!("--advertise-client-urls={}", m.endpoint()),
+            format!("--listen-peer-urls={}", m.peer_url()),
+            format!("--initial-advertise-peer-urls={}", m.peer_url()),
+            format!("--initial-cluster={initial}"),
+            format!("--initial-cluster-state={}", m.state),
+            format!("--heartbeat-interval={HEARTBEAT_MS}"),
+            format!("--election-timeout={ELECTION_MS}"),
+            "--log-level=info".to_string(),
+        ];
+        args.extend(self.extra.iter().cloned());
+        args.extend(m.extra.iter().cloned());
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(m.log_path())?;
+        writeln!(log, "===== cluster start: cairn {}", args.join(" "))?;
+        let child = Command::new(cairn_bin()?)
+            .args(&args)
+            .env("CAIRN_TEST_PEER_DIAL", dial.join(","))
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .context("spawn cairn")?;
+        m.child = Some(child);
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    pub fn endpoint(&self, i: usize) -> String {
+        self.members[i].endpoint()
+    }
+
+    pub async fn client(&self, i: usize) -> Result<Client> {
+        connect_with(
+            &self.endpoint(i),
+            ClientTimeouts {
+                connect: Duration::from_secs(2),
+                request: Duration::from_secs(10),
+            },
+        )
+        .await
+    }
+
+    /// Every running member, by index.
+    pub fn running(&self) -> Vec<usize> {
+        (0..self.members.len())
+            .filter(|i| self.members[*i].is_running())
+            .collect()
+    }
+
+    /// Waits until every running member has a leader and answers a linearizable read.
+    pub async fn wait_all_ready(&self, timeout: Duration) -> Result<()> {
+        for i in self.running() {
+            let ep = self.endpoint(i);
+            wait_until(
+                &format!("{ep} ready"),
+                timeout,
+                Duration::from_millis(50),
+                || {
+                    let ep = ep.clone();
+                    async move {
+                        let t = ClientTimeouts {
+                            connect: Duration::from_millis(500),
+                            request: Duration::from_secs(2),
+                        };
+                        let mut c = match connect_with(&ep, t).await {
+                            Ok(c) => c,
+                            Err(e) => return Ok(Poll::NotYet(format!("{e:#}"))),
+                        };
+                        match c.get("ready-probe", None).await {
+                            Ok(_) => Ok(Poll::Ready(())),
+                            Err(e) => Ok(Poll::NotYet(e.to_string())),
+                        }
+                    }
+                },
+            )
+            .await
+            .map_err(|e| anyhow!("{e:#}\n{}", self.log_tail(i)))?;
+        }
+        Ok(())
+    }
+
+    /// The leader's index, once every running member in `among` agrees on it.
+    pub async fn leader(&self, among: &[usize], timeout: Duration) -> Result<usize> {
+        let ids = self.member_ids().await?;
+        wait_until(
+            "an agreed leader",
+            timeout,
+            Duration::from_millis(25),
+            || async {
+                let mut seen = None;
+                for &i in among {
+                    let mut c = match self.client(i).await {
+                        Ok(c) => c,
+                        Err(e) => return Ok(Poll::NotYet(format!("m{i}: {e:#}"))),
+                    };
+                    let leader = match c.status().await {
+                        Ok(s) => s.leader(),
+                        Err(e) => return Ok(Poll::NotYet(format!("m{i}: {e}"))),
+                    };
+                    if leader == 0 {
+                        return Ok(Poll::NotYet(format!("m{i} knows no leader")));
+                    }
+                    if seen.is_some_and(|s| s != leader) {
+                        return Ok(Poll::NotYet("members disagree on the leader".into()));
+                    }
+                    seen = Some(leader);
+                }
+                match seen.and_then(|l| ids.get(&l).copied()) {
+                    Some(i) if among.contains(&i) => Ok(Poll::Ready(i)),
+                    _ => Ok(Poll::NotYet(format!(
+                        "leader {seen:?} is not among {among:?}"
+                    ))),
+                }
+            },
+        )
+        .await
+    }
+
+    /// Member ID → index, from any running member's member list.
+    pub async fn member_ids(&self) -> Result<HashMap<u64, usize>> {
+        for i in self.running() {
+            if let Ok(mut c) = self.client(i).await {
+                if let Ok(list) = c.member_list().await {
+                    return Ok(list
+                        .members()
+                        .iter()
+                        .filter_map(|m| {
+                            let url = m.peer_urls().first()?.clone();
+                            let idx = self.members.iter().position(|x| x.peer_url() == url)?;
+                            Some((m.id(), idx))
+                        })
+                        .collect());
+                }
+            }
+        }
+        Err(anyhow!("no running member answered MemberList"))
+    }
+
+    pub fn kill9(&mut self, i: usize) -> Result<()> {
+        if let Some(mut child) = self.members[i].child.take() {
+            child.kill().context("kill -9")?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Restarts a killed member on its data dir and ports.
+    pub fn restart(&mut self, i: usize) -> Result<()> {
+        self.kill9(i)?;
+        self.spawn(i)
+    }
+
+    /// Cuts member `i` off from every other member, both directions.
+    pub fn isolate(&self, i: usize) {
+        for ((from, to), p) in &self.proxies {
+            if *from == i || *to == i {
+                p.partition();
+            }
+        }
+    }
+
+    pub fn heal(&self, i: usize) {
+        for ((from, to), p) in &self.proxies {
+            if *from == i || *to == i {
+                p.heal();
+            }
+        }
+    }
+
+    /// Total bytes all peer proxies have carried (idle-traffic measurement).
+    pub fn peer_bytes(&self) -> u64 {
+        self.proxies.values().map(|p| p.stats().total_bytes()).sum()
+    }
+
+    /// Adds a member slot (not started); returns its index and peer URL.
+    pub fn add_slot(&mut self, extra: &[&str]) -> Result<(usize, String)> {
+        let i = self.members.len();
+        self.members.push(ClusterMember {
+            name: format!("m{i}"),
+            client_port: free_port()?,
+            peer_port: free_port()?,
+            dir: tempfile::Builder::new()
+                .prefix("cairn-cluster-")
+                .tempdir()?,
+            child: None,
+            state: "existing",
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        });
+        for other in 0..i {
+            self.add_proxy(other, i)?;
+            self.add_proxy(i, other)?;
+        }
+        // Running members learn the new member's proxy only through their
+        // dial map, which they read at start; they reach it directly.
+        Ok((i, self.members[i].peer_url()))
+    }
+
+    /// Starts a member added with `member add` (joins with state `existing`).
+    pub fn start_joined(&mut self, i: usize) -> Result<()> {
+        self.spawn(i)
+    }
+
+    pub fn log_tail(&self, i: usize) -> String {
+        let text = std::fs::read_to_string(self.members[i].log_path()).unwrap_or_default();
+        let start = text.len().saturating_sub(6000);
+        let start = (start..text.len())
+            .find(|s| text.is_char_boundary(*s))
+            .unwrap_or(0);
+        format!("--- m{i} log tail ---\n{}", &text[start..])
+    }
+
+    /// Keeps every member's directory (data and log) after the test.
+    pub fn keep(&mut self) {
+        self.keep = true;
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            let _ = self.kill9(i);
+        }
+        if self.keep || std::thread::panicking() {
+            for m in &mut self.members {
+                let dir = std::mem::replace(
+                    &mut m.dir,
+                    match tempfile::tempdir() {
+                        Ok(d) => d,
+                        Err(_) => continue,
+                    },
+                );
+                eprintln!("keeping {} for {}", dir.keep().display(), m.name);
+            }
+        }
+    }
+}

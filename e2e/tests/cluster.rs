@@ -1,0 +1,435 @@
+//! Replicated Cairn: 3-member clusters of real processes, with kill -9,
+//! partitions, membership changes, snapshot catch-up, and a linearizability
+//! check of a recorded client history across a leader failure.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use cairn_e2e::cluster::{Cluster, ELECTION_MS};
+use cairn_e2e::dump::dump;
+use cairn_e2e::linearizability::{check, CheckResult, Input, Output, Recorder};
+use cairn_e2e::wait::{wait_until, Poll};
+use etcd_client::{Client, GetOptions, WatchOptions};
+
+/// Every key, revision and version, as one member sees it (serializable).
+async fn state_of(c: &Cluster, i: usize) -> Result<String> {
+    let mut client = c.client(i).await?;
+    let d = dump(&mut client).await?;
+    Ok(format!("{:?}", d.kvs))
+}
+
+/// Waits until every running member holds identical state.
+async fn converged(c: &Cluster) -> Result<()> {
+    let running = c.running();
+    wait_until(
+        "members converge",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async {
+            let mut first: Option<String> = None;
+            for &i in &running {
+                let s = match state_of(c, i).await {
+                    Ok(s) => s,
+                    Err(e) => return Ok(Poll::NotYet(format!("m{i}: {e:#}"))),
+                };
+                match &first {
+                    None => first = Some(s),
+                    Some(f) if *f != s => return Ok(Poll::NotYet(format!("m{i} differs"))),
+                    _ => {}
+                }
+            }
+            Ok(Poll::Ready(()))
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_through_any_member_are_seen_by_all() -> Result<()> {
+    let c = Cluster::start(3, &[]).await?;
+    // A watcher on every member, from the start.
+    let mut watchers = Vec::new();
+    for i in 0..3 {
+        let mut client = c.client(i).await?;
+        let (_w, stream) = client
+            .watch(
+                "k/",
+                Some(WatchOptions::new().with_prefix().with_start_revision(1)),
+            )
+            .await?;
+        watchers.push((client, _w, stream));
+    }
+    for n in 0..30 {
+        let mut client = c.client(n % 3).await?;
+        let resp = client.put(format!("k/{n}"), format!("v{n}"), None).await?;
+        // Read-your-write on another member: linearizable reads use ReadIndex.
+        let mut other = c.client((n + 1) % 3).await?;
+        let got = other.get(format!("k/{n}"), None).await?;
+        assert_eq!(got.kvs()[0].value(), format!("v{n}").as_bytes());
+        assert!(
+            got.header().map(|h| h.revision()).unwrap_or(0)
+                >= resp.header().map(|h| h.revision()).unwrap_or(0)
+        );
+    }
+    converged(&c).await?;
+    // Every member's watch stream carries the same revisions, in order.
+    let mut streams = Vec::new();
+    for (_, _, mut stream) in watchers {
+        let mut revs = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while revs.len() < 30 && Instant::now() < deadline {
+            if let Ok(Some(resp)) =
+                tokio::time::timeout(Duration::from_secs(5), stream.message()).await?
+            {
+                revs.extend(
+                    resp.events()
+                        .iter()
+                        .filter_map(|e| e.kv().map(|kv| kv.mod_revision())),
+                );
+            }
+        }
+        assert!(
+            revs.windows(2).all(|w| w[0] < w[1]),
+            "revisions go backwards: {revs:?}"
+        );
+        streams.push(revs);
+    }
+    assert_eq!(streams[0].len(), 30);
+    assert!(streams.iter().all(|s| *s == streams[0]));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_kill9_under_load_loses_no_acknowledged_write() -> Result<()> {
+    let mut c = Cluster::start(3, &[]).await?;
+    let leader = c.leader(&[0, 1, 2], Duration::from_secs(10)).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for w in 0..3 {
+        let ep = c.endpoint(w);
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut acked: Vec<(String, i64)> = Vec::new();
+            let Ok(mut client) = Client::connect([ep], None).await else {
+                return acked;
+            };
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) && n < 5000 {
+                let key = format!("load/{w}/{n}");
+                if let Ok(Ok(r)) =
+                    tokio::time::timeout(Duration::from_secs(3), client.put(key.clone(), "x", None))
+                        .await
+                {
+                    acked.push((key, r.header().map(|h| h.revision()).unwrap_or(0)));
+                }
+                n += 1;
+            }
+            acked
+        }));
+    }
+    // Let some writes land, then kill the leader.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.kill9(leader)?;
+    let killed_at = Instant::now();
+    let rest: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let new_leader = c.leader(&rest, Duration::from_secs(10)).await?;
+    let failover = killed_at.elapsed();
+    assert_ne!(new_leader, leader);
+    // A new leader within a few election timeouts (randomised in [T, 2T), plus pre-vote).
+    assert!(
+        failover < Duration::from_millis(ELECTION_MS * 6),
+        "failover took {failover:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.extend(t.await?);
+    }
+    assert!(
+        acked.len() > 10,
+        "too few writes acknowledged: {}",
+        acked.len()
+    );
+    // No revision was handed out twice.
+    let mut revs: Vec<i64> = acked.iter().map(|(_, r)| *r).collect();
+    revs.sort_unstable();
+    assert!(
+        revs.windows(2).all(|w| w[0] < w[1]),
+        "a revision was reused"
+    );
+    // Every acknowledged write is on the survivors.
+    let mut client = c.client(new_leader).await?;
+    for (key, rev) in &acked {
+        let got = client.get(key.as_str(), None).await?;
+        assert_eq!(got.kvs().len(), 1, "acknowledged write {key} lost");
+        assert_eq!(got.kvs()[0].mod_revision(), *rev);
+    }
+    // The killed member comes back and catches up.
+    c.restart(leader)?;
+    c.wait_all_ready(Duration::from_secs(30)).await?;
+    converged(&c).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn partitioned_minority_refuses_and_converges_after_heal() -> Result<()> {
+    let c = Cluster::start(3, &[]).await?;
+    let leader = c.leader(&[0, 1, 2], Duration::from_secs(10)).await?;
+    let minority = (leader + 1) % 3;
+    let majority: Vec<usize> = (0..3).filter(|i| *i != minority).collect();
+    c.isolate(minority);
+    // The minority refuses linearizable reads and writes (no leader, or a
+    // ReadIndex that cannot complete), within a bound.
+    let mut cut = c.client(minority).await?;
+    wait_until(
+        "minority refuses reads",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || {
+            let mut cut = cut.clone();
+            async move {
+                match tokio::time::timeout(Duration::from_secs(3), cut.get("p", None)).await {
+                    Ok(Ok(_)) => Ok(Poll::NotYet("read served".into())),
+                    _ => Ok(Poll::Ready(())),
+                }
+            }
+        },
+    )
+    .await?;
+    let w = tokio::time::timeout(Duration::from_secs(12), cut.put("p/minority", "x", None)).await;
+    assert!(!matches!(w, Ok(Ok(_))), "the minority accepted a write");
+    // The majority goes on.
+    let mut maj = c.client(majority[0]).await?;
+    for n in 0..20 {
+        maj.put(format!("p/{n}"), "y", None).await?;
+    }
+    // Serializable reads on the minority still answer, from local state.
+    let local = cut
+        .get(
+            "p/",
+            Some(GetOptions::new().with_prefix().with_serializable()),
+        )
+        .await?;
+    assert!(local.kvs().len() < 20);
+    c.heal(minority);
+    c.wait_all_ready(Duration::from_secs(30)).await?;
+    converged(&c).await?;
+    let got = cut.get("p/", Some(GetOptions::new().with_prefix())).await?;
+    assert_eq!(got.kvs().len(), 20);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn learner_added_promoted_and_member_removed() -> Result<()> {
+    let mut c = Cluster::start(3, &[]).await?;
+    let mut client = c.client(0).await?;
+    for n in 0..50 {
+        client.put(format!("m/{n}"), "v", None).await?;
+    }
+    let (idx, url) = c.add_slot(&[])?;
+    let added = client
+        .member_add(
+            [url.clone()],
+            Some(etcd_client::MemberAddOptions::new().with_is_learner()),
+        )
+        .await?;
+    let new_id = added.member().map(|m| m.id()).unwrap_or(0);
+    c.start_joined(idx)?;
+    // The learner catches up (serializable reads: a learner serves no linearizable ones in etcd).
+    let ep = c.endpoint(idx);
+    wait_until(
+        "learner catches up",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || {
+            let ep = ep.clone();
+            async move {
+                let Ok(mut l) = Client::connect([ep], None).await else {
+                    return Ok(Poll::NotYet("connect".into()));
+                };
+                match l
+                    .get(
+                        "m/",
+                        Some(GetOptions::new().with_prefix().with_serializable()),
+                    )
+                    .await
+                {
+                    Ok(r) if r.kvs().len() == 50 => Ok(Poll::Ready(())),
+                    Ok(r) => Ok(Poll::NotYet(format!("{} keys", r.kvs().len()))),
+                    Err(e) => Ok(Poll::NotYet(e.to_string())),
+                }
+            }
+        },
+    )
+    .await?;
+    let list = client.member_list().await?;
+    assert!(list
+        .members()
+        .iter()
+        .any(|m| m.id() == new_id && m.is_learner()));
+    client.member_promote(new_id).await?;
+    let list = client.member_list().await?;
+    assert!(list
+        .members()
+        .iter()
+        .any(|m| m.id() == new_id && !m.is_learner()));
+    assert_eq!(list.members().len(), 4);
+    // Remove a non-leader original member.
+    let ids = c.member_ids().await?;
+    let leader = c.leader(&[0, 1, 2], Duration::from_secs(10)).await?;
+    let victim = (0..3).find(|i| *i != leader && *i != 0).unwrap_or(1);
+    let victim_id = ids
+        .iter()
+        .find(|(_, i)| **i == victim)
+        .map(|(id, _)| *id)
+        .unwrap_or(0);
+    client.member_remove(victim_id).await?;
+    let list = client.member_list().await?;
+    assert_eq!(list.members().len(), 3);
+    assert!(list.members().iter().all(|m| m.id() != victim_id));
+    c.kill9(victim)?;
+    client.put("after-remove", "ok", None).await?;
+    // Removing an unknown member is etcd's NotFound.
+    let err = client.member_remove(0xdead).await.unwrap_err();
+    assert!(err.to_string().contains("member not found"), "{err}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lagging_member_is_sent_a_snapshot() -> Result<()> {
+    let mut c = Cluster::start(3, &["--snapshot-count=50", "--snapshot-catchup-entries=5"]).await?;
+    let leader = c.leader(&[0, 1, 2], Duration::from_secs(10)).await?;
+    let down = (leader + 1) % 3;
+    c.kill9(down)?;
+    let mut client = c.client(leader).await?;
+    for n in 0..300 {
+        client.put(format!("s/{n}"), format!("{n}"), None).await?;
+    }
+    client.compact(100, None).await?;
+    c.restart(down)?;
+    c.wait_all_ready(Duration::from_secs(30)).await?;
+    converged(&c).await?;
+    let log = std::fs::read_to_string(c.members[down].log_path())?;
+    assert!(
+        log.contains("installing snapshot from the leader"),
+        "no snapshot was installed:\n{}",
+        c.log_tail(down)
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn move_leader_hands_over() -> Result<()> {
+    let c = Cluster::start(3, &[]).await?;
+    let leader = c.leader(&[0, 1, 2], Duration::from_secs(10)).await?;
+    let target = (leader + 1) % 3;
+    let ids = c.member_ids().await?;
+    let target_id = ids
+        .iter()
+        .find(|(_, i)| **i == target)
+        .map(|(id, _)| *id)
+        .unwrap_or(0);
+    let mut client = c.client(leader).await?;
+    client.move_leader(target_id).await?;
+    assert_eq!(c.leader(&[0, 1, 2], Duration::from_secs(10)).await?, target);
+    // A follower refuses, as etcd does.
+    let mut f = c.client(leader).await?;
+    let err = f.move_leader(target_id).await.unwrap_err();
+    assert!(err.to_string().contains("not leader"), "{err}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn history_across_leader_failure_is_linearizable() -> Result<()> {
+    let mut c = Cluster::start(3, &[]).await?;
+    let leader = c.leader(&[0, 1, 2], Duration::from_secs(10)).await?;
+    let rec = Recorder::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for client_id in 0..6 {
+        let ep = c.endpoint(client_id % 3);
+        let (rec, stop) = (rec.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let Ok(mut client) = Client::connect([ep], None).await else {
+                return;
+            };
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) && n < 400 {
+                let key = format!("lin/{}", n % 4);
+                n += 1;
+                if n.is_multiple_of(3) {
+                    let value = format!("{client_id}-{n}");
+                    let op = rec.invoke(
+                        client_id,
+                        Input::Put {
+                            key: key.clone(),
+                            value: value.clone(),
+                        },
+                    );
+                    match tokio::time::timeout(Duration::from_secs(2), client.put(key, value, None))
+                        .await
+                    {
+                        Ok(Ok(r)) => op.complete(Output::Written {
+                            revision: r.header().map(|h| h.revision()).unwrap_or(0),
+                        }),
+                        _ => op.complete(Output::Unknown),
+                    }
+                } else {
+                    let op = rec.invoke(client_id, Input::Get { key: key.clone() });
+                    match tokio::time::timeout(Duration::from_secs(2), client.get(key, None)).await
+                    {
+                        Ok(Ok(r)) => op.complete(Output::Read {
+                            value: r
+                                .kvs()
+                                .first()
+                                .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
+                            revision: r.header().map(|h| h.revision()).unwrap_or(0),
+                        }),
+                        _ => op.complete(Output::Unknown),
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    c.kill9(leader)?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    c.restart(leader)?;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await?;
+    }
+    let history = rec.history();
+    let done = history
+        .iter()
+        .filter(|o| !matches!(o.output, Output::Unknown))
+        .count();
+    assert!(done > 50, "too few completed operations: {done}");
+    match check(&history, Duration::from_secs(60)) {
+        CheckResult::Ok => Ok(()),
+        CheckResult::Illegal { key, detail } => panic!("not linearizable on {key}: {detail}"),
+        CheckResult::Unknown => panic!("checker timed out on {} operations", history.len()),
+    }
+}
+
+/// Idle peer traffic of a 5-member cluster, printed for docs/benchmarks.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idle_five_member_peer_traffic() -> Result<()> {
+    let c = Cluster::start(5, &[]).await?;
+    c.leader(&[0, 1, 2, 3, 4], Duration::from_secs(10)).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = c.peer_bytes();
+    let t = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let bytes = c.peer_bytes() - before;
+    let per_s = bytes as f64 / t.elapsed().as_secs_f64();
+    eprintln!(
+        "idle 5-member cluster: {per_s:.0} peer bytes/s (heartbeat {}ms)",
+        cairn_e2e::cluster::HEARTBEAT_MS
+    );
+    Ok(())
+}
