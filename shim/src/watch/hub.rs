@@ -146,6 +146,13 @@ impl Hub {
 
     /// Feeds one applied batch to the synced watchers.
     fn apply(&mut self, batch: &AppliedBatch) {
+        if batch.reset {
+            // A snapshot from the leader replaced the state: there are no
+            // events to hand out, so every synced watcher reads the revisions
+            // it has not seen from the new history.
+            self.resync_from_history(batch.current_revision);
+            return;
+        }
         let mut closed = Vec::new();
         let Hub {
             node,
@@ -193,13 +200,19 @@ impl Hub {
             missed,
             "watch hub fell behind the apply stream; watchers resync from history"
         );
+        // Batches still queued at or below this revision are then skipped.
+        self.resync_from_history(self.node.store.applied().current_rev);
+    }
+
+    /// Every synced watcher has seen everything up to `self.rev`; it becomes
+    /// unsynced and catches up from history, and the hub moves on to `to`.
+    fn resync_from_history(&mut self, to: i64) {
         let from = self.rev + 1;
         for w in self.watchers.values_mut().filter(|w| w.synced) {
             w.synced = false;
             w.next_rev = w.next_rev.max(from);
         }
-        // Batches still queued at or below this revision are then skipped.
-        self.rev = self.node.store.applied().current_rev;
+        self.rev = self.rev.max(to);
     }
 
     async fn sync_unsynced(&mut self) {
