@@ -63,11 +63,7 @@ pub fn apply(conn: &Connection, state: &mut ApplyState, cmd: &Command) -> Result
     let (output, compacted_to) = match result {
         Ok(out) => out,
         Err(e) if e.is_storage_fault() || !view.has_changes() => return Err(e),
-        Err(e) => {
-            return Err(StoreError::Storage(format!(
-                "command failed after writing ({e}); rolling back its batch"
-            )))
-        }
+        Err(e) => return Err(StoreError::RefusedAfterWrite(Box::new(e))),
     };
     if let Command::Import(imp) = cmd {
         // An imported revision moves the counter even if it changed nothing
