@@ -63,7 +63,13 @@ pub fn apply(conn: &Connection, state: &mut ApplyState, cmd: &Command) -> Result
     let (output, compacted_to) = match result {
         Ok(out) => out,
         Err(e) if e.is_storage_fault() || !view.has_changes() => return Err(e),
-        Err(e) => return Err(StoreError::RefusedAfterWrite(Box::new(e))),
+        // Every refusal is checked before the first write (view.rs); one
+        // after it is a bug, and under Raft a fault that stops this member.
+        Err(e) => {
+            return Err(StoreError::Storage(format!(
+                "command refused after writing ({e}): a missing pre-check"
+            )))
+        }
     };
     if let Command::Import(imp) = cmd {
         // An imported revision moves the counter even if it changed nothing

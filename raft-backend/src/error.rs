@@ -34,10 +34,6 @@ pub enum StoreError {
     /// A membership change was refused; the message says why, in etcd's words.
     #[error("{0}")]
     Membership(String),
-    /// A command was refused after it had written (etcd 3.5.1 panics on such
-    /// a txn): its batch is redone without it, so it changes nothing.
-    #[error("{0}")]
-    RefusedAfterWrite(Box<StoreError>),
     /// The apply loop is gone (shutdown or a fatal storage fault).
     #[error("store is stopped")]
     Stopped,

@@ -515,9 +515,9 @@ impl<'c> View<'c> {
         // etcd checks the chosen path's puts first (only when the txn writes),
         // then its ranges; the first failure of either pass is the answer.
         if !is_txn_readonly(t) {
-            self.check_ops(t, &path, &mut 0, Check::Puts)?;
+            self.check_ops(t, &path, &mut 0, Check::Puts, &mut Vec::new())?;
         }
-        self.check_ops(t, &path, &mut 0, Check::Ranges)?;
+        self.check_ops(t, &path, &mut 0, Check::Ranges, &mut Vec::new())?;
         let mut cursor = 0;
         let mut resp = self.apply_txn(t, &path, &mut cursor)?;
         resp.header = Some(ResponseHeader {
@@ -544,22 +544,35 @@ impl<'c> View<'c> {
         Ok(())
     }
 
+    /// `deleted` collects, in execution order, the ranges the txn's own
+    /// deletes remove: a later put that needs its key's previous value
+    /// (ignore_value, ignore_lease) must not find it there. etcd's interval
+    /// check lets a from-key delete followed by such a put through, and etcd
+    /// then fails mid-apply (3.5.1 and 3.6 panic); refusing it here keeps
+    /// "every refusal happens before any write" true.
     fn check_ops(
         &self,
         t: &TxnRequest,
         path: &[bool],
         cursor: &mut usize,
         check: Check,
+        deleted: &mut Vec<KeyRange>,
     ) -> Result<()> {
         let taken = path.get(*cursor).copied().unwrap_or(false);
         *cursor += 1;
         for op in branch(t, taken) {
             match &op.request {
                 Some(request_op::Request::RequestTxn(inner)) => {
-                    self.check_ops(inner, path, cursor, check)?
+                    self.check_ops(inner, path, cursor, check, deleted)?
+                }
+                Some(request_op::Request::RequestDeleteRange(d)) if check == Check::Puts => {
+                    deleted.push(KeyRange::new(&d.key, &d.range_end));
                 }
                 Some(request_op::Request::RequestPut(p)) if check == Check::Puts => {
-                    if (p.ignore_value || p.ignore_lease) && self.get(&p.key)?.is_none() {
+                    if (p.ignore_value || p.ignore_lease)
+                        && (deleted.iter().any(|r| r.contains(&p.key))
+                            || self.get(&p.key)?.is_none())
+                    {
                         return Err(StoreError::KeyNotFound);
                     }
                     if p.lease != 0 && !self.lease_exists(p.lease)? {

@@ -256,6 +256,43 @@ async fn failed_command_leaves_no_trace_and_others_in_batch_commit() {
     assert!(get(&s, "missing", 0).await.unwrap().is_empty());
 }
 
+/// A from-key delete then an ignore_value put of a key it removed: etcd's
+/// interval check lets it through and etcd fails mid-apply. Cairn refuses it
+/// before writing, so the store keeps serving and nothing changes.
+#[tokio::test]
+async fn txn_put_of_a_key_its_own_delete_removed_is_refused_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir).await;
+    s.propose(put("k2", "v2")).await.unwrap();
+    let txn = TxnRequest {
+        success: vec![
+            RequestOp {
+                request: Some(request_op::Request::RequestDeleteRange(
+                    DeleteRangeRequest {
+                        key: "k".into(),
+                        range_end: vec![0],
+                        prev_kv: false,
+                    },
+                )),
+            },
+            RequestOp {
+                request: Some(request_op::Request::RequestPut(PutRequest {
+                    key: "k2".into(),
+                    ignore_value: true,
+                    ..Default::default()
+                })),
+            },
+        ],
+        ..Default::default()
+    };
+    let err = s.propose(Command::Txn(txn)).await.unwrap_err();
+    assert_eq!(err, StoreError::KeyNotFound);
+    assert_eq!(s.applied().current_rev, 2);
+    assert_eq!(get(&s, "k2", 0).await.unwrap()[0].value, b"v2");
+    // Still serving.
+    assert_eq!(rev_of(&s.propose(put("k3", "v")).await.unwrap()), 3);
+}
+
 #[tokio::test]
 async fn concurrent_proposals_share_commits() {
     let dir = tempfile::tempdir().unwrap();

@@ -80,7 +80,6 @@ impl From<EtcdError> for Status {
 /// Maps a store error to what etcd answers in the same situation.
 pub fn store_status(e: StoreError) -> Status {
     match e {
-        StoreError::RefusedAfterWrite(inner) => store_status(*inner),
         StoreError::Compacted => EtcdError::Compacted.into(),
         StoreError::FutureRev => EtcdError::FutureRev.into(),
         StoreError::KeyNotFound => EtcdError::KeyNotFound.into(),

@@ -187,89 +187,51 @@ fn apply_batch(
     out: &ApplierOutputs,
 ) -> Result<()> {
     let before = *state;
-    // Commands refused after they wrote: the batch is redone without their
-    // writes, the same way on every member.
-    let mut refused: HashMap<usize, StoreError> = HashMap::new();
-    let mut results: Vec<EntryResult>;
-    let mut applied;
-    let mut compacted_to;
-    let mut new_membership;
-    let mut entries = entries;
-    let outcome = loop {
-        results = Vec::with_capacity(entries.len());
-        applied = AppliedBatch::default();
-        compacted_to = None;
-        new_membership = None;
-        *state = before;
-        let attempt = (|| -> Result<()> {
-            // IMMEDIATE takes the write lock up front and waits for the compactor if
-            // it holds it; a deferred transaction would fail on the upgrade instead.
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            for (pos, (entry, slot)) in entries.iter_mut().enumerate() {
-                let responder = slot.take();
-                state.applied_index = entry.log_id.index;
-                state.applied_term = entry.log_id.leader_id.term;
-                match &entry.payload {
-                    EntryPayload::Blank => results.push((responder, None, None)),
-                    EntryPayload::Membership(m) => {
-                        let stored = StoredMembership::new(Some(entry.log_id), m.clone());
-                        save_membership(&tx, &stored)?;
-                        new_membership = Some(stored);
-                        results.push((responder, None, None));
-                    }
-                    EntryPayload::Normal(lc) => {
-                        if let Some(e) = refused.get(&pos) {
-                            results.push((
-                                responder,
-                                Some((lc.origin, lc.request_id)),
-                                Some(Err(e.clone())),
-                            ));
-                            continue;
+    let mut results: Vec<EntryResult> = Vec::with_capacity(entries.len());
+    let mut applied = AppliedBatch::default();
+    let mut compacted_to = None;
+    let mut new_membership = None;
+    let outcome = (|| -> Result<()> {
+        // IMMEDIATE takes the write lock up front and waits for the compactor if
+        // it holds it; a deferred transaction would fail on the upgrade instead.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        for (entry, responder) in entries {
+            state.applied_index = entry.log_id.index;
+            state.applied_term = entry.log_id.leader_id.term;
+            match entry.payload {
+                EntryPayload::Blank => results.push((responder, None, None)),
+                EntryPayload::Membership(m) => {
+                    let stored = StoredMembership::new(Some(entry.log_id), m);
+                    save_membership(&tx, &stored)?;
+                    new_membership = Some(stored);
+                    results.push((responder, None, None));
+                }
+                EntryPayload::Normal(lc) => {
+                    let result = match apply(&tx, state, &lc.cmd) {
+                        Ok(a) => {
+                            if let Some((revision, events)) = a.events {
+                                applied.revisions.push(RevisionEvents { revision, events });
+                            }
+                            compacted_to = a.compacted_to.or(compacted_to);
+                            Ok(a.output)
                         }
-                        let result = match apply(&tx, state, &lc.cmd) {
-                            Ok(a) => {
-                                if let Some((revision, events)) = a.events {
-                                    applied.revisions.push(RevisionEvents { revision, events });
-                                }
-                                compacted_to = a.compacted_to.or(compacted_to);
-                                Ok(a.output)
-                            }
-                            // A fault leaves the transaction in doubt: fail the batch.
-                            Err(e) if e.is_storage_fault() => return Err(e),
-                            Err(StoreError::RefusedAfterWrite(e)) => {
-                                refused.insert(pos, *e);
-                                *slot = responder;
-                                return Err(StoreError::RefusedAfterWrite(Box::new(
-                                    StoreError::Stopped,
-                                )));
-                            }
-                            // A refused command wrote nothing, on every member alike.
-                            Err(e) => Err(e),
-                        };
-                        results.push((responder, Some((lc.origin, lc.request_id)), Some(result)));
-                    }
+                        // A fault leaves the transaction in doubt: fail the batch.
+                        Err(e) if e.is_storage_fault() => return Err(e),
+                        // A refused command wrote nothing, on every member alike.
+                        Err(e) => Err(e),
+                    };
+                    results.push((responder, Some((lc.origin, lc.request_id)), Some(result)));
                 }
             }
-            state.persist(&tx)?;
-            let started = Instant::now();
-            tx.commit()?;
-            out.metrics
-                .backend_commit
-                .observe(started.elapsed().as_secs_f64());
-            Ok(())
-        })();
-        match attempt {
-            // Redo the batch with that command refused (responders were taken:
-            // put them back is not possible, so they were kept in `results`).
-            Err(StoreError::RefusedAfterWrite(_)) => {
-                for (i, (r, _, _)) in results.drain(..).enumerate() {
-                    entries[i].1 = r;
-                }
-                continue;
-            }
-            other => break other,
         }
-    };
+        state.persist(&tx)?;
+        let started = Instant::now();
+        tx.commit()?;
+        out.metrics
+            .backend_commit
+            .observe(started.elapsed().as_secs_f64());
+        Ok(())
+    })();
     if let Err(e) = outcome {
         tracing::error!(error = %e, "applying committed entries failed");
         *state = before;
