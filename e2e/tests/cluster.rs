@@ -2,7 +2,7 @@
 //! partitions, membership changes, snapshot catch-up, and a linearizability
 //! check of a recorded client history across a leader failure.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,24 @@ async fn converged(c: &Cluster) -> Result<()> {
                 }
             }
             Ok(Poll::Ready(()))
+        },
+    )
+    .await
+}
+
+/// Waits until `count` (bumped by client tasks) reaches `at_least`.
+async fn wait_count(what: &str, count: &AtomicUsize, at_least: usize) -> Result<()> {
+    wait_until(
+        what,
+        Duration::from_secs(30),
+        Duration::from_millis(20),
+        || async {
+            let n = count.load(Ordering::Relaxed);
+            Ok(if n >= at_least {
+                Poll::Ready(())
+            } else {
+                Poll::NotYet(format!("{n} of {at_least}"))
+            })
         },
     )
     .await
@@ -106,10 +124,11 @@ async fn leader_kill9_under_load_loses_no_acknowledged_write() -> Result<()> {
     let mut c = Cluster::start(3, &[]).await?;
     let leader = c.leader(&[0, 1, 2], Duration::from_secs(10)).await?;
     let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for w in 0..3 {
         let ep = c.endpoint(w);
-        let stop = stop.clone();
+        let (stop, count) = (stop.clone(), count.clone());
         tasks.push(tokio::spawn(async move {
             let mut acked: Vec<(String, i64)> = Vec::new();
             let Ok(mut client) = Client::connect([ep], None).await else {
@@ -123,14 +142,15 @@ async fn leader_kill9_under_load_loses_no_acknowledged_write() -> Result<()> {
                         .await
                 {
                     acked.push((key, r.header().map(|h| h.revision()).unwrap_or(0)));
+                    count.fetch_add(1, Ordering::Relaxed);
                 }
                 n += 1;
             }
             acked
         }));
     }
-    // Let some writes land, then kill the leader.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Kill the leader once writes are flowing.
+    wait_count("writes before the kill", &count, 30).await?;
     c.kill9(leader)?;
     let killed_at = Instant::now();
     let rest: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
@@ -142,7 +162,9 @@ async fn leader_kill9_under_load_loses_no_acknowledged_write() -> Result<()> {
         failover < Duration::from_millis(ELECTION_MS * 6),
         "failover took {failover:?}"
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Writes go on under the new leader.
+    let before = count.load(Ordering::Relaxed);
+    wait_count("writes after the failover", &count, before + 30).await?;
     stop.store(true, Ordering::Relaxed);
     let mut acked = Vec::new();
     for t in tasks {
@@ -348,16 +370,18 @@ async fn history_across_leader_failure_is_linearizable() -> Result<()> {
     let leader = c.leader(&[0, 1, 2], Duration::from_secs(10)).await?;
     let rec = Recorder::new();
     let stop = Arc::new(AtomicBool::new(false));
+    // Operations that got an answer (not Unknown).
+    let done = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for client_id in 0..6 {
         let ep = c.endpoint(client_id % 3);
-        let (rec, stop) = (rec.clone(), stop.clone());
+        let (rec, stop, done) = (rec.clone(), stop.clone(), done.clone());
         tasks.push(tokio::spawn(async move {
             let Ok(mut client) = Client::connect([ep], None).await else {
                 return;
             };
             let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) && n < 400 {
+            while !stop.load(Ordering::Relaxed) && n < 2000 {
                 let key = format!("lin/{}", n % 4);
                 n += 1;
                 if n.is_multiple_of(3) {
@@ -372,33 +396,46 @@ async fn history_across_leader_failure_is_linearizable() -> Result<()> {
                     match tokio::time::timeout(Duration::from_secs(2), client.put(key, value, None))
                         .await
                     {
-                        Ok(Ok(r)) => op.complete(Output::Written {
-                            revision: r.header().map(|h| h.revision()).unwrap_or(0),
-                        }),
+                        Ok(Ok(r)) => {
+                            done.fetch_add(1, Ordering::Relaxed);
+                            op.complete(Output::Written {
+                                revision: r.header().map(|h| h.revision()).unwrap_or(0),
+                            })
+                        }
                         _ => op.complete(Output::Unknown),
                     }
                 } else {
                     let op = rec.invoke(client_id, Input::Get { key: key.clone() });
                     match tokio::time::timeout(Duration::from_secs(2), client.get(key, None)).await
                     {
-                        Ok(Ok(r)) => op.complete(Output::Read {
-                            value: r
-                                .kvs()
-                                .first()
-                                .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
-                            revision: r.header().map(|h| h.revision()).unwrap_or(0),
-                        }),
+                        Ok(Ok(r)) => {
+                            done.fetch_add(1, Ordering::Relaxed);
+                            op.complete(Output::Read {
+                                value: r
+                                    .kvs()
+                                    .first()
+                                    .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
+                                revision: r.header().map(|h| h.revision()).unwrap_or(0),
+                            })
+                        }
                         _ => op.complete(Output::Unknown),
                     }
                 }
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // History before, during and after a leader failure and the old
+    // leader's return, each phase gated on answered operations.
+    wait_count("operations before the kill", &done, 100).await?;
     c.kill9(leader)?;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let rest: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    c.leader(&rest, Duration::from_secs(10)).await?;
+    let n = done.load(Ordering::Relaxed);
+    wait_count("operations under the new leader", &done, n + 100).await?;
     c.restart(leader)?;
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    c.wait_all_ready(Duration::from_secs(30)).await?;
+    let n = done.load(Ordering::Relaxed);
+    wait_count("operations after the restart", &done, n + 100).await?;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await?;
@@ -416,14 +453,17 @@ async fn history_across_leader_failure_is_linearizable() -> Result<()> {
     }
 }
 
-/// Idle peer traffic of a 5-member cluster, printed for docs/benchmarks.md.
+/// Idle peer traffic of a 5-member cluster: printed for docs/benchmarks.md,
+/// and checked for what must hold while idle: heartbeats flow and the
+/// leader stays put (no election churn).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn idle_five_member_peer_traffic() -> Result<()> {
+    let all = [0, 1, 2, 3, 4];
     let c = Cluster::start(5, &[]).await?;
-    c.leader(&[0, 1, 2, 3, 4], Duration::from_secs(10)).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let leader = c.leader(&all, Duration::from_secs(10)).await?;
     let before = c.peer_bytes();
     let t = Instant::now();
+    // The measurement window itself, not a wait for something to happen.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let bytes = c.peer_bytes() - before;
     let per_s = bytes as f64 / t.elapsed().as_secs_f64();
@@ -431,5 +471,7 @@ async fn idle_five_member_peer_traffic() -> Result<()> {
         "idle 5-member cluster: {per_s:.0} peer bytes/s (heartbeat {}ms)",
         cairn_e2e::cluster::HEARTBEAT_MS
     );
+    assert!(bytes > 0, "no heartbeats crossed the peer proxies");
+    assert_eq!(c.leader(&all, Duration::from_secs(5)).await?, leader);
     Ok(())
 }

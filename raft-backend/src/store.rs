@@ -113,11 +113,11 @@ impl Store {
         let opts = ReplicaOptions {
             member_id: id,
             timing: Default::default(),
-            transport: Arc::new(PeerTransport {
-                cluster_id: 0,
-                tls: None,
-                connect_timeout: std::time::Duration::from_secs(1),
-            }),
+            transport: Arc::new(PeerTransport::new(
+                0,
+                None,
+                std::time::Duration::from_secs(1),
+            )),
             bootstrap: Bootstrap::New(
                 [(
                     id,

@@ -100,11 +100,7 @@ async fn join_existing(
     boot: &crate::cluster_config::Bootstrap,
     tls: &Option<ClientTlsConfig>,
 ) -> anyhow::Result<Identity> {
-    let transport = PeerTransport {
-        cluster_id: 0,
-        tls: tls.clone(),
-        connect_timeout: Duration::from_secs(2),
-    };
+    let transport = PeerTransport::new(0, tls.clone(), Duration::from_secs(2));
     let own: Vec<String> = boot
         .members
         .iter()
@@ -203,11 +199,7 @@ pub async fn open_node(args: &ServeArgs) -> anyhow::Result<SharedNode> {
             snapshot_count: args.snapshot_count,
             catchup_entries: args.snapshot_catchup_entries,
         },
-        transport: Arc::new(PeerTransport {
-            cluster_id: id.cluster_id,
-            tls: peer_tls,
-            connect_timeout: election,
-        }),
+        transport: Arc::new(PeerTransport::new(id.cluster_id, peer_tls, election)),
         bootstrap,
         // etcd's request timeout: 5 s plus two election timeouts.
         request_timeout: Duration::from_secs(5) + 2 * election,
@@ -267,10 +259,9 @@ async fn publish_self(node: SharedNode) {
 
 /// Logs when this member loses and regains a leader (quorum), as etcd warns.
 async fn watch_leader(node: SharedNode) {
-    let mut rx = node.store.replica().leader_watch();
-    let mut last = *rx.borrow();
-    while rx.changed().await.is_ok() {
-        let now = *rx.borrow();
+    let replica = node.store.replica().clone();
+    let mut last = replica.leader();
+    while let Some(now) = replica.leader_change(last).await {
         match (last, now) {
             (Some(_), None) => tracing::warn!(
                 "lost the leader: no quorum reachable; requests fail with \"no leader\""
@@ -286,9 +277,7 @@ async fn watch_leader(node: SharedNode) {
             ),
             _ => {}
         }
-        if last != now {
-            node.metrics.leader_changed(now);
-        }
+        node.metrics.leader_changed(now);
         last = now;
     }
 }

@@ -253,8 +253,8 @@ fn apply_batch(
         // No subscriber is not an error: the watch hub may not be running.
         let _ = out.events.send(Arc::new(applied));
     }
+    out.metrics.proposals_committed.inc_by(results.len() as u64);
     for (responder, ids, result) in results {
-        out.metrics.proposals_committed.inc();
         if matches!(result, Some(Err(_))) {
             out.metrics.proposals_failed.inc();
         }

@@ -321,14 +321,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut rows = Vec::new();
-        {
-            let mut c = self.cache();
-            for e in entries {
-                rows.push((e.log_id.index, codec::encode_entry(&e)));
-                c.entries.insert(e.log_id.index, e);
-            }
-        }
+        // Encode before taking the lock the replication readers share.
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let rows = entries
+            .iter()
+            .map(|e| (e.log_id.index, codec::encode_entry(e)))
+            .collect();
+        self.cache()
+            .entries
+            .extend(entries.into_iter().map(|e| (e.log_id.index, e)));
         self.send(Op::Append {
             rows,
             done: callback,

@@ -29,19 +29,41 @@ pub const CLUSTER_HEADER: &str = "cairn-cluster-id";
 const SNAPSHOT_CHUNK: usize = 1 << 20;
 
 /// How to reach peers: their cluster, and TLS when peer URLs are https.
-#[derive(Clone)]
+/// Channels are made once per URL and shared: HTTP/2 multiplexes every call
+/// (Raft replication, forwarded writes, ReadIndex) over one connection, and a
+/// forwarded request must not pay for a new one.
 pub struct PeerTransport {
     pub cluster_id: u64,
     pub tls: Option<ClientTlsConfig>,
     pub connect_timeout: Duration,
+    channels: std::sync::Mutex<std::collections::HashMap<String, Channel>>,
 }
 
 impl PeerTransport {
+    pub fn new(cluster_id: u64, tls: Option<ClientTlsConfig>, connect_timeout: Duration) -> Self {
+        PeerTransport {
+            cluster_id,
+            tls,
+            connect_timeout,
+            channels: Default::default(),
+        }
+    }
+
     /// A lazily connecting channel to the first of `urls` (gRPC reconnects by itself).
     pub fn channel(&self, urls: &[String]) -> Result<Channel, String> {
         let url = urls
             .first()
             .ok_or_else(|| "member has no peer URL".to_string())?;
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ch) = channels.get(url) {
+            return Ok(ch.clone());
+        }
+        let ch = self.connect(url)?;
+        channels.insert(url.clone(), ch.clone());
+        Ok(ch)
+    }
+
+    fn connect(&self, url: &str) -> Result<Channel, String> {
         let url = &dial_override(url);
         let mut ep = Endpoint::from_shared(url.clone())
             .map_err(|e| format!("peer URL {url:?}: {e}"))?

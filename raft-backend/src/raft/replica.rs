@@ -76,7 +76,6 @@ pub struct RaftStatus {
     pub leader: Option<u64>,
     pub term: u64,
     pub last_log_index: u64,
-    pub committed: u64,
     pub applied: u64,
     pub is_leader: bool,
     pub is_learner: bool,
@@ -185,7 +184,6 @@ impl Replica {
             leader: m.current_leader,
             term: m.current_term,
             last_log_index: m.last_log_index.unwrap_or(0),
-            committed: m.last_applied.map(|l| l.index).unwrap_or(0),
             applied: m.last_applied.map(|l| l.index).unwrap_or(0),
             is_leader: m.state == ServerState::Leader,
             is_learner: !voters.contains(&self.id),
@@ -208,24 +206,26 @@ impl Replica {
         self.leader() == Some(self.id)
     }
 
-    /// Resolves when the leader is known to have changed (or to be lost).
-    pub fn leader_watch(&self) -> watch::Receiver<Option<u64>> {
-        let (tx, rx) = watch::channel(self.leader());
-        let mut metrics = self.raft.metrics();
-        tokio::spawn(async move {
-            loop {
-                let leader = metrics.borrow_watched().current_leader;
-                tx.send_if_modified(|cur| {
-                    let changed = *cur != leader;
-                    *cur = leader;
-                    changed
-                });
-                if tx.is_closed() || metrics.changed().await.is_err() {
-                    return;
-                }
+    /// Waits on openraft's metrics until `pick` finds what it looks for.
+    /// `None` when the Raft core stopped.
+    async fn wait_metrics<T>(
+        &self,
+        pick: impl Fn(&openraft::RaftMetrics<TypeConfig>) -> Option<T>,
+    ) -> Option<T> {
+        let mut rx = self.raft.metrics();
+        loop {
+            if let Some(v) = pick(&rx.borrow_watched()) {
+                return Some(v);
             }
-        });
-        rx
+            rx.changed().await.ok()?;
+        }
+    }
+
+    /// Resolves with the known leader once it differs from `last` (a new
+    /// leader, or none); `None` when the Raft core stopped.
+    pub async fn leader_change(&self, last: Option<u64>) -> Option<Option<u64>> {
+        self.wait_metrics(|m| (m.current_leader != last).then_some(m.current_leader))
+            .await
     }
 
     fn membership(&self) -> Membership {
@@ -468,10 +468,9 @@ impl Replica {
             .transfer_leader(target)
             .await
             .map_err(fatal)?;
-        let mut leader = self.leader_watch();
-        let wait = async move { leader.wait_for(|l| *l == Some(target)).await.map(|_| ()) };
+        let wait = self.wait_metrics(|m| (m.current_leader == Some(target)).then_some(()));
         match tokio::time::timeout(self.request_timeout, wait).await {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Some(())) => Ok(()),
             _ => Err(StoreError::Timeout),
         }
     }
@@ -609,10 +608,9 @@ impl Drop for WaiterGuard<'_> {
 impl Replica {
     /// Resolves once some leader is known, or fails with `NoLeader`.
     pub async fn wait_leader(&self, timeout: Duration) -> Result<u64> {
-        let mut rx = self.leader_watch();
-        let wait = async move { rx.wait_for(|l| l.is_some()).await.map(|l| *l) };
+        let wait = self.wait_metrics(|m| m.current_leader);
         match tokio::time::timeout(timeout, wait).await {
-            Ok(Ok(l)) => l.ok_or(StoreError::NoLeader),
+            Ok(Some(l)) => Ok(l),
             _ => Err(StoreError::NoLeader),
         }
     }

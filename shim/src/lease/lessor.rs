@@ -25,6 +25,8 @@ pub const MIN_TTL: i64 = 2;
 /// etcd's maximum TTL.
 pub const MAX_TTL: i64 = 9_000_000_000;
 const EXPIRY_CHECK: Duration = Duration::from_millis(500);
+/// How long a follower waits for the leader to renew or report a lease.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct Deadline {
     ttl: i64,
@@ -107,23 +109,27 @@ impl Lessor {
         Ok(())
     }
 
+    /// The leader, for keep-alives and TTL queries that reach a follower.
+    fn leader_peer(&self) -> Result<cairn_raft_backend::Peer, Status> {
+        self.node
+            .store
+            .replica()
+            .leader_peer()
+            .map_err(store_status)
+    }
+
     /// Keep-alive from a client of this member: renewed by the leader.
     pub async fn renew_anywhere(&self, id: i64) -> Result<Option<i64>, Status> {
         if self.is_leader() {
             return Ok(self.renew(id));
         }
-        let peer = self
-            .node
-            .store
-            .replica()
-            .leader_peer()
-            .map_err(store_status)?;
+        let peer = self.leader_peer()?;
         let resp = peer
             .client
             .clone()
             .lease_renew(peer.request(
                 cairn_proto::peer::LeaseRenewRequest { id },
-                Some(Duration::from_secs(5)),
+                Some(FORWARD_TIMEOUT),
             ))
             .await
             .map_err(|_| Status::from(EtcdError::NoLeader))?
@@ -136,18 +142,13 @@ impl Lessor {
         if self.is_leader() {
             return Ok(self.ttl(id));
         }
-        let peer = self
-            .node
-            .store
-            .replica()
-            .leader_peer()
-            .map_err(store_status)?;
+        let peer = self.leader_peer()?;
         let resp = peer
             .client
             .clone()
             .lease_time_to_live(peer.request(
                 cairn_proto::peer::LeaseTimeToLiveRequest { id },
-                Some(Duration::from_secs(5)),
+                Some(FORWARD_TIMEOUT),
             ))
             .await
             .map_err(|_| Status::from(EtcdError::NoLeader))?
