@@ -195,6 +195,17 @@ impl Duo {
         }
     }
 
+    /// The verdict of a run: its own error, or the differences it collected.
+    /// Either way a failure keeps both members' data dirs and logs.
+    fn conclude(mut self, run: Result<()>) -> Result<()> {
+        if let Err(e) = run {
+            self.etcd.keep_on_drop();
+            self.cairn.keep_on_drop();
+            return Err(e);
+        }
+        self.finish()
+    }
+
     fn finish(mut self) -> Result<()> {
         if self.diffs.is_empty() {
             return Ok(());
@@ -270,14 +281,7 @@ fn json_events(s: &str) -> usize {
 async fn etcdctl_watch_matches_etcd() -> Result<()> {
     let mut duo = start_duo().await?;
     let r = watch_runs(&mut duo).await;
-    match r {
-        Ok(()) => duo.finish(),
-        Err(e) => {
-            duo.etcd.keep_on_drop();
-            duo.cairn.keep_on_drop();
-            Err(e)
-        }
-    }
+    duo.conclude(r)
 }
 
 async fn watch_runs(duo: &mut Duo) -> Result<()> {
@@ -465,14 +469,7 @@ fn lease_output(ids: &Ids, r: &Run) -> Result<(Option<i32>, String, Vec<String>)
 async fn etcdctl_lease_matches_etcd() -> Result<()> {
     let mut duo = start_duo().await?;
     let r = lease_runs(&mut duo).await;
-    match r {
-        Ok(()) => duo.finish(),
-        Err(e) => {
-            duo.etcd.keep_on_drop();
-            duo.cairn.keep_on_drop();
-            Err(e)
-        }
-    }
+    duo.conclude(r)
 }
 
 async fn lease_runs(duo: &mut Duo) -> Result<()> {

@@ -136,11 +136,15 @@ async fn join_existing(
             .iter()
             .find(|x| x.peer_urls.iter().any(|u| own.contains(u)))
         else {
-            anyhow::bail!(
-                "the running cluster has no member with peer URLs {own:?}; add it first with `etcdctl member add {} --peer-urls={}`",
+            // This member may not have applied the `member add` yet; the
+            // leader has (it answered the add). Ask the others.
+            last_err = format!(
+                "{} lists no member with peer URLs {own:?}; add this one first with `etcdctl member add {} --peer-urls={}`",
+                m.name,
                 args.name,
                 own.join(",")
             );
+            continue;
         };
         return Ok(Identity {
             name: args.name.clone(),
@@ -149,7 +153,7 @@ async fn join_existing(
             cluster_token: args.initial_cluster_token.clone(),
         });
     }
-    anyhow::bail!("cannot reach the running cluster to join it: {last_err}")
+    anyhow::bail!("cannot join the running cluster: {last_err}")
 }
 
 fn peer_client_tls(args: &ServeArgs) -> anyhow::Result<Option<ClientTlsConfig>> {

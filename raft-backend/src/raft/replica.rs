@@ -91,6 +91,10 @@ pub struct Replica {
     next_request: AtomicU64,
     state: watch::Receiver<ApplyState>,
     request_timeout: Duration,
+    /// openraft refuses a membership change while another is uncommitted;
+    /// changes on this leader (member add/promote, a member publishing its
+    /// URLs) queue here instead of failing each other.
+    membership_changes: tokio::sync::Mutex<()>,
 }
 
 fn fatal(e: impl std::fmt::Display) -> StoreError {
@@ -152,11 +156,16 @@ impl Replica {
         if let Bootstrap::New(members) = &opts.bootstrap {
             // Every initial member proposes the same membership; openraft
             // accepts that from all of them, and only an uninitialized
-            // member acts on it.
+            // member acts on it. Not awaited here: the caller must go on to
+            // serve its peer port, or members starting together would wait
+            // on each other's elections with no one listening.
             if !raft.is_initialized().await.map_err(fatal)? {
-                if let Err(e) = raft.initialize(members.clone()).await {
-                    tracing::warn!(error = %e, "raft initialize");
-                }
+                let (raft, members) = (raft.clone(), members.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = raft.initialize(members).await {
+                        tracing::warn!(error = %e, "raft initialize");
+                    }
+                });
             }
         }
         Ok(Replica {
@@ -168,6 +177,7 @@ impl Replica {
             next_request: AtomicU64::new(1),
             state,
             request_timeout: opts.request_timeout,
+            membership_changes: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -391,9 +401,14 @@ impl Replica {
                 .await
                 .map_err(from_status)?
                 .into_inner();
+            // As etcd answers a member change only once the accepting member
+            // applied it: a MemberList here right after sees the change.
+            self.read_barrier().await?;
             return codec::membership_from_pb(resp.membership.unwrap_or_default())
                 .map_err(|e| StoreError::Storage(e.to_string()));
         }
+        // Held until the change commits: that is what it serializes.
+        let _one_at_a_time = self.membership_changes.lock().await;
         let (id, info) = codec::member_from_pb(member);
         let current = self.membership();
         let exists = current.nodes().any(|(n, _)| *n == id);
