@@ -61,6 +61,8 @@ pub struct Cluster {
     /// (from, to) → the proxy `from` dials to reach `to`.
     proxies: HashMap<(usize, usize), Proxy>,
     extra: Vec<String>,
+    /// --heartbeat-interval and --election-timeout, in ms.
+    timing: (u64, u64),
     keep: bool,
 }
 
@@ -68,10 +70,17 @@ impl Cluster {
     /// Starts `n` members as a new cluster and waits until it has a leader
     /// and every member serves a linearizable read.
     pub async fn start(n: usize, extra: &[&str]) -> Result<Cluster> {
+        Self::start_timed(n, (HEARTBEAT_MS, ELECTION_MS), extra).await
+    }
+
+    /// As [`Cluster::start`], with the given heartbeat interval and election
+    /// timeout (ms) instead of the short test timings.
+    pub async fn start_timed(n: usize, timing: (u64, u64), extra: &[&str]) -> Result<Cluster> {
         let mut c = Cluster {
             members: Vec::new(),
             proxies: HashMap::new(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            timing,
             keep: std::env::var_os("CAIRN_E2E_KEEP").is_some(),
         };
         for i in 0..n {
@@ -124,6 +133,7 @@ impl Cluster {
             .map(|((_, to), p)| format!("{}=http://{}", self.members[*to].peer_url(), p.addr()))
             .collect();
         let initial = self.initial_cluster();
+        let (heartbeat, election) = self.timing;
         let m = &mut self.members[i];
         let mut args = vec![
             format!("--name={}", m.name),
@@ -134,8 +144,8 @@ impl Cluster {
             format!("--initial-advertise-peer-urls={}", m.peer_url()),
             format!("--initial-cluster={initial}"),
             format!("--initial-cluster-state={}", m.state),
-            format!("--heartbeat-interval={HEARTBEAT_MS}"),
-            format!("--election-timeout={ELECTION_MS}"),
+            format!("--heartbeat-interval={heartbeat}"),
+            format!("--election-timeout={election}"),
             "--log-level=info".to_string(),
         ];
         args.extend(self.extra.iter().cloned());
@@ -310,6 +320,21 @@ impl Cluster {
     /// Total bytes all peer proxies have carried (idle-traffic measurement).
     pub fn peer_bytes(&self) -> u64 {
         self.proxies.values().map(|p| p.stats().total_bytes()).sum()
+    }
+
+    /// Peer RPCs (Raft messages and forwarded requests) every running member
+    /// has received so far, from their `/metrics`.
+    pub async fn peer_rpcs(&self) -> Result<u64> {
+        let mut total = 0;
+        for i in self.running() {
+            let text = crate::http::get_text(self.members[i].client_port, "/metrics").await?;
+            total += crate::http::counter_sum(
+                &text,
+                "grpc_server_started_total",
+                "grpc_service=\"cairnpb.peer.v1.Peer\"",
+            );
+        }
+        Ok(total)
     }
 
     /// Adds a member slot (not started); returns its index and peer URL.

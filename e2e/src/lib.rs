@@ -36,6 +36,7 @@ pub mod cluster;
 pub mod dump;
 pub mod etcdctl;
 pub mod grpc;
+pub mod http;
 pub mod linearizability;
 pub mod member;
 pub mod ports;

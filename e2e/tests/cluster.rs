@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use cairn_e2e::cluster::{Cluster, ELECTION_MS};
 use cairn_e2e::dump::dump;
+use cairn_e2e::grpc::{expect_grpc_error, grpc_error, GrpcError};
 use cairn_e2e::linearizability::{check, CheckResult, Input, Output, Recorder};
 use cairn_e2e::wait::{wait_until, Poll};
-use etcd_client::{Client, GetOptions, WatchOptions};
+use etcd_client::{Client, ConnectOptions, GetOptions, WatchOptions};
 
 /// Every key, revision and version, as one member sees it (serializable).
 async fn state_of(c: &Cluster, i: usize) -> Result<String> {
@@ -244,6 +245,103 @@ async fn partitioned_minority_refuses_and_converges_after_heal() -> Result<()> {
     Ok(())
 }
 
+/// A member cut off from the leader says so: it stops naming a leader, its
+/// `/health` fails, and, as etcd does, it ends the watch and keep-alive
+/// streams of clients that asked for a leader (`hasleader`, which
+/// kube-apiserver sends) with "etcdserver: no leader" once three election
+/// timeouts have passed, so they reconnect elsewhere. Streams that did not
+/// ask stay open and resume after the heal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cut_off_member_ends_streams_that_require_a_leader() -> Result<()> {
+    let c = Cluster::start(3, &[]).await?;
+    let leader = c.leader(&[0, 1, 2], Duration::from_secs(10)).await?;
+    let cut = (leader + 1) % 3;
+    let opts = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_require_leader(true);
+    let mut strict = Client::connect([c.endpoint(cut)], Some(opts)).await?;
+    let mut plain = c.client(cut).await?;
+    let mut writer = c.client(leader).await?;
+    let prefix = WatchOptions::new().with_prefix();
+    let (_w1, mut strict_watch) = strict.watch("hl/", Some(prefix.clone())).await?;
+    let (_w2, mut plain_watch) = plain.watch("hl/", Some(prefix.clone())).await?;
+    let lease = writer.lease_grant(60, None).await?.id();
+    let (mut keeper, mut keep_alive) = strict.lease_keep_alive(lease).await?;
+    keeper.keep_alive().await?;
+    assert!(keep_alive.message().await?.is_some_and(|r| r.ttl() > 0));
+    // Both watches deliver while the member is connected.
+    let put = writer.put("hl/a", "1", None).await?;
+    let rev = put.header().map(|h| h.revision()).unwrap_or(0);
+    for w in [&mut strict_watch, &mut plain_watch] {
+        let got = tokio::time::timeout(Duration::from_secs(10), w.message()).await??;
+        let events = got.map(|r| r.events().to_vec()).unwrap_or_default();
+        assert!(events
+            .iter()
+            .any(|e| e.kv().is_some_and(|kv| kv.mod_revision() == rev)));
+    }
+
+    let cut_at = Instant::now();
+    c.isolate(cut);
+    // The strict watch ends with etcd's error, no sooner than three election
+    // timeouts after the cut.
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match strict_watch.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await?;
+    let err = expect_grpc_error("strict watch after the cut", ended)?;
+    assert_eq!(err, GrpcError::new("Unavailable", "etcdserver: no leader"));
+    assert!(
+        cut_at.elapsed() >= Duration::from_millis(3 * ELECTION_MS),
+        "ended after {:?}, before three election timeouts",
+        cut_at.elapsed()
+    );
+    let ka = tokio::time::timeout(Duration::from_secs(10), keep_alive.message()).await?;
+    let err = expect_grpc_error("strict keep-alive after the cut", ka)?;
+    assert_eq!(err, GrpcError::new("Unavailable", "etcdserver: no leader"));
+    // New strict streams and requests are refused at once.
+    let again = strict.watch("hl/", Some(prefix.clone())).await;
+    let refused = match again {
+        Err(e) => e,
+        Ok((_, mut s)) => match s.message().await {
+            Err(e) => e,
+            Ok(m) => anyhow::bail!("a strict watch was opened on a member without a leader: {m:?}"),
+        },
+    };
+    assert_eq!(
+        grpc_error(&refused),
+        Some(GrpcError::new("Unavailable", "etcdserver: no leader"))
+    );
+    // The member reports no leader to operators too.
+    let status = plain.status().await?;
+    assert_eq!(status.leader(), 0, "a cut-off member still names a leader");
+
+    // The plain watch was left alone: after the heal it delivers again.
+    c.heal(cut);
+    c.wait_all_ready(Duration::from_secs(30)).await?;
+    let put = writer.put("hl/b", "2", None).await?;
+    let rev = put.header().map(|h| h.revision()).unwrap_or(0);
+    let got = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let Some(r) = plain_watch.message().await? else {
+                anyhow::bail!("plain watch ended");
+            };
+            if r.events()
+                .iter()
+                .any(|e| e.kv().is_some_and(|kv| kv.mod_revision() == rev))
+            {
+                return Ok(());
+            }
+        }
+    })
+    .await?;
+    got
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn learner_added_promoted_and_member_removed() -> Result<()> {
     let mut c = Cluster::start(3, &[]).await?;
@@ -453,25 +551,32 @@ async fn history_across_leader_failure_is_linearizable() -> Result<()> {
     }
 }
 
-/// Idle peer traffic of a 5-member cluster: printed for docs/benchmarks.md,
-/// and checked for what must hold while idle: heartbeats flow and the
-/// leader stays put (no election churn).
+/// Idle peer traffic of a 5-member cluster: printed (the figures in
+/// docs/benchmarks.md come from `tests/peer_traffic.rs` at production
+/// timings), and checked for what must hold while idle: heartbeats flow and
+/// the leader stays put (no election churn).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn idle_five_member_peer_traffic() -> Result<()> {
     let all = [0, 1, 2, 3, 4];
     let c = Cluster::start(5, &[]).await?;
     let leader = c.leader(&all, Duration::from_secs(10)).await?;
-    let before = c.peer_bytes();
+    let (bytes0, rpcs0) = (c.peer_bytes(), c.peer_rpcs().await?);
     let t = Instant::now();
     // The measurement window itself, not a wait for something to happen.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let bytes = c.peer_bytes() - before;
-    let per_s = bytes as f64 / t.elapsed().as_secs_f64();
+    let secs = t.elapsed().as_secs_f64();
+    let bytes = c.peer_bytes() - bytes0;
+    let rpcs = c.peer_rpcs().await? - rpcs0;
     eprintln!(
-        "idle 5-member cluster: {per_s:.0} peer bytes/s (heartbeat {}ms)",
+        "idle 5-member cluster: {:.1} peer RPCs/s, {:.0} peer bytes/s (heartbeat {}ms)",
+        rpcs as f64 / secs,
+        bytes as f64 / secs,
         cairn_e2e::cluster::HEARTBEAT_MS
     );
-    assert!(bytes > 0, "no heartbeats crossed the peer proxies");
+    assert!(
+        bytes > 0 && rpcs > 0,
+        "no heartbeats crossed the peer proxies"
+    );
     assert_eq!(c.leader(&all, Duration::from_secs(5)).await?, leader);
     Ok(())
 }

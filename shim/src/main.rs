@@ -12,6 +12,7 @@ mod grpc_compat;
 mod http;
 mod identity;
 mod kv_service;
+mod leader_loss;
 mod lease;
 mod maintenance_service;
 mod metrics;

@@ -134,6 +134,7 @@ fn grpc_type(service: &str, method: &str) -> &'static str {
     match (service, method) {
         ("etcdserverpb.Watch", "Watch") | ("etcdserverpb.Lease", "LeaseKeepAlive") => "bidi_stream",
         ("etcdserverpb.Maintenance", "Snapshot") => "server_stream",
+        ("cairnpb.peer.v1.Peer", "InstallSnapshot") => "client_stream",
         _ => "unary",
     }
 }

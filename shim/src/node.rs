@@ -68,12 +68,7 @@ impl Node {
     /// kube-apiserver sends `hasleader=true` so that a member cut off from its
     /// leader refuses requests instead of serving stale data.
     pub fn check_leader<T>(&self, req: &tonic::Request<T>) -> Result<(), Status> {
-        let wants = req
-            .metadata()
-            .get("hasleader")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v == "true");
-        if wants && !self.has_leader() {
+        if crate::leader_loss::wants_leader(req) && !self.has_leader() {
             return Err(EtcdError::NoLeader.into());
         }
         Ok(())

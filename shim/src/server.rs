@@ -26,6 +26,7 @@ use crate::cluster_service::ClusterService;
 use crate::config::{resolve_listen_url, ServeArgs, GRPC_OVERHEAD_BYTES};
 use crate::identity::Identity;
 use crate::kv_service::KvService;
+use crate::leader_loss::LeaderLoss;
 use crate::lease::{LeaseService, Lessor};
 use crate::maintenance_service::MaintenanceService;
 use crate::metrics::{track, ServerMetrics};
@@ -286,7 +287,11 @@ async fn watch_leader(node: SharedNode) {
     }
 }
 
-async fn serve_peers(args: &ServeArgs, svc: PeerService) -> anyhow::Result<()> {
+async fn serve_peers(
+    args: &ServeArgs,
+    svc: PeerService,
+    metrics: Arc<ServerMetrics>,
+) -> anyhow::Result<()> {
     let mut listeners = Vec::new();
     for url in &args.listen_peer_urls {
         for addr in resolve_listen_url(url).await? {
@@ -305,11 +310,16 @@ async fn serve_peers(args: &ServeArgs, svc: PeerService) -> anyhow::Result<()> {
     if let Some(tls) = peer_server_tls(args)? {
         builder = builder.tls_config(tls)?;
     }
-    let server = builder.add_service(
+    // Counted under grpc_server_*_total like client RPCs (service
+    // cairnpb.peer.v1.Peer), which is how idle Raft traffic is measured.
+    let routes = Routes::new(
         PeerServer::new(svc)
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX),
-    );
+    )
+    .into_axum_router()
+    .layer(axum::middleware::from_fn_with_state(metrics, track));
+    let server = builder.add_routes(Routes::from(routes));
     tokio::spawn(async move {
         if let Err(e) = server.serve_with_incoming(incoming.boxed()).await {
             tracing::error!(error = %e, "peer server stopped");
@@ -341,8 +351,15 @@ pub async fn serve(
     let node = open_node(&args).await?;
     let limit = args.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let hub = WatchHub::start(node.clone(), args.watch_progress_notify_interval);
-    let lessor = Lessor::start(node.clone(), Duration::from_millis(args.election_timeout)).await?;
-    serve_peers(&args, PeerService::new(node.clone(), lessor.clone())).await?;
+    let election = Duration::from_millis(args.election_timeout);
+    let lessor = Lessor::start(node.clone(), election).await?;
+    let leader_loss = LeaderLoss::start(node.clone(), election);
+    serve_peers(
+        &args,
+        PeerService::new(node.clone(), lessor.clone()),
+        node.metrics.clone(),
+    )
+    .await?;
     tokio::spawn(publish_self(node.clone()));
     tokio::spawn(watch_leader(node.clone()));
     let grpc =
@@ -356,11 +373,11 @@ pub async fn serve(
                     .max_decoding_message_size(limit),
             )
             .add_service(
-                WatchServer::new(WatchService::new(node.clone(), hub))
+                WatchServer::new(WatchService::new(node.clone(), hub, leader_loss.clone()))
                     .max_decoding_message_size(limit),
             )
             .add_service(
-                LeaseServer::new(LeaseService::new(node.clone(), lessor))
+                LeaseServer::new(LeaseService::new(node.clone(), lessor, leader_loss))
                     .max_decoding_message_size(limit),
             );
     let app = grpc

@@ -6,6 +6,7 @@
 
 mod applier;
 pub mod codec;
+mod leader_liveness;
 mod log_store;
 pub mod network;
 mod replica;

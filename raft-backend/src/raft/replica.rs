@@ -11,12 +11,15 @@ use std::time::Duration;
 use cairn_proto::peer as pb;
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::errors::ClientWriteError;
-use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, TransferLeaderRequest, VoteRequest,
+};
 use openraft::{ChangeMembers, Config, ReadPolicy, ServerState, SnapshotPolicy};
 use tokio::sync::{oneshot, watch};
 
 use super::applier::Waiters;
 use super::codec;
+use super::leader_liveness::{self, LeaderContact};
 use super::log_store::LogStore;
 use super::network::{Factory, Peer, PeerTransport};
 use super::state_machine::{SnapshotFile, StateMachine};
@@ -91,6 +94,10 @@ pub struct Replica {
     next_request: AtomicU64,
     state: watch::Receiver<ApplyState>,
     request_timeout: Duration,
+    /// When a leader was last heard from, and the leader that is reachable
+    /// (see `leader_liveness`).
+    contact: Arc<LeaderContact>,
+    reachable_leader: watch::Receiver<Option<u64>>,
     /// openraft refuses a membership change while another is uncommitted;
     /// changes on this leader (member add/promote, a member publishing its
     /// URLs) queue here instead of failing each other.
@@ -168,8 +175,18 @@ impl Replica {
                 });
             }
         }
+        let contact = Arc::new(LeaderContact::default());
+        let reachable_leader = leader_liveness::start(
+            raft.clone(),
+            opts.member_id,
+            t.election,
+            t.heartbeat,
+            contact.clone(),
+        );
         Ok(Replica {
             raft,
+            contact,
+            reachable_leader,
             id: opts.member_id,
             sm,
             transport: opts.transport,
@@ -191,7 +208,7 @@ impl Replica {
         let membership = m.membership_config.membership();
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
         RaftStatus {
-            leader: m.current_leader,
+            leader: self.leader(),
             term: m.current_term,
             last_log_index: m.last_log_index.unwrap_or(0),
             applied: m.last_applied.map(|l| l.index).unwrap_or(0),
@@ -208,8 +225,10 @@ impl Replica {
         self.raft.metrics().borrow_watched().current_term
     }
 
+    /// The leader, while it is reachable (heard from, or for the leader: it
+    /// heard from a quorum, within an election timeout); `None` otherwise.
     pub fn leader(&self) -> Option<u64> {
-        self.raft.metrics().borrow_watched().current_leader
+        *self.reachable_leader.borrow()
     }
 
     pub fn is_leader(&self) -> bool {
@@ -231,11 +250,12 @@ impl Replica {
         }
     }
 
-    /// Resolves with the known leader once it differs from `last` (a new
+    /// Resolves with the reachable leader once it differs from `last` (a new
     /// leader, or none); `None` when the Raft core stopped.
     pub async fn leader_change(&self, last: Option<u64>) -> Option<Option<u64>> {
-        self.wait_metrics(|m| (m.current_leader != last).then_some(m.current_leader))
-            .await
+        let mut rx = self.reachable_leader.clone();
+        let now = *rx.wait_for(|l| *l != last).await.ok()?;
+        Some(now)
     }
 
     fn membership(&self) -> Membership {
@@ -540,6 +560,9 @@ impl Replica {
             .append_entries(rpc)
             .await
             .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        if !matches!(resp, AppendEntriesResponse::HigherVote(_)) {
+            self.contact.touch();
+        }
         Ok(super::network::append_response_to_pb(resp))
     }
 
@@ -570,6 +593,7 @@ impl Replica {
             .install_full_snapshot(vote, snapshot)
             .await
             .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        self.contact.touch();
         Ok(pb::SnapshotResponse {
             vote: Some(codec::vote_to_pb(&resp.vote)),
         })
@@ -623,7 +647,8 @@ impl Drop for WaiterGuard<'_> {
 impl Replica {
     /// Resolves once some leader is known, or fails with `NoLeader`.
     pub async fn wait_leader(&self, timeout: Duration) -> Result<u64> {
-        let wait = self.wait_metrics(|m| m.current_leader);
+        let mut rx = self.reachable_leader.clone();
+        let wait = async move { rx.wait_for(Option::is_some).await.ok().and_then(|l| *l) };
         match tokio::time::timeout(timeout, wait).await {
             Ok(Some(l)) => Ok(l),
             _ => Err(StoreError::NoLeader),

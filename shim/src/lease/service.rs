@@ -17,16 +17,22 @@ use tracing::Instrument;
 
 use super::lessor::Lessor;
 use crate::errors::store_status;
+use crate::leader_loss::{wants_leader, LeaderLoss};
 use crate::node::SharedNode;
 
 pub struct LeaseService {
     node: SharedNode,
     lessor: Arc<Lessor>,
+    leader_loss: LeaderLoss,
 }
 
 impl LeaseService {
-    pub fn new(node: SharedNode, lessor: Arc<Lessor>) -> Self {
-        LeaseService { node, lessor }
+    pub fn new(node: SharedNode, lessor: Arc<Lessor>, leader_loss: LeaderLoss) -> Self {
+        LeaseService {
+            node,
+            lessor,
+            leader_loss,
+        }
     }
 }
 
@@ -79,6 +85,7 @@ impl Lease for LeaseService {
         req: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
         self.node.check_leader(&req)?;
+        let wants_leader = wants_leader(&req);
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let (node, lessor) = (self.node.clone(), self.lessor.clone());
@@ -105,7 +112,10 @@ impl Lease for LeaseService {
                 }
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(
+            self.leader_loss
+                .guard(wants_leader, ReceiverStream::new(rx)),
+        ))
     }
 
     async fn lease_time_to_live(

@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::hub::{HubMsg, Sink, WatchHub, NO_WATCH_ID};
 use super::watcher::{StreamId, Watcher};
+use crate::leader_loss::{wants_leader, LeaderLoss};
 use crate::node::SharedNode;
 
 /// Responses (each with its fragments) buffered per stream before its watchers
@@ -27,14 +28,16 @@ const STREAM_BUFFER: usize = 128;
 pub struct WatchService {
     node: SharedNode,
     hub: WatchHub,
+    leader_loss: LeaderLoss,
     next_stream: AtomicU64,
 }
 
 impl WatchService {
-    pub fn new(node: SharedNode, hub: WatchHub) -> Self {
+    pub fn new(node: SharedNode, hub: WatchHub, leader_loss: LeaderLoss) -> Self {
         WatchService {
             node,
             hub,
+            leader_loss,
             next_stream: AtomicU64::new(1),
         }
     }
@@ -135,9 +138,20 @@ impl StreamCtx {
         Ok(())
     }
 
-    async fn run(mut self, mut inbound: Streaming<WatchRequest>) {
+    /// Serves the stream's requests until the client goes away or `ended`
+    /// resolves (the response side has been ended by the server).
+    async fn run(
+        mut self,
+        mut inbound: Streaming<WatchRequest>,
+        ended: impl std::future::Future<Output = ()>,
+    ) {
+        let mut ended = std::pin::pin!(ended);
         loop {
-            let req = match inbound.next().await {
+            let next = tokio::select! {
+                next = inbound.next() => next,
+                () = &mut ended => break,
+            };
+            let req = match next {
                 Some(Ok(req)) => req,
                 // The client closed its sending side: as in etcd, its watchers
                 // keep receiving until the response stream goes away too.
@@ -173,6 +187,7 @@ impl Watch for WatchService {
         req: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         self.node.check_leader(&req)?;
+        let wants_leader = wants_leader(&req);
         let (sink, out) = mpsc::channel(STREAM_BUFFER);
         let ctx = StreamCtx {
             node: self.node.clone(),
@@ -182,9 +197,16 @@ impl Watch for WatchService {
             ids: HashSet::new(),
             next_id: 0,
         };
-        tokio::spawn(ctx.run(req.into_inner()));
+        let ended: futures::future::Either<_, std::future::Pending<()>> = if wants_leader {
+            futures::future::Either::Left(self.leader_loss.lost())
+        } else {
+            futures::future::Either::Right(std::future::pending())
+        };
+        tokio::spawn(ctx.run(req.into_inner(), ended));
         let responses = ReceiverStream::new(out)
             .flat_map(|group| futures::stream::iter(group.into_iter().map(Ok)));
-        Ok(Response::new(Box::pin(responses)))
+        Ok(Response::new(
+            self.leader_loss.guard(wants_leader, responses),
+        ))
     }
 }
