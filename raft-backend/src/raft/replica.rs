@@ -35,7 +35,8 @@ use crate::error::{Result, StoreError};
 pub struct RaftTiming {
     /// --heartbeat-interval.
     pub heartbeat: Duration,
-    /// --election-timeout; the actual timeout is drawn from [t, 2t), as etcd does.
+    /// --election-timeout: a follower that has not heard from the leader for
+    /// [t, 2t) wins a pre-vote and campaigns, as in etcd.
     pub election: Duration,
     /// --snapshot-count: entries applied between state-machine snapshots.
     pub snapshot_count: u64,
@@ -138,12 +139,24 @@ impl Replica {
         waiters: Waiters,
     ) -> Result<Self> {
         let t = &opts.timing;
-        let election_ms = t.election.as_millis().max(1) as u64;
+        let election_ms = t.election.as_millis().max(2) as u64;
+        let heartbeat_ms = t.heartbeat.as_millis().max(1) as u64;
         let config = Config {
             cluster_name: "cairn".into(),
-            heartbeat_interval: t.heartbeat.as_millis().max(1) as u64,
-            election_timeout_min: election_ms,
-            election_timeout_max: election_ms * 2,
+            heartbeat_interval: heartbeat_ms,
+            // openraft's followers refuse (pre-)votes while their leader lease,
+            // which it sets to `election_timeout_max`, lasts. With etcd's
+            // [T, 2T) range that lease is 2T and the first pre-vote after a
+            // leader dies is always refused, so failover took 2T to 4T.
+            // [T/2, T) makes the lease T, like etcd's check-quorum lease: a
+            // follower's first pre-vote may come early and be refused, its
+            // retry one timeout later lands in [T, 2T) after the last
+            // heartbeat, when every lease has run out, as in etcd.
+            election_timeout_min: election_ms / 2,
+            election_timeout_max: election_ms,
+            // No heartbeat to a follower that acknowledged replication within
+            // one interval: under load, appends are the heartbeats.
+            heartbeat_min_interval: Some(heartbeat_ms),
             snapshot_policy: SnapshotPolicy::LogsSinceLast(t.snapshot_count.max(1)),
             max_in_snapshot_log_to_keep: t.catchup_entries,
             // A member that rejoins after a partition must not depose a
