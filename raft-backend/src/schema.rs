@@ -68,6 +68,21 @@ pub mod meta {
     pub const APPLIED_TERM: &str = "applied_term";
 }
 
+/// Forces everything committed to the store at `path` onto disk: its WAL,
+/// then its main file (a checkpoint may be copying frames into it).
+pub fn sync_to_disk(path: &Path) -> std::io::Result<()> {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    for file in [std::path::PathBuf::from(wal), path.to_path_buf()] {
+        match std::fs::File::open(&file) {
+            Ok(f) => f.sync_all()?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// Opens the database for the single writer, creating and initialising it if new.
 pub fn open_writer(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path)?;
@@ -122,8 +137,13 @@ pub fn open_reader(path: &Path) -> Result<Connection> {
 
 fn configure(conn: &Connection) -> Result<()> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    // FULL: every commit fsyncs the WAL, so an acknowledged batch survives power loss.
-    conn.pragma_update(None, "synchronous", "FULL")?;
+    // NORMAL: commits reach the OS but are not fsynced one by one. The Raft
+    // log (raft.db, synchronous=FULL) is what makes a write durable before it
+    // is acknowledged; after a power loss the store may restart at an older
+    // applied index, still consistent (the WAL is atomic), and openraft
+    // re-applies the log from there. The log is only purged behind a state
+    // that `sync_to_disk` has made durable (snapshot build and install).
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
     // Checkpoints run on their own thread so that no commit pays for one.
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     conn.pragma_update(None, "cache_size", -65536)?;

@@ -298,6 +298,11 @@ fn install(conn: &mut Connection, snapshot: &Path) -> Result<()> {
     let detach = conn.execute("DETACH DATABASE snap", []);
     copy?;
     detach?;
+    // The log is purged behind an installed snapshot: make it durable first.
+    if let Some(path) = conn.path() {
+        crate::schema::sync_to_disk(Path::new(path))
+            .map_err(|e| StoreError::Storage(format!("sync installed snapshot: {e}")))?;
+    }
     Ok(())
 }
 

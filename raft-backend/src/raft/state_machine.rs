@@ -111,6 +111,11 @@ impl StateMachine {
             .ok_or_else(|| io_err("snapshot path is not UTF-8"))?;
         conn.execute("VACUUM INTO ?1", [target]).map_err(io_err)?;
         drop(conn);
+        // openraft purges the log behind this snapshot once it returns: the
+        // store must hold at least this state durably by then (it commits
+        // with synchronous=NORMAL), and so must the snapshot file.
+        crate::schema::sync_to_disk(db_path)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
         let meta = read_meta(&tmp)?;
         let current = snap_dir.join(CURRENT);
         std::fs::rename(&tmp, &current)?;
