@@ -236,6 +236,7 @@ async fn publish_self(node: SharedNode) {
         peer_urls: node.peer_urls.clone(),
         client_urls: node.client_urls.clone(),
     };
+    let mut waiting_logged = false;
     loop {
         let listed = replica
             .status()
@@ -245,6 +246,10 @@ async fn publish_self(node: SharedNode) {
             .map(|(_, info, _)| info.name == me.name && info.client_urls == me.client_urls);
         if listed == Some(true) {
             return;
+        }
+        if !waiting_logged {
+            tracing::info!("publishing member attributes through Raft before serving clients");
+            waiting_logged = true;
         }
         if replica.leader().is_some() && listed.is_some() {
             match replica
@@ -360,7 +365,14 @@ pub async fn serve(
         node.metrics.clone(),
     )
     .await?;
-    tokio::spawn(publish_self(node.clone()));
+    // As etcd, serve clients only once this member's name and client URLs
+    // are in the membership (so MemberList and `endpoint status --cluster`
+    // never show it half-published); on a restart they already are.
+    let mut shutdown = Box::pin(shutdown);
+    tokio::select! {
+        () = publish_self(node.clone()) => {}
+        () = &mut shutdown => return Ok(()),
+    }
     tokio::spawn(watch_leader(node.clone()));
     let grpc =
         Routes::new(KvServer::new(KvService::new(node.clone())).max_decoding_message_size(limit))

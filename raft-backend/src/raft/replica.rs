@@ -490,6 +490,24 @@ impl Replica {
                         "can only promote a learner member".into(),
                     ));
                 }
+                // etcd's rule: a learner becomes a voter only once it holds 90%
+                // of the leader's log, so that it cannot stall commits.
+                let (leader_last, learner_match) = {
+                    let m = self.raft.metrics();
+                    let m = m.borrow_watched();
+                    let matched = m
+                        .replication
+                        .as_ref()
+                        .and_then(|r| r.get(&id).cloned().flatten())
+                        .map(|l| l.index)
+                        .unwrap_or(0);
+                    (m.last_log_index.unwrap_or(0), matched)
+                };
+                if (learner_match as f64) < leader_last as f64 * 0.9 {
+                    return Err(StoreError::Membership(
+                        "can only promote a learner member which is in sync with leader".into(),
+                    ));
+                }
                 ChangeMembers::AddVoterIds(BTreeSet::from([id]))
             }
         };
