@@ -21,10 +21,24 @@
 # Both servers run with their default settings (for etcd: 2 GiB backend quota,
 # --snapshot-count 100000, fsync on every commit; nothing is tuned on either).
 #
+# BENCH_MEMBERS=3 runs each server as a 3-member cluster instead (etcd and
+# Cairn with the same --initial-cluster flags and default heartbeat/election
+# settings; all members on this machine, each with its own data directory on
+# the same disk), and the client spreads its connections over the three
+# members' endpoints, as etcd's benchmark tool does. Cluster runs default to
+# the put workload at 100 clients and at 1 client (BENCH_PUT_CLIENTS="100 1").
+#
 # Extra flags are given to every `cairn bench` run, e.g.
 #   scripts/bench.sh --total 50000 --clients 50
 # Environment:
-#   BENCH_WORKLOADS  workloads to run (default "put range watch")
+#   BENCH_MEMBERS    members per server: 1 (default) or 3 (see above)
+#   BENCH_PUT_CLIENTS put runs, one per client count: each gets --clients C
+#                    --conns min(C,10) --duration BENCH_PUT_DURATION (default
+#                    15s; the default --total of 100000 may end it first);
+#                    unset (the single-member default): one put run with the
+#                    client's own defaults (100 clients)
+#   BENCH_WORKLOADS  workloads to run (default "put range watch"; with
+#                    BENCH_MEMBERS=3: "put")
 #   BENCH_WATCH_RUNS watch fan-out sizes, each WATCHERS:RATE[:DURATION]
 #                    (default "1000:100 10000:10": 1,000 watchers with 100
 #                    writes/s and 10,000 with 10 writes/s, 10 s each, i.e.
@@ -43,7 +57,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
-workloads=${BENCH_WORKLOADS:-put range watch}
+members=${BENCH_MEMBERS:-1}
+case $members in
+  1) default_workloads="put range watch" ;;
+  3) default_workloads="put"; : "${BENCH_PUT_CLIENTS=100 1}" ;;
+  *) echo "bench.sh: BENCH_MEMBERS must be 1 or 3" >&2; exit 2 ;;
+esac
+workloads=${BENCH_WORKLOADS:-$default_workloads}
+put_clients=${BENCH_PUT_CLIENTS:-}
+put_duration=${BENCH_PUT_DURATION:-15s}
 watch_runs=${BENCH_WATCH_RUNS:-1000:100 10000:10}
 servers=${BENCH_SERVERS:-etcd cairn}
 rounds=${BENCH_ROUNDS:-3}
@@ -94,6 +116,16 @@ for w in $workloads; do
         runs+=("watch:$ww:$wr:${wd:-}")
       done
       ;;
+    put)
+      if [ -z "$put_clients" ]; then
+        runs+=(put)
+      else
+        for pc in $put_clients; do
+          [[ "$pc" =~ ^[1-9][0-9]*$ ]] || die "bad BENCH_PUT_CLIENTS entry $pc"
+          runs+=("put:$pc")
+        done
+      fi
+      ;;
     *) runs+=("$w") ;;
   esac
 done
@@ -102,21 +134,24 @@ tmp=$(mktemp -d "${BENCH_TMPDIR:-${TMPDIR:-/tmp}}/cairn-bench.XXXXXX")
 results=$tmp/results.jsonl
 : >"$results"
 server_pid=
+server_pids=
 client_pid=
 
 stop_server() {
-  if [ -n "$server_pid" ]; then
-    if kill -0 "$server_pid" 2>/dev/null; then
-      kill -TERM "$server_pid" 2>/dev/null || true
-      for _ in $(seq 1 100); do
-        kill -0 "$server_pid" 2>/dev/null || break
-        sleep 0.1
-      done
-      kill -KILL "$server_pid" 2>/dev/null || true
-    fi
-    wait "$server_pid" 2>/dev/null || true
-    server_pid=
-  fi
+  local pid
+  for pid in $server_pids; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in $server_pids; do
+    for _ in $(seq 1 100); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  server_pids=
+  server_pid=
 }
 
 cleanup() {
@@ -154,44 +189,76 @@ EOF
 hz=$(getconf CLK_TCK)
 machine_busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
 proc_cpu() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+# Summed over the pids given.
+procs_cpu() {
+  local pid t=0
+  for pid in "$@"; do t=$((t + $(proc_cpu "$pid"))); done
+  echo "$t"
+}
+# The peak resident memory of the pids given, summed, in MB.
+procs_hwm_mb() {
+  local pid kb t=0
+  for pid in "$@"; do
+    kb=$(awk '/^VmHWM/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
+    t=$((t + ${kb:-0}))
+  done
+  echo $((t / 1024))
+}
 
-# start_server NAME DIR -> sets server_pid and url
+# start_server NAME DIR -> sets server_pids (all members), server_pid (the
+# first) and url (every member's client URL, comma-separated)
 start_server() {
-  local name=$1 dir=$2 cport pport
-  read -r cport pport <<<"$(free_ports 2)"
-  url=http://127.0.0.1:$cport
-  mkdir -p "$dir/data"
-  case $name in
-    etcd)
-      "$etcd" --name bench --data-dir "$dir/data" \
-        --listen-client-urls "$url" --advertise-client-urls "$url" \
-        --listen-peer-urls "http://127.0.0.1:$pport" \
-        --initial-advertise-peer-urls "http://127.0.0.1:$pport" \
-        --initial-cluster "bench=http://127.0.0.1:$pport" \
-        >"$dir/server.log" 2>&1 &
-      ;;
-    cairn)
-      "$cairn_bin" --name bench --data-dir "$dir/data" \
-        --listen-client-urls "$url" --advertise-client-urls "$url" \
-        >"$dir/server.log" 2>&1 &
-      ;;
-    *) die "unknown server $name" ;;
-  esac
-  server_pid=$!
-  # Ready when a linearizable read through the etcd v3 API succeeds
-  # (`etcdctl endpoint health`), polled until the deadline.
+  local name=$1 dir=$2 i ports cluster=() curls=() pid
+  read -r -a ports <<<"$(free_ports $((2 * members)))"
+  for ((i = 0; i < members; i++)); do
+    curls+=("http://127.0.0.1:${ports[2 * i]}")
+    cluster+=("m$i=http://127.0.0.1:${ports[2 * i + 1]}")
+  done
+  url=$(IFS=,; echo "${curls[*]}")
+  local initial_cluster
+  initial_cluster=$(IFS=,; echo "${cluster[*]}")
+  server_pids=
+  for ((i = 0; i < members; i++)); do
+    local d=$dir/m$i cu=${curls[i]} pu=http://127.0.0.1:${ports[2 * i + 1]}
+    mkdir -p "$d/data"
+    case $name in
+      etcd)
+        "$etcd" --name "m$i" --data-dir "$d/data" \
+          --listen-client-urls "$cu" --advertise-client-urls "$cu" \
+          --listen-peer-urls "$pu" --initial-advertise-peer-urls "$pu" \
+          --initial-cluster "$initial_cluster" --initial-cluster-state new \
+          --initial-cluster-token bench \
+          >"$d/server.log" 2>&1 &
+        ;;
+      cairn)
+        "$cairn_bin" --name "m$i" --data-dir "$d/data" \
+          --listen-client-urls "$cu" --advertise-client-urls "$cu" \
+          --listen-peer-urls "$pu" --initial-advertise-peer-urls "$pu" \
+          --initial-cluster "$initial_cluster" --initial-cluster-state new \
+          --initial-cluster-token bench \
+          >"$d/server.log" 2>&1 &
+        ;;
+      *) die "unknown server $name" ;;
+    esac
+    server_pids="$server_pids $!"
+  done
+  server_pid=$(echo $server_pids | cut -d' ' -f1)
+  # Ready when a linearizable read through the etcd v3 API succeeds on every
+  # member (`etcdctl endpoint health`), polled until the deadline.
   local deadline=$((SECONDS + ready_timeout))
   until "$etcdctl" --endpoints "$url" --dial-timeout 1s --command-timeout 1s \
     endpoint health >/dev/null 2>&1; do
-    if ! kill -0 "$server_pid" 2>/dev/null; then
-      tail -n 30 "$dir/server.log" >&2 || true
-      server_pid=
-      log "$name exited before becoming ready (log above)"
-      return 1
-    fi
+    for pid in $server_pids; do
+      if ! kill -0 "$pid" 2>/dev/null; then
+        tail -n 30 "$dir"/m*/server.log >&2 || true
+        log "$name: a member exited before becoming ready (logs above)"
+        stop_server
+        return 1
+      fi
+    done
     if [ "$SECONDS" -ge "$deadline" ]; then
-      tail -n 30 "$dir/server.log" >&2 || true
-      log "$name did not become ready within ${ready_timeout}s (log above)"
+      tail -n 30 "$dir"/m*/server.log >&2 || true
+      log "$name did not become ready within ${ready_timeout}s (logs above)"
       stop_server
       return 1
     fi
@@ -199,6 +266,7 @@ start_server() {
   done
 }
 
+log "members per server: $members"
 log "machine: $(nproc) cores; data under $tmp ($(df -h --output=source,fstype "$tmp" | tail -n 1 | tr -s ' '))"
 # Context for the numbers: both servers fsync their log on every commit, so the
 # disk's fsync latency bounds write latency.
@@ -232,6 +300,11 @@ for round in $(seq 1 "$rounds"); do
     w=${run%%:*}
     label=$w
     wargs=()
+    if [ "$w" = put ] && [ "$run" != put ]; then
+      pc=${run#put:}
+      label=put-c$pc
+      wargs=(--clients "$pc" --conns "$((pc < 10 ? pc : 10))" --duration "$put_duration")
+    fi
     if [ "$w" = watch ]; then
       IFS=: read -r _ ww wr wd <<<"$run"
       label=watch-${ww}x${wr}
@@ -250,12 +323,12 @@ for round in $(seq 1 "$rounds"); do
           "$round" "$label" "$s" >>"$results"
         continue
       fi
-      extra=()
+      extra=(${wargs[@]+"${wargs[@]}"})
       if [ "$w" = watch ]; then
-        extra=("${wargs[@]}" --server-pid "$server_pid")
+        extra+=(--server-pid "$server_pid")
       fi
       busy0=$(machine_busy)
-      srv0=$(proc_cpu "$server_pid")
+      srv0=$(procs_cpu $server_pids)
       # In the background and waited for, so that a signal reaches the trap
       # (and the cleanup) at once rather than when the client is done.
       RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0 \
@@ -267,9 +340,10 @@ for round in $(seq 1 "$rounds"); do
       wait "$client_pid" || rc=$?
       client_pid=
       busy1=$(machine_busy)
-      srv1=$(proc_cpu "$server_pid")
-      # The server's peak resident memory over its life (start, populate, run).
-      rss_mb=$(awk '/^VmHWM/ {printf "%d", $2 / 1024}' "/proc/$server_pid/status" 2>/dev/null || true)
+      srv1=$(procs_cpu $server_pids)
+      # The server's peak resident memory over its life (start, populate,
+      # run), summed over the members.
+      rss_mb=$(procs_hwm_mb $server_pids)
       if [ "$rc" -ne 0 ]; then
         failed=1
         log "bench against $s failed (exit $rc):"
