@@ -221,25 +221,19 @@ start_server() {
   for ((i = 0; i < members; i++)); do
     local d=$dir/m$i cu=${curls[i]} pu=http://127.0.0.1:${ports[2 * i + 1]}
     mkdir -p "$d/data"
+    # Both take etcd's flags, identically.
+    local bin
     case $name in
-      etcd)
-        "$etcd" --name "m$i" --data-dir "$d/data" \
-          --listen-client-urls "$cu" --advertise-client-urls "$cu" \
-          --listen-peer-urls "$pu" --initial-advertise-peer-urls "$pu" \
-          --initial-cluster "$initial_cluster" --initial-cluster-state new \
-          --initial-cluster-token bench \
-          >"$d/server.log" 2>&1 &
-        ;;
-      cairn)
-        "$cairn_bin" --name "m$i" --data-dir "$d/data" \
-          --listen-client-urls "$cu" --advertise-client-urls "$cu" \
-          --listen-peer-urls "$pu" --initial-advertise-peer-urls "$pu" \
-          --initial-cluster "$initial_cluster" --initial-cluster-state new \
-          --initial-cluster-token bench \
-          >"$d/server.log" 2>&1 &
-        ;;
+      etcd) bin=$etcd ;;
+      cairn) bin=$cairn_bin ;;
       *) die "unknown server $name" ;;
     esac
+    "$bin" --name "m$i" --data-dir "$d/data" \
+      --listen-client-urls "$cu" --advertise-client-urls "$cu" \
+      --listen-peer-urls "$pu" --initial-advertise-peer-urls "$pu" \
+      --initial-cluster "$initial_cluster" --initial-cluster-state new \
+      --initial-cluster-token bench \
+      >"$d/server.log" 2>&1 &
     server_pids="$server_pids $!"
   done
   server_pid=$(echo $server_pids | cut -d' ' -f1)
