@@ -166,6 +166,10 @@ fn run(mut conn: Connection, rx: mpsc::Receiver<Op>, metrics: StoreMetrics) {
             Op::Append { rows, done } => {
                 let mut group = vec![(rows, done)];
                 // Fold in every append already waiting: one commit, one fsync.
+                // When none is, give up the CPU once first: an append being
+                // submitted right now then joins this fsync instead of
+                // paying for the next one.
+                let mut yielded = false;
                 while group.len() < MAX_GROUP {
                     match rx.try_recv() {
                         Ok(Op::Append { rows, done }) => group.push((rows, done)),
@@ -173,6 +177,10 @@ fn run(mut conn: Connection, rx: mpsc::Receiver<Op>, metrics: StoreMetrics) {
                         Ok(other) => {
                             next = Some(other);
                             break;
+                        }
+                        Err(_) if !yielded => {
+                            yielded = true;
+                            std::thread::yield_now();
                         }
                         Err(_) => break,
                     }
