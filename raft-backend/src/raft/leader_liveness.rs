@@ -15,10 +15,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use openraft::async_runtime::watch::WatchReceiver;
+use openraft::type_config::alias::WatchReceiverOf;
 use openraft::{Instant as _, ServerState};
 use tokio::sync::watch;
 
-use super::types::{Raft, TypeConfig};
+use super::types::TypeConfig;
 
 /// When this member last accepted a message from a leader.
 #[derive(Default)]
@@ -42,13 +43,12 @@ impl LeaderContact {
 /// Starts tracking; the receiver holds the reachable leader, if any. The task
 /// ends when the Raft core stops.
 pub(crate) fn start(
-    raft: Raft,
+    mut metrics: WatchReceiverOf<TypeConfig, openraft::RaftMetrics<TypeConfig>>,
     id: u64,
     election: Duration,
     tick: Duration,
     contact: Arc<LeaderContact>,
 ) -> watch::Receiver<Option<u64>> {
-    let mut metrics = raft.metrics();
     let first = reachable(&metrics.borrow_watched(), id, election, &contact);
     let (tx, rx) = watch::channel(first);
     tokio::spawn(async move {

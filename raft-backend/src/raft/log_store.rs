@@ -207,12 +207,12 @@ fn run(mut conn: Connection, rx: mpsc::Receiver<Op>, metrics: StoreMetrics) {
                 }
             }
             Op::Purge { log_id, upto } => {
-                let r = conn
-                    .execute(
-                        "INSERT OR REPLACE INTO state (name, value) VALUES (?1, ?2)",
-                        params![PURGED, log_id],
-                    )
-                    .and_then(|_| conn.execute("DELETE FROM log WHERE idx <= ?1", [upto as i64]));
+                // One transaction: the purged mark and the deletion land together.
+                let r = conn.transaction().and_then(|tx| {
+                    put_state(&tx, PURGED, &log_id)?;
+                    tx.execute("DELETE FROM log WHERE idx <= ?1", [upto as i64])?;
+                    tx.commit()
+                });
                 if let Err(e) = r {
                     tracing::error!(error = %e, "raft log purge failed");
                 }

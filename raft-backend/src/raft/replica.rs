@@ -189,8 +189,9 @@ impl Replica {
             }
         }
         let contact = Arc::new(LeaderContact::default());
+        // Only the metrics: a `Raft` clone here would keep the core alive.
         let reachable_leader = leader_liveness::start(
-            raft.clone(),
+            raft.metrics(),
             opts.member_id,
             t.election,
             t.heartbeat,
@@ -204,7 +205,11 @@ impl Replica {
             sm,
             transport: opts.transport,
             waiters,
-            next_request: AtomicU64::new(1),
+            // Forwarded writes are matched to their waiter by (origin,
+            // request id) when applied; a count restarting at 1 on every boot
+            // could match an entry this member forwarded before a restart.
+            // Starting from the boot time in ns makes that reuse impossible.
+            next_request: AtomicU64::new(boot_nanos()),
             state,
             request_timeout: opts.request_timeout,
             membership_changes: tokio::sync::Mutex::new(()),
@@ -280,18 +285,20 @@ impl Replica {
             .clone()
     }
 
-    /// A client for the current leader, or `NoLeader`.
+    /// A client for the current leader, or `NoLeader`. On every forwarded
+    /// request: copies only the leader's URLs, not the membership.
     pub fn leader_peer(&self) -> Result<Peer> {
         let leader = self.leader().ok_or(StoreError::NoLeader)?;
-        let m = self.membership();
-        let node = m
-            .nodes()
-            .find(|(id, _)| **id == leader)
-            .map(|(_, n)| n.clone())
-            .ok_or(StoreError::NoLeader)?;
-        self.transport
-            .client(&node.peer_urls)
-            .map_err(StoreError::Storage)
+        let urls = {
+            let m = self.raft.metrics();
+            let m = m.borrow_watched();
+            m.membership_config
+                .membership()
+                .get_node(&leader)
+                .map(|n| n.peer_urls.clone())
+        }
+        .ok_or(StoreError::NoLeader)?;
+        self.transport.client(&urls).map_err(StoreError::Storage)
     }
 
     /// Proposes `cmd` and resolves with its result once it is applied on
@@ -305,12 +312,7 @@ impl Replica {
             };
             return match self.raft.client_write(lc).await {
                 Ok(resp) => resp.data.unwrap_or(Err(StoreError::Stopped)),
-                Err(e) => Err(match e.api_error() {
-                    Some(ClientWriteError::ForwardToLeader(_)) => StoreError::NoLeader,
-                    Some(ClientWriteError::LogEntryDiscarded(_)) => StoreError::LeaderChanged,
-                    Some(other) => StoreError::Storage(other.to_string()),
-                    None => StoreError::Stopped,
-                }),
+                Err(e) => Err(write_error(e)),
             };
         }
         let peer = self.leader_peer()?;
@@ -357,12 +359,7 @@ impl Replica {
         let lc = codec::command_from_pb(cmd).map_err(|e| StoreError::Storage(e.to_string()))?;
         match self.raft.client_write(lc).await {
             Ok(resp) => Ok(resp.log_id.index),
-            Err(e) => Err(match e.api_error() {
-                Some(ClientWriteError::ForwardToLeader(_)) => StoreError::NoLeader,
-                Some(ClientWriteError::LogEntryDiscarded(_)) => StoreError::LeaderChanged,
-                Some(other) => StoreError::Storage(other.to_string()),
-                None => StoreError::Stopped,
-            }),
+            Err(e) => Err(write_error(e)),
         }
     }
 
@@ -653,6 +650,26 @@ impl Replica {
 
     pub async fn shutdown(&self) {
         let _ = self.raft.shutdown().await;
+    }
+}
+
+fn boot_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// What a failed `client_write` means to the proposer.
+fn write_error(
+    e: openraft::errors::RaftError<TypeConfig, ClientWriteError<TypeConfig>>,
+) -> StoreError {
+    match e.api_error() {
+        Some(ClientWriteError::ForwardToLeader(_)) => StoreError::NoLeader,
+        Some(ClientWriteError::LogEntryDiscarded(_)) => StoreError::LeaderChanged,
+        Some(other) => StoreError::Storage(other.to_string()),
+        None => StoreError::Stopped,
     }
 }
 
