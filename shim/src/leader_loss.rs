@@ -72,7 +72,7 @@ impl LeaderLoss {
 
     /// Resolves when the leader is next given up on (never, if the monitor is
     /// gone).
-    pub fn lost(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+    fn lost(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let mut epoch = self.epoch.clone();
         epoch.borrow_and_update();
         async move {

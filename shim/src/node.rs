@@ -67,11 +67,14 @@ impl Node {
 
     /// kube-apiserver sends `hasleader=true` so that a member cut off from its
     /// leader refuses requests instead of serving stale data.
-    pub fn check_leader<T>(&self, req: &tonic::Request<T>) -> Result<(), Status> {
-        if crate::leader_loss::wants_leader(req) && !self.has_leader() {
+    /// Returns whether the client asked for a leader (streams that did are
+    /// ended when the leader is lost, see `leader_loss`).
+    pub fn check_leader<T>(&self, req: &tonic::Request<T>) -> Result<bool, Status> {
+        let wants = crate::leader_loss::wants_leader(req);
+        if wants && !self.has_leader() {
             return Err(EtcdError::NoLeader.into());
         }
-        Ok(())
+        Ok(wants)
     }
 
     /// etcd refuses a write whose encoded size exceeds --max-request-bytes.

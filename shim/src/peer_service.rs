@@ -33,6 +33,12 @@ impl PeerService {
     /// Refuses a peer of another cluster, or one speaking a protocol version
     /// this build does not (etcd checks X-Etcd-Cluster-ID the same way).
     fn check<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        self.check_from(req, false)
+    }
+
+    /// As `check`; `joining` admits a peer that does not know the cluster
+    /// yet (cluster id 0), which only discovery (`ClusterInfo`) may do.
+    fn check_from<T>(&self, req: &Request<T>, joining: bool) -> Result<(), Status> {
         let md = req.metadata();
         let version: u32 = md
             .get(VERSION_HEADER)
@@ -50,8 +56,7 @@ impl PeerService {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        // 0: a member that is joining and does not know the cluster yet.
-        if cluster != 0 && cluster != self.node.id.cluster_id {
+        if !(joining && cluster == 0) && cluster != self.node.id.cluster_id {
             return Err(Status::permission_denied(format!(
                 "request from cluster {cluster:x} reached a member of cluster {:x}",
                 self.node.id.cluster_id
@@ -187,7 +192,7 @@ impl Peer for PeerService {
         &self,
         req: Request<pb::ClusterInfoRequest>,
     ) -> Result<Response<pb::ClusterInfoResponse>, Status> {
-        self.check(&req)?;
+        self.check_from(&req, true)?;
         let r = self.replica();
         Ok(Response::new(pb::ClusterInfoResponse {
             cluster_id: self.node.id.cluster_id,
@@ -237,7 +242,7 @@ impl Peer for PeerService {
     ) -> Result<Response<pb::LeaseRenewResponse>, Status> {
         self.check(&req)?;
         self.leader_only()?;
-        let ttl = self.lessor.renew(req.into_inner().id).unwrap_or(0);
+        let ttl = self.lessor.renew(req.into_inner().id).await?.unwrap_or(0);
         Ok(Response::new(pb::LeaseRenewResponse { ttl }))
     }
 
@@ -247,7 +252,11 @@ impl Peer for PeerService {
     ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
         self.check(&req)?;
         self.leader_only()?;
-        let (ttl, granted_ttl) = self.lessor.ttl(req.into_inner().id).unwrap_or((-1, 0));
+        let (ttl, granted_ttl) = self
+            .lessor
+            .ttl(req.into_inner().id)
+            .await?
+            .unwrap_or((-1, 0));
         Ok(Response::new(pb::LeaseTimeToLiveResponse {
             ttl,
             granted_ttl,

@@ -57,9 +57,33 @@ async fn bootstrap(
         &boot,
         &args.initial_cluster_token,
     )?;
+    // Identical on every initial member (their first log entry must be the
+    // same); client URLs are published once running.
+    let initial_members = || {
+        boot.members
+            .iter()
+            .map(|m| {
+                (
+                    m.id,
+                    MemberInfo {
+                        name: m.name.clone(),
+                        peer_urls: m.peer_urls.clone(),
+                        client_urls: Vec::new(),
+                    },
+                )
+            })
+            .collect()
+    };
     if let Some(id) = stored {
-        // A restart: Raft state on disk says who the members are.
-        return Ok((id, Bootstrap::Existing));
+        // A restart: Raft state on disk says who the members are. A member
+        // of a new cluster still passes the initial membership: if it died
+        // after saving its identity but before Raft stored the first entry,
+        // it must bootstrap now (Raft ignores it once initialized).
+        let how = match args.initial_cluster_state {
+            ClusterState::New => Bootstrap::New(initial_members()),
+            ClusterState::Existing => Bootstrap::Existing,
+        };
+        return Ok((id, how));
     }
     let id = match args.initial_cluster_state {
         ClusterState::New => {
@@ -69,24 +93,8 @@ async fn bootstrap(
                 cluster_id: boot.cluster_id,
                 cluster_token: args.initial_cluster_token.clone(),
             };
-            let members = boot
-                .members
-                .iter()
-                // Identical on every initial member (their first log entry
-                // must be the same); client URLs are published once running.
-                .map(|m| {
-                    (
-                        m.id,
-                        MemberInfo {
-                            name: m.name.clone(),
-                            peer_urls: m.peer_urls.clone(),
-                            client_urls: Vec::new(),
-                        },
-                    )
-                })
-                .collect();
             id.save(&data_dir)?;
-            return Ok((id, Bootstrap::New(members)));
+            return Ok((id, Bootstrap::New(initial_members())));
         }
         ClusterState::Existing => join_existing(args, &boot, transport_tls).await?,
     };

@@ -121,7 +121,7 @@ impl Lessor {
     /// Keep-alive from a client of this member: renewed by the leader.
     pub async fn renew_anywhere(&self, id: i64) -> Result<Option<i64>, Status> {
         if self.is_leader() {
-            return Ok(self.renew(id));
+            return self.renew(id).await;
         }
         let peer = self.leader_peer()?;
         let resp = peer
@@ -140,7 +140,7 @@ impl Lessor {
     /// (remaining seconds, granted TTL) from the leader's deadlines.
     pub async fn ttl_anywhere(&self, id: i64) -> Result<Option<(i64, i64)>, Status> {
         if self.is_leader() {
-            return Ok(self.ttl(id));
+            return self.ttl(id).await;
         }
         let peer = self.leader_peer()?;
         let resp = peer
@@ -207,27 +207,44 @@ impl Lessor {
         out
     }
 
-    /// Extends a live lease by its TTL; None if it is unknown or already expired.
-    pub fn renew(&self, id: i64) -> Option<i64> {
-        let mut d = self.deadlines();
-        let lease = d.get_mut(&id)?;
-        let now = Instant::now();
-        if lease.expiry <= now {
-            return None;
+    /// Makes sure the leader tracks `id` if the store has it. A lease granted
+    /// through another member reaches this leader's store at once but its
+    /// deadlines only at the next reconcile; a keep-alive sent right after
+    /// the grant (clientv3 sessions do that) must not find it missing.
+    async fn track(&self, id: i64) -> Result<(), Status> {
+        if !self.deadlines().contains_key(&id) && self.is_leader() {
+            self.reconcile(false).await.map_err(store_status)?;
         }
-        lease.expiry = now + Duration::from_secs(lease.ttl as u64);
-        Some(lease.ttl)
+        Ok(())
     }
 
-    /// (remaining seconds, granted TTL), as etcd reports them.
-    pub fn ttl(&self, id: i64) -> Option<(i64, i64)> {
+    /// On the leader: extends a live lease by its TTL; None if it is unknown
+    /// or already expired.
+    pub async fn renew(&self, id: i64) -> Result<Option<i64>, Status> {
+        self.track(id).await?;
+        let mut d = self.deadlines();
+        let Some(lease) = d.get_mut(&id) else {
+            return Ok(None);
+        };
+        let now = Instant::now();
+        if lease.expiry <= now {
+            return Ok(None);
+        }
+        lease.expiry = now + Duration::from_secs(lease.ttl as u64);
+        Ok(Some(lease.ttl))
+    }
+
+    /// On the leader: (remaining seconds, granted TTL), as etcd reports them.
+    pub async fn ttl(&self, id: i64) -> Result<Option<(i64, i64)>, Status> {
+        self.track(id).await?;
         let d = self.deadlines();
-        let lease = d.get(&id)?;
-        let remaining = lease
-            .expiry
-            .saturating_duration_since(Instant::now())
-            .as_secs() as i64;
-        Some((remaining, lease.ttl))
+        Ok(d.get(&id).map(|lease| {
+            let remaining = lease
+                .expiry
+                .saturating_duration_since(Instant::now())
+                .as_secs() as i64;
+            (remaining, lease.ttl)
+        }))
     }
 
     async fn expire_loop(self: Arc<Self>) {

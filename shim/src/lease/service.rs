@@ -17,7 +17,7 @@ use tracing::Instrument;
 
 use super::lessor::Lessor;
 use crate::errors::store_status;
-use crate::leader_loss::{wants_leader, LeaderLoss};
+use crate::leader_loss::LeaderLoss;
 use crate::node::SharedNode;
 
 pub struct LeaseService {
@@ -84,13 +84,21 @@ impl Lease for LeaseService {
         &self,
         req: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
-        self.node.check_leader(&req)?;
-        let wants_leader = wants_leader(&req);
+        let wants_leader = self.node.check_leader(&req)?;
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let (node, lessor) = (self.node.clone(), self.lessor.clone());
         tokio::spawn(async move {
-            while let Some(Ok(ka)) = inbound.next().await {
+            // Until the client stops sending or the response side goes away
+            // (the client left, or the stream was ended on leader loss).
+            loop {
+                let ka = tokio::select! {
+                    next = inbound.next() => match next {
+                        Some(Ok(ka)) => ka,
+                        _ => break,
+                    },
+                    () = tx.closed() => break,
+                };
                 // Stamp the header before renewing, as etcd does, so a client
                 // never sees a renewal at a revision after the lease's revoke.
                 let header = node.header();

@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::hub::{HubMsg, Sink, WatchHub, NO_WATCH_ID};
 use super::watcher::{StreamId, Watcher};
-use crate::leader_loss::{wants_leader, LeaderLoss};
+use crate::leader_loss::LeaderLoss;
 use crate::node::SharedNode;
 
 /// Responses (each with its fragments) buffered per stream before its watchers
@@ -138,18 +138,14 @@ impl StreamCtx {
         Ok(())
     }
 
-    /// Serves the stream's requests until the client goes away or `ended`
-    /// resolves (the response side has been ended by the server).
-    async fn run(
-        mut self,
-        mut inbound: Streaming<WatchRequest>,
-        ended: impl std::future::Future<Output = ()>,
-    ) {
-        let mut ended = std::pin::pin!(ended);
+    /// Serves the stream's requests until the client goes away or the
+    /// response side is dropped (the client left, or the server ended the
+    /// stream, e.g. on leader loss).
+    async fn run(mut self, mut inbound: Streaming<WatchRequest>) {
         loop {
             let next = tokio::select! {
                 next = inbound.next() => next,
-                () = &mut ended => break,
+                () = self.sink.closed() => break,
             };
             let req = match next {
                 Some(Ok(req)) => req,
@@ -186,8 +182,7 @@ impl Watch for WatchService {
         &self,
         req: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        self.node.check_leader(&req)?;
-        let wants_leader = wants_leader(&req);
+        let wants_leader = self.node.check_leader(&req)?;
         let (sink, out) = mpsc::channel(STREAM_BUFFER);
         let ctx = StreamCtx {
             node: self.node.clone(),
@@ -197,12 +192,7 @@ impl Watch for WatchService {
             ids: HashSet::new(),
             next_id: 0,
         };
-        let ended: futures::future::Either<_, std::future::Pending<()>> = if wants_leader {
-            futures::future::Either::Left(self.leader_loss.lost())
-        } else {
-            futures::future::Either::Right(std::future::pending())
-        };
-        tokio::spawn(ctx.run(req.into_inner(), ended));
+        tokio::spawn(ctx.run(req.into_inner()));
         let responses = ReceiverStream::new(out)
             .flat_map(|group| futures::stream::iter(group.into_iter().map(Ok)));
         Ok(Response::new(
