@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use cairn_e2e::cluster::{Cluster, ELECTION_MS};
 use cairn_e2e::dump::dump;
 use cairn_e2e::grpc::{expect_grpc_error, grpc_error, GrpcError};
@@ -45,6 +45,15 @@ async fn converged(c: &Cluster) -> Result<()> {
         },
     )
     .await
+}
+
+/// Every member's Raft term, as its Status reports it.
+async fn terms(c: &Cluster, members: &[usize]) -> Result<Vec<u64>> {
+    let mut terms = Vec::new();
+    for &i in members {
+        terms.push(c.client(i).await?.status().await?.raft_term());
+    }
+    Ok(terms)
 }
 
 /// Waits until `count` (bumped by client tasks) reaches `at_least`.
@@ -87,9 +96,11 @@ async fn writes_through_any_member_are_seen_by_all() -> Result<()> {
         let mut other = c.client((n + 1) % 3).await?;
         let got = other.get(format!("k/{n}"), None).await?;
         assert_eq!(got.kvs()[0].value(), format!("v{n}").as_bytes());
+        let read_rev = got.header().context("read without header")?.revision();
+        let write_rev = resp.header().context("put without header")?.revision();
         assert!(
-            got.header().map(|h| h.revision()).unwrap_or(0)
-                >= resp.header().map(|h| h.revision()).unwrap_or(0)
+            read_rev >= write_rev,
+            "read at {read_rev} before write {write_rev}"
         );
     }
     converged(&c).await?;
@@ -355,7 +366,7 @@ async fn cut_off_member_ends_streams_that_require_a_leader() -> Result<()> {
     let again = strict.watch("hl/", Some(prefix.clone())).await;
     let refused = match again {
         Err(e) => e,
-        Ok((_, mut s)) => match s.message().await {
+        Ok((_, mut s)) => match tokio::time::timeout(Duration::from_secs(5), s.message()).await? {
             Err(e) => e,
             Ok(m) => anyhow::bail!("a strict watch was opened on a member without a leader: {m:?}"),
         },
@@ -364,9 +375,19 @@ async fn cut_off_member_ends_streams_that_require_a_leader() -> Result<()> {
         grpc_error(&refused),
         Some(GrpcError::new("Unavailable", "etcdserver: no leader"))
     );
-    // The member reports no leader to operators too.
+    let get = strict.get("hl/a", None).await;
+    assert_eq!(
+        expect_grpc_error("strict get without a leader", get)?,
+        GrpcError::new("Unavailable", "etcdserver: no leader")
+    );
+    // The member reports no leader to operators too: Status and /health.
     let status = plain.status().await?;
     assert_eq!(status.leader(), 0, "a cut-off member still names a leader");
+    let health = cairn_e2e::http::get_text(c.members[cut].client_port, "/health").await;
+    assert!(
+        health.is_err(),
+        "/health passed without a leader: {health:?}"
+    );
 
     // The plain watch was left alone: after the heal it delivers again.
     c.heal(cut);
@@ -388,6 +409,30 @@ async fn cut_off_member_ends_streams_that_require_a_leader() -> Result<()> {
     })
     .await?;
     got
+}
+
+/// A lease granted through one follower is known to the leader at once:
+/// a keep-alive and a TTL query sent through the other follower right after
+/// the grant (clientv3's sessions do that) see it alive, not expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lease_granted_on_a_follower_is_kept_alive_at_once() -> Result<()> {
+    let c = Cluster::start(3, &[]).await?;
+    let leader = c.leader(&[0, 1, 2], Duration::from_secs(10)).await?;
+    let (f1, f2) = ((leader + 1) % 3, (leader + 2) % 3);
+    let mut granter = c.client(f1).await?;
+    let mut other = c.client(f2).await?;
+    for _ in 0..5 {
+        let id = granter.lease_grant(30, None).await?.id();
+        let (mut keeper, mut responses) = other.lease_keep_alive(id).await?;
+        keeper.keep_alive().await?;
+        let ka = tokio::time::timeout(Duration::from_secs(10), responses.message())
+            .await??
+            .context("keep-alive stream ended")?;
+        assert_eq!(ka.ttl(), 30, "keep-alive right after the grant: {ka:?}");
+        let ttl = other.lease_time_to_live(id, None).await?;
+        assert!(ttl.ttl() > 0 && ttl.granted_ttl() == 30, "{ttl:?}");
+    }
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -627,6 +672,7 @@ async fn idle_five_member_peer_traffic() -> Result<()> {
     let all = [0, 1, 2, 3, 4];
     let c = Cluster::start(5, &[]).await?;
     let leader = c.leader(&all, Duration::from_secs(10)).await?;
+    let terms0 = terms(&c, &all).await?;
     let (bytes0, rpcs0) = (c.peer_bytes(), c.peer_rpcs().await?);
     let t = Instant::now();
     // The measurement window itself, not a wait for something to happen.
@@ -640,10 +686,15 @@ async fn idle_five_member_peer_traffic() -> Result<()> {
         bytes as f64 / secs,
         cairn_e2e::cluster::HEARTBEAT_MS
     );
+    // The leader heartbeats each of 4 followers every HEARTBEAT_MS while
+    // idle: at least half of that must have arrived.
+    let expected = 4.0 * secs * 1000.0 / cairn_e2e::cluster::HEARTBEAT_MS as f64;
     assert!(
-        bytes > 0 && rpcs > 0,
-        "no heartbeats crossed the peer proxies"
+        bytes > 0 && rpcs as f64 >= expected / 2.0,
+        "{rpcs} peer RPCs in {secs:.1}s, expected about {expected:.0}"
     );
+    // No election meanwhile: the same leader, and no member's term moved.
     assert_eq!(c.leader(&all, Duration::from_secs(5)).await?, leader);
+    assert_eq!(terms(&c, &all).await?, terms0, "terms moved while idle");
     Ok(())
 }
