@@ -34,7 +34,7 @@
 #   BENCH_MEMBERS    members per server: 1 (default) or 3 (see above)
 #   BENCH_PUT_CLIENTS put runs, one per client count: each gets --clients C
 #                    --conns min(C,10) --duration BENCH_PUT_DURATION (default
-#                    15s; the default --total of 100000 may end it first);
+#                    15s; --duration alone sets no request limit);
 #                    unset (the single-member default): one put run with the
 #                    client's own defaults (100 clients)
 #   BENCH_WORKLOADS  workloads to run (default "put range watch"; with
@@ -64,6 +64,12 @@ case $members in
   *) echo "bench.sh: BENCH_MEMBERS must be 1 or 3" >&2; exit 2 ;;
 esac
 workloads=${BENCH_WORKLOADS:-$default_workloads}
+# The watch run samples one server pid's memory; spread over members, the
+# per-watcher figure would be wrong.
+if [ "$members" != 1 ] && [[ " $workloads " == *" watch "* ]]; then
+  echo "bench.sh: the watch workload needs BENCH_MEMBERS=1" >&2
+  exit 2
+fi
 put_clients=${BENCH_PUT_CLIENTS:-}
 put_duration=${BENCH_PUT_DURATION:-15s}
 watch_runs=${BENCH_WATCH_RUNS:-1000:100 10000:10}
@@ -134,15 +140,15 @@ tmp=$(mktemp -d "${BENCH_TMPDIR:-${TMPDIR:-/tmp}}/cairn-bench.XXXXXX")
 results=$tmp/results.jsonl
 : >"$results"
 server_pid=
-server_pids=
+server_pids=()
 client_pid=
 
 stop_server() {
   local pid
-  for pid in $server_pids; do
+  for pid in ${server_pids[@]+"${server_pids[@]}"}; do
     kill -TERM "$pid" 2>/dev/null || true
   done
-  for pid in $server_pids; do
+  for pid in ${server_pids[@]+"${server_pids[@]}"}; do
     for _ in $(seq 1 100); do
       kill -0 "$pid" 2>/dev/null || break
       sleep 0.1
@@ -150,7 +156,7 @@ stop_server() {
     kill -KILL "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
   done
-  server_pids=
+  server_pids=()
   server_pid=
 }
 
@@ -217,32 +223,32 @@ start_server() {
   url=$(IFS=,; echo "${curls[*]}")
   local initial_cluster
   initial_cluster=$(IFS=,; echo "${cluster[*]}")
-  server_pids=
+  # Both take etcd's flags, identically.
+  local bin
+  case $name in
+    etcd) bin=$etcd ;;
+    cairn) bin=$cairn_bin ;;
+    *) die "unknown server $name" ;;
+  esac
+  server_pids=()
   for ((i = 0; i < members; i++)); do
     local d=$dir/m$i cu=${curls[i]} pu=http://127.0.0.1:${ports[2 * i + 1]}
     mkdir -p "$d/data"
-    # Both take etcd's flags, identically.
-    local bin
-    case $name in
-      etcd) bin=$etcd ;;
-      cairn) bin=$cairn_bin ;;
-      *) die "unknown server $name" ;;
-    esac
     "$bin" --name "m$i" --data-dir "$d/data" \
       --listen-client-urls "$cu" --advertise-client-urls "$cu" \
       --listen-peer-urls "$pu" --initial-advertise-peer-urls "$pu" \
       --initial-cluster "$initial_cluster" --initial-cluster-state new \
       --initial-cluster-token bench \
       >"$d/server.log" 2>&1 &
-    server_pids="$server_pids $!"
+    server_pids+=("$!")
   done
-  server_pid=$(echo $server_pids | cut -d' ' -f1)
+  server_pid=${server_pids[0]}
   # Ready when a linearizable read through the etcd v3 API succeeds on every
   # member (`etcdctl endpoint health`), polled until the deadline.
   local deadline=$((SECONDS + ready_timeout))
   until "$etcdctl" --endpoints "$url" --dial-timeout 1s --command-timeout 1s \
     endpoint health >/dev/null 2>&1; do
-    for pid in $server_pids; do
+    for pid in "${server_pids[@]}"; do
       if ! kill -0 "$pid" 2>/dev/null; then
         tail -n 30 "$dir"/m*/server.log >&2 || true
         log "$name: a member exited before becoming ready (logs above)"
@@ -322,7 +328,7 @@ for round in $(seq 1 "$rounds"); do
         extra+=(--server-pid "$server_pid")
       fi
       busy0=$(machine_busy)
-      srv0=$(procs_cpu $server_pids)
+      srv0=$(procs_cpu "${server_pids[@]}")
       # In the background and waited for, so that a signal reaches the trap
       # (and the cleanup) at once rather than when the client is done.
       RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0 \
@@ -334,10 +340,10 @@ for round in $(seq 1 "$rounds"); do
       wait "$client_pid" || rc=$?
       client_pid=
       busy1=$(machine_busy)
-      srv1=$(procs_cpu $server_pids)
+      srv1=$(procs_cpu "${server_pids[@]}")
       # The server's peak resident memory over its life (start, populate,
       # run), summed over the members.
-      rss_mb=$(procs_hwm_mb $server_pids)
+      rss_mb=$(procs_hwm_mb "${server_pids[@]}")
       if [ "$rc" -ne 0 ]; then
         failed=1
         log "bench against $s failed (exit $rc):"
