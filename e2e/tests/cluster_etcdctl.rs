@@ -177,10 +177,33 @@ async fn etcdctl_member_and_cluster_endpoint_commands() -> Result<()> {
         },
     )
     .await?;
-    let list = ctl_json(&ep, &["member", "list"]).await?;
+    // Promotion only needs the learner's log in sync; the member publishes
+    // its client URLs through Raft once running, a moment later, and
+    // `endpoint health --cluster` can only reach members that have.
+    let list = wait_until(
+        "promoted member publishes its client URLs",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || {
+            let ep = ep.clone();
+            async move {
+                let list = ctl_json(&ep, &["member", "list"]).await?;
+                let rows = members(&list);
+                if rows.len() == 4 && rows.iter().all(|r| !r.3.is_empty()) {
+                    return Ok(Poll::Ready(list));
+                }
+                Ok(Poll::NotYet(list.to_string()))
+            }
+        },
+    )
+    .await?;
     let rows = members(&list);
-    assert_eq!(rows.len(), 4);
     assert!(rows.iter().all(|r| !r.4), "{list}");
+    assert_eq!(
+        rows.iter().find(|r| r.0 == new.0).map(|r| r.3.clone()),
+        Some(vec![c.endpoint(idx)]),
+        "{list}"
+    );
     let health = ctl(&ep, &["endpoint", "health", "--cluster"]).await?;
     let healthy = format!("{}{}", health.stdout, health.stderr);
     assert_eq!(healthy.matches("is healthy").count(), 4, "{healthy}");

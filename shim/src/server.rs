@@ -373,6 +373,19 @@ pub async fn serve(
         node.metrics.clone(),
     )
     .await?;
+    // Bound before publishing, as etcd binds its client listeners first: once
+    // the client URLs are in the membership, connecting to them never fails;
+    // a client that connects early waits in the accept queue.
+    let mut listeners = Vec::new();
+    for url in &args.listen_client_urls {
+        for addr in resolve_listen_url(url).await? {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listen on {addr} (from {url})"))?;
+            tracing::info!(address = %l.local_addr()?, "listening for client traffic");
+            listeners.push(TcpListenerStream::new(l));
+        }
+    }
     // As etcd, serve clients only once this member's name and client URLs
     // are in the membership (so MemberList and `endpoint status --cluster`
     // never show it half-published); on a restart they already are.
@@ -411,16 +424,6 @@ pub async fn serve(
             track,
         ));
 
-    let mut listeners = Vec::new();
-    for url in &args.listen_client_urls {
-        for addr in resolve_listen_url(url).await? {
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("listen on {addr} (from {url})"))?;
-            tracing::info!(address = %l.local_addr()?, "serving client traffic");
-            listeners.push(TcpListenerStream::new(l));
-        }
-    }
     let incoming = futures::stream::select_all(listeners).map_ok(|s| {
         // Small request/response pairs: never wait for Nagle.
         let _ = s.set_nodelay(true);
