@@ -51,6 +51,10 @@ impl ClusterMember {
         self.dir.path().join("member.log")
     }
 
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }

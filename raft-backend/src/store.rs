@@ -84,7 +84,13 @@ impl Store {
             },
         )?);
         let io = |e: std::io::Error| StoreError::Storage(e.to_string());
-        let log = LogStore::open(data_dir, metrics.clone()).map_err(io)?;
+        let synced = path.clone();
+        let log = LogStore::open(
+            data_dir,
+            metrics.clone(),
+            Box::new(move || schema::sync_to_disk(&synced)),
+        )
+        .map_err(io)?;
         let sm = StateMachine::new(
             data_dir,
             path.clone(),

@@ -6,6 +6,12 @@
 //! durable only after that commit. The unpurged entries also stay in memory,
 //! which is what openraft reads when it replicates and applies; the log is
 //! purged behind state-machine snapshots, which bounds that memory.
+//!
+//! The store commits without fsync of its own, so before entries are purged
+//! the store is synced (`PurgeBarrier`): a purged entry is always in state
+//! that survives power loss. A failed truncate would bring conflicting
+//! entries back at restart; every later append then fails, and openraft stops
+//! this member rather than let it diverge.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -73,6 +79,10 @@ enum Op {
     Committed(Vec<u8>),
 }
 
+/// Makes the state machine durable up to everything applied so far; run
+/// before each purge, because the purged entries can no longer replay it.
+pub type PurgeBarrier = Box<dyn Fn() -> io::Result<()> + Send>;
+
 /// Cheap to clone: the reader and the storage share the cache and the thread.
 #[derive(Clone)]
 pub struct LogStore {
@@ -91,7 +101,11 @@ fn decode_log_id(bytes: &[u8]) -> io::Result<LogId> {
 }
 
 impl LogStore {
-    pub fn open(data_dir: &Path, metrics: StoreMetrics) -> io::Result<Self> {
+    pub fn open(
+        data_dir: &Path,
+        metrics: StoreMetrics,
+        before_purge: PurgeBarrier,
+    ) -> io::Result<Self> {
         let conn = Connection::open(data_dir.join(LOG_FILE)).map_err(io_err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(io_err)?;
@@ -132,7 +146,7 @@ impl LogStore {
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("cairn-raft-log".into())
-            .spawn(move || run(conn, rx, metrics))?;
+            .spawn(move || run(conn, rx, metrics, before_purge))?;
         Ok(LogStore {
             cache: Arc::new(Mutex::new(cached)),
             tx,
@@ -158,9 +172,16 @@ impl LogStore {
     }
 }
 
-fn run(mut conn: Connection, rx: mpsc::Receiver<Op>, metrics: StoreMetrics) {
+fn run(
+    mut conn: Connection,
+    rx: mpsc::Receiver<Op>,
+    metrics: StoreMetrics,
+    before_purge: PurgeBarrier,
+) {
     let mut next = rx.recv().ok();
     let mut committed: Option<Vec<u8>> = None;
+    // Set once the file no longer matches what openraft was told.
+    let mut failed: Option<String> = None;
     while let Some(op) = next.take() {
         match op {
             Op::Append { rows, done } => {
@@ -186,14 +207,15 @@ fn run(mut conn: Connection, rx: mpsc::Receiver<Op>, metrics: StoreMetrics) {
                     }
                 }
                 let started = Instant::now();
-                let result = append_group(&mut conn, &group, committed.take());
+                let result = match &failed {
+                    Some(e) => Err(e.clone()),
+                    None => {
+                        append_group(&mut conn, &group, committed.take()).map_err(|e| e.to_string())
+                    }
+                };
                 metrics.wal_fsync.observe(started.elapsed().as_secs_f64());
                 for (_, done) in group {
-                    let r = match &result {
-                        Ok(()) => Ok(()),
-                        Err(e) => Err(io_err(e)),
-                    };
-                    done.io_completed(r);
+                    done.io_completed(result.clone().map_err(io_err));
                 }
                 if next.is_some() {
                     continue;
@@ -203,18 +225,27 @@ fn run(mut conn: Connection, rx: mpsc::Receiver<Op>, metrics: StoreMetrics) {
             Op::TruncateAfter(after) => {
                 let from = after.map(|i| i as i64).unwrap_or(-1);
                 if let Err(e) = conn.execute("DELETE FROM log WHERE idx > ?1", [from]) {
-                    tracing::error!(error = %e, "raft log truncate failed");
+                    // The conflicting entries would come back at restart.
+                    tracing::error!(error = %e, "raft log truncate failed; refusing further writes");
+                    failed.get_or_insert(format!("raft log truncate failed: {e}"));
                 }
             }
             Op::Purge { log_id, upto } => {
-                // One transaction: the purged mark and the deletion land together.
-                let r = conn.transaction().and_then(|tx| {
-                    put_state(&tx, PURGED, &log_id)?;
-                    tx.execute("DELETE FROM log WHERE idx <= ?1", [upto as i64])?;
-                    tx.commit()
-                });
-                if let Err(e) = r {
-                    tracing::error!(error = %e, "raft log purge failed");
+                if let Err(e) = before_purge() {
+                    // Keeping the entries is always safe; try again next time.
+                    tracing::error!(error = %e, "syncing the store before a raft log purge failed; log kept");
+                } else {
+                    // One transaction: the purged mark and the deletion land together.
+                    let r = conn.transaction().and_then(|tx| {
+                        put_state(&tx, PURGED, &log_id)?;
+                        tx.execute("DELETE FROM log WHERE idx <= ?1", [upto as i64])?;
+                        tx.commit()
+                    });
+                    if let Err(e) = r {
+                        // Rolled back: the entries and the older purge mark
+                        // stay, which a restart reads back consistently.
+                        tracing::error!(error = %e, "raft log purge failed; log kept");
+                    }
                 }
             }
             Op::Put { name, value, done } => {

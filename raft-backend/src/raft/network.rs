@@ -3,6 +3,7 @@
 //! ReadIndex, membership changes, lease renewals).
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use tokio::io::AsyncReadExt;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use super::codec;
-use super::state_machine::SnapshotFile;
+use super::state_machine::{SnapshotCopy, SnapshotData};
 use super::types::{MemberInfo, Snapshot, TypeConfig, Vote};
 
 /// Metadata names every peer request carries.
@@ -215,7 +216,7 @@ impl Network {
 }
 
 impl RaftNetworkV2<TypeConfig> for Network {
-    type SnapshotData = SnapshotFile;
+    type SnapshotData = SnapshotData;
 
     async fn append_entries(
         &mut self,
@@ -259,7 +260,7 @@ impl RaftNetworkV2<TypeConfig> for Network {
     async fn full_snapshot(
         &mut self,
         vote: Vote,
-        snapshot: Snapshot<SnapshotFile>,
+        snapshot: Snapshot<SnapshotData>,
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
@@ -278,9 +279,19 @@ impl RaftNetworkV2<TypeConfig> for Network {
                 }),
             })),
         };
-        let mut file = tokio::fs::File::open(&snapshot.snapshot.path)
-            .await
-            .map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))?;
+        let unreachable = |e: std::io::Error| StreamingError::Unreachable(Unreachable::new(&e));
+        // The copy is removed when `_copy` drops, after the transfer.
+        let (path, _copy): (PathBuf, Option<SnapshotCopy>) = match snapshot.snapshot {
+            SnapshotData::Received(path) => (path, None),
+            SnapshotData::Pinned(pinned) => {
+                let copy = tokio::task::spawn_blocking(move || pinned.copy_to_file())
+                    .await
+                    .map_err(|e| unreachable(std::io::Error::other(e)))?
+                    .map_err(unreachable)?;
+                (copy.path.clone(), Some(copy))
+            }
+        };
+        let mut file = tokio::fs::File::open(&path).await.map_err(unreachable)?;
         let (tx, rx) = tokio::sync::mpsc::channel::<pb::SnapshotChunk>(4);
         let feeder = async move {
             if tx.send(head).await.is_err() {

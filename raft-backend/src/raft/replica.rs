@@ -22,7 +22,7 @@ use super::codec;
 use super::leader_liveness::{self, LeaderContact};
 use super::log_store::LogStore;
 use super::network::{Factory, Peer, PeerTransport};
-use super::state_machine::{SnapshotFile, StateMachine};
+use super::state_machine::{SnapshotData, StateMachine};
 use super::types::{
     LogCommand, MemberInfo, Membership, Raft, Snapshot, StoredMembership, TypeConfig,
 };
@@ -614,7 +614,7 @@ impl Replica {
                 last_log_id,
                 last_membership,
             },
-            snapshot: SnapshotFile { path },
+            snapshot: SnapshotData::Received(path),
         };
         let resp = self
             .raft

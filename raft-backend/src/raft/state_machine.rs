@@ -1,18 +1,24 @@
 //! openraft's view of the MVCC store: apply committed entries, and build or
 //! install snapshots.
 //!
-//! A snapshot is a consistent copy of the store's SQLite database, made with
-//! `VACUUM INTO` from a read transaction, so it is compact and needs no
-//! format of its own. It carries its own applied log id and membership, and is
-//! installed by replacing every table's rows in one transaction.
+//! The store is its own snapshot, as etcd's backend is: "building" one only
+//! records the log id the store has reached (the log store syncs the store
+//! before it purges entries behind it, see `PurgeBarrier`), so it costs
+//! nothing however large the store is. Copying happens only when a member
+//! needs a snapshot sent: a read transaction pins the store at its current
+//! applied log id (newer than the recorded one, as etcd sends its current
+//! backend), and the sender copies that view into a file with SQLite's
+//! online backup while writes go on. The receiver installs the file by
+//! replacing every table's rows in one transaction.
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use futures::{Stream, StreamExt};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{OptionalSend, RaftSnapshotBuilder};
+use rusqlite::Connection;
 use tokio::sync::watch;
 
 use super::applier::{last_applied, load_membership, Applier, ApplierMsg};
@@ -20,12 +26,55 @@ use super::types::{LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::apply::ApplyState;
 
 const SNAP_DIR: &str = "snap";
-const CURRENT: &str = "snapshot.db";
 
-/// A snapshot on disk: a complete SQLite database of the store.
-#[derive(Debug, Clone)]
-pub struct SnapshotFile {
+/// A snapshot's data: on the sending member, the live store pinned at the
+/// snapshot's log id; on the receiving member, the file that arrived.
+#[derive(Debug)]
+pub enum SnapshotData {
+    Pinned(PinnedStore),
+    Received(PathBuf),
+}
+
+/// A read transaction on the store, held open so the view cannot move.
+pub struct PinnedStore {
+    conn: Mutex<Connection>,
+    snap_dir: PathBuf,
+}
+
+impl std::fmt::Debug for PinnedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PinnedStore")
+    }
+}
+
+/// A copy of a pinned store, removed when dropped.
+pub struct SnapshotCopy {
     pub path: PathBuf,
+}
+
+impl Drop for SnapshotCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl PinnedStore {
+    /// Copies the pinned view into a new file (blocking; the store's writer
+    /// goes on meanwhile, since a WAL reader does not hold it up).
+    pub fn copy_to_file(&self) -> io::Result<SnapshotCopy> {
+        let copy = SnapshotCopy {
+            path: unique(&self.snap_dir, "send"),
+        };
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut dest = Connection::open(&copy.path).map_err(io_err)?;
+        // One step copies every page inside the pinned read transaction; the
+        // backup API only opens a transaction of its own when none is open.
+        let backup = rusqlite::backup::Backup::new(&conn, &mut dest).map_err(io_err)?;
+        backup.step(-1).map_err(io_err)?;
+        drop(backup);
+        drop(dest);
+        Ok(copy)
+    }
 }
 
 #[derive(Clone)]
@@ -42,28 +91,23 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
 }
 
 fn unique(dir: &Path, prefix: &str) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or_default();
-    dir.join(format!("{prefix}-{nanos}.db"))
+    dir.join(format!("{prefix}-{nanos}-{n}.db"))
 }
 
-/// Reads the applied log id and membership recorded inside a snapshot file.
-fn read_meta(path: &Path) -> io::Result<SnapshotMeta> {
-    let conn =
-        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(io_err)?;
-    let state = ApplyState::load(&conn).map_err(io_err)?;
-    let membership = load_membership(&conn).map_err(io_err)?;
+/// The applied log id and membership recorded in the store `conn` reads.
+fn read_meta(conn: &Connection) -> io::Result<SnapshotMeta> {
+    let state = ApplyState::load(conn).map_err(io_err)?;
+    let membership = load_membership(conn).map_err(io_err)?;
     Ok(SnapshotMeta {
         last_log_id: last_applied(&state),
         last_membership: membership,
     })
-}
-
-fn fsync_dir(dir: &Path) -> io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
 }
 
 impl StateMachine {
@@ -76,11 +120,10 @@ impl StateMachine {
     ) -> io::Result<Self> {
         let snap_dir = data_dir.join(SNAP_DIR);
         std::fs::create_dir_all(&snap_dir)?;
-        // Leftovers of a build or a transfer that a crash interrupted.
+        // Leftovers of a copy or a transfer that a crash interrupted (and
+        // the snapshot file earlier versions kept; the store replaces it).
         for entry in std::fs::read_dir(&snap_dir)?.flatten() {
-            if entry.file_name() != CURRENT {
-                let _ = std::fs::remove_file(entry.path());
-            }
+            let _ = std::fs::remove_file(entry.path());
         }
         Ok(StateMachine {
             applier,
@@ -96,55 +139,54 @@ impl StateMachine {
         unique(&self.snap_dir, "recv")
     }
 
-    fn current_path(&self) -> PathBuf {
-        self.snap_dir.join(CURRENT)
-    }
-
-    fn build_blocking(db_path: &Path, snap_dir: &Path) -> io::Result<Snapshot<SnapshotFile>> {
-        let tmp = unique(snap_dir, "build");
-        // Not a pooled reader: those are query_only, which VACUUM INTO refuses.
-        let conn = rusqlite::Connection::open(db_path).map_err(io_err)?;
+    /// Opens a read transaction on the store and reads, inside it, the log
+    /// id and membership it has reached. `None` before anything is applied.
+    fn pin_blocking(db_path: &Path, snap_dir: &Path) -> io::Result<Option<Snapshot<SnapshotData>>> {
+        let conn = Connection::open(db_path).map_err(io_err)?;
+        conn.pragma_update(None, "query_only", true)
+            .map_err(io_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(30))
             .map_err(io_err)?;
-        let target = tmp
-            .to_str()
-            .ok_or_else(|| io_err("snapshot path is not UTF-8"))?;
-        conn.execute("VACUUM INTO ?1", [target]).map_err(io_err)?;
-        drop(conn);
-        // openraft purges the log behind this snapshot once it returns: the
-        // store must hold at least this state durably by then (it commits
-        // with synchronous=NORMAL), and so must the snapshot file.
-        crate::schema::sync_to_disk(db_path)?;
-        std::fs::File::open(&tmp)?.sync_all()?;
-        let meta = read_meta(&tmp)?;
-        let current = snap_dir.join(CURRENT);
-        std::fs::rename(&tmp, &current)?;
-        fsync_dir(snap_dir)?;
-        tracing::info!(
-            last_log_id = ?meta.last_log_id,
-            "built state-machine snapshot"
-        );
-        Ok(Snapshot {
+        conn.execute_batch("BEGIN DEFERRED").map_err(io_err)?;
+        // The first read starts the transaction's view; the meta comes from it.
+        let meta = read_meta(&conn)?;
+        if meta.last_log_id.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(Snapshot {
             meta,
-            snapshot: SnapshotFile { path: current },
-        })
+            snapshot: SnapshotData::Pinned(PinnedStore {
+                conn: Mutex::new(conn),
+                snap_dir: snap_dir.to_path_buf(),
+            }),
+        }))
     }
-}
 
-impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
-    type SnapshotData = SnapshotFile;
-
-    async fn build_snapshot(&mut self) -> io::Result<Snapshot<SnapshotFile>> {
+    async fn pin(&self) -> io::Result<Option<Snapshot<SnapshotData>>> {
         let db = self.db_path.clone();
         let dir = self.snap_dir.clone();
-        tokio::task::spawn_blocking(move || Self::build_blocking(&db, &dir))
+        tokio::task::spawn_blocking(move || Self::pin_blocking(&db, &dir))
             .await
             .map_err(io_err)?
     }
 }
 
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotData;
+
+    /// Records where the store is; nothing is copied (see the module doc).
+    async fn build_snapshot(&mut self) -> io::Result<Snapshot<SnapshotData>> {
+        let snapshot = self
+            .pin()
+            .await?
+            .ok_or_else(|| io_err("no entry applied yet: nothing to snapshot"))?;
+        tracing::info!(last_log_id = ?snapshot.meta.last_log_id, "state-machine snapshot point");
+        Ok(snapshot)
+    }
+}
+
 impl RaftStateMachine<TypeConfig> for StateMachine {
-    type SnapshotData = SnapshotFile;
+    type SnapshotData = SnapshotData;
     type SnapshotBuilder = StateMachine;
 
     async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
@@ -179,37 +221,31 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: SnapshotFile,
+        snapshot: SnapshotData,
     ) -> io::Result<()> {
         tracing::info!(last_log_id = ?meta.last_log_id, "installing snapshot from the leader");
-        let path = snapshot.path.clone();
-        self.applier
-            .call(|reply| ApplierMsg::Install { path, reply })
+        let path = match snapshot {
+            SnapshotData::Received(path) => path,
+            // openraft installs only what arrived from a leader.
+            SnapshotData::Pinned(_) => {
+                return Err(io_err("cannot install this member's own store"))
+            }
+        };
+        let result = self
+            .applier
+            .call(|reply| ApplierMsg::Install {
+                path: path.clone(),
+                reply,
+            })
             .await
-            .map_err(io_err)?;
-        // Keep it as this member's current snapshot, to serve others later.
-        let current = self.current_path();
-        if snapshot.path != current {
-            std::fs::rename(&snapshot.path, &current)?;
-            fsync_dir(&self.snap_dir)?;
-        }
-        Ok(())
+            .map_err(io_err);
+        // Installed rows live in the store now, which serves later snapshots.
+        let _ = std::fs::remove_file(&path);
+        result
     }
 
-    async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot<SnapshotFile>>> {
-        let current = self.current_path();
-        if !current.exists() {
-            return Ok(None);
-        }
-        let meta = tokio::task::spawn_blocking({
-            let p = current.clone();
-            move || read_meta(&p)
-        })
-        .await
-        .map_err(io_err)??;
-        Ok(Some(Snapshot {
-            meta,
-            snapshot: SnapshotFile { path: current },
-        }))
+    /// The store as it is now, pinned: sent to a member that needs a snapshot.
+    async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot<SnapshotData>>> {
+        self.pin().await
     }
 }
