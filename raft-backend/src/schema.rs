@@ -142,7 +142,7 @@ fn configure(conn: &Connection) -> Result<()> {
     // is acknowledged; after a power loss the store may restart at an older
     // applied index, still consistent (the WAL is atomic), and openraft
     // re-applies the log from there. The log is only purged behind a state
-    // that `sync_to_disk` has made durable (snapshot build and install).
+    // that `sync_to_disk` has made durable (the log store syncs before it purges).
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     // Checkpoints run on their own thread so that no commit pays for one.
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;

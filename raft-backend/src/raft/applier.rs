@@ -1,12 +1,18 @@
 //! Apply: committed Raft entries → the MVCC store, in log order.
 //!
-//! One thread owns the SQLite write connection. Each batch of committed
-//! entries openraft hands over is applied in one IMMEDIATE transaction and
-//! committed once; only then are its answers released and its events
-//! published to the watch hub. A refused command (a compacted revision, a
-//! missing lease) is a deterministic answer that every member reaches alike.
-//! A storage fault is not: it fails the batch, and openraft stops this member
-//! rather than let it diverge, as etcd panics.
+//! One thread owns the SQLite write connection. openraft hands over
+//! committed entries without waiting for them to be applied (see
+//! `StateMachine::apply`), so while one commit runs the next batches queue
+//! up; the thread applies everything queued in one IMMEDIATE transaction and
+//! commits once, and only then releases the answers and publishes the events
+//! to the watch hub. Most of a commit's cost is per page written, and puts to
+//! nearby keys share pages, so fewer, larger commits write much less.
+//!
+//! A refused command (a compacted revision, a missing lease) is a
+//! deterministic answer that every member reaches alike. A storage fault is
+//! not: it fails the transaction, and from then on this thread refuses every
+//! batch, so that openraft stops this member rather than let it diverge, as
+//! etcd panics.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -137,17 +143,52 @@ impl Drop for Applier {
     }
 }
 
+/// Upper bound on entries folded into one transaction, to bound how long
+/// the first of them waits for its answer.
+const MAX_FOLDED_ENTRIES: usize = 4096;
+
 fn run(
     mut conn: Connection,
     mut state: ApplyState,
     rx: mpsc::Receiver<ApplierMsg>,
     out: ApplierOutputs,
 ) {
-    while let Ok(msg) = rx.recv() {
+    // Set by a storage fault: the store no longer matches the log.
+    let mut failed: Option<StoreError> = None;
+    let mut next = rx.recv().ok();
+    while let Some(msg) = next.take() {
+        if let Some(e) = &failed {
+            refuse(msg, e);
+            next = rx.recv().ok();
+            continue;
+        }
         match msg {
             ApplierMsg::Apply { entries, reply } => {
-                let r = apply_batch(&mut conn, &mut state, entries, &out);
-                let _ = reply.send(r);
+                let mut folded = entries;
+                let mut replies = vec![reply];
+                while folded.len() < MAX_FOLDED_ENTRIES {
+                    match rx.try_recv() {
+                        Ok(ApplierMsg::Apply { entries, reply }) => {
+                            folded.extend(entries);
+                            replies.push(reply);
+                        }
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let r = apply_batch(&mut conn, &mut state, folded, &out);
+                if let Err(e) = &r {
+                    failed = Some(e.clone());
+                }
+                for reply in replies {
+                    let _ = reply.send(r.clone());
+                }
+                if next.is_some() {
+                    continue;
+                }
             }
             ApplierMsg::Install { path, reply } => {
                 let r = install(&mut conn, &path).and_then(|()| {
@@ -172,6 +213,27 @@ fn run(
             ApplierMsg::Defragment { reply } => {
                 let _ = reply.send(defragment(&conn));
             }
+        }
+        next = rx.recv().ok();
+    }
+}
+
+fn refuse(msg: ApplierMsg, e: &StoreError) {
+    let err = || StoreError::Storage(format!("store failed earlier: {e}"));
+    match msg {
+        ApplierMsg::Apply { entries, reply } => {
+            for (_, responder) in entries {
+                if let Some(r) = responder {
+                    r.send(Some(Err(err())));
+                }
+            }
+            let _ = reply.send(Err(err()));
+        }
+        ApplierMsg::Install { reply, .. } => {
+            let _ = reply.send(Err(err()));
+        }
+        ApplierMsg::Defragment { reply } => {
+            let _ = reply.send(Err(err()));
         }
     }
 }

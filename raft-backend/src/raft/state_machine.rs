@@ -11,6 +11,7 @@
 //! online backup while writes go on. The receiver installs the file by
 //! replacing every table's rows in one transaction.
 
+use std::collections::VecDeque;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -77,9 +78,16 @@ impl PinnedStore {
     }
 }
 
+/// Batches handed to the applier and not yet committed, beyond which
+/// `apply` waits: bounds the work queued behind a slow disk.
+const MAX_INFLIGHT_APPLIES: usize = 64;
+
+type Inflight = VecDeque<tokio::sync::oneshot::Receiver<crate::error::Result<()>>>;
+
 #[derive(Clone)]
 pub struct StateMachine {
     pub(crate) applier: Arc<Applier>,
+    inflight: Arc<Mutex<Inflight>>,
     db_path: PathBuf,
     snap_dir: PathBuf,
     state: watch::Receiver<ApplyState>,
@@ -127,11 +135,35 @@ impl StateMachine {
         }
         Ok(StateMachine {
             applier,
+            inflight: Arc::default(),
             db_path,
             snap_dir,
             state,
             membership,
         })
+    }
+
+    fn inflight(&self) -> std::sync::MutexGuard<'_, Inflight> {
+        self.inflight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drops the handed-over batches that are committed; the first failure
+    /// among them is returned.
+    fn settle(&self) -> io::Result<()> {
+        let mut q = self.inflight();
+        while let Some(rx) = q.front_mut() {
+            match rx.try_recv() {
+                Ok(r) => {
+                    q.pop_front();
+                    r.map_err(io_err)?;
+                }
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => break,
+                Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                    return Err(io_err("apply thread stopped"))
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Where a snapshot arriving from the leader is written before install.
@@ -205,13 +237,32 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if batch.is_empty() {
             return Ok(());
         }
+        // Handed over without waiting, so that batches queue behind a running
+        // commit and the applier folds them into its next one. Clients are
+        // answered by the applier after its commit, and reads wait for the
+        // store's applied index, so nothing observes an entry before it is
+        // in the store. openraft's own applied index runs ahead by the
+        // queue, which is safe: snapshot points are read from the store, and
+        // the log is purged only behind them. A failure is reported on a
+        // later call, and openraft then stops this member.
+        self.settle()?;
+        while self.inflight().len() >= MAX_INFLIGHT_APPLIES {
+            let oldest = self.inflight().pop_front();
+            if let Some(rx) = oldest {
+                rx.await
+                    .map_err(|_| io_err("apply thread stopped"))?
+                    .map_err(io_err)?;
+            }
+        }
+        let (reply, rx) = tokio::sync::oneshot::channel();
         self.applier
-            .call(|reply| ApplierMsg::Apply {
+            .send(ApplierMsg::Apply {
                 entries: batch,
                 reply,
             })
-            .await
-            .map_err(io_err)
+            .map_err(io_err)?;
+        self.inflight().push_back(rx);
+        Ok(())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
