@@ -24,6 +24,11 @@ mod validate;
 mod watch;
 
 use clap::{Parser, Subcommand};
+
+/// Every request allocates many small, short-lived buffers on one thread and
+/// frees them on another; glibc's allocator spent ~8% of a put's CPU on that.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser, Debug)]
