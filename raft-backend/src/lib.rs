@@ -26,7 +26,7 @@ pub use key_range::{prefix_end, KeyRange};
 pub use metrics::StoreMetrics;
 pub use raft::{
     codec, network, to_status, Bootstrap, MemberInfo, Peer, PeerTransport, RaftStatus, RaftTiming,
-    Replica, ReplicaOptions, LOG_FILE,
+    Replica, ReplicaOptions, LOG_DIR,
 };
 pub use store::{Store, StoreStatus, DB_FILE};
 pub use view::{is_txn_readonly, txn_has_put};

@@ -138,7 +138,7 @@ pub fn open_reader(path: &Path) -> Result<Connection> {
 fn configure(conn: &Connection) -> Result<()> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // NORMAL: commits reach the OS but are not fsynced one by one. The Raft
-    // log (raft.db, synchronous=FULL) is what makes a write durable before it
+    // log (raft-log/, fdatasync per group) is what makes a write durable before it
     // is acknowledged; after a power loss the store may restart at an older
     // applied index, still consistent (the WAL is atomic), and openraft
     // re-applies the log from there. The log is only purged behind a state

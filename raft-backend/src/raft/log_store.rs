@@ -1,16 +1,17 @@
-//! The Raft log: durable in its own SQLite file (`raft.db`), served from memory.
+//! The Raft log as openraft sees it: durable in segment files (`log_file`),
+//! served from memory.
 //!
-//! One thread owns the write connection and takes operations in the order
-//! openraft issued them. Consecutive appends share one transaction, so many
-//! proposals share one fsync (group commit); openraft hears that entries are
-//! durable only after that commit. The unpurged entries also stay in memory,
-//! which is what openraft reads when it replicates and applies; the log is
-//! purged behind state-machine snapshots, which bounds that memory.
+//! One thread owns the files and takes operations in the order openraft
+//! issued them. Consecutive appends share one write and one fdatasync (group
+//! commit); openraft hears that entries are durable only after it. The
+//! unpurged entries also stay in memory, which is what openraft reads when it
+//! replicates and applies; the log is purged behind state-machine snapshot
+//! points, which bounds that memory.
 //!
 //! The store commits without fsync of its own, so before entries are purged
 //! the store is synced (`PurgeBarrier`): a purged entry is always in state
-//! that survives power loss. A failed truncate would bring conflicting
-//! entries back at restart; every later append then fails, and openraft stops
+//! that survives power loss. A failed write leaves the files out of step with
+//! what openraft was told; every later append then fails, and openraft stops
 //! this member rather than let it diverge.
 
 use std::collections::BTreeMap;
@@ -24,31 +25,17 @@ use std::time::Instant;
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
 use prost::Message;
-use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
 use super::codec;
+use super::log_file::{self, LogFile};
 use super::types::{Entry, LogId, TypeConfig, Vote};
 use crate::metrics::StoreMetrics;
 
-pub const LOG_FILE: &str = "raft.db";
+/// Where earlier builds kept the log (one SQLite file); imported once.
+const SQLITE_LOG_FILE: &str = "raft.db";
 
-const DDL: &str = "
-CREATE TABLE IF NOT EXISTS log (
-    idx   INTEGER PRIMARY KEY,
-    entry BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS state (
-    name  TEXT PRIMARY KEY,
-    value BLOB NOT NULL
-) WITHOUT ROWID;
-";
-
-const VOTE: &str = "vote";
-const COMMITTED: &str = "committed";
-const PURGED: &str = "purged";
-
-/// Upper bound on appends folded into one transaction, to bound ack latency.
+/// Upper bound on appends folded into one write, to bound ack latency.
 const MAX_GROUP: usize = 256;
 
 #[derive(Default)]
@@ -69,13 +56,12 @@ enum Op {
         log_id: Vec<u8>,
         upto: u64,
     },
-    Put {
-        name: &'static str,
+    Vote {
         value: Vec<u8>,
         done: oneshot::Sender<io::Result<()>>,
     },
     /// The commit index, which needs no fsync of its own (see
-    /// `save_committed`): it rides along in the next append's transaction.
+    /// `save_committed`): it rides along in the next append's write.
     Committed(Vec<u8>),
 }
 
@@ -100,53 +86,106 @@ fn decode_log_id(bytes: &[u8]) -> io::Result<LogId> {
         .map_err(io_err)
 }
 
+/// Moves a log kept by an earlier build in SQLite (`raft.db`) into the
+/// segment files, then removes it. Runs only while the new log is empty.
+fn import_sqlite_log(data_dir: &Path, log: &mut LogFile) -> io::Result<bool> {
+    let path = data_dir.join(SQLITE_LOG_FILE);
+    if !path.exists() {
+        return Ok(false);
+    }
+    let conn = rusqlite::Connection::open(&path).map_err(io_err)?;
+    let get = |name: &str| -> io::Result<Option<Vec<u8>>> {
+        use rusqlite::OptionalExtension;
+        conn.query_row("SELECT value FROM state WHERE name = ?1", [name], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(io_err)
+    };
+    let state = log_file::LogState {
+        vote: get("vote")?,
+        purged: get("purged")?,
+    };
+    let committed = get("committed")?;
+    let mut buf = Vec::new();
+    let mut max = None;
+    {
+        let mut stmt = conn
+            .prepare("SELECT idx, entry FROM log ORDER BY idx")
+            .map_err(io_err)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))
+            .map_err(io_err)?;
+        for row in rows {
+            let (idx, entry) = row.map_err(io_err)?;
+            log_file::encode_entry(&mut buf, idx as u64, &entry);
+            max = Some(idx as u64);
+        }
+    }
+    if let Some(c) = &committed {
+        log_file::encode_committed(&mut buf, c);
+    }
+    drop(conn);
+    log.append(&buf, max)?;
+    log.write_state(&state)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        match std::fs::remove_file(&p) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    tracing::info!("imported the raft log of an earlier build from {SQLITE_LOG_FILE}");
+    Ok(true)
+}
+
 impl LogStore {
     pub fn open(
         data_dir: &Path,
         metrics: StoreMetrics,
         before_purge: PurgeBarrier,
     ) -> io::Result<Self> {
-        let conn = Connection::open(data_dir.join(LOG_FILE)).map_err(io_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(io_err)?;
-        // FULL: a commit fsyncs the WAL, so an entry reported flushed survives power loss.
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(io_err)?;
-        conn.execute_batch(DDL).map_err(io_err)?;
-        let mut cached = Cached::default();
+        let (mut log, mut rec) = LogFile::open(data_dir)?;
+        if rec.entries.is_empty()
+            && rec.state == log_file::LogState::default()
+            && import_sqlite_log(data_dir, &mut log)?
         {
-            let mut stmt = conn
-                .prepare("SELECT entry FROM log ORDER BY idx")
-                .map_err(io_err)?;
-            let rows = stmt
-                .query_map([], |r| r.get::<_, Vec<u8>>(0))
-                .map_err(io_err)?;
-            for row in rows {
-                let e = codec::decode_entry(&row.map_err(io_err)?).map_err(io_err)?;
-                cached.entries.insert(e.log_id.index, e);
+            drop(log);
+            (log, rec) = LogFile::open(data_dir)?;
+        }
+        let mut cached = Cached::default();
+        for (index, bytes) in &rec.entries {
+            let e = codec::decode_entry(bytes).map_err(io_err)?;
+            if e.log_id.index != *index {
+                return Err(io_err(format!(
+                    "raft log: record at index {index} holds entry {}",
+                    e.log_id.index
+                )));
             }
-            let get = |name: &str| -> io::Result<Option<Vec<u8>>> {
-                conn.query_row("SELECT value FROM state WHERE name = ?1", [name], |r| {
-                    r.get(0)
-                })
-                .optional()
-                .map_err(io_err)
-            };
-            if let Some(v) = get(VOTE)? {
-                let v = cairn_proto::peer::Vote::decode(v.as_slice()).map_err(io_err)?;
-                cached.vote = Some(codec::vote_from_pb(Some(v)).map_err(io_err)?);
-            }
-            if let Some(c) = get(COMMITTED)? {
-                cached.committed = Some(decode_log_id(&c)?);
-            }
-            if let Some(p) = get(PURGED)? {
-                cached.last_purged = Some(decode_log_id(&p)?);
-            }
+            cached.entries.insert(*index, e);
+        }
+        if let Some(v) = &rec.state.vote {
+            let v = cairn_proto::peer::Vote::decode(v.as_slice()).map_err(io_err)?;
+            cached.vote = Some(codec::vote_from_pb(Some(v)).map_err(io_err)?);
+        }
+        if let Some(c) = &rec.committed {
+            cached.committed = Some(decode_log_id(c)?);
+        }
+        if let Some(p) = &rec.state.purged {
+            cached.last_purged = Some(decode_log_id(p)?);
         }
         let (tx, rx) = mpsc::channel();
+        let writer = Writer {
+            log,
+            state: rec.state,
+            metrics,
+            before_purge,
+            failed: None,
+        };
         std::thread::Builder::new()
             .name("cairn-raft-log".into())
-            .spawn(move || run(conn, rx, metrics, before_purge))?;
+            .spawn(move || writer.run(rx))?;
         Ok(LogStore {
             cache: Arc::new(Mutex::new(cached)),
             tx,
@@ -163,136 +202,147 @@ impl LogStore {
             .send(op)
             .map_err(|_| io_err("raft log writer has stopped"))
     }
-
-    async fn put_durable(&self, name: &'static str, value: Vec<u8>) -> io::Result<()> {
-        let (done, rx) = oneshot::channel();
-        self.send(Op::Put { name, value, done })?;
-        rx.await
-            .map_err(|_| io_err("raft log writer has stopped"))?
-    }
 }
 
-fn run(
-    mut conn: Connection,
-    rx: mpsc::Receiver<Op>,
+/// The thread that owns the files.
+struct Writer {
+    log: LogFile,
+    state: log_file::LogState,
     metrics: StoreMetrics,
     before_purge: PurgeBarrier,
-) {
-    let mut next = rx.recv().ok();
-    let mut committed: Option<Vec<u8>> = None;
-    // Set once the file no longer matches what openraft was told.
-    let mut failed: Option<String> = None;
-    while let Some(op) = next.take() {
-        match op {
-            Op::Append { rows, done } => {
-                let mut group = vec![(rows, done)];
-                // Fold in every append already waiting: one commit, one fsync.
-                // When none is, give up the CPU once first: an append being
-                // submitted right now then joins this fsync instead of
-                // paying for the next one.
-                let mut yielded = false;
-                while group.len() < MAX_GROUP {
-                    match rx.try_recv() {
-                        Ok(Op::Append { rows, done }) => group.push((rows, done)),
-                        Ok(Op::Committed(c)) => committed = Some(c),
-                        Ok(other) => {
-                            next = Some(other);
-                            break;
-                        }
-                        Err(_) if !yielded => {
-                            yielded = true;
-                            std::thread::yield_now();
-                        }
-                        Err(_) => break,
-                    }
-                }
-                let started = Instant::now();
-                let result = match &failed {
-                    Some(e) => Err(e.clone()),
-                    None => {
-                        append_group(&mut conn, &group, committed.take()).map_err(|e| e.to_string())
-                    }
-                };
-                metrics.wal_fsync.observe(started.elapsed().as_secs_f64());
-                for (_, done) in group {
-                    done.io_completed(result.clone().map_err(io_err));
-                }
-                if next.is_some() {
-                    continue;
-                }
-            }
-            Op::Committed(c) => committed = Some(c),
-            Op::TruncateAfter(after) => {
-                let from = after.map(|i| i as i64).unwrap_or(-1);
-                if let Err(e) = conn.execute("DELETE FROM log WHERE idx > ?1", [from]) {
-                    // The conflicting entries would come back at restart.
-                    tracing::error!(error = %e, "raft log truncate failed; refusing further writes");
-                    failed.get_or_insert(format!("raft log truncate failed: {e}"));
-                }
-            }
-            Op::Purge { log_id, upto } => {
-                if let Err(e) = before_purge() {
-                    // Keeping the entries is always safe; try again next time.
-                    tracing::error!(error = %e, "syncing the store before a raft log purge failed; log kept");
-                } else {
-                    // One transaction: the purged mark and the deletion land together.
-                    let r = conn.transaction().and_then(|tx| {
-                        put_state(&tx, PURGED, &log_id)?;
-                        tx.execute("DELETE FROM log WHERE idx <= ?1", [upto as i64])?;
-                        tx.commit()
-                    });
-                    if let Err(e) = r {
-                        // Rolled back: the entries and the older purge mark
-                        // stay, which a restart reads back consistently.
-                        tracing::error!(error = %e, "raft log purge failed; log kept");
-                    }
-                }
-            }
-            Op::Put { name, value, done } => {
-                let r = put_state(&conn, name, &value).map_err(io_err);
-                let _ = done.send(r);
-            }
-        }
-        next = rx.recv().ok();
-    }
-    // Shutting down: keep the last commit index seen, if it was not yet written.
-    if let Some(c) = committed {
-        if let Err(e) = put_state(&conn, COMMITTED, &c) {
-            tracing::warn!(error = %e, "raft log: saving the commit index at shutdown");
-        }
-    }
+    /// Set once the files no longer match what openraft was told.
+    failed: Option<String>,
 }
 
-fn put_state(conn: &Connection, name: &str, value: &[u8]) -> rusqlite::Result<()> {
-    conn.execute(
-        "INSERT OR REPLACE INTO state (name, value) VALUES (?1, ?2)",
-        params![name, value],
-    )
-    .map(drop)
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<Op>) {
+        let mut next = rx.recv().ok();
+        let mut committed: Option<Vec<u8>> = None;
+        while let Some(op) = next.take() {
+            match op {
+                Op::Append { rows, done } => {
+                    let mut group = vec![(rows, done)];
+                    // Fold in every append already waiting: one write, one
+                    // fsync. When none is, give up the CPU once first: an
+                    // append being submitted right now then joins this fsync
+                    // instead of paying for the next one.
+                    let mut yielded = false;
+                    while group.len() < MAX_GROUP {
+                        match rx.try_recv() {
+                            Ok(Op::Append { rows, done }) => group.push((rows, done)),
+                            Ok(Op::Committed(c)) => committed = Some(c),
+                            Ok(other) => {
+                                next = Some(other);
+                                break;
+                            }
+                            Err(_) if !yielded => {
+                                yielded = true;
+                                std::thread::yield_now();
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    let started = Instant::now();
+                    let result = self.append_group(&group, committed.take());
+                    self.metrics
+                        .wal_fsync
+                        .observe(started.elapsed().as_secs_f64());
+                    for (_, done) in group {
+                        done.io_completed(result.clone().map_err(io_err));
+                    }
+                    if next.is_some() {
+                        continue;
+                    }
+                }
+                Op::Committed(c) => committed = Some(c),
+                Op::TruncateAfter(after) => {
+                    let mut buf = Vec::new();
+                    log_file::encode_truncate(&mut buf, after);
+                    // Made durable by the next append's fsync: until then a
+                    // crash brings back entries that were never committed,
+                    // as if the truncation had not happened yet.
+                    if let Err(e) = self.log.write(&buf) {
+                        self.fail(format!("raft log truncate failed: {e}"));
+                    }
+                }
+                Op::Purge { log_id, upto } => self.purge(log_id, upto),
+                Op::Vote { value, done } => {
+                    let mut state = self.state.clone();
+                    state.vote = Some(value);
+                    let r = self.log.write_state(&state);
+                    if r.is_ok() {
+                        self.state = state;
+                    }
+                    let _ = done.send(r);
+                }
+            }
+            next = rx.recv().ok();
+        }
+        // Shutting down: keep the last commit index seen, if not yet written.
+        if let (Some(c), None) = (committed, &self.failed) {
+            let mut buf = Vec::new();
+            log_file::encode_committed(&mut buf, &c);
+            if let Err(e) = self.log.append(&buf, None) {
+                tracing::warn!(error = %e, "raft log: saving the commit index at shutdown");
+            }
+        }
+    }
+
+    fn fail(&mut self, msg: String) {
+        tracing::error!(error = %msg, "raft log write failed; refusing further writes");
+        self.failed.get_or_insert(msg);
+    }
+
+    fn append_group(
+        &mut self,
+        group: &AppendGroup,
+        committed: Option<Vec<u8>>,
+    ) -> Result<(), String> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        let mut buf = Vec::new();
+        let mut max = None;
+        for (rows, _) in group {
+            for (idx, bytes) in rows {
+                log_file::encode_entry(&mut buf, *idx, bytes);
+                max = max.max(Some(*idx));
+            }
+        }
+        if let Some(c) = committed {
+            log_file::encode_committed(&mut buf, &c);
+        }
+        if let Err(e) = self.log.append(&buf, max) {
+            // Part of the group may be on disk, part not: nothing after it
+            // can be trusted to line up.
+            self.fail(format!("raft log append failed: {e}"));
+            return Err(format!("raft log append failed: {e}"));
+        }
+        Ok(())
+    }
+
+    fn purge(&mut self, log_id: Vec<u8>, upto: u64) {
+        if let Err(e) = (self.before_purge)() {
+            // Keeping the entries is always safe; the next purge retries.
+            tracing::error!(error = %e, "syncing the store before a raft log purge failed; log kept");
+            return;
+        }
+        let mut state = self.state.clone();
+        state.purged = Some(log_id);
+        if let Err(e) = self.log.write_state(&state) {
+            // The old state file stands: the entries are all still there.
+            tracing::error!(error = %e, "raft log purge failed; log kept");
+            return;
+        }
+        self.state = state;
+        if let Err(e) = self.log.remove_segments_upto(upto) {
+            // Replay drops entries behind the purge point anyway.
+            tracing::warn!(error = %e, "raft log: removing purged segments failed");
+        }
+    }
 }
 
 type AppendGroup = [(Vec<(u64, Vec<u8>)>, IOFlushed<TypeConfig>)];
-
-fn append_group(
-    conn: &mut Connection,
-    group: &AppendGroup,
-    committed: Option<Vec<u8>>,
-) -> rusqlite::Result<()> {
-    let tx = conn.transaction()?;
-    if let Some(c) = committed {
-        put_state(&tx, COMMITTED, &c)?;
-    }
-    {
-        let mut stmt =
-            tx.prepare_cached("INSERT OR REPLACE INTO log (idx, entry) VALUES (?1, ?2)")?;
-        for (rows, _) in group {
-            for (idx, bytes) in rows {
-                stmt.execute(params![*idx as i64, bytes])?;
-            }
-        }
-    }
-    tx.commit()
-}
 
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
@@ -344,8 +394,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> io::Result<()> {
-        self.put_durable(VOTE, codec::vote_to_pb(vote).encode_to_vec())
-            .await?;
+        let (done, rx) = oneshot::channel();
+        self.send(Op::Vote {
+            value: codec::vote_to_pb(vote).encode_to_vec(),
+            done,
+        })?;
+        rx.await
+            .map_err(|_| io_err("raft log writer has stopped"))??;
         self.cache().vote = Some(*vote);
         Ok(())
     }
@@ -355,8 +410,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if let Some(c) = committed {
             // Not waited for, and not fsynced on its own: it is written in
             // the next append's transaction. Losing it only means re-learning
-            // the commit index after a crash. (Written on its own, it cost a
-            // second fsync per write on every member.)
+            // the commit index after a crash. (Written on its own, it would
+            // cost a second fsync per write on every member.)
             self.send(Op::Committed(codec::log_id_to_pb(&c).encode_to_vec()))?;
         }
         Ok(())
@@ -407,5 +462,94 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             log_id: codec::log_id_to_pb(&log_id).encode_to_vec(),
             upto: log_id.index,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::types::EntryPayload;
+
+    fn entry(index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(2u64.into(), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    fn open(dir: &Path) -> LogStore {
+        let metrics = StoreMetrics::new(&prometheus::Registry::new()).unwrap();
+        LogStore::open(dir, metrics, Box::new(|| Ok(()))).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_log_kept_in_sqlite_by_an_earlier_build_is_imported_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let vote = codec::vote_to_pb(&Vote::new(2, 7)).encode_to_vec();
+        let purged = codec::log_id_to_pb(&LogId::new(2u64.into(), 1)).encode_to_vec();
+        let committed = codec::log_id_to_pb(&LogId::new(2u64.into(), 3)).encode_to_vec();
+        {
+            let conn = rusqlite::Connection::open(dir.path().join(SQLITE_LOG_FILE)).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE log (idx INTEGER PRIMARY KEY, entry BLOB NOT NULL);
+                 CREATE TABLE state (name TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;",
+            )
+            .unwrap();
+            for i in 2..=4 {
+                conn.execute(
+                    "INSERT INTO log (idx, entry) VALUES (?1, ?2)",
+                    rusqlite::params![i, codec::encode_entry(&entry(i as u64))],
+                )
+                .unwrap();
+            }
+            for (name, value) in [
+                ("vote", &vote),
+                ("purged", &purged),
+                ("committed", &committed),
+            ] {
+                conn.execute(
+                    "INSERT INTO state (name, value) VALUES (?1, ?2)",
+                    rusqlite::params![name, value],
+                )
+                .unwrap();
+            }
+        }
+        for _ in 0..2 {
+            let mut log = open(dir.path());
+            let state = log.get_log_state().await.unwrap();
+            assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(1));
+            assert_eq!(state.last_log_id.map(|l| l.index), Some(4));
+            assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(2, 7)));
+            assert_eq!(
+                log.read_committed().await.unwrap().map(|l| l.index),
+                Some(3)
+            );
+            let got = log.try_get_log_entries(2..5).await.unwrap();
+            assert_eq!(got, vec![entry(2), entry(3), entry(4)]);
+            assert!(!dir.path().join(SQLITE_LOG_FILE).exists());
+        }
+    }
+
+    #[tokio::test]
+    async fn the_vote_and_the_purge_point_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut log = open(dir.path());
+            log.save_vote(&Vote::new(3, 1)).await.unwrap();
+            use openraft::type_config::TypeConfigExt;
+            let (tx, rx) = TypeConfig::oneshot();
+            let done = IOFlushed::<TypeConfig>::signal(tx);
+            log.append((1..=5).map(entry), done).await.unwrap();
+            rx.await.unwrap().unwrap();
+            log.purge(LogId::new(2u64.into(), 2)).await.unwrap();
+            // A vote written after the purge keeps the purge point.
+            log.save_vote(&Vote::new(4, 1)).await.unwrap();
+        }
+        let mut log = open(dir.path());
+        assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(4, 1)));
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(2));
+        let got = log.try_get_log_entries(0..10).await.unwrap();
+        assert_eq!(got, (3..=5).map(entry).collect::<Vec<_>>());
     }
 }

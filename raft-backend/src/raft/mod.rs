@@ -7,6 +7,7 @@
 mod applier;
 pub mod codec;
 mod leader_liveness;
+mod log_file;
 mod log_store;
 pub mod network;
 mod replica;
@@ -16,8 +17,8 @@ mod types;
 pub(crate) use applier::{
     load_membership as applier_membership, Applier, ApplierMsg, ApplierOutputs, Waiters,
 };
+pub use log_file::LOG_DIR;
 pub(crate) use log_store::LogStore;
-pub use log_store::LOG_FILE;
 pub use network::{Peer, PeerTransport};
 pub use replica::{to_status, Bootstrap, RaftStatus, RaftTiming, Replica, ReplicaOptions};
 pub(crate) use state_machine::StateMachine;
