@@ -156,22 +156,15 @@ impl Peer for PeerService {
         ))
     }
 
-    async fn propose(
+    async fn propose_many(
         &self,
-        req: Request<pb::ProposeRequest>,
-    ) -> Result<Response<pb::ProposeResponse>, Status> {
+        req: Request<pb::ProposeManyRequest>,
+    ) -> Result<Response<pb::ProposeManyResponse>, Status> {
         self.check(&req)?;
         self.leader_only()?;
-        let cmd = req
-            .into_inner()
-            .command
-            .ok_or_else(|| Status::invalid_argument("propose without a command"))?;
-        let index = self
-            .replica()
-            .handle_propose(cmd)
-            .await
-            .map_err(|e| to_status(&e))?;
-        Ok(Response::new(pb::ProposeResponse { index }))
+        let commands = req.into_inner().commands;
+        let outcomes = self.replica().handle_propose_many(commands).await?;
+        Ok(Response::new(pb::ProposeManyResponse { outcomes }))
     }
 
     async fn read_index(

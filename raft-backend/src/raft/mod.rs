@@ -6,6 +6,7 @@
 
 mod applier;
 pub mod codec;
+mod forwarder;
 mod leader_liveness;
 mod log_file;
 mod log_store;

@@ -19,6 +19,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::applier::Waiters;
 use super::codec;
+use super::forwarder::{Forwarder, LeaderLocator};
 use super::leader_liveness::{self, LeaderContact};
 use super::log_store::LogStore;
 use super::network::{Factory, Peer, PeerTransport};
@@ -90,8 +91,9 @@ pub struct Replica {
     raft: Raft,
     id: u64,
     sm: StateMachine,
-    transport: Arc<PeerTransport>,
     waiters: Waiters,
+    locator: LeaderLocator,
+    forwarder: Forwarder,
     next_request: AtomicU64,
     state: watch::Receiver<ApplyState>,
     request_timeout: Duration,
@@ -110,13 +112,14 @@ fn fatal(e: impl std::fmt::Display) -> StoreError {
 }
 
 /// Maps a peer's gRPC refusal back to the store error it stands for.
-fn from_status(s: tonic::Status) -> StoreError {
+pub(crate) fn from_status(s: tonic::Status) -> StoreError {
     match s.code() {
         tonic::Code::FailedPrecondition => StoreError::NoLeader,
         tonic::Code::InvalidArgument | tonic::Code::NotFound | tonic::Code::AlreadyExists => {
             StoreError::Membership(s.message().to_string())
         }
         tonic::Code::DeadlineExceeded => StoreError::Timeout,
+        tonic::Code::Aborted => StoreError::LeaderChanged,
         _ => StoreError::NoLeader,
     }
 }
@@ -126,6 +129,7 @@ pub fn to_status(e: &StoreError) -> tonic::Status {
         StoreError::NoLeader => tonic::Status::failed_precondition("not leader"),
         StoreError::Membership(m) => tonic::Status::invalid_argument(m.clone()),
         StoreError::Timeout => tonic::Status::deadline_exceeded("request timed out"),
+        StoreError::LeaderChanged => tonic::Status::aborted("leader changed"),
         other => tonic::Status::internal(other.to_string()),
     }
 }
@@ -197,13 +201,20 @@ impl Replica {
             t.heartbeat,
             contact.clone(),
         );
+        let locator = LeaderLocator {
+            reachable_leader: reachable_leader.clone(),
+            metrics: raft.metrics(),
+            transport: opts.transport,
+        };
+        let forwarder = Forwarder::start(locator.clone(), waiters.clone(), opts.request_timeout);
         Ok(Replica {
             raft,
+            locator,
+            forwarder,
             contact,
             reachable_leader,
             id: opts.member_id,
             sm,
-            transport: opts.transport,
             waiters,
             // Forwarded writes are matched to their waiter by (origin,
             // request id) when applied; a count restarting at 1 on every boot
@@ -288,17 +299,7 @@ impl Replica {
     /// A client for the current leader, or `NoLeader`. On every forwarded
     /// request: copies only the leader's URLs, not the membership.
     pub fn leader_peer(&self) -> Result<Peer> {
-        let leader = self.leader().ok_or(StoreError::NoLeader)?;
-        let urls = {
-            let m = self.raft.metrics();
-            let m = m.borrow_watched();
-            m.membership_config
-                .membership()
-                .get_node(&leader)
-                .map(|n| n.peer_urls.clone())
-        }
-        .ok_or(StoreError::NoLeader)?;
-        self.transport.client(&urls).map_err(StoreError::Storage)
+        self.locator.leader_peer()
     }
 
     /// Proposes `cmd` and resolves with its result once it is applied on
@@ -315,7 +316,9 @@ impl Replica {
                 Err(e) => Err(write_error(e)),
             };
         }
-        let peer = self.leader_peer()?;
+        if self.leader().is_none() {
+            return Err(StoreError::NoLeader);
+        }
         let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.waiters
@@ -326,25 +329,12 @@ impl Replica {
             waiters: &self.waiters,
             id: request_id,
         };
-        let msg = pb::ProposeRequest {
-            command: Some(codec::command_to_pb(&LogCommand {
-                origin: self.id,
-                request_id,
-                cmd,
-            })),
-        };
-        match peer
-            .client
-            .clone()
-            .propose(peer.request(msg, Some(self.request_timeout)))
-            .await
-        {
-            Ok(_) => {}
-            // Refused before it reached the log: nothing happened.
-            Err(s) if s.code() == tonic::Code::FailedPrecondition => return Err(from_status(s)),
-            // Unknown: it may still commit; wait for it below.
-            Err(s) => tracing::debug!(status = %s, "forwarded proposal outcome unknown"),
-        }
+        let command = codec::command_to_pb(&LogCommand {
+            origin: self.id,
+            request_id,
+            cmd,
+        });
+        self.forwarder.forward(request_id, command)?;
         let out = tokio::time::timeout(self.request_timeout, rx).await;
         drop(guard);
         match out {
@@ -354,13 +344,45 @@ impl Replica {
         }
     }
 
-    /// The leader's side of a forwarded write: commit it and apply it here.
-    pub async fn handle_propose(&self, cmd: pb::Command) -> Result<u64> {
-        let lc = codec::command_from_pb(cmd).map_err(|e| StoreError::Storage(e.to_string()))?;
-        match self.raft.client_write(lc).await {
-            Ok(resp) => Ok(resp.log_id.index),
-            Err(e) => Err(write_error(e)),
+    /// The leader's side of a batch of forwarded writes: commit and apply
+    /// them here, in order; one outcome per write.
+    pub async fn handle_propose_many(
+        &self,
+        commands: Vec<pb::Command>,
+    ) -> std::result::Result<Vec<pb::ProposeOutcome>, tonic::Status> {
+        let lcs = commands
+            .into_iter()
+            .map(codec::command_from_pb)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(bad)?;
+        let n = lcs.len();
+        let mut results = self
+            .raft
+            .client_write_many(lcs)
+            .await
+            .map_err(|e| to_status(&fatal(e)))?;
+        let mut outcomes = Vec::with_capacity(n);
+        use futures::StreamExt;
+        while let Some(r) = results.next().await {
+            let outcome = match r {
+                Ok(Ok(resp)) => pb::ProposeOutcome {
+                    index: resp.log_id.index,
+                    ..Default::default()
+                },
+                Ok(Err(e)) => {
+                    let s = to_status(&client_write_error(e));
+                    pb::ProposeOutcome {
+                        index: 0,
+                        error_code: s.code() as i32,
+                        error_message: s.message().to_string(),
+                    }
+                }
+                // The Raft core stopped: whether these committed is unknown.
+                Err(e) => return Err(to_status(&fatal(e))),
+            };
+            outcomes.push(outcome);
         }
+        Ok(outcomes)
     }
 
     /// ReadIndex: resolves once this member has applied everything committed
@@ -666,10 +688,16 @@ fn write_error(
     e: openraft::errors::RaftError<TypeConfig, ClientWriteError<TypeConfig>>,
 ) -> StoreError {
     match e.api_error() {
-        Some(ClientWriteError::ForwardToLeader(_)) => StoreError::NoLeader,
-        Some(ClientWriteError::LogEntryDiscarded(_)) => StoreError::LeaderChanged,
-        Some(other) => StoreError::Storage(other.to_string()),
+        Some(e) => client_write_error(e.clone()),
         None => StoreError::Stopped,
+    }
+}
+
+fn client_write_error(e: ClientWriteError<TypeConfig>) -> StoreError {
+    match e {
+        ClientWriteError::ForwardToLeader(_) => StoreError::NoLeader,
+        ClientWriteError::LogEntryDiscarded(_) => StoreError::LeaderChanged,
+        other => StoreError::Storage(other.to_string()),
     }
 }
 

@@ -1,0 +1,170 @@
+//! Writes a follower's clients send, handed to the leader in batches.
+//!
+//! One call per write cost an HTTP/2 stream on both members for every
+//! forwarded write, which is two thirds of all writes when clients spread
+//! over three members. Instead every write accepted here queues; one task
+//! takes everything queued and sends it in one `ProposeMany`. Up to
+//! `MAX_INFLIGHT` calls overlap; while all are out, writes queue and leave
+//! together in the next call, so batches grow with the load and a lone write
+//! never waits for a batch to fill. The client's answer still comes from this
+//! member's own apply (the waiter keyed by request id); the call's answer
+//! only fails a write early, when the leader refused it before it reached the
+//! log. A transport error leaves the outcome unknown: the waiter keeps
+//! waiting, and times out if the write never commits.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_proto::peer as pb;
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::type_config::alias::WatchReceiverOf;
+use tokio::sync::{mpsc, watch};
+
+use super::applier::Waiters;
+use super::network::{Peer, PeerTransport};
+use super::types::TypeConfig;
+use crate::error::{Result, StoreError};
+
+/// Writes sent in one call at most.
+const MAX_BATCH: usize = 512;
+/// Calls to the leader in flight at once.
+const MAX_INFLIGHT: usize = 4;
+
+/// Finds and dials the reachable leader.
+#[derive(Clone)]
+pub(crate) struct LeaderLocator {
+    pub reachable_leader: watch::Receiver<Option<u64>>,
+    pub metrics: WatchReceiverOf<TypeConfig, openraft::RaftMetrics<TypeConfig>>,
+    pub transport: Arc<PeerTransport>,
+}
+
+impl LeaderLocator {
+    /// A client for the current leader, or `NoLeader`. Copies only the
+    /// leader's URLs, not the membership.
+    pub fn leader_peer(&self) -> Result<Peer> {
+        let leader = (*self.reachable_leader.borrow()).ok_or(StoreError::NoLeader)?;
+        let urls = {
+            let m = self.metrics.borrow_watched();
+            m.membership_config
+                .membership()
+                .get_node(&leader)
+                .map(|n| n.peer_urls.clone())
+        }
+        .ok_or(StoreError::NoLeader)?;
+        self.transport.client(&urls).map_err(StoreError::Storage)
+    }
+}
+
+struct Forwarded {
+    request_id: u64,
+    command: pb::Command,
+}
+
+/// The queue in front of the forwarding task; the task ends when this drops.
+pub(crate) struct Forwarder {
+    tx: mpsc::UnboundedSender<Forwarded>,
+}
+
+#[derive(Clone)]
+struct Context {
+    locator: LeaderLocator,
+    waiters: Waiters,
+    timeout: Duration,
+}
+
+impl Forwarder {
+    pub fn start(locator: LeaderLocator, waiters: Waiters, timeout: Duration) -> Forwarder {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let ctx = Context {
+            locator,
+            waiters,
+            timeout,
+        };
+        tokio::spawn(run(rx, ctx));
+        Forwarder { tx }
+    }
+
+    /// Queues a write whose waiter is already registered under `request_id`.
+    pub fn forward(&self, request_id: u64, command: pb::Command) -> Result<()> {
+        self.tx
+            .send(Forwarded {
+                request_id,
+                command,
+            })
+            .map_err(|_| StoreError::Stopped)
+    }
+}
+
+async fn run(mut rx: mpsc::UnboundedReceiver<Forwarded>, ctx: Context) {
+    let inflight = Arc::new(tokio::sync::Semaphore::new(MAX_INFLIGHT));
+    while let Some(first) = rx.recv().await {
+        let Ok(permit) = inflight.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(f) => batch.push(f),
+                Err(_) => break,
+            }
+        }
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            ctx.send(batch).await;
+            drop(permit);
+        });
+    }
+}
+
+impl Context {
+    /// Ends the wait of a forwarded write that is known to have failed.
+    fn fail(&self, request_id: u64, e: StoreError) {
+        let waiter = self
+            .waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&request_id);
+        if let Some(w) = waiter {
+            let _ = w.send(Err(e));
+        }
+    }
+
+    async fn send(self, batch: Vec<Forwarded>) {
+        let peer = match self.locator.leader_peer() {
+            Ok(p) => p,
+            Err(e) => {
+                for f in batch {
+                    self.fail(f.request_id, e.clone());
+                }
+                return;
+            }
+        };
+        let ids: Vec<u64> = batch.iter().map(|f| f.request_id).collect();
+        let req = pb::ProposeManyRequest {
+            commands: batch.into_iter().map(|f| f.command).collect(),
+        };
+        let mut client = peer.client.clone();
+        match client
+            .propose_many(peer.request(req, Some(self.timeout)))
+            .await
+        {
+            Ok(resp) => {
+                let outcomes = resp.into_inner().outcomes;
+                for (id, o) in ids.iter().zip(outcomes) {
+                    if o.error_code != 0 {
+                        let status = tonic::Status::new(o.error_code.into(), o.error_message);
+                        self.fail(*id, super::replica::from_status(status));
+                    }
+                }
+            }
+            // Refused as a whole before anything reached the log.
+            Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+                for id in ids {
+                    self.fail(id, StoreError::NoLeader);
+                }
+            }
+            // Unknown: they may still commit; their waiters keep waiting.
+            Err(s) => tracing::debug!(status = %s, "forwarded proposals' outcome unknown"),
+        }
+    }
+}
