@@ -40,6 +40,7 @@ pub struct Store {
     state: watch::Receiver<ApplyState>,
     events: broadcast::Sender<Arc<AppliedBatch>>,
     metrics: StoreMetrics,
+    lease_changes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A point-in-time summary for Status and metrics.
@@ -71,6 +72,7 @@ impl Store {
         let compactor = Arc::new(Compactor::start(&path)?);
         let checkpointer = Checkpointer::start(&path)?;
         let waiters = crate::raft::Waiters::default();
+        let lease_changes = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let applier = Arc::new(Applier::start(
             conn,
             ApplierOutputs {
@@ -81,6 +83,7 @@ impl Store {
                 metrics: metrics.clone(),
                 waiters: waiters.clone(),
                 membership: membership_tx,
+                lease_changes: lease_changes.clone(),
             },
         )?);
         let io = |e: std::io::Error| StoreError::Storage(e.to_string());
@@ -110,6 +113,7 @@ impl Store {
             state,
             events,
             metrics,
+            lease_changes,
         })
     }
 
@@ -215,6 +219,14 @@ impl Store {
     }
 
     /// Every lease as (id, granted TTL seconds).
+    /// Counts applied changes to the set of leases (grants, revokes, an
+    /// installed snapshot) since this process started: a reader of `leases`
+    /// can skip re-reading while it stays the same.
+    pub fn lease_changes(&self) -> u64 {
+        self.lease_changes
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
     pub async fn leases(&self) -> Result<Vec<(i64, i64)>> {
         self.readers.read(|v| v.leases()).await
     }

@@ -28,7 +28,7 @@ use tokio::sync::{broadcast, oneshot, watch};
 use super::codec;
 use super::types::{Entry, EntryPayload, LogId, StoredMembership, TypeConfig};
 use crate::apply::{apply, ApplyState};
-use crate::command::{AppliedBatch, CommandOutput, RevisionEvents};
+use crate::command::{AppliedBatch, Command, CommandOutput, RevisionEvents};
 use crate::compactor::Compactor;
 use crate::error::{Result, StoreError};
 use crate::metrics::StoreMetrics;
@@ -61,6 +61,8 @@ pub(crate) struct ApplierOutputs {
     pub metrics: StoreMetrics,
     pub waiters: Waiters,
     pub membership: watch::Sender<StoredMembership>,
+    /// Bumped after a commit that granted or revoked leases (see `Store::lease_changes`).
+    pub lease_changes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 pub(crate) struct Applier {
@@ -198,6 +200,8 @@ fn run(
                     Ok(())
                 });
                 if r.is_ok() {
+                    out.lease_changes
+                        .fetch_add(1, std::sync::atomic::Ordering::Release);
                     out.state.send_replace(state);
                     out.compactor.schedule(state.compact_rev);
                     // Watchers cannot be told what changed event by event: the
@@ -253,6 +257,7 @@ fn apply_batch(
     let mut applied = AppliedBatch::default();
     let mut compacted_to = None;
     let mut new_membership = None;
+    let mut lease_changes = 0u64;
     let outcome = (|| -> Result<()> {
         // IMMEDIATE takes the write lock up front and waits for the compactor if
         // it holds it; a deferred transaction would fail on the upgrade instead.
@@ -269,6 +274,9 @@ fn apply_batch(
                     results.push((responder, None, None));
                 }
                 EntryPayload::Normal(lc) => {
+                    if matches!(lc.cmd, Command::LeaseGrant(_) | Command::LeaseRevoke(_)) {
+                        lease_changes += 1;
+                    }
                     let result = match apply(&tx, state, &lc.cmd) {
                         Ok(a) => {
                             if let Some((revision, events)) = a.events {
@@ -305,6 +313,10 @@ fn apply_batch(
         .set(state.applied_index as i64);
     applied.current_revision = state.current_rev;
     out.state.send_replace(*state);
+    if lease_changes > 0 {
+        out.lease_changes
+            .fetch_add(lease_changes, std::sync::atomic::Ordering::Release);
+    }
     if let Some(m) = new_membership {
         out.membership.send_replace(m);
     }

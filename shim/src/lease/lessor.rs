@@ -251,6 +251,9 @@ impl Lessor {
         let mut tick = tokio::time::interval(EXPIRY_CHECK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut leading = false;
+        // The store's lease-change count when the deadlines were last
+        // brought in line: the leases are re-read only after it moves.
+        let mut reconciled_at = None;
         loop {
             tick.tick().await;
             if !self.is_leader() {
@@ -261,9 +264,13 @@ impl Lessor {
                 continue;
             }
             let promoted = !leading;
-            if let Err(e) = self.reconcile(promoted).await {
-                tracing::warn!(error = %e, "reading leases failed; will retry");
-                continue;
+            let changes = self.node.store.lease_changes();
+            if promoted || reconciled_at != Some(changes) {
+                if let Err(e) = self.reconcile(promoted).await {
+                    tracing::warn!(error = %e, "reading leases failed; will retry");
+                    continue;
+                }
+                reconciled_at = Some(changes);
             }
             leading = true;
             let now = Instant::now();
