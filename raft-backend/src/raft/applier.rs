@@ -14,10 +14,9 @@
 //! batch, so that openraft stops this member rather than let it diverge, as
 //! etcd panics.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use openraft::storage::ApplyResponder;
@@ -27,6 +26,7 @@ use tokio::sync::{broadcast, oneshot, watch};
 
 use super::codec;
 use super::types::{Entry, EntryPayload, LogId, StoredMembership, TypeConfig};
+use super::waiters::Waiters;
 use crate::apply::{apply, ApplyState};
 use crate::command::{AppliedBatch, Command, CommandOutput, RevisionEvents};
 use crate::compactor::Compactor;
@@ -34,10 +34,6 @@ use crate::error::{Result, StoreError};
 use crate::metrics::StoreMetrics;
 
 const MEMBERSHIP: &str = "membership";
-
-/// Answers owed to clients of this member whose writes were forwarded to the
-/// leader, keyed by request id; resolved when this member applies the entry.
-pub type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<CommandOutput>>>>>;
 
 pub(crate) enum ApplierMsg {
     Apply {
@@ -332,21 +328,22 @@ fn apply_batch(
         if matches!(result, Some(Err(_))) {
             out.metrics.proposals_failed.inc();
         }
-        // A client of this member whose write went through the leader.
-        if let (Some((origin, request_id)), Some(r)) = (ids, &result) {
-            if origin == out.member_id {
-                let waiter = out
-                    .waiters
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&request_id);
-                if let Some(w) = waiter {
-                    let _ = w.send(r.clone());
+        // A client of this member whose write went through the leader; the
+        // entry has a responder too only if this member has since become
+        // the leader the write was forwarded to.
+        let waiter = ids
+            .filter(|(origin, _)| *origin == out.member_id)
+            .map(|(_, id)| id);
+        match (waiter, responder, result) {
+            (Some(id), None, Some(r)) => out.waiters.resolve(id, r),
+            (Some(id), Some(responder), result) => {
+                if let Some(r) = &result {
+                    out.waiters.resolve(id, r.clone());
                 }
+                responder.send(result);
             }
-        }
-        if let Some(responder) = responder {
-            responder.send(result);
+            (None, Some(responder), result) => responder.send(result),
+            _ => {}
         }
     }
     Ok(())

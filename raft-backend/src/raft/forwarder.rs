@@ -20,9 +20,9 @@ use openraft::async_runtime::watch::WatchReceiver;
 use openraft::type_config::alias::WatchReceiverOf;
 use tokio::sync::{mpsc, watch};
 
-use super::applier::Waiters;
 use super::network::{Peer, PeerTransport};
 use super::types::TypeConfig;
+use super::waiters::Waiters;
 use crate::error::{Result, StoreError};
 
 /// Writes sent in one call at most.
@@ -119,14 +119,7 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Forwarded>, ctx: Context) {
 impl Context {
     /// Ends the wait of a forwarded write that is known to have failed.
     fn fail(&self, request_id: u64, e: StoreError) {
-        let waiter = self
-            .waiters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&request_id);
-        if let Some(w) = waiter {
-            let _ = w.send(Err(e));
-        }
+        self.waiters.resolve(request_id, Err(e));
     }
 
     async fn send(self, batch: Vec<Forwarded>) {

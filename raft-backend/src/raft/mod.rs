@@ -14,9 +14,10 @@ pub mod network;
 mod replica;
 mod state_machine;
 mod types;
+mod waiters;
 
 pub(crate) use applier::{
-    load_membership as applier_membership, Applier, ApplierMsg, ApplierOutputs, Waiters,
+    load_membership as applier_membership, Applier, ApplierMsg, ApplierOutputs,
 };
 pub use log_file::LOG_DIR;
 pub(crate) use log_store::LogStore;
@@ -24,3 +25,4 @@ pub use network::{Peer, PeerTransport};
 pub use replica::{to_status, Bootstrap, RaftStatus, RaftTiming, Replica, ReplicaOptions};
 pub(crate) use state_machine::StateMachine;
 pub use types::MemberInfo;
+pub(crate) use waiters::Waiters;

@@ -15,9 +15,8 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, TransferLeaderRequest, VoteRequest,
 };
 use openraft::{ChangeMembers, Config, ReadPolicy, ServerState, SnapshotPolicy};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
-use super::applier::Waiters;
 use super::codec;
 use super::forwarder::{Forwarder, LeaderLocator};
 use super::leader_liveness::{self, LeaderContact};
@@ -27,6 +26,7 @@ use super::state_machine::{SnapshotData, StateMachine};
 use super::types::{
     LogCommand, MemberInfo, Membership, Raft, Snapshot, StoredMembership, TypeConfig,
 };
+use super::waiters::Waiters;
 use crate::apply::ApplyState;
 use crate::command::{Command, CommandOutput};
 use crate::error::{Result, StoreError};
@@ -320,15 +320,7 @@ impl Replica {
             return Err(StoreError::NoLeader);
         }
         let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        self.waiters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(request_id, tx);
-        let guard = WaiterGuard {
-            waiters: &self.waiters,
-            id: request_id,
-        };
+        let (registration, rx) = self.waiters.register(request_id);
         let command = codec::command_to_pb(&LogCommand {
             origin: self.id,
             request_id,
@@ -336,7 +328,7 @@ impl Replica {
         });
         self.forwarder.forward(request_id, command)?;
         let out = tokio::time::timeout(self.request_timeout, rx).await;
-        drop(guard);
+        drop(registration);
         match out {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(StoreError::Stopped),
@@ -703,21 +695,6 @@ fn client_write_error(e: ClientWriteError<TypeConfig>) -> StoreError {
 
 fn bad(e: codec::DecodeError) -> tonic::Status {
     tonic::Status::invalid_argument(e.to_string())
-}
-
-/// Removes a forwarded write's waiter however the wait ends.
-struct WaiterGuard<'a> {
-    waiters: &'a Waiters,
-    id: u64,
-}
-
-impl Drop for WaiterGuard<'_> {
-    fn drop(&mut self) {
-        self.waiters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.id);
-    }
 }
 
 impl Replica {
