@@ -218,7 +218,6 @@ impl Store {
         self.readers.read(move |v| v.lease_keys(id)).await
     }
 
-    /// Every lease as (id, granted TTL seconds).
     /// Counts applied changes to the set of leases (grants, revokes, an
     /// installed snapshot) since this process started: a reader of `leases`
     /// can skip re-reading while it stays the same.
@@ -227,6 +226,7 @@ impl Store {
             .load(std::sync::atomic::Ordering::Acquire)
     }
 
+    /// Every lease as (id, granted TTL seconds).
     pub async fn leases(&self) -> Result<Vec<(i64, i64)>> {
         self.readers.read(|v| v.leases()).await
     }

@@ -36,6 +36,9 @@ struct Deadline {
 pub struct Lessor {
     node: SharedNode,
     deadlines: Mutex<HashMap<i64, Deadline>>,
+    /// The store's `lease_changes` count the deadlines were last brought in
+    /// line with; `reconcile` re-reads the leases only after it moves.
+    reconciled_at: Mutex<Option<u64>>,
     ids: Mutex<IdGen>,
     /// Added to every lease on promotion: one election timeout.
     extend: Duration,
@@ -72,6 +75,7 @@ impl Lessor {
             ids: Mutex::new(IdGen::new(node.id.member_id)),
             node,
             deadlines: Mutex::new(HashMap::new()),
+            reconciled_at: Mutex::new(None),
             extend,
         });
         tokio::spawn(lessor.clone().expire_loop());
@@ -85,7 +89,15 @@ impl Lessor {
     /// Brings the deadlines in line with the leases in the store: leases
     /// granted through other members are tracked from when they are seen,
     /// revoked ones are dropped. On promotion every lease starts afresh.
+    /// Reads the leases only if a grant or revoke was applied since the last
+    /// time (or on promotion).
     async fn reconcile(&self, promoted: bool) -> Result<(), StoreError> {
+        let changes = self.node.store.lease_changes();
+        let current =
+            *self.reconciled_at.lock().unwrap_or_else(|p| p.into_inner()) == Some(changes);
+        if current && !promoted {
+            return Ok(());
+        }
         let leases = self.node.store.leases().await?;
         let now = Instant::now();
         let mut d = self.deadlines();
@@ -106,6 +118,8 @@ impl Lessor {
                     },
             });
         }
+        drop(d);
+        *self.reconciled_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(changes);
         Ok(())
     }
 
@@ -210,7 +224,8 @@ impl Lessor {
     /// Makes sure the leader tracks `id` if the store has it. A lease granted
     /// through another member reaches this leader's store at once but its
     /// deadlines only at the next reconcile; a keep-alive sent right after
-    /// the grant (clientv3 sessions do that) must not find it missing.
+    /// the grant (clientv3 sessions do that) must not find it missing. A
+    /// keep-alive for a lease that is gone costs no store read.
     async fn track(&self, id: i64) -> Result<(), Status> {
         if !self.deadlines().contains_key(&id) && self.is_leader() {
             self.reconcile(false).await.map_err(store_status)?;
@@ -251,9 +266,6 @@ impl Lessor {
         let mut tick = tokio::time::interval(EXPIRY_CHECK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut leading = false;
-        // The store's lease-change count when the deadlines were last
-        // brought in line: the leases are re-read only after it moves.
-        let mut reconciled_at = None;
         loop {
             tick.tick().await;
             if !self.is_leader() {
@@ -264,13 +276,9 @@ impl Lessor {
                 continue;
             }
             let promoted = !leading;
-            let changes = self.node.store.lease_changes();
-            if promoted || reconciled_at != Some(changes) {
-                if let Err(e) = self.reconcile(promoted).await {
-                    tracing::warn!(error = %e, "reading leases failed; will retry");
-                    continue;
-                }
-                reconciled_at = Some(changes);
+            if let Err(e) = self.reconcile(promoted).await {
+                tracing::warn!(error = %e, "reading leases failed; will retry");
+                continue;
             }
             leading = true;
             let now = Instant::now();
