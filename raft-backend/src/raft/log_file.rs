@@ -6,8 +6,9 @@
 //! B-tree: a group of appends is one `write` and one `fdatasync`. Records are
 //! replayed in file order at open: an entry record at index i replaces
 //! whatever the log held from i on, and a truncate record drops the entries
-//! after its index, so the newest record always wins. Entries at or below the
-//! purge point are dropped at replay; whole segments behind it are deleted.
+//! after its index, so the newest record always wins. Whole segments behind
+//! the purge point are deleted; the purge point itself is opaque here (an
+//! encoded log id the caller reads).
 //!
 //! Record: `len: u32 LE | crc32: u32 LE | kind: u8 | payload`, where len and
 //! crc cover kind and payload. A torn record at the end of the last segment
@@ -45,8 +46,10 @@ pub struct LogState {
     pub purged: Option<Vec<u8>>,
 }
 
-/// What replay found: the live entries (encoded) by index, the newest commit
-/// index record, and the state file.
+/// What replay found: the entries (encoded) by index, the newest commit
+/// index record, and the state file. Entries at or below the purge point may
+/// be among them (their segment still holds newer ones); the purge point is
+/// opaque here, and the caller drops them.
 #[derive(Debug, Default)]
 pub struct Recovered {
     pub entries: BTreeMap<u64, Vec<u8>>,
@@ -120,52 +123,88 @@ fn u64_at(b: &[u8], at: usize) -> Option<u64> {
         .map(u64::from_le_bytes)
 }
 
-/// Replays one segment's records into `rec`. Returns the length of its valid
-/// prefix and the highest entry index in it; `Err` on a bad record unless
-/// `last`, where a bad tail is a torn write.
-fn replay_segment(path: &Path, last: bool, rec: &mut Recovered) -> io::Result<(u64, Option<u64>)> {
+/// One step through a file of records.
+enum Step<'a> {
+    Record {
+        kind: u8,
+        payload: &'a [u8],
+        next: usize,
+    },
+    /// No more records: the end of the data, or the zeros of preallocation.
+    End,
+    Bad(&'static str),
+}
+
+fn read_record(data: &[u8], at: usize) -> Step<'_> {
+    let rest = &data[at..];
+    let zeros = || rest.iter().all(|b| *b == 0);
+    let Some(head) = rest.get(..HEADER) else {
+        return if zeros() {
+            Step::End
+        } else {
+            Step::Bad("truncated header")
+        };
+    };
+    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+    if len == 0 {
+        return if zeros() {
+            Step::End
+        } else {
+            Step::Bad("data after the end of the records")
+        };
+    }
+    if len > MAX_RECORD {
+        return Step::Bad("oversized record");
+    }
+    let Some(body) = rest.get(HEADER..HEADER + len) else {
+        return Step::Bad("truncated body");
+    };
+    if crc32fast::hash(body) != crc {
+        return Step::Bad("checksum mismatch");
+    }
+    Step::Record {
+        kind: body[0],
+        payload: &body[1..],
+        next: at + HEADER + len,
+    }
+}
+
+/// What replaying one segment found besides its records.
+struct Replayed {
+    /// Where its valid records end.
+    valid_len: u64,
+    max_index: Option<u64>,
+    /// Whether only zeros (or nothing) follow the valid records.
+    clean_tail: bool,
+}
+
+/// Replays one segment's records into `rec`. A bad record is an error
+/// unless the segment is the `last`, where it is a torn write that ends the
+/// valid records.
+fn replay_segment(path: &Path, last: bool, rec: &mut Recovered) -> io::Result<Replayed> {
     let mut data = Vec::new();
     File::open(path)?.read_to_end(&mut data)?;
     let mut at = 0usize;
     let mut max_index = None;
-    while at < data.len() {
+    let clean_tail = loop {
         let bad = |why: &str| {
             corrupt(format!(
                 "raft log {}: bad record at byte {at}: {why}",
                 path.display()
             ))
         };
-        let Some(head) = data.get(at..at + HEADER) else {
-            if last {
-                break;
-            }
-            return Err(bad("truncated header"));
+        let (kind, payload, next) = match read_record(&data, at) {
+            Step::Record {
+                kind,
+                payload,
+                next,
+            } => (kind, payload, next),
+            Step::End => break true,
+            Step::Bad(_) if last => break false,
+            Step::Bad(why) => return Err(bad(why)),
         };
-        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
-        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-        if len == 0 {
-            // The preallocated rest of the segment, never written.
-            if data[at..].iter().all(|b| *b == 0) {
-                break;
-            }
-            if last {
-                break;
-            }
-            return Err(bad("data after the end of the records"));
-        }
-        let body = match data.get(at + HEADER..at + HEADER + len) {
-            Some(b) if len <= MAX_RECORD => b,
-            _ if last => break,
-            _ => return Err(bad("truncated or oversized body")),
-        };
-        if crc32fast::hash(body) != crc {
-            if last {
-                break;
-            }
-            return Err(bad("checksum mismatch"));
-        }
-        let payload = &body[1..];
-        match body[0] {
+        match kind {
             KIND_ENTRY => {
                 let index = u64_at(payload, 0).ok_or_else(|| bad("short entry"))?;
                 // Writing index i replaces the log from i on.
@@ -184,9 +223,13 @@ fn replay_segment(path: &Path, last: bool, rec: &mut Recovered) -> io::Result<(u
             }
             other => return Err(bad(&format!("unknown kind {other}"))),
         }
-        at += HEADER + len;
-    }
-    Ok((at as u64, max_index))
+        at = next;
+    };
+    Ok(Replayed {
+        valid_len: at as u64,
+        max_index,
+        clean_tail,
+    })
 }
 
 fn read_state(dir: &Path) -> io::Result<LogState> {
@@ -196,26 +239,28 @@ fn read_state(dir: &Path) -> io::Result<LogState> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(LogState::default()),
         Err(e) => return Err(e),
     };
-    // The state file is one record per field, written whole and renamed in.
+    // One record per field, written whole and renamed in: nothing may be torn.
     let mut state = LogState::default();
     let mut at = 0usize;
-    while at < data.len() {
-        let bad = || corrupt(format!("raft log state {}: bad record", path.display()));
-        let head = data.get(at..at + HEADER).ok_or_else(bad)?;
-        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
-        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-        let body = data.get(at + HEADER..at + HEADER + len).ok_or_else(bad)?;
-        if len == 0 || crc32fast::hash(body) != crc {
-            return Err(bad());
+    loop {
+        let bad = |why: &str| corrupt(format!("raft log state {}: {why}", path.display()));
+        match read_record(&data, at) {
+            Step::Record {
+                kind,
+                payload,
+                next,
+            } => {
+                match kind {
+                    STATE_VOTE => state.vote = Some(payload.to_vec()),
+                    STATE_PURGED => state.purged = Some(payload.to_vec()),
+                    other => return Err(bad(&format!("unknown kind {other}"))),
+                }
+                at = next;
+            }
+            Step::End => return Ok(state),
+            Step::Bad(why) => return Err(bad(why)),
         }
-        match body[0] {
-            STATE_VOTE => state.vote = Some(body[1..].to_vec()),
-            STATE_PURGED => state.purged = Some(body[1..].to_vec()),
-            _ => return Err(bad()),
-        }
-        at += HEADER + len;
     }
-    Ok(state)
 }
 
 const STATE_VOTE: u8 = 1;
@@ -251,26 +296,22 @@ impl LogFile {
             ..Default::default()
         };
         let mut segments = Vec::new();
-        let mut valid_len = 0;
+        let (mut valid_len, mut clean_tail) = (0, true);
         for (i, seq) in seqs.iter().enumerate() {
             let path = segment_path(&dir, *seq);
             let last = i + 1 == seqs.len();
-            let (len, max_index) = replay_segment(&path, last, &mut rec)?;
-            valid_len = len;
+            let replayed = replay_segment(&path, last, &mut rec)?;
+            (valid_len, clean_tail) = (replayed.valid_len, replayed.clean_tail);
             segments.push(Segment {
                 seq: *seq,
                 path,
-                max_index,
+                max_index: replayed.max_index,
             });
-        }
-        if let Some(purged) = rec.state.purged.as_deref() {
-            let upto = purged_index(purged)?;
-            rec.entries = rec.entries.split_off(&(upto + 1));
         }
         let active = match segments.last() {
             Some(seg) => {
                 let f = OpenOptions::new().read(true).write(true).open(&seg.path)?;
-                if !zeros_from(&seg.path, valid_len)? {
+                if !clean_tail {
                     tracing::warn!(
                         segment = %seg.path.display(),
                         valid_len,
@@ -413,42 +454,12 @@ fn preallocate(_f: &File, _len: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// Whether every byte of the file at `path` from `offset` on is zero.
-fn zeros_from(path: &Path, offset: u64) -> io::Result<bool> {
-    use std::io::Seek;
-    let mut f = File::open(path)?;
-    f.seek(io::SeekFrom::Start(offset))?;
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            return Ok(true);
-        }
-        if buf[..n].iter().any(|b| *b != 0) {
-            return Ok(false);
-        }
-    }
-}
-
-/// The index inside an encoded purge log id.
-fn purged_index(bytes: &[u8]) -> io::Result<u64> {
-    use prost::Message;
-    cairn_proto::peer::LogId::decode(bytes)
-        .map(|l| l.index)
-        .map_err(|e| corrupt(format!("raft log state: purge point: {e}")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prost::Message;
 
     fn purged(index: u64) -> Vec<u8> {
-        cairn_proto::peer::LogId {
-            index,
-            ..Default::default()
-        }
-        .encode_to_vec()
+        format!("purged at {index}").into_bytes()
     }
 
     fn append_entries(log: &mut LogFile, range: std::ops::RangeInclusive<u64>) {
@@ -589,7 +600,7 @@ mod tests {
     }
 
     #[test]
-    fn purging_drops_entries_and_whole_segments_behind_the_point() {
+    fn purging_removes_whole_segments_behind_the_point() {
         let dir = tempfile::tempdir().unwrap();
         {
             let (mut log, _) = LogFile::open(dir.path()).unwrap();
@@ -609,7 +620,8 @@ mod tests {
             assert_eq!(log.segment_count(), 2);
         }
         let (log, rec) = LogFile::open(dir.path()).unwrap();
-        assert_eq!(indexes(&rec), vec![6, 7, 8]);
+        // 4 and 5 share a segment with 6; the caller drops them.
+        assert_eq!(indexes(&rec), vec![4, 5, 6, 7, 8]);
         assert_eq!(rec.state.vote.as_deref(), Some(&b"v"[..]));
         assert_eq!(rec.state.purged, Some(purged(5)));
         assert_eq!(log.segment_count(), 2);
@@ -630,6 +642,7 @@ mod tests {
         append_entries(&mut log, 11..=11);
         drop(log);
         let (_, rec) = LogFile::open(dir.path()).unwrap();
-        assert_eq!(indexes(&rec), vec![11]);
+        // 1..=3 stay in the segment still being written; the caller drops them.
+        assert_eq!(indexes(&rec), vec![1, 2, 3, 11]);
     }
 }

@@ -155,7 +155,12 @@ impl LogStore {
             (log, rec) = LogFile::open(data_dir)?;
         }
         let mut cached = Cached::default();
-        for (index, bytes) in &rec.entries {
+        if let Some(p) = &rec.state.purged {
+            cached.last_purged = Some(decode_log_id(p)?);
+        }
+        // A segment may still hold entries at or below the purge point.
+        let from = cached.last_purged.map(|p| p.index + 1).unwrap_or(0);
+        for (index, bytes) in rec.entries.range(from..) {
             let e = codec::decode_entry(bytes).map_err(io_err)?;
             if e.log_id.index != *index {
                 return Err(io_err(format!(
@@ -171,9 +176,6 @@ impl LogStore {
         }
         if let Some(c) = &rec.committed {
             cached.committed = Some(decode_log_id(c)?);
-        }
-        if let Some(p) = &rec.state.purged {
-            cached.last_purged = Some(decode_log_id(p)?);
         }
         let (tx, rx) = mpsc::channel();
         let writer = Writer {
@@ -312,13 +314,13 @@ impl Writer {
         if let Some(c) = committed {
             log_file::encode_committed(&mut buf, &c);
         }
-        if let Err(e) = self.log.append(&buf, max) {
+        self.log.append(&buf, max).map_err(|e| {
             // Part of the group may be on disk, part not: nothing after it
             // can be trusted to line up.
-            self.fail(format!("raft log append failed: {e}"));
-            return Err(format!("raft log append failed: {e}"));
-        }
-        Ok(())
+            let msg = format!("raft log append failed: {e}");
+            self.fail(msg.clone());
+            msg
+        })
     }
 
     fn purge(&mut self, log_id: Vec<u8>, upto: u64) {
@@ -478,8 +480,49 @@ mod tests {
     }
 
     fn open(dir: &Path) -> LogStore {
+        open_with(dir, Box::new(|| Ok(())))
+    }
+
+    fn open_with(dir: &Path, barrier: PurgeBarrier) -> LogStore {
         let metrics = StoreMetrics::new(&prometheus::Registry::new()).unwrap();
-        LogStore::open(dir, metrics, Box::new(|| Ok(()))).unwrap()
+        LogStore::open(dir, metrics, barrier).unwrap()
+    }
+
+    async fn append(log: &mut LogStore, entries: impl Iterator<Item = Entry> + Send) {
+        use openraft::type_config::TypeConfigExt;
+        let (tx, rx) = TypeConfig::oneshot();
+        log.append(entries, IOFlushed::<TypeConfig>::signal(tx))
+            .await
+            .unwrap();
+        rx.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_store_is_synced_before_a_purge_and_a_failed_sync_keeps_the_log() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let syncs = Arc::new(AtomicUsize::new(0));
+        {
+            let counted = syncs.clone();
+            let mut log = open_with(
+                dir.path(),
+                Box::new(move || {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    Err(io::Error::other("disk gone"))
+                }),
+            );
+            append(&mut log, (1..=5).map(entry)).await;
+            log.purge(LogId::new(2u64.into(), 3)).await.unwrap();
+            // Operations run in order: once this vote is saved, the purge ran.
+            log.save_vote(&Vote::new(3, 1)).await.unwrap();
+        }
+        assert_eq!(syncs.load(Ordering::SeqCst), 1);
+        // The store could not be synced, so nothing was purged on disk.
+        let mut log = open(dir.path());
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, None);
+        let got = log.try_get_log_entries(0..10).await.unwrap();
+        assert_eq!(got, (1..=5).map(entry).collect::<Vec<_>>());
     }
 
     #[tokio::test]
@@ -536,11 +579,7 @@ mod tests {
         {
             let mut log = open(dir.path());
             log.save_vote(&Vote::new(3, 1)).await.unwrap();
-            use openraft::type_config::TypeConfigExt;
-            let (tx, rx) = TypeConfig::oneshot();
-            let done = IOFlushed::<TypeConfig>::signal(tx);
-            log.append((1..=5).map(entry), done).await.unwrap();
-            rx.await.unwrap().unwrap();
+            append(&mut log, (1..=5).map(entry)).await;
             log.purge(LogId::new(2u64.into(), 2)).await.unwrap();
             // A vote written after the purge keeps the purge point.
             log.save_vote(&Vote::new(4, 1)).await.unwrap();
