@@ -300,25 +300,37 @@ async fn watch_leader(node: SharedNode) {
     }
 }
 
+/// Connections accepted on every address the URLs resolve to.
+type Incoming = futures::stream::BoxStream<'static, std::io::Result<tokio::net::TcpStream>>;
+
+/// Binds every address of `urls` (`what`: "client" or "peer", for errors
+/// and logs). Accepted connections have Nagle off: small request/response
+/// pairs must never wait for it.
+async fn bind_all(urls: &[String], what: &str) -> anyhow::Result<Incoming> {
+    let mut listeners = Vec::new();
+    for url in urls {
+        for addr in resolve_listen_url(url).await? {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listen for {what} traffic on {addr} (from {url})"))?;
+            tracing::info!(address = %l.local_addr()?, "listening for {what} traffic");
+            listeners.push(TcpListenerStream::new(l));
+        }
+    }
+    Ok(futures::stream::select_all(listeners)
+        .map_ok(|s| {
+            let _ = s.set_nodelay(true);
+            s
+        })
+        .boxed())
+}
+
 async fn serve_peers(
     args: &ServeArgs,
     svc: PeerService,
     metrics: Arc<ServerMetrics>,
 ) -> anyhow::Result<()> {
-    let mut listeners = Vec::new();
-    for url in &args.listen_peer_urls {
-        for addr in resolve_listen_url(url).await? {
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("listen for peers on {addr} (from {url})"))?;
-            tracing::info!(address = %l.local_addr()?, "serving peer traffic");
-            listeners.push(TcpListenerStream::new(l));
-        }
-    }
-    let incoming = futures::stream::select_all(listeners).map_ok(|s| {
-        let _ = s.set_nodelay(true);
-        s
-    });
+    let incoming = bind_all(&args.listen_peer_urls, "peer").await?;
     let mut builder = Server::builder();
     if let Some(tls) = peer_server_tls(args)? {
         builder = builder.tls_config(tls)?;
@@ -334,7 +346,7 @@ async fn serve_peers(
     .layer(axum::middleware::from_fn_with_state(metrics, track));
     let server = builder.add_routes(Routes::from(routes));
     tokio::spawn(async move {
-        if let Err(e) = server.serve_with_incoming(incoming.boxed()).await {
+        if let Err(e) = server.serve_with_incoming(incoming).await {
             tracing::error!(error = %e, "peer server stopped");
         }
     });
@@ -376,16 +388,7 @@ pub async fn serve(
     // Bound before publishing, as etcd binds its client listeners first: once
     // the client URLs are in the membership, connecting to them never fails;
     // a client that connects early waits in the accept queue.
-    let mut listeners = Vec::new();
-    for url in &args.listen_client_urls {
-        for addr in resolve_listen_url(url).await? {
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("listen on {addr} (from {url})"))?;
-            tracing::info!(address = %l.local_addr()?, "listening for client traffic");
-            listeners.push(TcpListenerStream::new(l));
-        }
-    }
+    let incoming = bind_all(&args.listen_client_urls, "client").await?;
     // As etcd, serve clients only once this member's name and client URLs
     // are in the membership (so MemberList and `endpoint status --cluster`
     // never show it half-published); on a restart they already are.
@@ -424,12 +427,6 @@ pub async fn serve(
             track,
         ));
 
-    let incoming = futures::stream::select_all(listeners).map_ok(|s| {
-        // Small request/response pairs: never wait for Nagle.
-        let _ = s.set_nodelay(true);
-        s
-    });
-
     let mut builder = Server::builder().accept_http1(true);
     if let Some(tls) = tls_config(&args)? {
         builder = builder.tls_config(tls)?;
@@ -443,7 +440,7 @@ pub async fn serve(
     );
     builder
         .add_routes(Routes::from(app))
-        .serve_with_incoming_shutdown(incoming.boxed(), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     tracing::info!("stopped serving");
     Ok(())

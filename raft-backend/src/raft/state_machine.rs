@@ -174,11 +174,8 @@ impl StateMachine {
     /// Opens a read transaction on the store and reads, inside it, the log
     /// id and membership it has reached. `None` before anything is applied.
     fn pin_blocking(db_path: &Path, snap_dir: &Path) -> io::Result<Option<Snapshot<SnapshotData>>> {
-        let conn = Connection::open(db_path).map_err(io_err)?;
-        conn.pragma_update(None, "query_only", true)
-            .map_err(io_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(30))
-            .map_err(io_err)?;
+        // Its own reader, not a pooled one: it stays open until the copy is sent.
+        let conn = crate::schema::open_reader(db_path).map_err(io_err)?;
         conn.execute_batch("BEGIN DEFERRED").map_err(io_err)?;
         // The first read starts the transaction's view; the meta comes from it.
         let meta = read_meta(&conn)?;
