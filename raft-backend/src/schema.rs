@@ -87,6 +87,9 @@ pub fn sync_to_disk(path: &Path) -> std::io::Result<()> {
 pub fn open_writer(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path)?;
     configure(&conn)?;
+    // A WAL that grew (a long reader held its frames) is cut back to this
+    // when it next starts over.
+    conn.pragma_update(None, "journal_size_limit", 64i64 << 20)?;
     conn.execute_batch(DDL)?;
     let version: Option<i64> = conn
         .query_row(

@@ -8,7 +8,7 @@ use cairn_proto::etcdserverpb::{RangeRequest, RangeResponse, TxnRequest, TxnResp
 use tokio::sync::{broadcast, watch};
 
 use crate::apply::ApplyState;
-use crate::checkpointer::Checkpointer;
+use crate::checkpointer::{Checkpointer, WalRestart};
 use crate::command::{AppliedBatch, Command, CommandOutput};
 use crate::compactor::Compactor;
 use crate::error::{Result, StoreError};
@@ -70,7 +70,8 @@ impl Store {
         let (membership_tx, membership) = watch::channel(membership_now);
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let compactor = Arc::new(Compactor::start(&path)?);
-        let checkpointer = Checkpointer::start(&path)?;
+        let wal_restart = WalRestart::default();
+        let checkpointer = Checkpointer::start(&path, wal_restart.clone())?;
         let waiters = crate::raft::Waiters::default();
         let lease_changes = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let applier = Arc::new(Applier::start(
@@ -84,6 +85,7 @@ impl Store {
                 waiters: waiters.clone(),
                 membership: membership_tx,
                 lease_changes: lease_changes.clone(),
+                wal_restart,
             },
         )?);
         let io = |e: std::io::Error| StoreError::Storage(e.to_string());

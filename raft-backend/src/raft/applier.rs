@@ -28,6 +28,7 @@ use super::codec;
 use super::types::{Entry, EntryPayload, LogId, StoredMembership, TypeConfig};
 use super::waiters::Waiters;
 use crate::apply::{apply, ApplyState};
+use crate::checkpointer::WalRestart;
 use crate::command::{AppliedBatch, Command, CommandOutput, RevisionEvents};
 use crate::compactor::Compactor;
 use crate::error::{Result, StoreError};
@@ -59,6 +60,8 @@ pub(crate) struct ApplierOutputs {
     pub membership: watch::Sender<StoredMembership>,
     /// Bumped after a commit that granted or revoked leases (see `Store::lease_changes`).
     pub lease_changes: Arc<std::sync::atomic::AtomicU64>,
+    /// Asked for by the checkpointer when the WAL should start over.
+    pub wal_restart: WalRestart,
 }
 
 pub(crate) struct Applier {
@@ -183,6 +186,12 @@ fn run(
                 }
                 for reply in replies {
                     let _ = reply.send(r.clone());
+                }
+                // After the answers: the batch is committed whatever happens here.
+                if r.is_ok() {
+                    if let Err(e) = out.wal_restart.run_if_requested(&conn) {
+                        tracing::warn!(error = %e, "WAL checkpoint before a rewind failed");
+                    }
                 }
                 if next.is_some() {
                     continue;
