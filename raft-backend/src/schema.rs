@@ -83,6 +83,9 @@ pub fn sync_to_disk(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// How much of the file every connection maps (SQLite caps it at 2 GiB).
+const MMAP_SIZE: i64 = 1 << 30;
+
 /// Opens the database for the single writer, creating and initialising it if new.
 pub fn open_writer(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path)?;
@@ -131,10 +134,6 @@ pub fn open_reader(path: &Path) -> Result<Connection> {
     )?;
     configure(&conn)?;
     conn.pragma_update(None, "query_only", true)?;
-    // Readers share the OS page cache through mmap instead of each keeping a
-    // large private cache.
-    conn.pragma_update(None, "cache_size", -16384)?;
-    conn.pragma_update(None, "mmap_size", 1i64 << 30)?;
     Ok(conn)
 }
 
@@ -149,7 +148,13 @@ fn configure(conn: &Connection) -> Result<()> {
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     // Checkpoints run on their own thread so that no commit pays for one.
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-    conn.pragma_update(None, "cache_size", -65536)?;
+    // Clean pages are read through mmap, so the private page cache mostly
+    // holds dirty ones and stays small. A large one costs at every commit:
+    // SQLite parks a page at the locking page's number while it rebalances a
+    // B-tree, and the commit then scans the whole cache to drop pages past
+    // the end of the file (measured at 64 MiB: 6% of a member's CPU).
+    conn.pragma_update(None, "cache_size", -8192)?;
+    conn.pragma_update(None, "mmap_size", MMAP_SIZE)?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
     // rusqlite keeps 16 prepared statements by default; the store uses more,
