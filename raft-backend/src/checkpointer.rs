@@ -23,7 +23,12 @@ use rusqlite::Connection;
 use crate::error::{Result, StoreError};
 use crate::schema;
 
-const INTERVAL: Duration = Duration::from_millis(250);
+/// Each pass writes the pages dirtied since the last one and fsyncs the WAL
+/// and the database; the Raft log's fdatasync queues behind that writeback,
+/// so shorter passes give shorter stalls. Measured at 100 clients: put p99
+/// 41-43 ms at 1 s, 32-35 ms at 500 ms, 25-28 ms at 250 ms, 20-22 ms at
+/// 100 ms and no better at 50 ms; throughput within noise of each other.
+const INTERVAL: Duration = Duration::from_millis(100);
 
 /// A WAL longer than this many frames (4 KiB pages) after a checkpoint is
 /// rewound by the applier; a shorter one is left to rewind by itself when
