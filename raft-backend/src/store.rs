@@ -176,6 +176,11 @@ impl Store {
         self.replica.read_barrier().await
     }
 
+    /// Waits until this member has applied everything it knows is committed.
+    pub async fn catch_up_apply(&self) -> Result<()> {
+        self.replica.catch_up_apply().await
+    }
+
     pub async fn range(&self, r: RangeRequest) -> Result<RangeResponse> {
         if r.range_end.is_empty() {
             // One key: a couple of index lookups, served without a thread hop.

@@ -409,6 +409,22 @@ impl Replica {
         }
     }
 
+    /// Waits until this member has applied everything it knows to be
+    /// committed (etcd's waitAppliedIndex): no quorum round, unlike
+    /// `read_barrier`, for a leader that must not answer from a state behind
+    /// what a follower may already have answered from.
+    pub async fn catch_up_apply(&self) -> Result<()> {
+        let committed = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .cluster_committed
+            .as_ref()
+            .map(|c| c.index)
+            .unwrap_or(0);
+        self.wait_applied(committed).await
+    }
+
     async fn wait_applied(&self, index: u64) -> Result<()> {
         let mut state = self.state.clone();
         let wait = async move {

@@ -222,12 +222,20 @@ impl Lessor {
     }
 
     /// Makes sure the leader tracks `id` if the store has it. A lease granted
-    /// through another member reaches this leader's store at once but its
-    /// deadlines only at the next reconcile; a keep-alive sent right after
-    /// the grant (clientv3 sessions do that) must not find it missing. A
-    /// keep-alive for a lease that is gone costs no store read.
+    /// through another member reaches this leader's deadlines only at the
+    /// next reconcile, and its store only once its own apply gets there: a
+    /// follower may apply the grant first and answer its client, whose
+    /// keep-alive (clientv3 sessions send one at once) then reaches this
+    /// leader. So the leader first applies what it knows is committed, as
+    /// etcd's leader does before a renew. A keep-alive for a lease that is
+    /// gone costs no store read.
     async fn track(&self, id: i64) -> Result<(), Status> {
         if !self.deadlines().contains_key(&id) && self.is_leader() {
+            self.node
+                .store
+                .catch_up_apply()
+                .await
+                .map_err(store_status)?;
             self.reconcile(false).await.map_err(store_status)?;
         }
         Ok(())
