@@ -111,10 +111,29 @@ mod tests {
     /// The WAL header's checkpoint sequence: SQLite bumps it each time the
     /// WAL starts over from its first frame.
     fn rewinds(path: &Path) -> u32 {
-        let mut wal = path.as_os_str().to_owned();
-        wal.push("-wal");
-        let header = std::fs::read(std::path::PathBuf::from(wal)).unwrap();
+        let header = std::fs::read(schema::wal_path(path)).unwrap();
         u32::from_be_bytes(header[12..16].try_into().unwrap())
+    }
+
+    /// A store with the applier's connection and the checkpointer's.
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        path: std::path::PathBuf,
+        writer: Connection,
+        background: Connection,
+        restart: WalRestart,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        Fixture {
+            writer: schema::open_writer(&path).unwrap(),
+            background: schema::open_writer(&path).unwrap(),
+            restart: WalRestart::default(),
+            path,
+            _dir: dir,
+        }
     }
 
     fn write(conn: &Connection, name: &str, bytes: i64) {
@@ -130,51 +149,50 @@ mod tests {
     /// growing; the writer's short checkpoint on request lets it start over.
     #[test]
     fn long_wal_is_rewound_by_the_writer_on_request() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.db");
-        let writer = schema::open_writer(&path).unwrap();
-        let background = schema::open_writer(&path).unwrap();
-        let restart = WalRestart::default();
+        let Fixture {
+            path,
+            writer,
+            background,
+            restart,
+            ..
+        } = &fixture();
+        let path = path.as_path();
 
-        write(&writer, "big", (REWIND_FRAMES + 100) * 4096);
-        let before = rewinds(&path);
-        let reader = schema::open_reader(&path).unwrap();
+        write(writer, "big", (REWIND_FRAMES + 100) * 4096);
+        let before = rewinds(path);
+        let reader = schema::open_reader(path).unwrap();
         reader.execute_batch("BEGIN").unwrap();
         let _: i64 = reader
             .query_row("SELECT count(*) FROM meta", [], |r| r.get(0))
             .unwrap();
-        write(&writer, "during", 10);
-        checkpoint(&background, &restart).unwrap();
+        write(writer, "during", 10);
+        checkpoint(background, restart).unwrap();
         reader.execute_batch("COMMIT").unwrap();
-        write(&writer, "after", 10);
+        write(writer, "after", 10);
         assert_eq!(
-            rewinds(&path),
+            rewinds(path),
             before,
             "a copied-back WAL is not rewound by itself under load"
         );
 
-        restart.run_if_requested(&writer).unwrap();
-        write(&writer, "next", 10);
+        restart.run_if_requested(writer).unwrap();
+        write(writer, "next", 10);
         assert_eq!(
-            rewinds(&path),
+            rewinds(path),
             before + 1,
             "the writer's next transaction starts the WAL over"
         );
         // The request was taken: nothing more happens until the next one.
-        restart.run_if_requested(&writer).unwrap();
-        write(&writer, "later", 10);
-        assert_eq!(rewinds(&path), before + 1);
+        restart.run_if_requested(writer).unwrap();
+        write(writer, "later", 10);
+        assert_eq!(rewinds(path), before + 1);
     }
 
     #[test]
     fn short_wal_asks_for_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.db");
-        let writer = schema::open_writer(&path).unwrap();
-        let background = schema::open_writer(&path).unwrap();
-        let restart = WalRestart::default();
-        write(&writer, "small", 4096);
-        checkpoint(&background, &restart).unwrap();
-        assert!(!restart.0.load(Ordering::Acquire));
+        let f = fixture();
+        write(&f.writer, "small", 4096);
+        checkpoint(&f.background, &f.restart).unwrap();
+        assert!(!f.restart.0.load(Ordering::Acquire));
     }
 }

@@ -68,12 +68,17 @@ pub mod meta {
     pub const APPLIED_TERM: &str = "applied_term";
 }
 
+/// SQLite's WAL file beside the database at `path`.
+pub fn wal_path(path: &Path) -> std::path::PathBuf {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    wal.into()
+}
+
 /// Forces everything committed to the store at `path` onto disk: its WAL,
 /// then its main file (a checkpoint may be copying frames into it).
 pub fn sync_to_disk(path: &Path) -> std::io::Result<()> {
-    let mut wal = path.as_os_str().to_owned();
-    wal.push("-wal");
-    for file in [std::path::PathBuf::from(wal), path.to_path_buf()] {
+    for file in [wal_path(path), path.to_path_buf()] {
         match std::fs::File::open(&file) {
             Ok(f) => f.sync_all()?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -462,13 +462,18 @@ mod tests {
         format!("purged at {index}").into_bytes()
     }
 
-    fn append_entries(log: &mut LogFile, range: std::ops::RangeInclusive<u64>) {
+    /// The records of entries `range`, entry i holding "e{i}".
+    fn records(range: std::ops::RangeInclusive<u64>) -> Vec<u8> {
         let mut buf = Vec::new();
-        let max = *range.end();
         for i in range {
             encode_entry(&mut buf, i, format!("e{i}").as_bytes());
         }
-        log.append(&buf, Some(max)).unwrap();
+        buf
+    }
+
+    fn append_entries(log: &mut LogFile, range: std::ops::RangeInclusive<u64>) {
+        let max = *range.end();
+        log.append(&records(range), Some(max)).unwrap();
     }
 
     fn indexes(rec: &Recovered) -> Vec<u64> {
@@ -531,11 +536,7 @@ mod tests {
             append_entries(&mut log, 1..=3);
         }
         let seg = segment_path(&dir.path().join(LOG_DIR), 1);
-        let mut written = Vec::new();
-        for i in 1..=3 {
-            encode_entry(&mut written, i, format!("e{i}").as_bytes());
-        }
-        let good = written.len() as u64;
+        let good = records(1..=3).len() as u64;
         // Half of a fourth record right after them, as a crash mid-write
         // leaves it in the preallocated space.
         let mut buf = Vec::new();
@@ -586,11 +587,7 @@ mod tests {
         let seg = segment_path(&dir.path().join(LOG_DIR), 1);
         let mut data = std::fs::read(&seg).unwrap();
         // The last byte of the third record's payload.
-        let mut records = Vec::new();
-        for i in 1..=3 {
-            encode_entry(&mut records, i, format!("e{i}").as_bytes());
-        }
-        data[records.len() - 1] ^= 0xff;
+        data[records(1..=3).len() - 1] ^= 0xff;
         std::fs::write(&seg, data).unwrap();
         let err = LogFile::open(dir.path())
             .err()

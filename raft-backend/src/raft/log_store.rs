@@ -269,13 +269,7 @@ impl Writer {
                 }
                 Op::Purge { log_id, upto } => self.purge(log_id, upto),
                 Op::Vote { value, done } => {
-                    let mut state = self.state.clone();
-                    state.vote = Some(value);
-                    let r = self.log.write_state(&state);
-                    if r.is_ok() {
-                        self.state = state;
-                    }
-                    let _ = done.send(r);
+                    let _ = done.send(self.save_state(|s| s.vote = Some(value)));
                 }
             }
             next = rx.recv().ok();
@@ -288,6 +282,16 @@ impl Writer {
                 tracing::warn!(error = %e, "raft log: saving the commit index at shutdown");
             }
         }
+    }
+
+    /// Writes the state file with `change` applied; the state in memory
+    /// follows only once the file is replaced.
+    fn save_state(&mut self, change: impl FnOnce(&mut log_file::LogState)) -> io::Result<()> {
+        let mut state = self.state.clone();
+        change(&mut state);
+        self.log.write_state(&state)?;
+        self.state = state;
+        Ok(())
     }
 
     fn fail(&mut self, msg: String) {
@@ -329,14 +333,11 @@ impl Writer {
             tracing::error!(error = %e, "syncing the store before a raft log purge failed; log kept");
             return;
         }
-        let mut state = self.state.clone();
-        state.purged = Some(log_id);
-        if let Err(e) = self.log.write_state(&state) {
+        if let Err(e) = self.save_state(|s| s.purged = Some(log_id)) {
             // The old state file stands: the entries are all still there.
             tracing::error!(error = %e, "raft log purge failed; log kept");
             return;
         }
-        self.state = state;
         if let Err(e) = self.log.remove_segments_upto(upto) {
             // Replay drops entries behind the purge point anyway.
             tracing::warn!(error = %e, "raft log: removing purged segments failed");
