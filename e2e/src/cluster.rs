@@ -65,6 +65,8 @@ pub struct Cluster {
     /// (from, to) → the proxy `from` dials to reach `to`.
     proxies: HashMap<(usize, usize), Proxy>,
     extra: Vec<String>,
+    /// Environment every member starts with (test hooks).
+    env: Vec<(String, String)>,
     /// --heartbeat-interval and --election-timeout, in ms.
     timing: (u64, u64),
     keep: bool,
@@ -80,10 +82,28 @@ impl Cluster {
     /// As [`Cluster::start`], with the given heartbeat interval and election
     /// timeout (ms) instead of the short test timings.
     pub async fn start_timed(n: usize, timing: (u64, u64), extra: &[&str]) -> Result<Cluster> {
+        Self::launch(n, timing, extra, &[]).await
+    }
+
+    /// As [`Cluster::start`], every member with the environment `env`.
+    pub async fn start_with_env(n: usize, env: &[(&str, &str)]) -> Result<Cluster> {
+        Self::launch(n, (HEARTBEAT_MS, ELECTION_MS), &[], env).await
+    }
+
+    async fn launch(
+        n: usize,
+        timing: (u64, u64),
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Cluster> {
         let mut c = Cluster {
             members: Vec::new(),
             proxies: HashMap::new(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             timing,
             keep: std::env::var_os("CAIRN_E2E_KEEP").is_some(),
         };
@@ -162,6 +182,7 @@ impl Cluster {
         let child = Command::new(cairn_bin()?)
             .args(&args)
             .env("CAIRN_TEST_PEER_DIAL", dial.join(","))
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))

@@ -131,6 +131,28 @@ async fn writes_through_any_member_are_seen_by_all() -> Result<()> {
     Ok(())
 }
 
+/// Members of an earlier version do not serve StreamAppend; the leader falls
+/// back to one AppendEntries call at a time and the cluster works as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replication_falls_back_to_append_entries_for_older_members() -> Result<()> {
+    let c = Cluster::start_with_env(3, &[("CAIRN_TEST_PEER_NO_STREAM", "1")]).await?;
+    for n in 0..20 {
+        let mut client = c.client(n % 3).await?;
+        client.put(format!("k/{n}"), format!("v{n}"), None).await?;
+    }
+    converged(&c).await?;
+    let fell_back = c.members.iter().any(|m| {
+        std::fs::read_to_string(m.log_path())
+            .is_ok_and(|log| log.contains("peer does not stream replication"))
+    });
+    assert!(fell_back, "no leader fell back:\n{}", c.log_tail(0));
+    for i in 0..3 {
+        let got = c.client(i).await?.get("k/19", None).await?;
+        assert_eq!(got.kvs()[0].value(), b"v19");
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_kill9_under_load_loses_no_acknowledged_write() -> Result<()> {
     let mut c = Cluster::start(3, &[]).await?;

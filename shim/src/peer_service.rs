@@ -74,6 +74,14 @@ impl PeerService {
     }
 }
 
+/// Test hook: `CAIRN_TEST_PEER_NO_STREAM=1` makes this member answer
+/// StreamAppend as a member of an earlier version does, so that a test can
+/// run the leader's fallback to AppendEntries.
+fn refuse_streaming() -> bool {
+    static REFUSE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *REFUSE.get_or_init(|| std::env::var_os("CAIRN_TEST_PEER_NO_STREAM").is_some())
+}
+
 #[tonic::async_trait]
 impl Peer for PeerService {
     async fn vote(
@@ -103,6 +111,22 @@ impl Peer for PeerService {
         self.check(&req)?;
         Ok(Response::new(
             self.replica().handle_append(req.into_inner()).await?,
+        ))
+    }
+
+    type StreamAppendStream =
+        futures::stream::BoxStream<'static, Result<pb::StreamAppendResponse, Status>>;
+
+    async fn stream_append(
+        &self,
+        req: Request<Streaming<pb::AppendEntriesRequest>>,
+    ) -> Result<Response<Self::StreamAppendStream>, Status> {
+        self.check(&req)?;
+        if refuse_streaming() {
+            return Err(Status::unimplemented("StreamAppend"));
+        }
+        Ok(Response::new(
+            self.replica().handle_stream_append(req.into_inner()),
         ))
     }
 

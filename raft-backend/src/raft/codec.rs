@@ -5,12 +5,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use cairn_proto::peer as pb;
+use openraft::raft::{AppendEntriesRequest, StreamAppendError, StreamAppendResult};
 use openraft::vote::RaftLeaderId;
 use openraft::vote::RaftVote;
 use prost::Message;
 
 use super::types::{
-    Entry, EntryPayload, LogCommand, LogId, MemberInfo, Membership, StoredMembership, Vote,
+    Entry, EntryPayload, LogCommand, LogId, MemberInfo, Membership, StoredMembership, TypeConfig,
+    Vote,
 };
 use crate::command::{Command, ImportRevision};
 
@@ -204,6 +206,60 @@ pub fn entry_from_pb(e: pb::Entry) -> Result<Entry, DecodeError> {
         Payload::Membership(m) => EntryPayload::Membership(membership_from_pb(m)?),
     };
     Ok(Entry { log_id, payload })
+}
+
+pub fn append_request_to_pb(r: &AppendEntriesRequest<TypeConfig>) -> pb::AppendEntriesRequest {
+    pb::AppendEntriesRequest {
+        vote: Some(vote_to_pb(&r.vote)),
+        prev_log_id: opt_log_id_to_pb(r.prev_log_id.as_ref()),
+        entries: r.entries.iter().map(entry_to_pb).collect(),
+        leader_commit: opt_log_id_to_pb(r.leader_commit.as_ref()),
+    }
+}
+
+pub fn append_request_from_pb(
+    r: pb::AppendEntriesRequest,
+) -> Result<AppendEntriesRequest<TypeConfig>, DecodeError> {
+    Ok(AppendEntriesRequest {
+        vote: vote_from_pb(r.vote)?,
+        prev_log_id: opt_log_id_from_pb(r.prev_log_id),
+        entries: r
+            .entries
+            .into_iter()
+            .map(entry_from_pb)
+            .collect::<Result<_, _>>()?,
+        leader_commit: opt_log_id_from_pb(r.leader_commit),
+    })
+}
+
+pub fn stream_append_result_to_pb(r: &StreamAppendResult<TypeConfig>) -> pb::StreamAppendResponse {
+    use pb::stream_append_response::Result as R;
+    let result = match r {
+        Ok(matching) => R::Matching(pb::Matching {
+            log_id: opt_log_id_to_pb(matching.as_ref()),
+        }),
+        Err(StreamAppendError::Conflict(l)) => R::Conflict(log_id_to_pb(l)),
+        Err(StreamAppendError::HigherVote(v)) => R::HigherVote(vote_to_pb(v)),
+    };
+    pb::StreamAppendResponse {
+        result: Some(result),
+    }
+}
+
+pub fn stream_append_result_from_pb(
+    r: pb::StreamAppendResponse,
+) -> Result<StreamAppendResult<TypeConfig>, DecodeError> {
+    use pb::stream_append_response::Result as R;
+    Ok(
+        match r
+            .result
+            .ok_or_else(|| missing("stream append response", "result"))?
+        {
+            R::Matching(m) => Ok(opt_log_id_from_pb(m.log_id)),
+            R::Conflict(l) => Err(StreamAppendError::Conflict(log_id_from_pb(l))),
+            R::HigherVote(v) => Err(StreamAppendError::HigherVote(vote_from_pb(Some(v))?)),
+        },
+    )
 }
 
 pub fn encode_entry(e: &Entry) -> Vec<u8> {

@@ -4,16 +4,19 @@
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_proto::peer as pb;
 use cairn_proto::peer::peer_client::PeerClient;
+use futures::{Stream, StreamExt};
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
-use openraft::network::{RPCOption, RaftNetworkFactory};
+use openraft::network::{stream_append_sequential, RPCOption, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
-    TransferLeaderResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult,
+    TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::RaftNetworkV2;
 use tokio::io::AsyncReadExt;
@@ -141,6 +144,9 @@ pub struct Factory {
 pub struct Network {
     peer: Result<Peer, String>,
     target: u64,
+    /// False once the target answered StreamAppend with UNIMPLEMENTED (a
+    /// member of an earlier version): replication then uses AppendEntries.
+    streaming: bool,
 }
 
 fn unreachable<E: std::error::Error>(
@@ -176,6 +182,7 @@ impl RaftNetworkFactory<TypeConfig> for Factory {
         Network {
             peer: self.transport.client(&node.peer_urls),
             target,
+            streaming: true,
         }
     }
 }
@@ -225,12 +232,7 @@ impl RaftNetworkV2<TypeConfig> for Network {
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         let target = self.target;
         let peer = self.peer().map_err(|e| unreachable(target, e))?;
-        let msg = pb::AppendEntriesRequest {
-            vote: Some(codec::vote_to_pb(&rpc.vote)),
-            prev_log_id: codec::opt_log_id_to_pb(rpc.prev_log_id.as_ref()),
-            entries: rpc.entries.iter().map(codec::entry_to_pb).collect(),
-            leader_commit: codec::opt_log_id_to_pb(rpc.leader_commit.as_ref()),
-        };
+        let msg = codec::append_request_to_pb(&rpc);
         let resp = peer
             .client
             .clone()
@@ -239,6 +241,59 @@ impl RaftNetworkV2<TypeConfig> for Network {
             .map_err(|s| status_err(target, s))?
             .into_inner();
         append_response_from_pb(resp).map_err(decode_err)
+    }
+
+    /// One gRPC stream per replication session, so that the next entries
+    /// (and a commit index) go out while earlier ones are still being stored:
+    /// with one call at a time, a write arriving just after a commit waited
+    /// for the round trip that carried the commit.
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, Result<BoxStream<'s, AppendStreamItem>, RPCError<TypeConfig>>>
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+    {
+        if !self.streaming {
+            return stream_append_sequential(self, input, option);
+        }
+        Box::pin(async move {
+            let target = self.target;
+            let peer = self.peer().map_err(|e| unreachable(target, e))?.clone();
+            let sent = Arc::new(AtomicU64::new(0));
+            let counter = sent.clone();
+            let requests = input.map(move |rpc| {
+                counter.fetch_add(1, Ordering::Relaxed);
+                codec::append_request_to_pb(&rpc)
+            });
+            let responses = match peer
+                .client
+                .clone()
+                .stream_append(peer.request(requests, None))
+                .await
+            {
+                Ok(r) => r.into_inner(),
+                Err(s) if s.code() == tonic::Code::Unimplemented => {
+                    tracing::info!(
+                        member = format_args!("{target:x}"),
+                        "peer does not stream replication; using AppendEntries"
+                    );
+                    self.streaming = false;
+                    return Err(status_err(target, s));
+                }
+                Err(s) => return Err(status_err(target, s)),
+            };
+            let state = AnswerState {
+                responses: responses.boxed(),
+                sent,
+                received: 0,
+                stalled: false,
+                target,
+                wait: option.soft_ttl(),
+            };
+            Ok(futures::stream::unfold(Some(state), next_answer).boxed())
+        })
     }
 
     async fn vote(
@@ -359,6 +414,54 @@ impl RaftNetworkV2<TypeConfig> for Network {
     }
 }
 
+type AppendStreamItem = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
+
+/// The reading end of one replication stream.
+struct AnswerState {
+    responses: BoxStream<'static, Result<pb::StreamAppendResponse, tonic::Status>>,
+    /// Requests handed to the stream so far.
+    sent: Arc<AtomicU64>,
+    received: u64,
+    /// A whole `wait` passed with requests unanswered.
+    stalled: bool,
+    target: u64,
+    wait: Duration,
+}
+
+/// The next answer; an error (and the end) when requests go unanswered for
+/// two waits in a row, so that a member cut off without a reset connection
+/// is noticed. An idle stream (nothing unanswered) may stay silent forever.
+async fn next_answer(
+    state: Option<AnswerState>,
+) -> Option<(AppendStreamItem, Option<AnswerState>)> {
+    let mut st = state?;
+    loop {
+        match tokio::time::timeout(st.wait, st.responses.next()).await {
+            Ok(Some(Ok(msg))) => {
+                st.received += 1;
+                st.stalled = false;
+                return match codec::stream_append_result_from_pb(msg) {
+                    Ok(result) => {
+                        let more = result.is_ok();
+                        Some((Ok(result), more.then_some(st)))
+                    }
+                    Err(e) => Some((Err(decode_err(e)), None)),
+                };
+            }
+            Ok(Some(Err(s))) => return Some((Err(status_err(st.target, s)), None)),
+            Ok(None) => return None,
+            Err(_) => {
+                let waiting = st.sent.load(Ordering::Relaxed) > st.received;
+                if waiting && st.stalled {
+                    let msg = format!("no replication answer for {:?}", st.wait * 2);
+                    return Some((Err(unreachable(st.target, msg)), None));
+                }
+                st.stalled = waiting;
+            }
+        }
+    }
+}
+
 pub fn append_response_from_pb(
     r: pb::AppendEntriesResponse,
 ) -> Result<AppendEntriesResponse<TypeConfig>, codec::DecodeError> {
@@ -395,4 +498,96 @@ pub fn append_response_to_pb(r: AppendEntriesResponse<TypeConfig>) -> pb::Append
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answers(
+        sent: u64,
+    ) -> (
+        tokio::sync::mpsc::Sender<Result<pb::StreamAppendResponse, tonic::Status>>,
+        BoxStream<'static, AppendStreamItem>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let state = AnswerState {
+            responses: tokio_stream::wrappers::ReceiverStream::new(rx).boxed(),
+            sent: Arc::new(AtomicU64::new(sent)),
+            received: 0,
+            stalled: false,
+            target: 7,
+            wait: Duration::from_millis(20),
+        };
+        (
+            tx,
+            futures::stream::unfold(Some(state), next_answer).boxed(),
+        )
+    }
+
+    fn matching(index: u64) -> pb::StreamAppendResponse {
+        pb::StreamAppendResponse {
+            result: Some(pb::stream_append_response::Result::Matching(pb::Matching {
+                log_id: Some(pb::LogId {
+                    leader_id: Some(pb::LeaderId {
+                        term: 1,
+                        node_id: 1,
+                    }),
+                    index,
+                }),
+            })),
+        }
+    }
+
+    #[tokio::test]
+    async fn unanswered_requests_end_the_stream_and_an_idle_stream_stays_open() {
+        // Nothing sent: silence is fine, however long.
+        let (_tx, mut idle) = answers(0);
+        let waited = tokio::time::timeout(Duration::from_millis(200), idle.next()).await;
+        assert!(waited.is_err(), "an idle stream ended: {:?}", waited.ok());
+
+        // Two requests sent, one answered, then silence: an error, then the end.
+        let (tx, mut stalled) = answers(2);
+        tx.send(Ok(matching(5))).await.unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(5), stalled.next()).await;
+        match first {
+            Ok(Some(Ok(Ok(Some(log_id))))) => assert_eq!(log_id.index, 5),
+            other => panic!("expected the first answer, got {other:?}"),
+        }
+        let second = tokio::time::timeout(Duration::from_secs(5), stalled.next()).await;
+        assert!(
+            matches!(second, Ok(Some(Err(RPCError::Unreachable(_))))),
+            "expected unreachable, got {second:?}"
+        );
+        let end = tokio::time::timeout(Duration::from_secs(5), stalled.next()).await;
+        assert!(matches!(end, Ok(None)), "expected the end, got {end:?}");
+    }
+
+    #[tokio::test]
+    async fn a_refusal_is_the_last_answer() {
+        let (tx, mut s) = answers(2);
+        let conflict = pb::StreamAppendResponse {
+            result: Some(pb::stream_append_response::Result::Conflict(pb::LogId {
+                leader_id: Some(pb::LeaderId {
+                    term: 1,
+                    node_id: 1,
+                }),
+                index: 3,
+            })),
+        };
+        tx.send(Ok(conflict)).await.unwrap();
+        tx.send(Ok(matching(4))).await.unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(5), s.next()).await;
+        assert!(
+            matches!(
+                first,
+                Ok(Some(Ok(Err(openraft::raft::StreamAppendError::Conflict(
+                    _
+                )))))
+            ),
+            "got {first:?}"
+        );
+        let end = tokio::time::timeout(Duration::from_secs(5), s.next()).await;
+        assert!(matches!(end, Ok(None)), "expected the end, got {end:?}");
+    }
 }

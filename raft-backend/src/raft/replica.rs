@@ -12,7 +12,7 @@ use cairn_proto::peer as pb;
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::errors::ClientWriteError;
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, TransferLeaderRequest, VoteRequest,
+    AppendEntriesResponse, StreamAppendError, TransferLeaderRequest, VoteRequest,
 };
 use openraft::{ChangeMembers, Config, ReadPolicy, ServerState, SnapshotPolicy};
 use tokio::sync::watch;
@@ -601,18 +601,7 @@ impl Replica {
         &self,
         req: pb::AppendEntriesRequest,
     ) -> Result<pb::AppendEntriesResponse, tonic::Status> {
-        let entries = req
-            .entries
-            .into_iter()
-            .map(codec::entry_from_pb)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(bad)?;
-        let rpc = AppendEntriesRequest::<TypeConfig> {
-            vote: codec::vote_from_pb(req.vote).map_err(bad)?,
-            prev_log_id: codec::opt_log_id_from_pb(req.prev_log_id),
-            entries,
-            leader_commit: codec::opt_log_id_from_pb(req.leader_commit),
-        };
+        let rpc = codec::append_request_from_pb(req).map_err(bad)?;
         let resp = self
             .raft
             .append_entries(rpc)
@@ -622,6 +611,45 @@ impl Replica {
             self.contact.touch();
         }
         Ok(super::network::append_response_to_pb(resp))
+    }
+
+    /// Serves a leader's replication stream: each request goes to Raft as it
+    /// arrives, and the answers go back in order as the entries are stored.
+    /// The stream ends at the first refusal (conflict, higher vote), as
+    /// openraft ends it, or when the leader hangs up.
+    pub fn handle_stream_append<S>(
+        &self,
+        requests: S,
+    ) -> futures::stream::BoxStream<'static, Result<pb::StreamAppendResponse, tonic::Status>>
+    where
+        S: futures::Stream<Item = Result<pb::AppendEntriesRequest, tonic::Status>> + Send + 'static,
+    {
+        use futures::StreamExt;
+        // A request that cannot be decoded ends the input: the leader sees
+        // fewer answers than requests and starts a new stream from what was
+        // acknowledged.
+        let requests = tokio_stream::StreamExt::map_while(requests, |r| {
+            match codec::append_request_from_pb(r.ok()?) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::warn!(error = %e, "malformed request on a replication stream");
+                    None
+                }
+            }
+        });
+        let contact = self.contact.clone();
+        self.raft
+            .stream_append(requests)
+            .map(move |r| match r {
+                Ok(result) => {
+                    if !matches!(result, Err(StreamAppendError::HigherVote(_))) {
+                        contact.touch();
+                    }
+                    Ok(codec::stream_append_result_to_pb(&result))
+                }
+                Err(fatal) => Err(tonic::Status::unavailable(fatal.to_string())),
+            })
+            .boxed()
     }
 
     /// Where an incoming snapshot's data is written before it is installed.
