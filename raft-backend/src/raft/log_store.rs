@@ -60,9 +60,16 @@ enum Op {
         value: Vec<u8>,
         done: oneshot::Sender<io::Result<()>>,
     },
-    /// The commit index, which needs no fsync of its own (see
-    /// `save_committed`): it rides along in the next append's write.
-    Committed(Vec<u8>),
+}
+
+/// The newest commit index not yet written, as (index, encoded log id). It
+/// needs no fsync of its own (see `save_committed`) and rides along in the
+/// next append's write; kept here rather than sent, because waking the
+/// writer for it cost every member a context switch per write.
+type PendingCommit = Arc<Mutex<Option<(u64, Vec<u8>)>>>;
+
+fn lock_pending(p: &PendingCommit) -> MutexGuard<'_, Option<(u64, Vec<u8>)>> {
+    p.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Makes the state machine durable up to everything applied so far; run
@@ -74,6 +81,7 @@ pub type PurgeBarrier = Box<dyn Fn() -> io::Result<()> + Send>;
 pub struct LogStore {
     cache: Arc<Mutex<Cached>>,
     tx: mpsc::Sender<Op>,
+    pending_commit: PendingCommit,
 }
 
 fn io_err(e: impl std::fmt::Display) -> io::Error {
@@ -178,12 +186,21 @@ impl LogStore {
             cached.committed = Some(decode_log_id(c)?);
         }
         let (tx, rx) = mpsc::channel();
+        let pending_commit = PendingCommit::default();
         let writer = Writer {
             log,
             state: rec.state,
             metrics,
             before_purge,
             failed: None,
+            pending_commit: pending_commit.clone(),
+            written_upto: cached
+                .entries
+                .keys()
+                .next_back()
+                .copied()
+                .or(cached.last_purged.map(|p| p.index))
+                .unwrap_or(0),
         };
         std::thread::Builder::new()
             .name("cairn-raft-log".into())
@@ -191,6 +208,7 @@ impl LogStore {
         Ok(LogStore {
             cache: Arc::new(Mutex::new(cached)),
             tx,
+            pending_commit,
         })
     }
 
@@ -214,12 +232,17 @@ struct Writer {
     before_purge: PurgeBarrier,
     /// Set once the files no longer match what openraft was told.
     failed: Option<String>,
+    pending_commit: PendingCommit,
+    /// The highest entry index written. A commit index is only written
+    /// beside entries that reach it: a leader may learn a commit from its
+    /// followers before its own copy of the entries is written, and a
+    /// restart must never find a commit index past the end of the log.
+    written_upto: u64,
 }
 
 impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Op>) {
         let mut next = rx.recv().ok();
-        let mut committed: Option<Vec<u8>> = None;
         while let Some(op) = next.take() {
             match op {
                 Op::Append { rows, done } => {
@@ -232,7 +255,6 @@ impl Writer {
                     while group.len() < MAX_GROUP {
                         match rx.try_recv() {
                             Ok(Op::Append { rows, done }) => group.push((rows, done)),
-                            Ok(Op::Committed(c)) => committed = Some(c),
                             Ok(other) => {
                                 next = Some(other);
                                 break;
@@ -245,7 +267,7 @@ impl Writer {
                         }
                     }
                     let started = Instant::now();
-                    let result = self.append_group(&group, committed.take());
+                    let result = self.append_group(&group);
                     self.metrics
                         .wal_fsync
                         .observe(started.elapsed().as_secs_f64());
@@ -256,7 +278,6 @@ impl Writer {
                         continue;
                     }
                 }
-                Op::Committed(c) => committed = Some(c),
                 Op::TruncateAfter(after) => {
                     let mut buf = Vec::new();
                     log_file::encode_truncate(&mut buf, after);
@@ -266,6 +287,7 @@ impl Writer {
                     if let Err(e) = self.log.write(&buf) {
                         self.fail(format!("raft log truncate failed: {e}"));
                     }
+                    self.written_upto = self.written_upto.min(after.unwrap_or(0));
                 }
                 Op::Purge { log_id, upto } => self.purge(log_id, upto),
                 Op::Vote { value, done } => {
@@ -275,7 +297,7 @@ impl Writer {
             next = rx.recv().ok();
         }
         // Shutting down: keep the last commit index seen, if not yet written.
-        if let (Some(c), None) = (committed, &self.failed) {
+        if let (Some(c), None) = (self.commit_to_write(self.written_upto), &self.failed) {
             let mut buf = Vec::new();
             log_file::encode_committed(&mut buf, &c);
             if let Err(e) = self.log.append(&buf, None) {
@@ -299,11 +321,17 @@ impl Writer {
         self.failed.get_or_insert(msg);
     }
 
-    fn append_group(
-        &mut self,
-        group: &AppendGroup,
-        committed: Option<Vec<u8>>,
-    ) -> Result<(), String> {
+    /// The pending commit index, taken if the log holds its entry once
+    /// entries up to `upto` are written; otherwise it stays pending.
+    fn commit_to_write(&self, upto: u64) -> Option<Vec<u8>> {
+        let mut pending = lock_pending(&self.pending_commit);
+        match &*pending {
+            Some((index, _)) if *index <= upto => pending.take().map(|(_, c)| c),
+            _ => None,
+        }
+    }
+
+    fn append_group(&mut self, group: &AppendGroup) -> Result<(), String> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
@@ -315,16 +343,23 @@ impl Writer {
                 max = max.max(Some(*idx));
             }
         }
-        if let Some(c) = committed {
+        let upto = self.written_upto.max(max.unwrap_or(0));
+        if let Some(c) = self.commit_to_write(upto) {
             log_file::encode_committed(&mut buf, &c);
         }
-        self.log.append(&buf, max).map_err(|e| {
-            // Part of the group may be on disk, part not: nothing after it
-            // can be trusted to line up.
-            let msg = format!("raft log append failed: {e}");
-            self.fail(msg.clone());
-            msg
-        })
+        match self.log.append(&buf, max) {
+            Ok(()) => {
+                self.written_upto = upto;
+                Ok(())
+            }
+            Err(e) => {
+                // Part of the group may be on disk, part not: nothing after
+                // it can be trusted to line up.
+                let msg = format!("raft log append failed: {e}");
+                self.fail(msg.clone());
+                Err(msg)
+            }
+        }
     }
 
     fn purge(&mut self, log_id: Vec<u8>, upto: u64) {
@@ -415,7 +450,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             // the next append's transaction. Losing it only means re-learning
             // the commit index after a crash. (Written on its own, it would
             // cost a second fsync per write on every member.)
-            self.send(Op::Committed(codec::log_id_to_pb(&c).encode_to_vec()))?;
+            *lock_pending(&self.pending_commit) =
+                Some((c.index, codec::log_id_to_pb(&c).encode_to_vec()));
         }
         Ok(())
     }
@@ -572,6 +608,37 @@ mod tests {
             assert_eq!(got, vec![entry(2), entry(3), entry(4)]);
             assert!(!dir.path().join(SQLITE_LOG_FILE).exists());
         }
+    }
+
+    #[tokio::test]
+    async fn a_commit_index_is_written_only_beside_the_entries_it_covers() {
+        let dir = tempfile::tempdir().unwrap();
+        let commit = |i| Some(LogId::new(2u64.into(), i));
+        {
+            let mut log = open(dir.path());
+            append(&mut log, (1..=3).map(entry)).await;
+            log.save_committed(commit(2)).await.unwrap();
+            append(&mut log, std::iter::once(entry(4))).await;
+            // Learned from a quorum before this member wrote entry 6.
+            log.save_committed(commit(6)).await.unwrap();
+            append(&mut log, std::iter::once(entry(5))).await;
+        }
+        {
+            let mut log = open(dir.path());
+            assert_eq!(log.read_committed().await.unwrap(), commit(2));
+            assert_eq!(
+                log.get_log_state()
+                    .await
+                    .unwrap()
+                    .last_log_id
+                    .map(|l| l.index),
+                Some(5)
+            );
+            log.save_committed(commit(6)).await.unwrap();
+            append(&mut log, std::iter::once(entry(6))).await;
+        }
+        let mut log = open(dir.path());
+        assert_eq!(log.read_committed().await.unwrap(), commit(6));
     }
 
     #[tokio::test]
