@@ -9,14 +9,14 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
-use rusqlite::{params, Connection, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tokio::sync::watch;
 
 use crate::error::Result;
 use crate::schema::{self, meta};
 
-/// Rows examined per transaction.
-const BATCH_ROWS: i64 = 2000;
+/// Keys compacted per transaction.
+const BATCH_KEYS: i64 = 1000;
 
 pub struct Compactor {
     targets: mpsc::Sender<i64>,
@@ -88,41 +88,74 @@ impl Drop for Compactor {
 
 /// Removes every row at or below `target` that is a tombstone or has a newer
 /// row at or below `target`: what remains is each key's state at `target`.
+/// Key by key: the walk back from a key's newest row finds the row that
+/// stands at `target`; every row behind it goes, and so does that row if it
+/// is a tombstone (with the key's `live` entry, if nothing came after it).
 fn compact_to(conn: &mut Connection, target: i64) -> Result<u64> {
-    let mut cursor = (i64::MIN, i64::MIN);
+    let mut cursor: Vec<u8> = Vec::new();
     let mut removed = 0u64;
     loop {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let rows: Vec<(i64, i64, Vec<u8>, bool)> = {
-            let mut stmt = tx.prepare_cached(
-                "SELECT rev, id, key, tombstone FROM history
-                 WHERE rev <= ?1 AND (rev > ?2 OR (rev = ?2 AND id > ?3))
-                 ORDER BY rev, id LIMIT ?4",
-            )?;
-            let rows = stmt.query_map(params![target, cursor.0, cursor.1, BATCH_ROWS], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })?;
+        let keys: Vec<(Vec<u8>, i64)> = {
+            let mut stmt = tx
+                .prepare_cached("SELECT key, hid FROM live WHERE key > ?1 ORDER BY key LIMIT ?2")?;
+            let rows =
+                stmt.query_map(params![cursor, BATCH_KEYS], |r| Ok((r.get(0)?, r.get(1)?)))?;
             rows.collect::<std::result::Result<_, _>>()?
         };
-        let Some(last) = rows.last() else {
+        let Some((last, _)) = keys.last() else {
             schema::set_meta(&tx, meta::COMPACT_DONE_REV, target)?;
             tx.commit()?;
             return Ok(removed);
         };
-        cursor = (last.0, last.1);
-        for (_, id, key, tombstone) in &rows {
-            let superseded = *tombstone
-                || tx
-                    .prepare_cached(
-                        "SELECT 1 FROM history WHERE key = ?1 AND rev <= ?2 AND id > ?3 LIMIT 1",
-                    )?
-                    .exists(params![key, target, id])?;
-            if superseded {
-                tx.prepare_cached("DELETE FROM history WHERE id = ?1")?
-                    .execute([id])?;
-                removed += 1;
-            }
+        cursor = last.clone();
+        for (key, newest) in &keys {
+            removed += compact_key(&tx, key, *newest, target)?;
         }
         tx.commit()?;
     }
+}
+
+fn compact_key(tx: &Connection, key: &[u8], newest: i64, target: i64) -> Result<u64> {
+    let mut step = tx.prepare_cached("SELECT rev, prev, tombstone FROM history WHERE id = ?1")?;
+    let mut row = |id: i64| {
+        step.query_row([id], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, Option<i64>>(1)?,
+                r.get::<_, bool>(2)?,
+            ))
+        })
+        .optional()
+    };
+    let mut at = Some(newest);
+    let standing = loop {
+        let Some(id) = at else { return Ok(0) };
+        let Some((rev, prev, tombstone)) = row(id)? else {
+            return Ok(0);
+        };
+        if rev <= target {
+            break (id, prev, tombstone);
+        }
+        at = prev;
+    };
+    let mut delete = tx.prepare_cached("DELETE FROM history WHERE id = ?1")?;
+    let mut removed = 0;
+    let (id, mut older, tombstone) = standing;
+    // Rows a previous compaction removed end the chain.
+    while let Some(o) = older {
+        let Some((_, prev, _)) = row(o)? else { break };
+        delete.execute([o])?;
+        removed += 1;
+        older = prev;
+    }
+    if tombstone {
+        delete.execute([id])?;
+        removed += 1;
+        if id == newest {
+            tx.prepare_cached("DELETE FROM live WHERE key = ?1")?
+                .execute([key])?;
+        }
+    }
+    Ok(removed)
 }

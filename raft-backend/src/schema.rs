@@ -1,10 +1,17 @@
 //! The on-disk layout of the MVCC store and the connection settings it relies on.
 //!
 //! `history` holds every revision of every key, tombstones included, until
-//! compaction removes it; its row id grows in apply order, so "the newest row of
-//! a key at or below revision R" is `max(id)` over the `(key, rev)` index.
-//! `live` points each existing key at its newest history row, which makes reads
-//! at the current revision a single index join.
+//! compaction removes it. Rows are only appended (the row id grows in apply
+//! order), and each links to the previous row of its key (`prev`).
+//! `live` points every key that has history at its newest row, flagged when
+//! that row is a tombstone; reads at the current revision are one index join,
+//! and a read at an older revision walks a key's links back from there, as
+//! etcd walks its in-memory key index.
+//!
+//! Version 1 also indexed history by `(key, rev)` and kept only existing keys
+//! in `live`: one more B-tree leaf rewritten at a random place by every write,
+//! which cost a third of the put tail (p99 20 -> 13 ms, one member, 100
+//! clients) through the pages each checkpoint writes back.
 
 use std::path::Path;
 
@@ -13,7 +20,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use crate::error::{Result, StoreError};
 
 /// Bumped whenever the layout changes; a data dir written by a newer layout is refused.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 const DDL: &str = "
 CREATE TABLE IF NOT EXISTS history (
@@ -25,14 +32,15 @@ CREATE TABLE IF NOT EXISTS history (
     version    INTEGER NOT NULL,
     lease      INTEGER NOT NULL,
     value      BLOB,
-    tombstone  INTEGER NOT NULL
+    tombstone  INTEGER NOT NULL,
+    prev       INTEGER
 );
-CREATE INDEX IF NOT EXISTS history_key_rev ON history (key, rev);
 CREATE INDEX IF NOT EXISTS history_rev ON history (rev);
 CREATE INDEX IF NOT EXISTS history_lease ON history (lease) WHERE lease != 0;
 CREATE TABLE IF NOT EXISTS live (
-    key BLOB PRIMARY KEY,
-    hid INTEGER NOT NULL
+    key       BLOB PRIMARY KEY,
+    hid       INTEGER NOT NULL,
+    tombstone INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (
     name  TEXT PRIMARY KEY,
@@ -93,7 +101,7 @@ const MMAP_SIZE: i64 = 1 << 30;
 
 /// Opens the database for the single writer, creating and initialising it if new.
 pub fn open_writer(path: &Path) -> Result<Connection> {
-    let conn = Connection::open(path)?;
+    let mut conn = Connection::open(path)?;
     configure(&conn)?;
     // A WAL that grew (a long reader held its frames) is cut back to this
     // when it next starts over.
@@ -126,9 +134,40 @@ pub fn open_writer(path: &Path) -> Result<Connection> {
                 "data dir has schema version {v}, this binary understands up to {SCHEMA_VERSION}"
             )))
         }
+        Some(1) => migrate_from_v1(&mut conn)?,
         Some(_) => {}
     }
     Ok(conn)
+}
+
+/// Rewrites a version 1 store in place, in one transaction: links every row
+/// to its key's previous row, lists deleted keys in `live`, and drops the
+/// `(key, rev)` index. Stores received as snapshots from an older leader come
+/// through here too.
+fn migrate_from_v1(conn: &mut Connection) -> Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    // Another connection may have migrated it while this one waited.
+    if get_meta(&tx, meta::SCHEMA_VERSION)? != 1 {
+        return Ok(());
+    }
+    tracing::info!("upgrading the store from schema version 1 to {SCHEMA_VERSION}");
+    tx.execute_batch(
+        "ALTER TABLE history ADD COLUMN prev INTEGER;
+         UPDATE history SET prev = (
+             SELECT p.id FROM history p
+             WHERE p.key = history.key AND p.rev <= history.rev AND p.id < history.id
+             ORDER BY p.rev DESC, p.id DESC LIMIT 1);
+         ALTER TABLE live ADD COLUMN tombstone INTEGER NOT NULL DEFAULT 0;
+         INSERT INTO live (key, hid, tombstone)
+             SELECT h.key, h.id, 1 FROM history h
+             WHERE h.tombstone = 1
+               AND h.id = (SELECT max(h2.id) FROM history h2 WHERE h2.key = h.key)
+               AND NOT EXISTS (SELECT 1 FROM live l WHERE l.key = h.key);
+         DROP INDEX IF EXISTS history_key_rev;",
+    )?;
+    set_meta(&tx, meta::SCHEMA_VERSION, SCHEMA_VERSION)?;
+    tx.commit()?;
+    Ok(())
 }
 
 /// Opens a connection that only reads; WAL mode lets it run beside the writer.

@@ -166,7 +166,8 @@ impl<'c> View<'c> {
             .conn
             .prepare_cached(
                 "SELECT h.key, h.create_rev, h.rev, h.version, h.lease, h.value
-                 FROM live l JOIN history h ON h.id = l.hid WHERE l.key = ?1",
+                 FROM live l JOIN history h ON h.id = l.hid
+                 WHERE l.key = ?1 AND l.tombstone = 0",
             )?
             .query_row([key], row_to_kv)
             .optional()?)
@@ -180,51 +181,105 @@ impl<'c> View<'c> {
         limit: Option<i64>,
         with_values: bool,
     ) -> Result<Vec<KeyValue>> {
+        if rev != cur {
+            return self.fetch_at(kr, rev, limit, with_values);
+        }
         let value = if with_values { "h.value" } else { "NULL" };
-        let (cond, mut args) = key_condition(kr, if rev == cur { "l.key" } else { "h.key" });
-        let sql = if rev == cur {
-            format!(
-                "SELECT l.key, h.create_rev, h.rev, h.version, h.lease, {value}
-                 FROM live l JOIN history h ON h.id = l.hid
-                 WHERE {cond} ORDER BY l.key LIMIT ?"
-            )
-        } else {
-            args.push(Value::Integer(rev));
-            args.push(Value::Integer(rev));
-            format!(
-                "SELECT h.key, h.create_rev, h.rev, h.version, h.lease, {value}
-                 FROM history h
-                 WHERE {cond} AND h.rev <= ? AND h.tombstone = 0
-                   AND h.id = (SELECT h2.id FROM history h2 WHERE h2.key = h.key AND h2.rev <= ? ORDER BY h2.rev DESC, h2.id DESC LIMIT 1)
-                 ORDER BY h.key LIMIT ?"
-            )
-        };
+        let (cond, mut args) = key_condition(kr, "l.key");
+        let sql = format!(
+            "SELECT l.key, h.create_rev, h.rev, h.version, h.lease, {value}
+             FROM live l JOIN history h ON h.id = l.hid
+             WHERE {cond} AND l.tombstone = 0 ORDER BY l.key LIMIT ?"
+        );
         args.push(Value::Integer(limit.unwrap_or(-1)));
         let mut stmt = self.conn.prepare_cached(&sql)?;
         let rows = stmt.query_map(params_from_iter(args), row_to_kv)?;
         Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
     }
 
+    /// Every key of `kr` as it was at `rev`, in key order, at most `limit`:
+    /// each key's rows are walked back from its newest, which stops early
+    /// (a continued page reads only its own keys).
+    fn fetch_at(
+        &self,
+        kr: &KeyRange,
+        rev: i64,
+        limit: Option<i64>,
+        with_values: bool,
+    ) -> Result<Vec<KeyValue>> {
+        let value = if with_values { "value" } else { "NULL" };
+        let mut row = self.conn.prepare_cached(&format!(
+            "SELECT key, create_rev, rev, version, lease, {value} FROM history WHERE id = ?1"
+        ))?;
+        let mut kvs = Vec::new();
+        self.walk_at(kr, rev, |id| {
+            kvs.push(row.query_row([id], row_to_kv)?);
+            Ok(limit.is_none_or(|l| (kvs.len() as i64) < l))
+        })?;
+        Ok(kvs)
+    }
+
+    /// Calls `found` with the row id of every key of `kr` that exists at
+    /// `rev`, in key order, until it returns false.
+    fn walk_at(
+        &self,
+        kr: &KeyRange,
+        rev: i64,
+        mut found: impl FnMut(i64) -> Result<bool>,
+    ) -> Result<()> {
+        let (cond, args) = key_condition(kr, "key");
+        let mut keys = self
+            .conn
+            .prepare_cached(&format!("SELECT hid FROM live WHERE {cond} ORDER BY key"))?;
+        let mut step = self
+            .conn
+            .prepare_cached("SELECT rev, prev, tombstone FROM history WHERE id = ?1")?;
+        let mut newest = keys.query(params_from_iter(args))?;
+        while let Some(r) = newest.next()? {
+            let mut id: Option<i64> = Some(r.get(0)?);
+            // A missing row was compacted away: the key had no version at
+            // `rev` (reads below the compact revision are refused earlier).
+            while let Some(at) = id {
+                let Some((row_rev, prev, tombstone)) = step
+                    .query_row([at], |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, Option<i64>>(1)?,
+                            r.get::<_, bool>(2)?,
+                        ))
+                    })
+                    .optional()?
+                else {
+                    break;
+                };
+                if row_rev > rev {
+                    id = prev;
+                    continue;
+                }
+                if !tombstone && !found(at)? {
+                    return Ok(());
+                }
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn count(&self, kr: &KeyRange, rev: i64, cur: i64) -> Result<i64> {
-        let (sql, args) = if rev == cur {
-            let (cond, args) = key_condition(kr, "key");
-            (format!("SELECT count(*) FROM live WHERE {cond}"), args)
-        } else {
-            let (cond, mut args) = key_condition(kr, "h.key");
-            args.push(Value::Integer(rev));
-            args.push(Value::Integer(rev));
-            (
-                format!(
-                    "SELECT count(*) FROM history h
-                     WHERE {cond} AND h.rev <= ? AND h.tombstone = 0
-                       AND h.id = (SELECT h2.id FROM history h2 WHERE h2.key = h.key AND h2.rev <= ? ORDER BY h2.rev DESC, h2.id DESC LIMIT 1)"
-                ),
-                args,
-            )
-        };
+        if rev != cur {
+            let mut n = 0;
+            self.walk_at(kr, rev, |_| {
+                n += 1;
+                Ok(true)
+            })?;
+            return Ok(n);
+        }
+        let (cond, args) = key_condition(kr, "key");
         Ok(self
             .conn
-            .prepare_cached(&sql)?
+            .prepare_cached(&format!(
+                "SELECT count(*) FROM live WHERE {cond} AND tombstone = 0"
+            ))?
             .query_row(params_from_iter(args), |r| r.get(0))?)
     }
 
@@ -254,10 +309,7 @@ impl<'c> View<'c> {
             "SELECT h.key, h.create_rev, h.rev, h.version, h.lease, h.value, h.tombstone,
                     p.key, p.create_rev, p.rev, p.version, p.lease, p.value, p.tombstone
              FROM history h
-             LEFT JOIN history p ON p.id = (
-                 SELECT p2.id FROM history p2
-                 WHERE p2.key = h.key AND p2.rev <= h.rev AND p2.id < h.id
-                 ORDER BY p2.rev DESC, p2.id DESC LIMIT 1)
+             LEFT JOIN history p ON p.id = h.prev
              WHERE h.rev >= ?1 AND h.rev <= ?2
              ORDER BY h.rev, h.id",
         )?;
@@ -316,8 +368,8 @@ impl<'c> View<'c> {
     fn insert_history(&mut self, kv: &KeyValue, tombstone: bool) -> Result<i64> {
         self.conn
             .prepare_cached(
-                "INSERT INTO history (key, rev, sub, create_rev, version, lease, value, tombstone)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO history (key, rev, sub, create_rev, version, lease, value, tombstone, prev)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, (SELECT hid FROM live WHERE key = ?1))",
             )?
             .execute(params![
                 kv.key,
@@ -358,8 +410,8 @@ impl<'c> View<'c> {
         let id = self.insert_history(&kv, false)?;
         self.conn
             .prepare_cached(
-                "INSERT INTO live (key, hid) VALUES (?1, ?2)
-                 ON CONFLICT (key) DO UPDATE SET hid = excluded.hid",
+                "INSERT INTO live (key, hid, tombstone) VALUES (?1, ?2, 0)
+                 ON CONFLICT (key) DO UPDATE SET hid = excluded.hid, tombstone = 0",
             )?
             .execute(params![kv.key, id])?;
         self.events.push(Event {
@@ -377,10 +429,12 @@ impl<'c> View<'c> {
             mod_revision: rev,
             ..Default::default()
         };
-        self.insert_history(&kv, true)?;
+        let id = self.insert_history(&kv, true)?;
+        // The key stays listed until compaction removes its last row: reads
+        // at older revisions start their walk here.
         self.conn
-            .prepare_cached("DELETE FROM live WHERE key = ?1")?
-            .execute([&kv.key])?;
+            .prepare_cached("UPDATE live SET hid = ?2, tombstone = 1 WHERE key = ?1")?
+            .execute(params![kv.key, id])?;
         self.events.push(Event {
             r#type: EventType::Delete as i32,
             kv: Some(kv),
@@ -402,8 +456,8 @@ impl<'c> View<'c> {
     /// Live keys attached to lease `id`, in key order.
     pub fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT h.key FROM history h JOIN live l ON l.hid = h.id
-             WHERE h.lease = ?1 AND h.lease != 0 ORDER BY h.key",
+            "SELECT h.key FROM history h JOIN live l ON l.key = h.key AND l.hid = h.id
+             WHERE h.lease = ?1 AND h.lease != 0 AND l.tombstone = 0 ORDER BY h.key",
         )?;
         let rows = stmt.query_map([id], |r| r.get(0))?;
         Ok(rows.collect::<std::result::Result<_, _>>()?)

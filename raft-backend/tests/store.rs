@@ -487,3 +487,165 @@ async fn lease_revoke_deletes_attached_keys_in_one_revision() {
     assert_eq!(s.applied().current_rev, before);
     assert!(s.leases().await.unwrap().is_empty());
 }
+
+/// Every key's value at every revision from 2 to the current one, and every
+/// event with its prev_kv: what a read can observe of the history.
+async fn observable(s: &Store) -> (Vec<Vec<KeyValue>>, Vec<Event>) {
+    let cur = s.applied().current_rev;
+    let mut states = Vec::new();
+    for rev in 2..=cur {
+        let r = s
+            .range(RangeRequest {
+                key: b"\0".to_vec(),
+                range_end: b"\0".to_vec(),
+                revision: rev,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        states.push(r.kvs);
+    }
+    (states, s.events_between(2, cur, usize::MAX).await.unwrap())
+}
+
+/// A workload with deletes, re-creations and a txn, so that the links from
+/// row to row cross tombstones.
+async fn churn(s: &Store) {
+    for cmd in [
+        put("a", "1"),
+        put("b", "1"),
+        put("a", "2"),
+        del("b", ""),
+        put("c", "1"),
+        del("a", ""),
+        put("a", "3"),
+        Command::Txn(TxnRequest {
+            success: vec![put_op("b", "2"), put_op("c", "2"), put_op("d", "1")],
+            ..Default::default()
+        }),
+        del("c", "e"),
+        put("c", "3"),
+    ] {
+        s.propose(cmd).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_version_1_store_is_upgraded_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = {
+        let s = open(&dir).await;
+        churn(&s).await;
+        let seen = observable(&s).await;
+        s.shutdown().await;
+        seen
+    };
+    // Turn the file back into version 1's layout: a (key, rev) index, no
+    // row links, and only existing keys in `live`.
+    {
+        let conn =
+            rusqlite::Connection::open(dir.path().join(cairn_raft_backend::DB_FILE)).unwrap();
+        conn.execute_batch(
+            "BEGIN;
+             CREATE INDEX history_key_rev ON history (key, rev);
+             DELETE FROM live WHERE tombstone = 1;
+             ALTER TABLE live DROP COLUMN tombstone;
+             ALTER TABLE history DROP COLUMN prev;
+             UPDATE meta SET value = 1 WHERE name = 'schema_version';
+             COMMIT;",
+        )
+        .unwrap();
+    }
+    let s = open(&dir).await;
+    assert_eq!(observable(&s).await, before);
+    // Writes after the upgrade link to the rows from before it.
+    let out = s.propose(Command::Put(PutRequest {
+        key: b"b".to_vec(),
+        value: b"3".to_vec(),
+        prev_kv: true,
+        ..Default::default()
+    }));
+    let CommandOutput::Put(p) = out.await.unwrap() else {
+        panic!("not a put")
+    };
+    let prev = p.prev_kv.unwrap();
+    assert_eq!((prev.value.as_slice(), prev.version), (&b"2"[..], 1));
+    let b = get(&s, "b", 0).await.unwrap();
+    assert_eq!((b[0].version, b[0].create_revision), (2, 9));
+    // A key deleted before the upgrade comes back as new.
+    s.propose(put("e", "1")).await.unwrap();
+    s.propose(del("e", "")).await.unwrap();
+    let cur = s.applied().current_rev;
+    let events = s.events_between(cur - 1, cur, 10).await.unwrap();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[1].prev_kv.as_ref().unwrap().value, b"1");
+}
+
+#[tokio::test]
+async fn compaction_removes_superseded_rows_and_forgets_deleted_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir).await;
+    churn(&s).await;
+    let (states, events) = observable(&s).await;
+    // Revision 9 is the txn; 10 deletes c and d; 11 puts c again.
+    s.propose(Command::Compact(CompactionRequest {
+        revision: 10,
+        physical: true,
+    }))
+    .await
+    .unwrap();
+    s.wait_compacted(10).await;
+    // What is readable at or above the compact revision is unchanged.
+    let (after, after_events) = {
+        let cur = s.applied().current_rev;
+        let mut v = Vec::new();
+        for rev in 10..=cur {
+            v.push(get_all(&s, rev).await);
+        }
+        (v, s.events_between(11, cur, usize::MAX).await.unwrap())
+    };
+    assert_eq!(after, states[8..].to_vec());
+    let first_kept = events
+        .iter()
+        .position(|e| e.kv.as_ref().unwrap().mod_revision >= 11)
+        .unwrap();
+    assert_eq!(after_events, events[first_kept..].to_vec());
+    // Left: a@8 and b@9 (each key's newest at 10) and c@11. The tombstones
+    // at 10 are gone, and d with its tombstone.
+    let conn = rusqlite::Connection::open(dir.path().join(cairn_raft_backend::DB_FILE)).unwrap();
+    let rows: Vec<(String, i64, bool)> = conn
+        .prepare("SELECT CAST(key AS TEXT), rev, tombstone FROM history ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            ("a".to_string(), 8, false),
+            ("b".to_string(), 9, false),
+            ("c".to_string(), 11, false),
+        ]
+    );
+    let live: Vec<String> = conn
+        .prepare("SELECT CAST(key AS TEXT) FROM live ORDER BY key")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(live, vec!["a", "b", "c"]);
+}
+
+async fn get_all(s: &Store, rev: i64) -> Vec<KeyValue> {
+    s.range(RangeRequest {
+        key: b"\0".to_vec(),
+        range_end: b"\0".to_vec(),
+        revision: rev,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .kvs
+}
