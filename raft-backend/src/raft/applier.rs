@@ -364,6 +364,9 @@ fn install(conn: &mut Connection, snapshot: &Path) -> Result<()> {
     let path = snapshot.to_str().ok_or_else(|| {
         StoreError::Storage(format!("snapshot path {} is not UTF-8", snapshot.display()))
     })?;
+    // A leader of an earlier version sends its own layout: bring the copy to
+    // this one first (one of a later version is refused, with its version).
+    drop(crate::schema::open_writer(snapshot)?);
     conn.execute("ATTACH DATABASE ?1 AS snap", [path])?;
     let copy = (|| -> Result<()> {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -391,4 +394,76 @@ fn defragment(conn: &Connection) -> Result<()> {
     // Fold the rewritten pages back into the main file and shrink the WAL.
     conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apply::{apply, ApplyState};
+    use crate::command::Command;
+    use crate::view::View;
+    use cairn_proto::etcdserverpb::{DeleteRangeRequest, PutRequest, RangeRequest};
+
+    fn put(k: &str, v: &str) -> Command {
+        Command::Put(PutRequest {
+            key: k.into(),
+            value: v.into(),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn a_snapshot_in_an_earlier_layout_is_upgraded_before_it_is_installed() {
+        let dir = tempfile::tempdir().unwrap();
+        // The sender's store, then turned into version 1's layout.
+        let snap = dir.path().join("snap.db");
+        {
+            let conn = crate::schema::open_writer(&snap).unwrap();
+            let mut state = ApplyState::load(&conn).unwrap();
+            let del = Command::DeleteRange(DeleteRangeRequest {
+                key: b"b".to_vec(),
+                ..Default::default()
+            });
+            for cmd in [put("a", "1"), put("b", "1"), put("a", "2"), del] {
+                let tx = conn.unchecked_transaction().unwrap();
+                apply(&tx, &mut state, &cmd).unwrap();
+                state.persist(&tx).unwrap();
+                tx.commit().unwrap();
+            }
+            conn.execute_batch(
+                "CREATE INDEX history_key_rev ON history (key, rev);
+                 DELETE FROM live WHERE tombstone = 1;
+                 ALTER TABLE live DROP COLUMN tombstone;
+                 ALTER TABLE history DROP COLUMN prev;
+                 UPDATE meta SET value = 1 WHERE name = 'schema_version';",
+            )
+            .unwrap();
+        }
+        let mut conn = crate::schema::open_writer(&dir.path().join("store.db")).unwrap();
+        install(&mut conn, &snap).unwrap();
+        let tx = conn.transaction().unwrap();
+        let view = View::open(&tx).unwrap();
+        assert_eq!(view.current_rev(), 5);
+        let at = |rev| {
+            view.range(&RangeRequest {
+                key: b"a".to_vec(),
+                range_end: b"c".to_vec(),
+                revision: rev,
+                ..Default::default()
+            })
+            .unwrap()
+            .kvs
+            .into_iter()
+            .map(|kv| (kv.key, kv.value))
+            .collect::<Vec<_>>()
+        };
+        let kv = |k: &str, v: &str| (k.as_bytes().to_vec(), v.as_bytes().to_vec());
+        assert_eq!(at(0), vec![kv("a", "2")]);
+        assert_eq!(at(4), vec![kv("a", "2"), kv("b", "1")]);
+        assert_eq!(at(3), vec![kv("a", "1"), kv("b", "1")]);
+        assert_eq!(
+            crate::schema::get_meta(&tx, crate::schema::meta::SCHEMA_VERSION).unwrap(),
+            crate::schema::SCHEMA_VERSION
+        );
+    }
 }
