@@ -412,6 +412,80 @@ mod tests {
         })
     }
 
+    fn entry(index: u64, cmd: Command) -> (Entry, Option<ApplyResponder<TypeConfig>>) {
+        let payload = EntryPayload::Normal(crate::raft::types::LogCommand {
+            origin: 1,
+            request_id: index,
+            cmd,
+        });
+        (
+            Entry {
+                log_id: LogId::new(1u64.into(), index),
+                payload,
+            },
+            None,
+        )
+    }
+
+    #[tokio::test]
+    async fn after_a_storage_fault_every_later_batch_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let conn = crate::schema::open_writer(&path).unwrap();
+        // A fault in the middle of a write, as a full or failing disk gives.
+        conn.execute_batch(
+            "CREATE TRIGGER fault BEFORE INSERT ON history WHEN NEW.key = x'626164'
+             BEGIN SELECT RAISE(ABORT, 'injected I/O error'); END;",
+        )
+        .unwrap();
+        let registry = prometheus::Registry::new();
+        let out = ApplierOutputs {
+            member_id: 1,
+            state: watch::channel(ApplyState::load(&conn).unwrap()).0,
+            events: broadcast::channel(16).0,
+            compactor: Arc::new(Compactor::start(&path).unwrap()),
+            metrics: StoreMetrics::new(&registry).unwrap(),
+            waiters: Waiters::default(),
+            membership: watch::channel(StoredMembership::default()).0,
+            lease_changes: Default::default(),
+            wal_restart: WalRestart::default(),
+        };
+        let applier = Applier::start(conn, out).unwrap();
+        let batch = |entries| move |reply| ApplierMsg::Apply { entries, reply };
+        applier
+            .call(batch(vec![entry(1, put("a", "1"))]))
+            .await
+            .unwrap();
+        let fault = applier
+            .call(batch(vec![
+                entry(2, put("b", "1")),
+                entry(3, put("bad", "1")),
+            ]))
+            .await;
+        assert!(
+            matches!(&fault, Err(StoreError::Storage(m)) if m.contains("injected")),
+            "{fault:?}"
+        );
+        // A write that would succeed on its own is refused: the store no
+        // longer matches the log, and openraft must stop this member.
+        let later = applier.call(batch(vec![entry(4, put("c", "1"))])).await;
+        assert!(
+            matches!(&later, Err(StoreError::Storage(m)) if m.contains("failed earlier")),
+            "{later:?}"
+        );
+        drop(applier);
+        // Nothing of the failed batch or after it reached the store.
+        let conn = crate::schema::open_reader(&path).unwrap();
+        let keys: Vec<Vec<u8>> = conn
+            .prepare("SELECT key FROM history ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<std::result::Result<_, _>>()
+            .unwrap();
+        assert_eq!(keys, vec![b"a".to_vec()]);
+    }
+
     #[test]
     fn a_snapshot_in_an_earlier_layout_is_upgraded_before_it_is_installed() {
         let dir = tempfile::tempdir().unwrap();

@@ -161,3 +161,76 @@ impl Context {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use openraft::{Membership, RaftMetrics, StoredMembership};
+
+    use super::*;
+    use crate::raft::types::MemberInfo;
+
+    fn forwarder(leader: Option<u64>, leader_url: &str) -> (Forwarder, Waiters) {
+        let mut metrics = RaftMetrics::<TypeConfig>::new_initial(1);
+        let nodes = BTreeMap::from([(
+            2,
+            MemberInfo {
+                name: "m2".into(),
+                peer_urls: vec![leader_url.to_string()],
+                client_urls: vec![],
+            },
+        )]);
+        let m = Membership::new(vec![BTreeSet::from([2])], nodes).unwrap();
+        metrics.membership_config = Arc::new(StoredMembership::new(None, m));
+        use openraft::type_config::TypeConfigExt;
+        let (_metrics_tx, metrics_rx) = TypeConfig::watch_channel(metrics);
+        let (_leader_tx, reachable_leader) = watch::channel(leader);
+        let locator = LeaderLocator {
+            reachable_leader,
+            metrics: metrics_rx,
+            transport: Arc::new(PeerTransport::new(9, None, Duration::from_millis(200))),
+        };
+        let waiters = Waiters::default();
+        let f = Forwarder::start(locator, waiters.clone(), Duration::from_millis(200));
+        (f, waiters)
+    }
+
+    fn command() -> pb::Command {
+        pb::Command {
+            origin: 1,
+            request_id: 7,
+            op: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_fails_at_once_when_no_leader_is_reachable() {
+        let (f, waiters) = forwarder(None, "http://127.0.0.1:1");
+        let (_reg, rx) = waiters.register(7);
+        f.forward(7, command()).unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), rx).await;
+        assert!(
+            matches!(got, Ok(Ok(Err(StoreError::NoLeader)))),
+            "got {got:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_write_whose_outcome_is_unknown_keeps_waiting() {
+        // A leader that cannot be dialled: the write may or may not have
+        // reached it, so only its own apply (or the caller's timeout) may
+        // end the wait, never a false failure.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        drop(listener);
+        let (f, waiters) = forwarder(Some(2), &url);
+        let (_reg, mut rx) = waiters.register(7);
+        f.forward(7, command()).unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(1), &mut rx).await;
+        assert!(got.is_err(), "the wait ended: {got:?}");
+        // The write committing after all still answers it.
+        waiters.resolve(7, Err(StoreError::Stopped));
+        assert!(matches!(rx.await, Ok(Err(StoreError::Stopped))));
+    }
+}
