@@ -9,6 +9,7 @@ use rusqlite::{params, Connection};
 
 use crate::command::{Command, CommandOutput, ImportRevision};
 use crate::error::{Result, StoreError};
+use crate::key_index::KeyIndex;
 use crate::schema::{meta, set_meta};
 use crate::view::{txn_has_put, View};
 
@@ -56,9 +57,14 @@ pub struct Applied {
 /// etcd's applier does), so a refused command has written nothing and needs no
 /// rollback. An error after a write is a storage fault, reported as such so
 /// that the caller rolls the whole batch back.
-pub fn apply(conn: &Connection, state: &mut ApplyState, cmd: &Command) -> Result<Applied> {
+pub fn apply(
+    conn: &Connection,
+    index: &KeyIndex,
+    state: &mut ApplyState,
+    cmd: &Command,
+) -> Result<Applied> {
     let mut next = *state;
-    let mut view = View::with_revisions(conn, next.current_rev, next.compact_rev);
+    let mut view = View::with_revisions(conn, index, next.current_rev, next.compact_rev);
     let result = apply_to(conn, &mut view, &mut next, cmd);
     let (output, compacted_to) = match result {
         Ok(out) => out,
@@ -162,7 +168,7 @@ fn apply_to<'c>(
             }
             // Writes through a view land one above its base revision, so base
             // it just below the revision being imported.
-            *view = View::with_revisions(conn, imp.revision - 1, state.compact_rev);
+            *view = View::with_revisions(conn, view.index(), imp.revision - 1, state.compact_rev);
             import(view, imp)?;
             CommandOutput::Import {
                 revision: imp.revision,

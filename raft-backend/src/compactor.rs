@@ -9,14 +9,17 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use std::sync::Arc;
+
+use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::watch;
 
 use crate::error::Result;
+use crate::key_index::KeyIndex;
 use crate::schema::{self, meta};
 
 /// Keys compacted per transaction.
-const BATCH_KEYS: i64 = 1000;
+const BATCH_KEYS: usize = 1000;
 
 pub struct Compactor {
     targets: mpsc::Sender<i64>,
@@ -26,7 +29,7 @@ pub struct Compactor {
 
 impl Compactor {
     /// Starts the thread and resumes a compaction a crash interrupted.
-    pub fn start(path: &Path) -> Result<Self> {
+    pub fn start(path: &Path, index: Arc<KeyIndex>) -> Result<Self> {
         let mut conn = schema::open_writer(path)?;
         let scheduled = schema::get_meta(&conn, meta::COMPACT_REV)?;
         let finished = schema::get_meta(&conn, meta::COMPACT_DONE_REV)?;
@@ -43,7 +46,7 @@ impl Compactor {
                     while let Ok(next) = rx.try_recv() {
                         target = target.max(next);
                     }
-                    match compact_to(&mut conn, target) {
+                    match compact_to(&mut conn, &index, target) {
                         Ok(removed) => {
                             tracing::info!(revision = target, removed, "compaction finished");
                             done_tx.send_replace(target);
@@ -88,74 +91,27 @@ impl Drop for Compactor {
 
 /// Removes every row at or below `target` that is a tombstone or has a newer
 /// row at or below `target`: what remains is each key's state at `target`.
-/// Key by key: the walk back from a key's newest row finds the row that
-/// stands at `target`; every row behind it goes, and so does that row if it
-/// is a tombstone (with the key's `live` entry, if nothing came after it).
-fn compact_to(conn: &mut Connection, target: i64) -> Result<u64> {
-    let mut cursor: Vec<u8> = Vec::new();
+/// Key by key, the index is pruned first (reads below `target` are refused
+/// from then on), then the rows it let go are deleted.
+fn compact_to(conn: &mut Connection, index: &KeyIndex, target: i64) -> Result<u64> {
+    let mut cursor: Option<Vec<u8>> = None;
     let mut removed = 0u64;
     loop {
+        let (ids, next) = index.compact(target, cursor.as_deref(), BATCH_KEYS);
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let keys: Vec<(Vec<u8>, i64)> = {
-            let mut stmt = tx
-                .prepare_cached("SELECT key, hid FROM live WHERE key > ?1 ORDER BY key LIMIT ?2")?;
-            let rows =
-                stmt.query_map(params![cursor, BATCH_KEYS], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            rows.collect::<std::result::Result<_, _>>()?
-        };
-        let Some((last, _)) = keys.last() else {
+        {
+            let mut delete = tx.prepare_cached("DELETE FROM history WHERE id = ?1")?;
+            for id in &ids {
+                removed += delete.execute([id])? as u64;
+            }
+        }
+        if next.is_none() {
             schema::set_meta(&tx, meta::COMPACT_DONE_REV, target)?;
-            tx.commit()?;
-            return Ok(removed);
-        };
-        cursor = last.clone();
-        for (key, newest) in &keys {
-            removed += compact_key(&tx, key, *newest, target)?;
         }
         tx.commit()?;
-    }
-}
-
-fn compact_key(tx: &Connection, key: &[u8], newest: i64, target: i64) -> Result<u64> {
-    let mut step = tx.prepare_cached("SELECT rev, prev, tombstone FROM history WHERE id = ?1")?;
-    let mut row = |id: i64| {
-        step.query_row([id], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, Option<i64>>(1)?,
-                r.get::<_, bool>(2)?,
-            ))
-        })
-        .optional()
-    };
-    let mut at = Some(newest);
-    let standing = loop {
-        let Some(id) = at else { return Ok(0) };
-        let Some((rev, prev, tombstone)) = row(id)? else {
-            return Ok(0);
-        };
-        if rev <= target {
-            break (id, prev, tombstone);
-        }
-        at = prev;
-    };
-    let mut delete = tx.prepare_cached("DELETE FROM history WHERE id = ?1")?;
-    let mut removed = 0;
-    let (id, mut older, tombstone) = standing;
-    // Rows a previous compaction removed end the chain.
-    while let Some(o) = older {
-        let Some((_, prev, _)) = row(o)? else { break };
-        delete.execute([o])?;
-        removed += 1;
-        older = prev;
-    }
-    if tombstone {
-        delete.execute([id])?;
-        removed += 1;
-        if id == newest {
-            tx.prepare_cached("DELETE FROM live WHERE key = ?1")?
-                .execute([key])?;
+        match next {
+            Some(n) => cursor = Some(n),
+            None => return Ok(removed),
         }
     }
-    Ok(removed)
 }

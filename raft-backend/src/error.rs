@@ -34,6 +34,9 @@ pub enum StoreError {
     /// A membership change was refused; the message says why, in etcd's words.
     #[error("{0}")]
     Membership(String),
+    /// A snapshot replaced the store while the read was under way.
+    #[error("the store was replaced by a snapshot during the read")]
+    Reopened,
     /// The apply loop is gone (shutdown or a fatal storage fault).
     #[error("store is stopped")]
     Stopped,

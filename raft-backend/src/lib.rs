@@ -11,6 +11,7 @@ mod checkpointer;
 mod command;
 mod compactor;
 mod error;
+mod key_index;
 mod key_range;
 mod metrics;
 mod raft;
@@ -28,5 +29,6 @@ pub use raft::{
     codec, network, to_status, Bootstrap, MemberInfo, Peer, PeerTransport, RaftStatus, RaftTiming,
     Replica, ReplicaOptions, LOG_DIR,
 };
+pub use schema::DOWNGRADE_TO_V1_FOR_TESTS;
 pub use store::{Store, StoreStatus, DB_FILE};
 pub use view::{is_txn_readonly, txn_has_put};

@@ -7,21 +7,24 @@ use std::sync::{Arc, Mutex};
 use rusqlite::Connection;
 
 use crate::error::{Result, StoreError};
+use crate::key_index::KeyIndex;
 use crate::schema;
 use crate::view::View;
 
 #[derive(Clone)]
 pub struct Readers {
     path: PathBuf,
+    index: Arc<KeyIndex>,
     idle: Arc<Mutex<Vec<Connection>>>,
     /// Bounds the connections open at once (and the blocking threads reading).
     permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl Readers {
-    pub fn new(path: &Path, max: usize) -> Self {
+    pub fn new(path: &Path, index: Arc<KeyIndex>, max: usize) -> Self {
         Readers {
             path: path.to_path_buf(),
+            index,
             idle: Arc::new(Mutex::new(Vec::new())),
             permits: Arc::new(tokio::sync::Semaphore::new(max.max(1))),
         }
@@ -33,9 +36,10 @@ impl Readers {
         T: Send + 'static,
         F: FnOnce(&mut View<'_>) -> Result<T> + Send + 'static,
     {
+        let index = self.index.clone();
         self.run(move |conn| {
             let tx = conn.transaction()?;
-            let mut view = View::open(&tx)?;
+            let mut view = View::open(&tx, &index)?;
             f(&mut view)
         })
         .await
@@ -51,7 +55,7 @@ impl Readers {
         let mut conn = self.checkout()?;
         let result = (|| {
             let tx = conn.transaction()?;
-            let mut view = View::open(&tx)?;
+            let mut view = View::open(&tx, &self.index)?;
             f(&mut view)
         })();
         self.checkin(conn);

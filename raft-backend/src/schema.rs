@@ -2,16 +2,16 @@
 //!
 //! `history` holds every revision of every key, tombstones included, until
 //! compaction removes it. Rows are only appended (the row id grows in apply
-//! order), and each links to the previous row of its key (`prev`).
-//! `live` points every key that has history at its newest row, flagged when
-//! that row is a tombstone; reads at the current revision are one index join,
-//! and a read at an older revision walks a key's links back from there, as
-//! etcd walks its in-memory key index.
+//! order), and each links to the previous row of its key (`prev`, a watch
+//! event's prev_kv). Which row holds a key as of a revision is looked up in
+//! memory (`KeyIndex`, built from this table at open), as etcd does, so a
+//! write touches only pages at the end of the table and of `history_rev`.
 //!
-//! Version 1 also indexed history by `(key, rev)` and kept only existing keys
-//! in `live`: one more B-tree leaf rewritten at a random place by every write,
-//! which cost a third of the put tail (p99 20 -> 13 ms, one member, 100
-//! clients) through the pages each checkpoint writes back.
+//! Version 1 also indexed history by `(key, rev)`, and versions 1 and 2 kept
+//! a `live` table (key -> newest row): each cost every write a B-tree leaf
+//! rewritten at a random place, which the checkpoints then wrote back and the
+//! Raft log's fdatasync queued behind (the index alone: put p99 20 -> 13 ms,
+//! one member, 100 clients).
 
 use std::path::Path;
 
@@ -20,7 +20,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use crate::error::{Result, StoreError};
 
 /// Bumped whenever the layout changes; a data dir written by a newer layout is refused.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 const DDL: &str = "
 CREATE TABLE IF NOT EXISTS history (
@@ -37,11 +37,6 @@ CREATE TABLE IF NOT EXISTS history (
 );
 CREATE INDEX IF NOT EXISTS history_rev ON history (rev);
 CREATE INDEX IF NOT EXISTS history_lease ON history (lease) WHERE lease != 0;
-CREATE TABLE IF NOT EXISTS live (
-    key       BLOB PRIMARY KEY,
-    hid       INTEGER NOT NULL,
-    tombstone INTEGER NOT NULL DEFAULT 0
-) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (
     name  TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -134,41 +129,50 @@ pub fn open_writer(path: &Path) -> Result<Connection> {
                 "data dir has schema version {v}, this binary understands up to {SCHEMA_VERSION}"
             )))
         }
-        Some(1) => migrate_from_v1(&mut conn)?,
+        Some(v) if v < SCHEMA_VERSION => migrate(&mut conn)?,
         Some(_) => {}
     }
     Ok(conn)
 }
 
-/// Rewrites a version 1 store in place, in one transaction: links every row
-/// to its key's previous row, lists deleted keys in `live`, and drops the
-/// `(key, rev)` index. Stores received as snapshots from an older leader come
-/// through here too.
-fn migrate_from_v1(conn: &mut Connection) -> Result<()> {
+/// Rewrites an older store in place, in one transaction. From version 1:
+/// links every row to its key's previous row and drops the `(key, rev)`
+/// index; from 1 and 2: drops `live`. Stores received as snapshots from an
+/// older leader come through here too.
+fn migrate(conn: &mut Connection) -> Result<()> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     // Another connection may have migrated it while this one waited.
-    if get_meta(&tx, meta::SCHEMA_VERSION)? != 1 {
+    let from = get_meta(&tx, meta::SCHEMA_VERSION)?;
+    if from >= SCHEMA_VERSION {
         return Ok(());
     }
-    tracing::info!("upgrading the store from schema version 1 to {SCHEMA_VERSION}");
-    tx.execute_batch(
-        "ALTER TABLE history ADD COLUMN prev INTEGER;
-         UPDATE history SET prev = (
-             SELECT p.id FROM history p
-             WHERE p.key = history.key AND p.rev <= history.rev AND p.id < history.id
-             ORDER BY p.rev DESC, p.id DESC LIMIT 1);
-         ALTER TABLE live ADD COLUMN tombstone INTEGER NOT NULL DEFAULT 0;
-         INSERT INTO live (key, hid, tombstone)
-             SELECT h.key, h.id, 1 FROM history h
-             WHERE h.tombstone = 1
-               AND h.id = (SELECT max(h2.id) FROM history h2 WHERE h2.key = h.key)
-               AND NOT EXISTS (SELECT 1 FROM live l WHERE l.key = h.key);
-         DROP INDEX IF EXISTS history_key_rev;",
-    )?;
+    tracing::info!("upgrading the store from schema version {from} to {SCHEMA_VERSION}");
+    if from == 1 {
+        tx.execute_batch(
+            "ALTER TABLE history ADD COLUMN prev INTEGER;
+             UPDATE history SET prev = (
+                 SELECT p.id FROM history p
+                 WHERE p.key = history.key AND p.rev <= history.rev AND p.id < history.id
+                 ORDER BY p.rev DESC, p.id DESC LIMIT 1);
+             DROP INDEX IF EXISTS history_key_rev;",
+        )?;
+    }
+    tx.execute_batch("DROP TABLE IF EXISTS live;")?;
     set_meta(&tx, meta::SCHEMA_VERSION, SCHEMA_VERSION)?;
     tx.commit()?;
     Ok(())
 }
+
+/// Turns a current store into version 1's layout, for the upgrade tests.
+#[doc(hidden)]
+pub const DOWNGRADE_TO_V1_FOR_TESTS: &str = "
+    CREATE INDEX history_key_rev ON history (key, rev);
+    CREATE TABLE live (key BLOB PRIMARY KEY, hid INTEGER NOT NULL) WITHOUT ROWID;
+    INSERT INTO live (key, hid)
+        SELECT h.key, h.id FROM history h
+        WHERE h.tombstone = 0 AND h.id = (SELECT max(h2.id) FROM history h2 WHERE h2.key = h.key);
+    ALTER TABLE history DROP COLUMN prev;
+    UPDATE meta SET value = 1 WHERE name = 'schema_version';";
 
 /// Opens a connection that only reads; WAL mode lets it run beside the writer.
 pub fn open_reader(path: &Path) -> Result<Connection> {

@@ -12,6 +12,7 @@ use crate::checkpointer::{Checkpointer, WalRestart};
 use crate::command::{AppliedBatch, Command, CommandOutput};
 use crate::compactor::Compactor;
 use crate::error::{Result, StoreError};
+use crate::key_index::KeyIndex;
 use crate::metrics::StoreMetrics;
 use crate::raft::{
     Applier, ApplierMsg, ApplierOutputs, Bootstrap, LogStore, MemberInfo, PeerTransport, Replica,
@@ -69,7 +70,8 @@ impl Store {
         let (state_tx, state) = watch::channel(state_now);
         let (membership_tx, membership) = watch::channel(membership_now);
         let (events, _) = broadcast::channel(EVENT_BUFFER);
-        let compactor = Arc::new(Compactor::start(&path)?);
+        let index = Arc::new(KeyIndex::load(&conn)?);
+        let compactor = Arc::new(Compactor::start(&path, index.clone())?);
         let wal_restart = WalRestart::default();
         let checkpointer = Checkpointer::start(&path, wal_restart.clone())?;
         let waiters = crate::raft::Waiters::default();
@@ -86,6 +88,7 @@ impl Store {
                 membership: membership_tx,
                 lease_changes: lease_changes.clone(),
                 wal_restart,
+                index: index.clone(),
             },
         )?);
         let io = |e: std::io::Error| StoreError::Storage(e.to_string());
@@ -106,7 +109,7 @@ impl Store {
         .map_err(io)?;
         let replica = Arc::new(Replica::start(opts, log, sm, state.clone(), waiters).await?);
         Ok(Store {
-            readers: Readers::new(&path, MAX_READERS),
+            readers: Readers::new(&path, index, MAX_READERS),
             replica,
             path,
             applier,

@@ -11,9 +11,10 @@ use cairn_proto::etcdserverpb::{
     TxnResponse,
 };
 use cairn_proto::mvccpb::{event::EventType, Event, KeyValue};
-use rusqlite::{params, params_from_iter, types::Value, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::error::{Result, StoreError};
+use crate::key_index::{Generation, KeyIndex, Version};
 use crate::key_range::KeyRange;
 use crate::schema::meta;
 
@@ -38,6 +39,10 @@ const CMPT_LEASE: i32 = 4;
 
 pub struct View<'c> {
     conn: &'c Connection,
+    index: &'c KeyIndex,
+    /// The index a reader's snapshot started with; `None` for the writer,
+    /// which owns every change to both.
+    generation: Option<Generation>,
     begin_rev: i64,
     compact_rev: i64,
     /// Changes made through this view; all share revision `begin_rev + 1`.
@@ -46,19 +51,24 @@ pub struct View<'c> {
 }
 
 impl<'c> View<'c> {
-    /// A view at the state `conn`'s transaction sees.
-    pub fn open(conn: &'c Connection) -> Result<Self> {
-        let (begin_rev, compact_rev) = conn
-            .prepare_cached(
-                "SELECT (SELECT value FROM meta WHERE name = ?1),
-                        (SELECT value FROM meta WHERE name = ?2)",
-            )?
-            .query_row([meta::CURRENT_REV, meta::COMPACT_REV], |r| {
-                Ok((r.get::<_, Option<i64>>(0)?, r.get::<_, Option<i64>>(1)?))
-            })?;
+    /// A reader's view at the state `conn`'s transaction sees; its snapshot
+    /// starts here, paired with the index as it is.
+    pub fn open(conn: &'c Connection, index: &'c KeyIndex) -> Result<Self> {
+        let ((begin_rev, compact_rev), generation) = index.begin(|| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT (SELECT value FROM meta WHERE name = ?1),
+                            (SELECT value FROM meta WHERE name = ?2)",
+                )?
+                .query_row([meta::CURRENT_REV, meta::COMPACT_REV], |r| {
+                    Ok((r.get::<_, Option<i64>>(0)?, r.get::<_, Option<i64>>(1)?))
+                })?)
+        })?;
         let missing = || StoreError::Corrupt("revision counters missing from meta".into());
         Ok(View {
             conn,
+            index,
+            generation: Some(generation),
             begin_rev: begin_rev.ok_or_else(missing)?,
             compact_rev: compact_rev.ok_or_else(missing)?,
             changes: 0,
@@ -66,15 +76,26 @@ impl<'c> View<'c> {
         })
     }
 
-    /// A view whose revision counters the caller already knows (the apply loop).
-    pub fn with_revisions(conn: &'c Connection, begin_rev: i64, compact_rev: i64) -> Self {
+    /// The writer's view, whose revision counters the caller already knows.
+    pub fn with_revisions(
+        conn: &'c Connection,
+        index: &'c KeyIndex,
+        begin_rev: i64,
+        compact_rev: i64,
+    ) -> Self {
         View {
             conn,
+            index,
+            generation: None,
             begin_rev,
             compact_rev,
             changes: 0,
             events: Vec::new(),
         }
+    }
+
+    pub fn index(&self) -> &'c KeyIndex {
+        self.index
     }
 
     /// The revision a read through this view observes.
@@ -115,7 +136,7 @@ impl<'c> View<'c> {
         if r.count_only {
             return Ok(RangeResponse {
                 header,
-                count: self.count(&kr, rev, cur)?,
+                count: self.count(&kr, rev)?,
                 ..Default::default()
             });
         }
@@ -130,9 +151,9 @@ impl<'c> View<'c> {
             Some(r.limit + 1)
         };
         let with_values = !r.keys_only || r.sort_target == TARGET_VALUE;
-        let mut kvs = self.fetch(&kr, rev, cur, fetch_limit, with_values)?;
+        let mut kvs = self.fetch(&kr, rev, fetch_limit, with_values)?;
         let count = match fetch_limit {
-            Some(l) if kvs.len() as i64 >= l => self.count(&kr, rev, cur)?,
+            Some(l) if kvs.len() as i64 >= l => self.count(&kr, rev)?,
             _ => kvs.len() as i64,
         };
         kvs.retain(|kv| {
@@ -162,125 +183,44 @@ impl<'c> View<'c> {
 
     /// The newest live version of one key.
     pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>> {
-        Ok(self
-            .conn
-            .prepare_cached(
-                "SELECT h.key, h.create_rev, h.rev, h.version, h.lease, h.value
-                 FROM live l JOIN history h ON h.id = l.hid
-                 WHERE l.key = ?1 AND l.tombstone = 0",
-            )?
-            .query_row([key], row_to_kv)
-            .optional()?)
+        match self.index.at(self.generation, key, self.current_rev())? {
+            Some(v) if !v.tombstone => self.row(v.id, true).map(Some),
+            _ => Ok(None),
+        }
     }
 
+    fn row(&self, id: i64, with_value: bool) -> Result<KeyValue> {
+        let sql = if with_value {
+            "SELECT key, create_rev, rev, version, lease, value FROM history WHERE id = ?1"
+        } else {
+            "SELECT key, create_rev, rev, version, lease, NULL FROM history WHERE id = ?1"
+        };
+        self.conn
+            .prepare_cached(sql)?
+            .query_row([id], row_to_kv)
+            .optional()?
+            // The index named a row this snapshot lacks: they disagree.
+            .ok_or_else(|| StoreError::Corrupt(format!("history row {id} is missing")))
+    }
+
+    /// Every key of `kr` as it was at `rev`, in key order, at most `limit`.
     fn fetch(
         &self,
         kr: &KeyRange,
         rev: i64,
-        cur: i64,
         limit: Option<i64>,
         with_values: bool,
     ) -> Result<Vec<KeyValue>> {
-        if rev != cur {
-            return self.fetch_at(kr, rev, limit, with_values);
-        }
-        let value = if with_values { "h.value" } else { "NULL" };
-        let (cond, mut args) = key_condition(kr, "l.key");
-        let sql = format!(
-            "SELECT l.key, h.create_rev, h.rev, h.version, h.lease, {value}
-             FROM live l JOIN history h ON h.id = l.hid
-             WHERE {cond} AND l.tombstone = 0 ORDER BY l.key LIMIT ?"
-        );
-        args.push(Value::Integer(limit.unwrap_or(-1)));
-        let mut stmt = self.conn.prepare_cached(&sql)?;
-        let rows = stmt.query_map(params_from_iter(args), row_to_kv)?;
-        Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
+        let limit = limit.map(|l| l.max(0) as usize);
+        self.index
+            .ids_at(self.generation, kr, rev, limit)?
+            .into_iter()
+            .map(|id| self.row(id, with_values))
+            .collect()
     }
 
-    /// Every key of `kr` as it was at `rev`, in key order, at most `limit`:
-    /// each key's rows are walked back from its newest, which stops early
-    /// (a continued page reads only its own keys).
-    fn fetch_at(
-        &self,
-        kr: &KeyRange,
-        rev: i64,
-        limit: Option<i64>,
-        with_values: bool,
-    ) -> Result<Vec<KeyValue>> {
-        let value = if with_values { "value" } else { "NULL" };
-        let mut row = self.conn.prepare_cached(&format!(
-            "SELECT key, create_rev, rev, version, lease, {value} FROM history WHERE id = ?1"
-        ))?;
-        let mut kvs = Vec::new();
-        self.walk_at(kr, rev, |id| {
-            kvs.push(row.query_row([id], row_to_kv)?);
-            Ok(limit.is_none_or(|l| (kvs.len() as i64) < l))
-        })?;
-        Ok(kvs)
-    }
-
-    /// Calls `found` with the row id of every key of `kr` that exists at
-    /// `rev`, in key order, until it returns false.
-    fn walk_at(
-        &self,
-        kr: &KeyRange,
-        rev: i64,
-        mut found: impl FnMut(i64) -> Result<bool>,
-    ) -> Result<()> {
-        let (cond, args) = key_condition(kr, "key");
-        let mut keys = self
-            .conn
-            .prepare_cached(&format!("SELECT hid FROM live WHERE {cond} ORDER BY key"))?;
-        let mut step = self
-            .conn
-            .prepare_cached("SELECT rev, prev, tombstone FROM history WHERE id = ?1")?;
-        let mut newest = keys.query(params_from_iter(args))?;
-        while let Some(r) = newest.next()? {
-            let mut id: Option<i64> = Some(r.get(0)?);
-            // A missing row was compacted away: the key had no version at
-            // `rev` (reads below the compact revision are refused earlier).
-            while let Some(at) = id {
-                let Some((row_rev, prev, tombstone)) = step
-                    .query_row([at], |r| {
-                        Ok((
-                            r.get::<_, i64>(0)?,
-                            r.get::<_, Option<i64>>(1)?,
-                            r.get::<_, bool>(2)?,
-                        ))
-                    })
-                    .optional()?
-                else {
-                    break;
-                };
-                if row_rev > rev {
-                    id = prev;
-                    continue;
-                }
-                if !tombstone && !found(at)? {
-                    return Ok(());
-                }
-                break;
-            }
-        }
-        Ok(())
-    }
-
-    fn count(&self, kr: &KeyRange, rev: i64, cur: i64) -> Result<i64> {
-        if rev != cur {
-            let mut n = 0;
-            self.walk_at(kr, rev, |_| {
-                n += 1;
-                Ok(true)
-            })?;
-            return Ok(n);
-        }
-        let (cond, args) = key_condition(kr, "key");
-        Ok(self
-            .conn
-            .prepare_cached(&format!(
-                "SELECT count(*) FROM live WHERE {cond} AND tombstone = 0"
-            ))?
-            .query_row(params_from_iter(args), |r| r.get(0))?)
+    fn count(&self, kr: &KeyRange, rev: i64) -> Result<i64> {
+        self.index.count_at(self.generation, kr, rev)
     }
 
     /// etcd's compare: over a range every key must satisfy it; a missing key
@@ -288,7 +228,7 @@ impl<'c> View<'c> {
     fn compare(&self, c: &Compare) -> Result<bool> {
         let kr = KeyRange::new(&c.key, &c.range_end);
         let cur = self.current_rev();
-        let kvs = self.fetch(&kr, cur, cur, None, c.target == CMPT_VALUE)?;
+        let kvs = self.fetch(&kr, cur, None, c.target == CMPT_VALUE)?;
         if kvs.is_empty() {
             return Ok(c.target != CMPT_VALUE && compare_kv(c, &KeyValue::default()));
         }
@@ -365,11 +305,14 @@ impl<'c> View<'c> {
         self.begin_rev + 1
     }
 
-    fn insert_history(&mut self, kv: &KeyValue, tombstone: bool) -> Result<i64> {
+    /// Appends a row for `kv` and records it in the index, before the
+    /// commit (see `KeyIndex`).
+    fn insert_history(&mut self, kv: &KeyValue, tombstone: bool) -> Result<()> {
+        let prev = self.index.newest(&kv.key).map(|v| v.id);
         self.conn
             .prepare_cached(
                 "INSERT INTO history (key, rev, sub, create_rev, version, lease, value, tombstone, prev)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, (SELECT hid FROM live WHERE key = ?1))",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?
             .execute(params![
                 kv.key,
@@ -379,10 +322,20 @@ impl<'c> View<'c> {
                 kv.version,
                 kv.lease,
                 if tombstone { None } else { Some(&kv.value) },
-                tombstone
+                tombstone,
+                prev
             ])?;
         self.changes += 1;
-        Ok(self.conn.last_insert_rowid())
+        let id = self.conn.last_insert_rowid();
+        self.index.push(
+            &kv.key,
+            Version {
+                rev: kv.mod_revision,
+                id,
+                tombstone,
+            },
+        );
+        Ok(())
     }
 
     /// Writes one key version at the next revision. Lease existence and the
@@ -407,13 +360,7 @@ impl<'c> View<'c> {
 
     /// Stores a fully formed key version (apply or import) and records its event.
     pub(crate) fn record_put(&mut self, kv: KeyValue, prev: Option<KeyValue>) -> Result<()> {
-        let id = self.insert_history(&kv, false)?;
-        self.conn
-            .prepare_cached(
-                "INSERT INTO live (key, hid, tombstone) VALUES (?1, ?2, 0)
-                 ON CONFLICT (key) DO UPDATE SET hid = excluded.hid, tombstone = 0",
-            )?
-            .execute(params![kv.key, id])?;
+        self.insert_history(&kv, false)?;
         self.events.push(Event {
             r#type: EventType::Put as i32,
             kv: Some(kv),
@@ -429,12 +376,7 @@ impl<'c> View<'c> {
             mod_revision: rev,
             ..Default::default()
         };
-        let id = self.insert_history(&kv, true)?;
-        // The key stays listed until compaction removes its last row: reads
-        // at older revisions start their walk here.
-        self.conn
-            .prepare_cached("UPDATE live SET hid = ?2, tombstone = 1 WHERE key = ?1")?
-            .execute(params![kv.key, id])?;
+        self.insert_history(&kv, true)?;
         self.events.push(Event {
             r#type: EventType::Delete as i32,
             kv: Some(kv),
@@ -445,7 +387,7 @@ impl<'c> View<'c> {
 
     fn delete_keys(&mut self, kr: &KeyRange) -> Result<Vec<KeyValue>> {
         let cur = self.current_rev();
-        let victims = self.fetch(kr, cur, cur, None, true)?;
+        let victims = self.fetch(kr, cur, None, true)?;
         let rev = self.write_rev();
         for kv in &victims {
             self.record_delete(kv.clone(), rev)?;
@@ -453,14 +395,27 @@ impl<'c> View<'c> {
         Ok(victims)
     }
 
-    /// Live keys attached to lease `id`, in key order.
+    /// Live keys attached to lease `id`, in key order: the rows that carry
+    /// the lease and are still their key's newest.
     pub fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT h.key FROM history h JOIN live l ON l.key = h.key AND l.hid = h.id
-             WHERE h.lease = ?1 AND h.lease != 0 AND l.tombstone = 0 ORDER BY h.key",
-        )?;
-        let rows = stmt.query_map([id], |r| r.get(0))?;
-        Ok(rows.collect::<std::result::Result<_, _>>()?)
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id, key FROM history WHERE lease = ?1 AND lease != 0")?;
+        let rows = stmt.query_map([id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+        let cur = self.current_rev();
+        let mut keys = Vec::new();
+        for row in rows {
+            let (row_id, key) = row?;
+            if self
+                .index
+                .at(self.generation, &key, cur)?
+                .is_some_and(|v| v.id == row_id && !v.tombstone)
+            {
+                keys.push(key);
+            }
+        }
+        keys.sort();
+        Ok(keys)
     }
 
     /// Every lease, as (id, granted TTL in seconds).
@@ -786,23 +741,6 @@ fn sort_kvs(kvs: &mut [KeyValue], order: i32, target: i32) {
         kvs.sort_by(|a, b| by(b, a));
     } else {
         kvs.sort_by(by);
-    }
-}
-
-/// SQL condition over `col` for a key range, with its arguments.
-fn key_condition(kr: &KeyRange, col: &str) -> (String, Vec<Value>) {
-    match kr {
-        KeyRange::Single(k) => (format!("{col} = ?"), vec![Value::Blob(k.clone())]),
-        KeyRange::Interval { start, end: None } => {
-            (format!("{col} >= ?"), vec![Value::Blob(start.clone())])
-        }
-        KeyRange::Interval {
-            start,
-            end: Some(end),
-        } => (
-            format!("{col} >= ? AND {col} < ?"),
-            vec![Value::Blob(start.clone()), Value::Blob(end.clone())],
-        ),
     }
 }
 

@@ -88,6 +88,8 @@ pub fn store_status(e: StoreError) -> Status {
         StoreError::LeaseExists => EtcdError::LeaseExist.into(),
         StoreError::ImportOutOfOrder { .. } => Status::failed_precondition(e.to_string()),
         StoreError::Stopped => Status::unavailable("etcdserver: server stopped"),
+        // Retried by clients, as etcd's own Unavailable answers are.
+        StoreError::Reopened => Status::unavailable(format!("etcdserver: {e}")),
         StoreError::NoLeader => EtcdError::NoLeader.into(),
         StoreError::LeaderChanged => EtcdError::LeaderChanged.into(),
         StoreError::Timeout => EtcdError::Timeout.into(),

@@ -32,6 +32,7 @@ use crate::checkpointer::WalRestart;
 use crate::command::{AppliedBatch, Command, CommandOutput, RevisionEvents};
 use crate::compactor::Compactor;
 use crate::error::{Result, StoreError};
+use crate::key_index::KeyIndex;
 use crate::metrics::StoreMetrics;
 
 const MEMBERSHIP: &str = "membership";
@@ -62,6 +63,7 @@ pub(crate) struct ApplierOutputs {
     pub lease_changes: Arc<std::sync::atomic::AtomicU64>,
     /// Asked for by the checkpointer when the WAL should start over.
     pub wal_restart: WalRestart,
+    pub index: Arc<KeyIndex>,
 }
 
 pub(crate) struct Applier {
@@ -198,7 +200,11 @@ fn run(
                 }
             }
             ApplierMsg::Install { path, reply } => {
+                // No read may pair the new rows with the old index, or the
+                // reverse: readers wait, and those under way start again.
+                let exclusive = out.index.exclusive();
                 let r = install(&mut conn, &path).and_then(|()| {
+                    exclusive.reload(&conn)?;
                     state = ApplyState::load(&conn)?;
                     let m = load_membership(&conn)?;
                     out.membership.send_replace(m);
@@ -282,7 +288,7 @@ fn apply_batch(
                     if matches!(lc.cmd, Command::LeaseGrant(_) | Command::LeaseRevoke(_)) {
                         lease_changes += 1;
                     }
-                    let result = match apply(&tx, state, &lc.cmd) {
+                    let result = match apply(&tx, &out.index, state, &lc.cmd) {
                         Ok(a) => {
                             if let Some((revision, events)) = a.events {
                                 applied.revisions.push(RevisionEvents { revision, events });
@@ -310,6 +316,7 @@ fn apply_batch(
     if let Err(e) = outcome {
         tracing::error!(error = %e, "applying committed entries failed");
         *state = before;
+        out.index.truncate_after(before.current_rev);
         return Err(e);
     }
     out.metrics.batch_size.observe(results.len() as f64);
@@ -370,7 +377,7 @@ fn install(conn: &mut Connection, snapshot: &Path) -> Result<()> {
     conn.execute("ATTACH DATABASE ?1 AS snap", [path])?;
     let copy = (|| -> Result<()> {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        for table in ["history", "live", "meta", "leases", "alarms", "raft_state"] {
+        for table in ["history", "meta", "leases", "alarms", "raft_state"] {
             tx.execute_batch(&format!(
                 "DELETE FROM main.{table}; INSERT INTO main.{table} SELECT * FROM snap.{table};"
             ))?;
@@ -439,16 +446,18 @@ mod tests {
         )
         .unwrap();
         let registry = prometheus::Registry::new();
+        let index = Arc::new(KeyIndex::load(&conn).unwrap());
         let out = ApplierOutputs {
             member_id: 1,
             state: watch::channel(ApplyState::load(&conn).unwrap()).0,
             events: broadcast::channel(16).0,
-            compactor: Arc::new(Compactor::start(&path).unwrap()),
+            compactor: Arc::new(Compactor::start(&path, index.clone()).unwrap()),
             metrics: StoreMetrics::new(&registry).unwrap(),
             waiters: Waiters::default(),
             membership: watch::channel(StoredMembership::default()).0,
             lease_changes: Default::default(),
             wal_restart: WalRestart::default(),
+            index,
         };
         let applier = Applier::start(conn, out).unwrap();
         let batch = |entries| move |reply| ApplierMsg::Apply { entries, reply };
@@ -498,25 +507,23 @@ mod tests {
                 key: b"b".to_vec(),
                 ..Default::default()
             });
+            let index = KeyIndex::load(&conn).unwrap();
             for cmd in [put("a", "1"), put("b", "1"), put("a", "2"), del] {
                 let tx = conn.unchecked_transaction().unwrap();
-                apply(&tx, &mut state, &cmd).unwrap();
+                apply(&tx, &index, &mut state, &cmd).unwrap();
                 state.persist(&tx).unwrap();
                 tx.commit().unwrap();
             }
-            conn.execute_batch(
-                "CREATE INDEX history_key_rev ON history (key, rev);
-                 DELETE FROM live WHERE tombstone = 1;
-                 ALTER TABLE live DROP COLUMN tombstone;
-                 ALTER TABLE history DROP COLUMN prev;
-                 UPDATE meta SET value = 1 WHERE name = 'schema_version';",
-            )
-            .unwrap();
+            conn.execute_batch(crate::schema::DOWNGRADE_TO_V1_FOR_TESTS)
+                .unwrap();
         }
         let mut conn = crate::schema::open_writer(&dir.path().join("store.db")).unwrap();
+        let index = KeyIndex::default();
+        let exclusive = index.exclusive();
         install(&mut conn, &snap).unwrap();
+        exclusive.reload(&conn).unwrap();
         let tx = conn.transaction().unwrap();
-        let view = View::open(&tx).unwrap();
+        let view = View::open(&tx, &index).unwrap();
         assert_eq!(view.current_rev(), 5);
         let at = |rev| {
             view.range(&RangeRequest {
