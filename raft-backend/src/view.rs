@@ -3,7 +3,9 @@
 //!
 //! The same code serves reads (a read transaction, no writes) and apply (the
 //! writer's transaction). Writes made through a view are visible to later reads
-//! through it, exactly as later ops of an etcd txn see earlier ones.
+//! through it, exactly as later ops of an etcd txn see earlier ones. Which row
+//! holds a key as of a revision comes from the in-memory `KeyIndex`; the rows
+//! themselves from SQLite.
 
 use cairn_proto::etcdserverpb::{
     compare, request_op, response_op, Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
