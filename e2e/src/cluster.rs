@@ -350,14 +350,17 @@ impl Cluster {
     /// Peer RPCs (Raft messages and forwarded requests) every running member
     /// has received so far, from their `/metrics`.
     pub async fn peer_rpcs(&self) -> Result<u64> {
+        self.rpcs_started("grpc_service=\"cairnpb.peer.v1.Peer\"")
+            .await
+    }
+
+    /// RPCs whose `grpc_server_started_total` sample carries `label` (e.g.
+    /// `grpc_method="StreamAppend"`), summed over every running member.
+    pub async fn rpcs_started(&self, label: &str) -> Result<u64> {
         let mut total = 0;
         for i in self.running() {
             let text = crate::http::get_text(self.members[i].client_port, "/metrics").await?;
-            total += crate::http::counter_sum(
-                &text,
-                "grpc_server_started_total",
-                "grpc_service=\"cairnpb.peer.v1.Peer\"",
-            );
+            total += crate::http::counter_sum(&text, "grpc_server_started_total", label);
         }
         Ok(total)
     }

@@ -128,6 +128,9 @@ async fn writes_through_any_member_are_seen_by_all() -> Result<()> {
     }
     assert_eq!(streams[0].len(), 30);
     assert!(streams.iter().all(|s| *s == streams[0]));
+    // Replication went over streams: no member fell back to one call at a time.
+    assert!(c.rpcs_started("grpc_method=\"StreamAppend\"").await? > 0);
+    assert_eq!(c.rpcs_started("grpc_method=\"AppendEntries\"").await?, 0);
     Ok(())
 }
 
@@ -146,6 +149,8 @@ async fn replication_falls_back_to_append_entries_for_older_members() -> Result<
             .is_ok_and(|log| log.contains("peer does not stream replication"))
     });
     assert!(fell_back, "no leader fell back:\n{}", c.log_tail(0));
+    // The entries went over AppendEntries calls.
+    assert!(c.rpcs_started("grpc_method=\"AppendEntries\"").await? >= 20);
     for i in 0..3 {
         let got = c.client(i).await?.get("k/19", None).await?;
         assert_eq!(got.kvs()[0].value(), b"v19");

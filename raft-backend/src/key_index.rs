@@ -183,16 +183,13 @@ impl KeyIndex {
     ) -> (Vec<i64>, Option<Vec<u8>>) {
         let mut inner = self.write();
         inner.pruned_to = inner.pruned_to.max(target);
-        let start = match cursor {
-            Some(c) => Bound::Excluded(c.to_vec()),
-            None => Bound::Unbounded,
-        };
+        let start = cursor.map_or(Bound::Unbounded, Bound::Excluded);
         let mut removed = Vec::new();
         let mut emptied = Vec::new();
         let mut last = None;
         for (n, (key, vs)) in inner
             .keys
-            .range_mut::<Vec<u8>, _>((start, Bound::Unbounded))
+            .range_mut::<[u8], _>((start, Bound::Unbounded))
             .enumerate()
         {
             if n == max_keys {
@@ -249,18 +246,11 @@ fn newest_at(vs: &[Version], rev: i64) -> Option<Version> {
 fn range<'a>(
     keys: &'a BTreeMap<Vec<u8>, Vec<Version>>,
     kr: &KeyRange,
-) -> Box<dyn Iterator<Item = (&'a Vec<u8>, &'a Vec<Version>)> + 'a> {
-    match kr {
-        KeyRange::Single(k) => Box::new(keys.get_key_value(k).into_iter()),
-        KeyRange::Interval { start, end } => {
-            let upper = match end {
-                Some(e) if e <= start => return Box::new(std::iter::empty()),
-                Some(e) => Bound::Excluded(e.clone()),
-                None => Bound::Unbounded,
-            };
-            Box::new(keys.range::<Vec<u8>, _>((Bound::Included(start.clone()), upper)))
-        }
-    }
+) -> impl Iterator<Item = (&'a Vec<u8>, &'a Vec<Version>)> + 'a {
+    kr.bounds()
+        .map(|bounds| keys.range::<[u8], _>(bounds))
+        .into_iter()
+        .flatten()
 }
 
 #[cfg(test)]

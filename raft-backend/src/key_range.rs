@@ -1,5 +1,10 @@
 //! etcd's `(key, range_end)` convention turned into an explicit interval.
 
+use std::ops::Bound;
+
+/// A key range's lower and upper bound.
+pub type KeyBounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
+
 /// The keys a request covers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyRange {
@@ -24,6 +29,21 @@ impl KeyRange {
                 start: key.to_vec(),
                 end: Some(end.to_vec()),
             },
+        }
+    }
+
+    /// The range as bounds over an ordered map keyed by `Vec<u8>` (borrowed,
+    /// so a lookup copies no key); `None` when it is empty (end <= start).
+    pub fn bounds(&self) -> Option<KeyBounds<'_>> {
+        match self {
+            KeyRange::Single(k) => Some((Bound::Included(k), Bound::Included(k))),
+            KeyRange::Interval { start, end: None } => {
+                Some((Bound::Included(start), Bound::Unbounded))
+            }
+            KeyRange::Interval {
+                start,
+                end: Some(end),
+            } => (end > start).then_some((Bound::Included(start), Bound::Excluded(end))),
         }
     }
 
@@ -66,6 +86,12 @@ mod tests {
         assert!(ab.contains(b"a") && ab.contains(b"a\xff") && !ab.contains(b"b"));
         let inverted = KeyRange::new(b"z", b"a");
         assert!(!inverted.contains(b"m") && !inverted.contains(b"z"));
+        assert_eq!(inverted.bounds(), None);
+        assert_eq!(KeyRange::new(b"a", b"a").bounds(), None);
+        assert_eq!(
+            ab.bounds(),
+            Some((Bound::Included(&b"a"[..]), Bound::Excluded(&b"b"[..])))
+        );
     }
 
     #[test]

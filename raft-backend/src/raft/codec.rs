@@ -5,7 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use cairn_proto::peer as pb;
-use openraft::raft::{AppendEntriesRequest, StreamAppendError, StreamAppendResult};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, StreamAppendError, StreamAppendResult,
+};
 use openraft::vote::RaftLeaderId;
 use openraft::vote::RaftVote;
 use prost::Message;
@@ -230,6 +232,44 @@ pub fn append_request_from_pb(
             .collect::<Result<_, _>>()?,
         leader_commit: opt_log_id_from_pb(r.leader_commit),
     })
+}
+
+pub fn append_response_from_pb(
+    r: pb::AppendEntriesResponse,
+) -> Result<AppendEntriesResponse<TypeConfig>, DecodeError> {
+    Ok(match pb::AppendResult::try_from(r.result) {
+        Ok(pb::AppendResult::AppendSuccess) => AppendEntriesResponse::Success,
+        Ok(pb::AppendResult::AppendPartial) => {
+            AppendEntriesResponse::PartialSuccess(opt_log_id_from_pb(r.last_log_id))
+        }
+        Ok(pb::AppendResult::AppendConflict) => AppendEntriesResponse::Conflict,
+        Ok(pb::AppendResult::AppendHigherVote) => {
+            AppendEntriesResponse::HigherVote(vote_from_pb(r.vote)?)
+        }
+        Err(_) => {
+            return Err(DecodeError {
+                what: "append response",
+                detail: format!("unknown result {}", r.result),
+            })
+        }
+    })
+}
+
+pub fn append_response_to_pb(r: AppendEntriesResponse<TypeConfig>) -> pb::AppendEntriesResponse {
+    let mut out = pb::AppendEntriesResponse::default();
+    match r {
+        AppendEntriesResponse::Success => out.result = pb::AppendResult::AppendSuccess as i32,
+        AppendEntriesResponse::PartialSuccess(l) => {
+            out.result = pb::AppendResult::AppendPartial as i32;
+            out.last_log_id = opt_log_id_to_pb(l.as_ref());
+        }
+        AppendEntriesResponse::Conflict => out.result = pb::AppendResult::AppendConflict as i32,
+        AppendEntriesResponse::HigherVote(v) => {
+            out.result = pb::AppendResult::AppendHigherVote as i32;
+            out.vote = Some(vote_to_pb(&v));
+        }
+    }
+    out
 }
 
 pub fn stream_append_result_to_pb(r: &StreamAppendResult<TypeConfig>) -> pb::StreamAppendResponse {

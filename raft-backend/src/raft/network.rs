@@ -240,7 +240,7 @@ impl RaftNetworkV2<TypeConfig> for Network {
             .await
             .map_err(|s| status_err(target, s))?
             .into_inner();
-        append_response_from_pb(resp).map_err(decode_err)
+        codec::append_response_from_pb(resp).map_err(decode_err)
     }
 
     /// One gRPC stream per replication session, so that the next entries
@@ -460,44 +460,6 @@ async fn next_answer(
             }
         }
     }
-}
-
-pub fn append_response_from_pb(
-    r: pb::AppendEntriesResponse,
-) -> Result<AppendEntriesResponse<TypeConfig>, codec::DecodeError> {
-    Ok(match pb::AppendResult::try_from(r.result) {
-        Ok(pb::AppendResult::AppendSuccess) => AppendEntriesResponse::Success,
-        Ok(pb::AppendResult::AppendPartial) => {
-            AppendEntriesResponse::PartialSuccess(codec::opt_log_id_from_pb(r.last_log_id))
-        }
-        Ok(pb::AppendResult::AppendConflict) => AppendEntriesResponse::Conflict,
-        Ok(pb::AppendResult::AppendHigherVote) => {
-            AppendEntriesResponse::HigherVote(codec::vote_from_pb(r.vote)?)
-        }
-        Err(_) => {
-            return Err(codec::DecodeError {
-                what: "append response",
-                detail: format!("unknown result {}", r.result),
-            })
-        }
-    })
-}
-
-pub fn append_response_to_pb(r: AppendEntriesResponse<TypeConfig>) -> pb::AppendEntriesResponse {
-    let mut out = pb::AppendEntriesResponse::default();
-    match r {
-        AppendEntriesResponse::Success => out.result = pb::AppendResult::AppendSuccess as i32,
-        AppendEntriesResponse::PartialSuccess(l) => {
-            out.result = pb::AppendResult::AppendPartial as i32;
-            out.last_log_id = codec::opt_log_id_to_pb(l.as_ref());
-        }
-        AppendEntriesResponse::Conflict => out.result = pb::AppendResult::AppendConflict as i32,
-        AppendEntriesResponse::HigherVote(v) => {
-            out.result = pb::AppendResult::AppendHigherVote as i32;
-            out.vote = Some(codec::vote_to_pb(&v));
-        }
-    }
-    out
 }
 
 #[cfg(test)]

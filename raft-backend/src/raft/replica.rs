@@ -610,7 +610,7 @@ impl Replica {
         if !matches!(resp, AppendEntriesResponse::HigherVote(_)) {
             self.contact.touch();
         }
-        Ok(super::network::append_response_to_pb(resp))
+        Ok(codec::append_response_to_pb(resp))
     }
 
     /// Serves a leader's replication stream: each request goes to Raft as it
