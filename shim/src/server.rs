@@ -5,9 +5,10 @@ use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Context;
+use cairn_proto::encoded_watch::watch_server::WatchServer;
 use cairn_proto::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
-    maintenance_server::MaintenanceServer, watch_server::WatchServer,
+    maintenance_server::MaintenanceServer,
 };
 use cairn_proto::peer::peer_server::PeerServer;
 use cairn_raft_backend::{Bootstrap, MemberInfo, PeerTransport, RaftTiming, ReplicaOptions, Store};

@@ -11,10 +11,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_proto::etcdserverpb::WatchResponse;
+use cairn_proto::cairnpb::wire::WatchResponse;
+use cairn_proto::etcdserverpb::ResponseHeader;
 use cairn_raft_backend::{AppliedBatch, StoreError};
+use prost::bytes::Bytes;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use super::shared_events::SharedEvents;
 use super::watcher::{fragments, StreamId, Watcher};
 use crate::config::GRPC_OVERHEAD_BYTES;
 use crate::node::{Node, SharedNode};
@@ -161,15 +164,17 @@ impl Hub {
             sinks,
         } = self;
         for re in batch.revisions.iter().filter(|r| r.revision > *rev) {
+            let shared = SharedEvents::new(&re.events);
+            let header = node.header_at(re.revision);
             for w in watchers
                 .values_mut()
                 .filter(|w| w.synced && re.revision >= w.next_rev)
             {
-                let evs = w.select(&re.events);
+                let evs = w.select(&shared, i64::MAX);
                 if evs.is_empty() {
                     continue;
                 }
-                match send(sinks, w.stream, response(node, w, re.revision, evs)) {
+                match send(sinks, w.stream, response(node, header, w, evs)) {
                     Sent::Ok => {
                         w.next_rev = re.revision + 1;
                         w.sent_since_tick = true;
@@ -292,20 +297,18 @@ impl Hub {
             (true, Some(kv)) => kv.mod_revision,
             _ => to,
         };
+        let shared = SharedEvents::new(&events);
+        // etcd stamps catch-up responses with the store's revision.
+        let header = self.node.header_at(to);
         for key in ready {
             let Some(w) = self.watchers.get(&key) else {
                 continue;
             };
-            let evs = w.select(
-                events
-                    .iter()
-                    .filter(|e| e.kv.as_ref().is_some_and(|kv| kv.mod_revision <= reached)),
-            );
+            let evs = w.select(&shared, reached);
             let sent = if evs.is_empty() {
                 Sent::Ok
             } else {
-                // etcd stamps catch-up responses with the store's revision.
-                let out = response(&self.node, w, to, evs);
+                let out = response(&self.node, header, w, evs);
                 send(&self.sinks, w.stream, out)
             };
             let Some(w) = self.watchers.get_mut(&key) else {
@@ -383,12 +386,12 @@ fn send(sinks: &HashMap<StreamId, Sink>, stream: StreamId, responses: Vec<WatchR
 /// One response for `w`, split into fragments if it asked for them.
 fn response(
     node: &Node,
+    header: Option<ResponseHeader>,
     w: &Watcher,
-    revision: i64,
-    events: Vec<cairn_proto::mvccpb::Event>,
+    events: Vec<Bytes>,
 ) -> Vec<WatchResponse> {
     let resp = WatchResponse {
-        header: node.header_at(revision),
+        header,
         watch_id: w.id,
         events,
         ..Default::default()

@@ -3,6 +3,7 @@
 
 mod hub;
 mod service;
+mod shared_events;
 mod watcher;
 
 pub use hub::WatchHub;

@@ -4,10 +4,9 @@ use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use cairn_proto::etcdserverpb::{
-    watch_request::RequestUnion, watch_server::Watch, WatchCreateRequest, WatchRequest,
-    WatchResponse,
-};
+use cairn_proto::cairnpb::wire::WatchResponse;
+use cairn_proto::encoded_watch::watch_server::Watch;
+use cairn_proto::etcdserverpb::{watch_request::RequestUnion, WatchCreateRequest, WatchRequest};
 use cairn_raft_backend::KeyRange;
 use futures::{Stream, StreamExt};
 use tokio::sync::{mpsc, oneshot};

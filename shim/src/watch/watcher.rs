@@ -1,11 +1,13 @@
 //! One watcher: what it covers, how its events are filtered and shaped.
 
-use cairn_proto::etcdserverpb::{
-    watch_create_request::FilterType, WatchCreateRequest, WatchResponse,
-};
-use cairn_proto::mvccpb::{event::EventType, Event};
+use cairn_proto::cairnpb::wire::WatchResponse;
+use cairn_proto::etcdserverpb::{watch_create_request::FilterType, WatchCreateRequest};
+use cairn_proto::mvccpb::event::EventType;
 use cairn_raft_backend::KeyRange;
+use prost::bytes::Bytes;
 use prost::Message;
+
+use super::shared_events::SharedEvents;
 
 pub type StreamId = u64;
 
@@ -51,32 +53,27 @@ impl Watcher {
         }
     }
 
-    /// The events of `evs` this watcher should see, shaped for it.
-    pub fn select<'a>(&self, evs: impl IntoIterator<Item = &'a Event>) -> Vec<Event> {
-        evs.into_iter()
-            .filter(|e| {
-                let kv = match &e.kv {
-                    Some(kv) => kv,
-                    None => return false,
+    /// The events of `shared` at or below `max_rev` this watcher should
+    /// see, encoded as it asked for them.
+    pub fn select(&self, shared: &SharedEvents, max_rev: i64) -> Vec<Bytes> {
+        shared
+            .events()
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| {
+                let Some(kv) = &e.kv else {
+                    return false;
                 };
-                if kv.mod_revision < self.next_rev || !self.range.contains(&kv.key) {
+                if kv.mod_revision < self.next_rev
+                    || kv.mod_revision > max_rev
+                    || !self.range.contains(&kv.key)
+                {
                     return false;
                 }
                 let is_put = e.r#type == EventType::Put as i32;
                 !(is_put && self.no_put || !is_put && self.no_delete)
             })
-            .map(|e| {
-                let mut e = e.clone();
-                // etcd looks prev_kv up only for events that are not creations.
-                let creation = e.r#type == EventType::Put as i32
-                    && e.kv
-                        .as_ref()
-                        .is_some_and(|kv| kv.create_revision == kv.mod_revision);
-                if !self.prev_kv || creation {
-                    e.prev_kv = None;
-                }
-                e
-            })
+            .map(|(i, _)| shared.encoded(i, self.prev_kv))
             .collect()
     }
 }
@@ -110,7 +107,7 @@ pub fn fragments(resp: WatchResponse, max_bytes: usize) -> Vec<WatchResponse> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cairn_proto::mvccpb::KeyValue;
+    use cairn_proto::mvccpb::{Event, KeyValue};
 
     fn put(key: &str, rev: i64, size: usize) -> Event {
         Event {
@@ -142,17 +139,26 @@ mod tests {
             }),
             prev_kv: None,
         };
-        let got = w.select(&[put("a", 4, 1), put("b", 5, 1), put("c", 6, 1), del]);
+        let events = [put("a", 4, 1), put("b", 5, 1), put("c", 6, 1), del];
+        let shared = SharedEvents::new(&events);
+        let got: Vec<Event> = w
+            .select(&shared, i64::MAX)
+            .into_iter()
+            .map(|b| Event::decode(b).unwrap())
+            .collect();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].kv.as_ref().unwrap().key, b"b");
         assert!(got[0].prev_kv.is_none(), "prev_kv only when asked");
+        assert!(w.select(&shared, 4).is_empty(), "nothing above max_rev");
     }
 
     #[test]
     fn fragments_split_at_the_limit_and_flag_all_but_last() {
         let resp = WatchResponse {
             watch_id: 7,
-            events: (0..10).map(|i| put(&format!("k{i}"), 2, 100)).collect(),
+            events: (0..10)
+                .map(|i| put(&format!("k{i}"), 2, 100).encode_to_vec().into())
+                .collect(),
             ..Default::default()
         };
         let parts = fragments(resp.clone(), 350);
