@@ -1195,6 +1195,143 @@ async fn watch_from_now_under_load(kind: Kind) -> Result<()> {
     keep_on_err(r, &mut [&mut m])
 }
 
+/// Under concurrent writes an applied batch holds several revisions, and
+/// Cairn answers a synced watcher with one response for all of them (etcd
+/// groups revisions only when a watcher catches up). Every watcher must still
+/// get exactly the acknowledged writes it covers, in order, shaped as it
+/// asked (prev_kv, filters), with headers at or above its events. Rounds of
+/// concurrent writes repeat, up to a bound, until some response has covered
+/// several revisions, so the grouping is known to have been exercised.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grouped_revisions_keep_every_event_cairn() -> Result<()> {
+    let mut m = Member::start(Kind::Cairn).await?;
+    let r = async {
+        let ch = channel(&m).await?;
+        let specs = [
+            Create::prefix("batch/").prev_kv(),
+            Create::prefix("batch/"),
+            Create::prefix("batch/").no_delete(),
+            Create::prefix("batch/3/").prev_kv().no_put(),
+            Create::range("batch/0/", "batch/4/").prev_kv(),
+        ];
+        let mut w = RawWatch::open(&ch, "cairn grouped", specs[0].clone()).await?;
+        let mut flat = Flat::default();
+        for s in &specs[1..] {
+            w.create(s.clone()).await?;
+        }
+        pump_until(&mut w, &mut flat, STEP_TIMEOUT, "5 Created", |f| {
+            f.created_order.len() == specs.len()
+        })
+        .await?;
+        let mut created = Vec::new();
+        for &id in &flat.created_order {
+            let Some(Item::Created { revision, .. }) = flat.items(id).first().cloned() else {
+                bail!("no Created item for watcher {id}");
+            };
+            created.push((id, revision));
+        }
+        let model = Arc::new(Mutex::new(Model::default()));
+        let mut last = 0;
+        for round in 0..5 {
+            let mut writers = tokio::task::JoinSet::new();
+            for t in 0..8 {
+                let (mut kv, model) = (kv_client(&ch), model.clone());
+                writers.spawn(async move {
+                    let mut last = 0;
+                    for i in 0..60 {
+                        // Each writer owns its keys, so its own order is
+                        // each key's order.
+                        let k = format!("batch/{t}/{round}-{}", i % 3);
+                        let rev = if i % 5 == 4 {
+                            let rev = del(&mut kv, &k, "").await?;
+                            model.lock().await.delete(k.as_bytes(), rev);
+                            rev
+                        } else {
+                            let v = format!("{t}-{round}-{i}");
+                            let rev = put(&mut kv, &k, v.as_bytes()).await?;
+                            model.lock().await.put(k.as_bytes(), v.as_bytes(), rev, 0);
+                            rev
+                        };
+                        last = last.max(rev);
+                    }
+                    anyhow::Ok(last)
+                });
+            }
+            while let Some(r) = writers.join_next().await {
+                last = r??.max(last);
+            }
+            // Watcher 0 sees every write.
+            let id0 = created[0].0;
+            pump_until(
+                &mut w,
+                &mut flat,
+                Duration::from_secs(30),
+                "the round's last write",
+                |f| f.last_event_rev.get(&id0).is_some_and(|r| *r >= last),
+            )
+            .await?;
+            if flat.multi_revision > 0 {
+                break;
+            }
+        }
+        ensure!(
+            flat.multi_revision > 0,
+            "no response covered several revisions in 5 rounds of 8 concurrent writers"
+        );
+        // The other watchers' last events are at or below `last`; a sentinel
+        // write every watcher sees (a put for most, a delete for no_put) ends them.
+        let mut kv = kv_client(&ch);
+        let k = "batch/3/zz-end";
+        let rev = put(&mut kv, k, b"end").await?;
+        model.lock().await.put(k.as_bytes(), b"end", rev, 0);
+        let end = del(&mut kv, k, "").await?;
+        model.lock().await.delete(k.as_bytes(), end);
+        let ids: Vec<i64> = created
+            .iter()
+            .map(|c| c.0)
+            .filter(|id| *id != created[2].0)
+            .collect();
+        pump_until(
+            &mut w,
+            &mut flat,
+            Duration::from_secs(30),
+            "the final delete",
+            |f| {
+                ids.iter()
+                    .all(|id| f.last_event_rev.get(id).is_some_and(|r| *r >= end))
+            },
+        )
+        .await?;
+        pump_until(
+            &mut w,
+            &mut flat,
+            Duration::from_secs(30),
+            "the final put",
+            |f| {
+                f.last_event_rev
+                    .get(&created[2].0)
+                    .is_some_and(|r| *r >= rev)
+            },
+        )
+        .await?;
+        ensure!(flat.violations.is_empty(), "{:?}", flat.violations);
+        let model = model.lock().await;
+        for (spec, (id, hdr)) in specs.iter().zip(&created) {
+            let want = model.expected(spec, hdr + 1);
+            if let Some(d) = first_difference(&want, &flat.events(*id)) {
+                bail!("watcher {id} (left: the acknowledged writes, right: received): {d}");
+            }
+        }
+        eprintln!(
+            "{} responses, {} of them covering several revisions",
+            flat.responses, flat.multi_revision
+        );
+        Ok(())
+    }
+    .await;
+    keep_on_err(r, &mut [&mut m])
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_from_now_under_load_cairn() -> Result<()> {
     watch_from_now_under_load(Kind::Cairn).await

@@ -623,6 +623,8 @@ pub struct Flat {
     /// An unfinished fragmented response: (watch_id, events so far).
     open_fragment: Option<(i64, NResp)>,
     pub responses: usize,
+    /// Whole responses whose events span more than one revision.
+    pub multi_revision: usize,
     /// Watch ids of Created responses, in arrival order (-1 for refusals).
     pub created_order: Vec<i64>,
 }
@@ -674,6 +676,9 @@ impl Flat {
         if n.is_progress() {
             self.progress.push((id, n.revision));
             return;
+        }
+        if n.events.windows(2).any(|w| w[0].rev() != w[1].rev()) {
+            self.multi_revision += 1;
         }
         let mut prev_rev = 0;
         for e in &n.events {

@@ -28,6 +28,9 @@ use crate::node::{Node, SharedNode};
 const SYNC_INTERVAL: Duration = Duration::from_millis(10);
 /// Events read from history per catch-up pass.
 const SYNC_MAX_EVENTS: usize = 10_000;
+/// A live response covering several revisions is closed once its events
+/// reach this size; the next revision starts another.
+const BATCHED_RESPONSE_BYTES: usize = 64 * 1024;
 /// etcd's id for responses that belong to no single watcher.
 pub const NO_WATCH_ID: i64 = -1;
 
@@ -163,33 +166,17 @@ impl Hub {
             watchers,
             sinks,
         } = self;
-        for re in batch.revisions.iter().filter(|r| r.revision > *rev) {
-            let shared = SharedEvents::new(&re.events);
-            let header = node.header_at(re.revision);
-            for w in watchers
-                .values_mut()
-                .filter(|w| w.synced && re.revision >= w.next_rev)
-            {
-                let evs = w.select(&shared, i64::MAX);
-                if evs.is_empty() {
-                    continue;
-                }
-                match send(sinks, w.stream, response(node, header, w, evs)) {
-                    Sent::Ok => {
-                        w.next_rev = re.revision + 1;
-                        w.sent_since_tick = true;
-                    }
-                    Sent::Full => {
-                        tracing::debug!(
-                            stream = w.stream,
-                            watch_id = w.id,
-                            revision = re.revision,
-                            "watcher fell behind"
-                        );
-                        w.synced = false;
-                        w.next_rev = re.revision;
-                    }
-                    Sent::Closed => closed.push(w.stream),
+        let revisions: Vec<_> = batch
+            .revisions
+            .iter()
+            .filter(|r| r.revision > *rev)
+            .map(|r| (r.revision, SharedEvents::new(&r.events)))
+            .collect();
+        if let Some(&(last, _)) = revisions.last() {
+            let header = node.header_at(last);
+            for w in watchers.values_mut().filter(|w| w.synced) {
+                if let Err(gone) = feed(node, sinks, header, w, &revisions) {
+                    closed.push(gone);
                 }
             }
         }
@@ -370,6 +357,76 @@ impl Hub {
             }
         }
     }
+}
+
+/// Hands a synced watcher its events from one applied batch: several
+/// revisions to one response, as catch-up from history does. Under load a
+/// batch holds many revisions, and one response per revision per watcher
+/// was most of the fan-out's cost; a single-revision batch is answered as
+/// etcd answers a write. Returns the stream if it is gone.
+fn feed(
+    node: &Node,
+    sinks: &HashMap<StreamId, Sink>,
+    header: Option<ResponseHeader>,
+    w: &mut Watcher,
+    revisions: &[(i64, SharedEvents)],
+) -> Result<(), StreamId> {
+    let mut events = Vec::new();
+    let mut size = 0;
+    // The first revision in `events`, where a watcher that cannot take them
+    // resumes from history.
+    let mut first = 0;
+    let mut upto = 0;
+    let last = revisions.last().map_or(0, |(r, _)| *r);
+    let mut revisions = revisions.iter().peekable();
+    while let Some((revision, shared)) = revisions.next() {
+        let selected = w.select(shared, i64::MAX);
+        if !selected.is_empty() {
+            if events.is_empty() {
+                first = *revision;
+            }
+            size += selected.iter().map(|e| e.len()).sum::<usize>();
+            events.extend(selected);
+            upto = *revision;
+        }
+        let flush = revisions.peek().is_none() || size >= BATCHED_RESPONSE_BYTES;
+        if !flush || events.is_empty() {
+            continue;
+        }
+        // A response vouches for the revisions it covers; the batch's last
+        // one for the whole batch, as a catch-up response does for the
+        // store's revision.
+        let vouches = if revisions.peek().is_none() {
+            last
+        } else {
+            upto
+        };
+        let header = header.map(|h| ResponseHeader {
+            revision: vouches,
+            ..h
+        });
+        let out = response(node, header, w, std::mem::take(&mut events));
+        size = 0;
+        match send(sinks, w.stream, out) {
+            Sent::Ok => {
+                w.next_rev = upto + 1;
+                w.sent_since_tick = true;
+            }
+            Sent::Full => {
+                tracing::debug!(
+                    stream = w.stream,
+                    watch_id = w.id,
+                    revision = first,
+                    "watcher fell behind"
+                );
+                w.synced = false;
+                w.next_rev = first;
+                return Ok(());
+            }
+            Sent::Closed => return Err(w.stream),
+        }
+    }
+    Ok(())
 }
 
 fn send(sinks: &HashMap<StreamId, Sink>, stream: StreamId, responses: Vec<WatchResponse>) -> Sent {
