@@ -20,8 +20,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .compile_fds(fds)?;
 
     // etcdserverpb.Watch/Watch once more, on the same path, answering with
-    // the pre-encoded cairnpb.wire.WatchResponse. The generated file is
-    // `etcdserverpb.Watch.rs`, beside prost's `etcdserverpb.rs`.
+    // the pre-encoded cairnpb.wire.WatchResponse in smaller chunks
+    // (src/watch_codec.rs). The generated file is `etcdserverpb.Watch.rs`,
+    // beside prost's `etcdserverpb.rs`.
     let watch = tonic_build::manual::Service::builder()
         .name("Watch")
         .package("etcdserverpb")
@@ -31,7 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .route_name("Watch")
                 .input_type("crate::etcdserverpb::WatchRequest")
                 .output_type("crate::cairnpb::wire::WatchResponse")
-                .codec_path("tonic_prost::ProstCodec")
+                .codec_path("crate::watch_codec::WatchCodec")
                 .client_streaming()
                 .server_streaming()
                 .build(),

@@ -39,6 +39,8 @@ pub mod cairnpb {
 /// The etcdserverpb.Watch service as the server implements it: requests as
 /// etcd's, responses as [`cairnpb::wire::WatchResponse`], whose events are
 /// encoded once for all watchers.
+pub mod watch_codec;
+
 pub mod encoded_watch {
     include!(concat!(env!("OUT_DIR"), "/etcdserverpb.Watch.rs"));
 }

@@ -29,8 +29,10 @@ const SYNC_INTERVAL: Duration = Duration::from_millis(10);
 /// Events read from history per catch-up pass.
 const SYNC_MAX_EVENTS: usize = 10_000;
 /// A live response covering several revisions is closed once its events
-/// reach this size; the next revision starts another.
-const BATCHED_RESPONSE_BYTES: usize = 64 * 1024;
+/// reach this size; the next revision starts another. About one encoder
+/// chunk (`cairn_proto::watch_codec::WATCH_CHUNK_BYTES`): a larger response
+/// saves little per event and makes each stream's queued chunk larger.
+const BATCHED_RESPONSE_BYTES: usize = 8 * 1024;
 /// etcd's id for responses that belong to no single watcher.
 pub const NO_WATCH_ID: i64 = -1;
 
