@@ -52,6 +52,8 @@ pub struct MemberOptions {
     pub quota_backend_bytes: Option<u64>,
     /// Extra arguments appended verbatim.
     pub extra_args: Vec<String>,
+    /// Extra environment variables (Cairn's test hooks).
+    pub env: Vec<(String, String)>,
     /// How long to wait for readiness after each (re)start.
     pub ready_timeout: Duration,
 }
@@ -63,6 +65,7 @@ impl Default for MemberOptions {
             max_request_bytes: None,
             quota_backend_bytes: None,
             extra_args: Vec::new(),
+            env: Vec::new(),
             ready_timeout: Duration::from_secs(20),
         }
     }
@@ -297,6 +300,7 @@ impl Member {
         let stderr = log.try_clone()?;
         let child = Command::new(&self.binary)
             .args(&args)
+            .envs(self.opts.env.iter().map(|(k, v)| (k, v)))
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))

@@ -41,7 +41,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use cairn_e2e::dump::dump;
-use cairn_e2e::{Kind, Member};
+use cairn_e2e::{Kind, Member, MemberOptions};
 use cairn_proto::etcdserverpb as pb;
 use common::*;
 use pb::compare::{CompareResult, CompareTarget, TargetUnion};
@@ -346,8 +346,23 @@ fn random_spec(rng: &mut StdRng) -> Create {
     c
 }
 
-async fn pair_start() -> Result<(Side, Side)> {
-    let (e, c) = start_pair(&[], &[], None).await?;
+async fn pair_start(cairn_env: &[(&str, &str)]) -> Result<(Side, Side)> {
+    let (e, c) = if cairn_env.is_empty() {
+        start_pair(&[], &[], None).await?
+    } else {
+        let opts = MemberOptions {
+            env: cairn_env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        };
+        let (e, c) = tokio::join!(
+            Member::start(Kind::Etcd),
+            Member::start_with(Kind::Cairn, opts)
+        );
+        (e.context("starting etcd")?, c.context("starting cairn")?)
+    };
     Ok((side(e).await?, side(c).await?))
 }
 
@@ -389,8 +404,8 @@ async fn create_on(side: &mut Side, s: usize, c: &Create) -> Result<(i64, Item)>
     Ok((id, item))
 }
 
-async fn run_seed(seed: u64, ops: usize) -> Result<()> {
-    let (mut etcd, mut cairn) = pair_start().await?;
+async fn run_seed(seed: u64, ops: usize, cairn_env: &[(&str, &str)]) -> Result<()> {
+    let (mut etcd, mut cairn) = pair_start(cairn_env).await?;
     let result = run_seed_on(seed, ops, &mut etcd, &mut cairn).await;
     if result.is_err() {
         etcd.member.keep_on_drop();
@@ -731,10 +746,23 @@ fn ops() -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_event_sequences_match_etcd() -> Result<()> {
+    run_seeds(&[]).await
+}
+
+/// The same, with Cairn's applier never loading previous kvs (a test hook):
+/// every prev_kv watcher then reads the revisions it needs from history, as
+/// one does that registered while a batch was being applied. Those events
+/// must be the same as etcd's too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_event_sequences_match_etcd_with_prev_kv_from_history() -> Result<()> {
+    run_seeds(&[("CAIRN_TEST_PREV_KV_FROM_HISTORY", "1")]).await
+}
+
+async fn run_seeds(cairn_env: &[(&str, &str)]) -> Result<()> {
     let n = ops();
     let mut failures = Vec::new();
     for seed in seeds() {
-        if let Err(e) = run_seed(seed, n).await {
+        if let Err(e) = run_seed(seed, n, cairn_env).await {
             failures.push(format!("{e:?}"));
         }
     }

@@ -57,14 +57,21 @@ pub struct Applied {
 /// etcd's applier does), so a refused command has written nothing and needs no
 /// rollback. An error after a write is a storage fault, reported as such so
 /// that the caller rolls the whole batch back.
+///
+/// `prev_values`: whether put events carry the previous kv of the key they
+/// update (see `PrevKvInterest`).
 pub fn apply(
     conn: &Connection,
     index: &KeyIndex,
     state: &mut ApplyState,
     cmd: &Command,
+    prev_values: bool,
 ) -> Result<Applied> {
     let mut next = *state;
     let mut view = View::with_revisions(conn, index, next.current_rev, next.compact_rev);
+    if !prev_values {
+        view.skip_prev_values();
+    }
     let result = apply_to(conn, &mut view, &mut next, cmd);
     let (output, compacted_to) = match result {
         Ok(out) => out,

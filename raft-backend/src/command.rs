@@ -73,4 +73,7 @@ pub struct AppliedBatch {
     /// The state was replaced by a snapshot from the leader: there are no
     /// events to give, and watchers must re-read what they need from history.
     pub reset: bool,
+    /// Every event carries its prev_kv. Without a watcher that wants them
+    /// (see `PrevKvInterest`), puts that update a key come without it.
+    pub prev_kv_complete: bool,
 }

@@ -29,6 +29,10 @@ pub struct Version {
     /// The history row.
     pub id: i64,
     pub tombstone: bool,
+    /// The row's create revision and version (0 for a tombstone), so that a
+    /// put learns them without reading the row.
+    pub create_rev: i64,
+    pub version: i64,
 }
 
 #[derive(Default)]
@@ -221,7 +225,9 @@ impl Exclusive<'_> {
     /// Replaces the index with the rows `conn` sees.
     pub fn reload(mut self, conn: &Connection) -> Result<()> {
         let mut keys: BTreeMap<Vec<u8>, Vec<Version>> = BTreeMap::new();
-        let mut stmt = conn.prepare("SELECT key, rev, id, tombstone FROM history ORDER BY id")?;
+        let mut stmt = conn.prepare(
+            "SELECT key, rev, id, tombstone, create_rev, version FROM history ORDER BY id",
+        )?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
             let key: Vec<u8> = r.get(0)?;
@@ -229,6 +235,8 @@ impl Exclusive<'_> {
                 rev: r.get(1)?,
                 id: r.get(2)?,
                 tombstone: r.get(3)?,
+                create_rev: r.get(4)?,
+                version: r.get(5)?,
             });
         }
         self.0.keys = keys;
@@ -258,7 +266,13 @@ mod tests {
     use super::*;
 
     fn v(rev: i64, id: i64, tombstone: bool) -> Version {
-        Version { rev, id, tombstone }
+        Version {
+            rev,
+            id,
+            tombstone,
+            create_rev: 0,
+            version: 0,
+        }
     }
 
     fn interval(a: &str, b: &str) -> KeyRange {
@@ -312,11 +326,16 @@ mod tests {
     fn a_read_begun_before_a_reload_is_told_to_start_again() {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(
-            "CREATE TABLE history (id INTEGER PRIMARY KEY, key BLOB, rev INTEGER, tombstone INTEGER);
-             INSERT INTO history VALUES (1, x'61', 2, 0), (2, x'61', 3, 1), (3, x'62', 4, 0);",
+            "CREATE TABLE history (id INTEGER PRIMARY KEY, key BLOB, rev INTEGER, tombstone INTEGER,
+                                   create_rev INTEGER, version INTEGER);
+             INSERT INTO history VALUES (1, x'61', 2, 0, 2, 1), (2, x'61', 3, 1, 0, 0),
+                                        (3, x'62', 4, 0, 4, 1), (4, x'62', 5, 0, 4, 2);",
         )
         .unwrap();
         let ix = KeyIndex::load(&conn).unwrap();
+        // A put learns the key's create revision and version from here.
+        let b = ix.newest(b"b").unwrap();
+        assert_eq!((b.rev, b.id, b.create_rev, b.version), (5, 4, 4, 2));
         let ((), generation) = ix.begin(|| Ok(())).unwrap();
         assert_eq!(
             ix.at(Some(generation), b"a", 3).unwrap(),

@@ -14,6 +14,7 @@ mod error;
 mod key_index;
 mod key_range;
 mod metrics;
+mod prev_kv_interest;
 mod raft;
 mod readers;
 mod schema;
@@ -25,6 +26,7 @@ pub use command::{AppliedBatch, Command, CommandOutput, ImportRevision, Revision
 pub use error::{Result, StoreError};
 pub use key_range::{prefix_end, KeyRange};
 pub use metrics::StoreMetrics;
+pub use prev_kv_interest::{PrevKvInterest, PrevKvWanted};
 pub use raft::{
     codec, network, to_status, Bootstrap, MemberInfo, Peer, PeerTransport, RaftStatus, RaftTiming,
     Replica, ReplicaOptions, LOG_DIR,

@@ -14,6 +14,7 @@ use crate::compactor::Compactor;
 use crate::error::{Result, StoreError};
 use crate::key_index::KeyIndex;
 use crate::metrics::StoreMetrics;
+use crate::prev_kv_interest::{PrevKvInterest, PrevKvWanted};
 use crate::raft::{
     Applier, ApplierMsg, ApplierOutputs, Bootstrap, LogStore, MemberInfo, PeerTransport, Replica,
     ReplicaOptions, StateMachine,
@@ -42,6 +43,7 @@ pub struct Store {
     events: broadcast::Sender<Arc<AppliedBatch>>,
     metrics: StoreMetrics,
     lease_changes: Arc<std::sync::atomic::AtomicU64>,
+    prev_kv: PrevKvInterest,
 }
 
 /// A point-in-time summary for Status and metrics.
@@ -76,6 +78,7 @@ impl Store {
         let checkpointer = Checkpointer::start(&path, wal_restart.clone())?;
         let waiters = crate::raft::Waiters::default();
         let lease_changes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let prev_kv = PrevKvInterest::from_env();
         let applier = Arc::new(Applier::start(
             conn,
             ApplierOutputs {
@@ -89,6 +92,7 @@ impl Store {
                 lease_changes: lease_changes.clone(),
                 wal_restart,
                 index: index.clone(),
+                prev_kv: prev_kv.clone(),
             },
         )?);
         let io = |e: std::io::Error| StoreError::Storage(e.to_string());
@@ -119,6 +123,7 @@ impl Store {
             events,
             metrics,
             lease_changes,
+            prev_kv,
         })
     }
 
@@ -165,6 +170,12 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Registers a watcher that wants previous kvs in events: while one is
+    /// registered, applied batches carry them (`AppliedBatch::prev_kv_complete`).
+    pub fn want_prev_kv(&self) -> PrevKvWanted {
+        self.prev_kv.register()
     }
 
     /// Replicates `cmd` and resolves once a quorum has it durably and this

@@ -50,6 +50,8 @@ pub struct View<'c> {
     /// Changes made through this view; all share revision `begin_rev + 1`.
     changes: i64,
     events: Vec<Event>,
+    /// Whether a put's event gets its previous kv (see `PrevKvInterest`).
+    prev_values: bool,
 }
 
 impl<'c> View<'c> {
@@ -75,6 +77,7 @@ impl<'c> View<'c> {
             compact_rev: compact_rev.ok_or_else(missing)?,
             changes: 0,
             events: Vec::new(),
+            prev_values: true,
         })
     }
 
@@ -93,7 +96,14 @@ impl<'c> View<'c> {
             compact_rev,
             changes: 0,
             events: Vec::new(),
+            prev_values: true,
         }
+    }
+
+    /// Puts from here on record their events without the previous kv when
+    /// they update a key: no watcher wants it.
+    pub fn skip_prev_values(&mut self) {
+        self.prev_values = false;
     }
 
     pub fn index(&self) -> &'c KeyIndex {
@@ -335,6 +345,8 @@ impl<'c> View<'c> {
                 rev: kv.mod_revision,
                 id,
                 tombstone,
+                create_rev: kv.create_revision,
+                version: kv.version,
             },
         );
         Ok(())
@@ -344,10 +356,17 @@ impl<'c> View<'c> {
     /// ignore_* rules are checked by the caller, as etcd checks them before apply.
     fn put_kv(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> Result<()> {
         let rev = self.write_rev();
-        let prev = self.get(key)?;
-        let (create_revision, version) = match &prev {
-            Some(p) => (p.create_revision, p.version + 1),
+        let live = self
+            .index
+            .at(self.generation, key, self.current_rev())?
+            .filter(|v| !v.tombstone);
+        let (create_revision, version) = match live {
+            Some(v) => (v.create_rev, v.version + 1),
             None => (rev, 1),
+        };
+        let prev = match live {
+            Some(v) if self.prev_values => Some(self.row(v.id, true)?),
+            _ => None,
         };
         let kv = KeyValue {
             key: key.to_vec(),

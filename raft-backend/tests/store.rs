@@ -643,3 +643,53 @@ async fn get_all(s: &Store, rev: i64) -> Vec<KeyValue> {
     .unwrap()
     .kvs
 }
+
+/// A put's event carries the previous kv of the key it updates only while a
+/// watcher wants previous kvs, and each batch says which it is; the key's
+/// create revision and version come out the same either way.
+#[tokio::test]
+async fn put_events_carry_prev_kv_only_while_wanted() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir).await;
+    let mut events = s.subscribe();
+    let mut next_event = || {
+        let batch = events.try_recv().expect("one batch per write");
+        assert_eq!(batch.revisions.len(), 1);
+        (batch.prev_kv_complete, batch.revisions[0].events[0].clone())
+    };
+    s.propose(put("a", "1")).await.unwrap(); // revision 2, a creation
+    let (complete, created) = next_event();
+    assert!(!complete);
+    assert!(created.prev_kv.is_none());
+
+    s.propose(put("a", "2")).await.unwrap(); // revision 3: no watcher wants prev
+    let (complete, bare) = next_event();
+    assert!(!complete, "no watcher wants prev_kv");
+    assert!(bare.prev_kv.is_none());
+    let kv = bare.kv.unwrap();
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 2));
+
+    let wanted = s.want_prev_kv();
+    s.propose(put("a", "3")).await.unwrap(); // revision 4
+    let (complete, full) = next_event();
+    assert!(complete);
+    let prev = full.prev_kv.expect("prev_kv while wanted");
+    assert_eq!((prev.value.as_slice(), prev.mod_revision), (&b"2"[..], 3));
+    let kv = full.kv.unwrap();
+    assert_eq!((kv.create_revision, kv.version), (2, 3));
+
+    drop(wanted);
+    s.propose(put("a", "4")).await.unwrap();
+    let (complete, bare) = next_event();
+    assert!(
+        !complete && bare.prev_kv.is_none(),
+        "withdrawn with the last watcher"
+    );
+    // History keeps every previous kv whatever the live feed carried.
+    let evs = s.events_between(3, 5, 10).await.unwrap();
+    let prevs: Vec<_> = evs
+        .iter()
+        .map(|e| e.prev_kv.as_ref().map(|p| p.mod_revision))
+        .collect();
+    assert_eq!(prevs, vec![Some(2), Some(3), Some(4)]);
+}

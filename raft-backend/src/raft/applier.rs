@@ -34,6 +34,7 @@ use crate::compactor::Compactor;
 use crate::error::{Result, StoreError};
 use crate::key_index::KeyIndex;
 use crate::metrics::StoreMetrics;
+use crate::prev_kv_interest::PrevKvInterest;
 
 const MEMBERSHIP: &str = "membership";
 
@@ -64,6 +65,7 @@ pub(crate) struct ApplierOutputs {
     /// Asked for by the checkpointer when the WAL should start over.
     pub wal_restart: WalRestart,
     pub index: Arc<KeyIndex>,
+    pub prev_kv: PrevKvInterest,
 }
 
 pub(crate) struct Applier {
@@ -221,6 +223,7 @@ fn run(
                         revisions: Vec::new(),
                         current_revision: state.current_rev,
                         reset: true,
+                        prev_kv_complete: false,
                     }));
                 }
                 let _ = reply.send(r);
@@ -265,7 +268,11 @@ fn apply_batch(
 ) -> Result<()> {
     let before = *state;
     let mut results: Vec<EntryResult> = Vec::with_capacity(entries.len());
-    let mut applied = AppliedBatch::default();
+    let prev_values = out.prev_kv.wanted();
+    let mut applied = AppliedBatch {
+        prev_kv_complete: prev_values,
+        ..AppliedBatch::default()
+    };
     let mut compacted_to = None;
     let mut new_membership = None;
     let mut lease_changes = 0u64;
@@ -288,7 +295,7 @@ fn apply_batch(
                     if matches!(lc.cmd, Command::LeaseGrant(_) | Command::LeaseRevoke(_)) {
                         lease_changes += 1;
                     }
-                    let result = match apply(&tx, &out.index, state, &lc.cmd) {
+                    let result = match apply(&tx, &out.index, state, &lc.cmd, prev_values) {
                         Ok(a) => {
                             if let Some((revision, events)) = a.events {
                                 applied.revisions.push(RevisionEvents { revision, events });
@@ -458,6 +465,7 @@ mod tests {
             lease_changes: Default::default(),
             wal_restart: WalRestart::default(),
             index,
+            prev_kv: PrevKvInterest::default(),
         };
         let applier = Applier::start(conn, out).unwrap();
         let batch = |entries| move |reply| ApplierMsg::Apply { entries, reply };
@@ -510,7 +518,7 @@ mod tests {
             let index = KeyIndex::load(&conn).unwrap();
             for cmd in [put("a", "1"), put("b", "1"), put("a", "2"), del] {
                 let tx = conn.unchecked_transaction().unwrap();
-                apply(&tx, &index, &mut state, &cmd).unwrap();
+                apply(&tx, &index, &mut state, &cmd, true).unwrap();
                 state.persist(&tx).unwrap();
                 tx.commit().unwrap();
             }

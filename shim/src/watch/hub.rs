@@ -177,6 +177,22 @@ impl Hub {
         if let Some(&(last, _)) = revisions.last() {
             let header = node.header_at(last);
             for w in watchers.values_mut().filter(|w| w.synced) {
+                // Applied before this watcher's want was seen: the events it
+                // needs lack their previous kvs, which history has.
+                if !batch.prev_kv_complete
+                    && batch
+                        .revisions
+                        .iter()
+                        .any(|r| r.revision > *rev && w.misses_prev_kv(&r.events))
+                {
+                    tracing::debug!(
+                        stream = w.stream,
+                        watch_id = w.id,
+                        "batch without prev_kv; watcher reads it from history"
+                    );
+                    w.synced = false;
+                    continue;
+                }
                 if let Err(gone) = feed(node, sinks, header, w, &revisions) {
                     closed.push(gone);
                 }

@@ -90,6 +90,9 @@ impl StreamCtx {
             req.watch_id
         };
         self.ids.insert(id);
+        // Before the revision is read: batches applied after it then carry
+        // previous kvs, or say they do not (see Hub's feed).
+        let prev_kv_wanted = req.prev_kv.then(|| self.node.store.want_prev_kv());
         // Read the revision once: the Created header and "from now" agree on it.
         let current = self.node.store.applied().current_rev;
         let next_rev = if req.start_revision == 0 {
@@ -106,7 +109,7 @@ impl StreamCtx {
         // Created goes out before the hub can send this watcher anything.
         self.sink.send(vec![created]).await.map_err(drop)?;
         let range = KeyRange::new(&req.key, &req.range_end);
-        let watcher = Watcher::new(id, self.id, &req, range, next_rev);
+        let watcher = Watcher::new(id, self.id, &req, range, next_rev, prev_kv_wanted);
         self.hub.send(HubMsg::Register {
             watcher,
             sink: self.sink.clone(),

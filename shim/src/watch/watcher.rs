@@ -1,9 +1,11 @@
 //! One watcher: what it covers, how its events are filtered and shaped.
 
 use cairn_proto::cairnpb::wire::WatchResponse;
+use std::sync::Arc;
+
 use cairn_proto::etcdserverpb::{watch_create_request::FilterType, WatchCreateRequest};
-use cairn_proto::mvccpb::event::EventType;
-use cairn_raft_backend::KeyRange;
+use cairn_proto::mvccpb::{event::EventType, Event};
+use cairn_raft_backend::{KeyRange, PrevKvWanted};
 use prost::bytes::Bytes;
 use prost::Message;
 
@@ -28,6 +30,8 @@ pub struct Watcher {
     pub synced: bool,
     /// Events were sent since the last progress tick (then no notify is due).
     pub sent_since_tick: bool,
+    /// Held while the watcher lives, so that the store loads previous kvs.
+    _prev_kv_wanted: Option<Arc<PrevKvWanted>>,
 }
 
 impl Watcher {
@@ -37,6 +41,7 @@ impl Watcher {
         req: &WatchCreateRequest,
         range: KeyRange,
         next_rev: i64,
+        prev_kv_wanted: Option<PrevKvWanted>,
     ) -> Self {
         Watcher {
             id,
@@ -50,7 +55,37 @@ impl Watcher {
             next_rev,
             synced: false,
             sent_since_tick: false,
+            _prev_kv_wanted: prev_kv_wanted.map(Arc::new),
         }
+    }
+
+    fn wants(&self, e: &Event, max_rev: i64) -> bool {
+        let Some(kv) = &e.kv else {
+            return false;
+        };
+        if kv.mod_revision < self.next_rev
+            || kv.mod_revision > max_rev
+            || !self.range.contains(&kv.key)
+        {
+            return false;
+        }
+        let is_put = e.r#type == EventType::Put as i32;
+        !(is_put && self.no_put || !is_put && self.no_delete)
+    }
+
+    /// Whether `events`, from a batch applied while no watcher wanted
+    /// previous kvs, hold one this watcher needs: an update of a key it
+    /// covers, sent to a watcher that asked for prev_kv.
+    pub fn misses_prev_kv(&self, events: &[Event]) -> bool {
+        self.prev_kv
+            && events.iter().any(|e| {
+                self.wants(e, i64::MAX)
+                    && e.r#type == EventType::Put as i32
+                    && e.prev_kv.is_none()
+                    && e.kv
+                        .as_ref()
+                        .is_some_and(|kv| kv.create_revision != kv.mod_revision)
+            })
     }
 
     /// The events of `shared` at or below `max_rev` this watcher should
@@ -60,19 +95,7 @@ impl Watcher {
             .events()
             .iter()
             .enumerate()
-            .filter(|(_, e)| {
-                let Some(kv) = &e.kv else {
-                    return false;
-                };
-                if kv.mod_revision < self.next_rev
-                    || kv.mod_revision > max_rev
-                    || !self.range.contains(&kv.key)
-                {
-                    return false;
-                }
-                let is_put = e.r#type == EventType::Put as i32;
-                !(is_put && self.no_put || !is_put && self.no_delete)
-            })
+            .filter(|(_, e)| self.wants(e, max_rev))
             .map(|(i, _)| shared.encoded(i, self.prev_kv))
             .collect()
     }
@@ -107,7 +130,7 @@ pub fn fragments(resp: WatchResponse, max_bytes: usize) -> Vec<WatchResponse> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cairn_proto::mvccpb::{Event, KeyValue};
+    use cairn_proto::mvccpb::KeyValue;
 
     fn put(key: &str, rev: i64, size: usize) -> Event {
         Event {
@@ -129,7 +152,7 @@ mod tests {
             filters: vec![FilterType::Nodelete as i32],
             ..Default::default()
         };
-        let w = Watcher::new(0, 0, &req, KeyRange::new(b"a", b"c"), 5);
+        let w = Watcher::new(0, 0, &req, KeyRange::new(b"a", b"c"), 5, None);
         let del = Event {
             r#type: EventType::Delete as i32,
             kv: Some(KeyValue {
@@ -150,6 +173,45 @@ mod tests {
         assert_eq!(got[0].kv.as_ref().unwrap().key, b"b");
         assert!(got[0].prev_kv.is_none(), "prev_kv only when asked");
         assert!(w.select(&shared, 4).is_empty(), "nothing above max_rev");
+    }
+
+    #[test]
+    fn an_update_without_its_prev_kv_is_missed_only_by_prev_kv_watchers() {
+        let update = Event {
+            prev_kv: None,
+            ..put("b", 6, 1)
+        };
+        let mut creation = update.clone();
+        if let Some(kv) = creation.kv.as_mut() {
+            kv.create_revision = kv.mod_revision;
+        }
+        let with_prev = WatchCreateRequest {
+            prev_kv: true,
+            ..Default::default()
+        };
+        let w = Watcher::new(0, 0, &with_prev, KeyRange::new(b"a", b"c"), 5, None);
+        assert!(w.misses_prev_kv(std::slice::from_ref(&update)));
+        assert!(!w.misses_prev_kv(&[creation]), "a creation has no prev_kv");
+        assert!(!w.misses_prev_kv(&[put("b", 6, 1)]), "it has its prev_kv");
+        let outside = Event {
+            prev_kv: None,
+            ..put("c", 6, 1)
+        };
+        assert!(!w.misses_prev_kv(&[outside]), "not a key it covers");
+        let before = Event {
+            prev_kv: None,
+            ..put("b", 4, 1)
+        };
+        assert!(!w.misses_prev_kv(&[before]), "below its next revision");
+        let plain = Watcher::new(
+            1,
+            0,
+            &Default::default(),
+            KeyRange::new(b"a", b"c"),
+            5,
+            None,
+        );
+        assert!(!plain.misses_prev_kv(&[update]));
     }
 
     #[test]
