@@ -195,10 +195,18 @@ impl<'c> View<'c> {
 
     /// The newest live version of one key.
     pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>> {
-        match self.index.at(self.generation, key, self.current_rev())? {
-            Some(v) if !v.tombstone => self.row(v.id, true).map(Some),
-            _ => Ok(None),
+        match self.live_version(key)? {
+            Some(v) => self.row(v.id, true).map(Some),
+            None => Ok(None),
         }
+    }
+
+    /// The index entry of the key's newest live version.
+    fn live_version(&self, key: &[u8]) -> Result<Option<Version>> {
+        Ok(self
+            .index
+            .at(self.generation, key, self.current_rev())?
+            .filter(|v| !v.tombstone))
     }
 
     fn row(&self, id: i64, with_value: bool) -> Result<KeyValue> {
@@ -356,10 +364,7 @@ impl<'c> View<'c> {
     /// ignore_* rules are checked by the caller, as etcd checks them before apply.
     fn put_kv(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> Result<()> {
         let rev = self.write_rev();
-        let live = self
-            .index
-            .at(self.generation, key, self.current_rev())?
-            .filter(|v| !v.tombstone);
+        let live = self.live_version(key)?;
         let (create_revision, version) = match live {
             Some(v) => (v.create_rev, v.version + 1),
             None => (rev, 1),

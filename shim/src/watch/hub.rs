@@ -180,10 +180,9 @@ impl Hub {
                 // Applied before this watcher's want was seen: the events it
                 // needs lack their previous kvs, which history has.
                 if !batch.prev_kv_complete
-                    && batch
-                        .revisions
+                    && revisions
                         .iter()
-                        .any(|r| r.revision > *rev && w.misses_prev_kv(&r.events))
+                        .any(|(_, shared)| w.misses_prev_kv(shared.events()))
                 {
                     tracing::debug!(
                         stream = w.stream,

@@ -36,12 +36,7 @@ impl<'a> SharedEvents<'a> {
     /// kvs receives it.
     pub fn encoded(&self, i: usize, prev_kv: bool) -> Bytes {
         let e = &self.events[i];
-        // etcd looks prev_kv up only for events that are not creations.
-        let creation = e.r#type == EventType::Put as i32
-            && e.kv
-                .as_ref()
-                .is_some_and(|kv| kv.create_revision == kv.mod_revision);
-        if prev_kv && !creation || e.prev_kv.is_none() {
+        if prev_kv && !is_creation(e) || e.prev_kv.is_none() {
             self.with_prev[i]
                 .get_or_init(|| e.encode_to_vec().into())
                 .clone()
@@ -58,6 +53,15 @@ impl<'a> SharedEvents<'a> {
                 .clone()
         }
     }
+}
+
+/// A put that created its key. etcd sends no prev_kv with one, even where the
+/// key existed before a delete.
+pub fn is_creation(e: &Event) -> bool {
+    e.r#type == EventType::Put as i32
+        && e.kv
+            .as_ref()
+            .is_some_and(|kv| kv.create_revision == kv.mod_revision)
 }
 
 #[cfg(test)]

@@ -1,19 +1,17 @@
 //! One watcher: what it covers, how its events are filtered and shaped.
 
 use cairn_proto::cairnpb::wire::WatchResponse;
-use std::sync::Arc;
-
 use cairn_proto::etcdserverpb::{watch_create_request::FilterType, WatchCreateRequest};
 use cairn_proto::mvccpb::{event::EventType, Event};
 use cairn_raft_backend::{KeyRange, PrevKvWanted};
 use prost::bytes::Bytes;
 use prost::Message;
 
-use super::shared_events::SharedEvents;
+use super::shared_events::{is_creation, SharedEvents};
 
 pub type StreamId = u64;
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Watcher {
     pub id: i64,
     pub stream: StreamId,
@@ -31,7 +29,7 @@ pub struct Watcher {
     /// Events were sent since the last progress tick (then no notify is due).
     pub sent_since_tick: bool,
     /// Held while the watcher lives, so that the store loads previous kvs.
-    _prev_kv_wanted: Option<Arc<PrevKvWanted>>,
+    _prev_kv_wanted: Option<PrevKvWanted>,
 }
 
 impl Watcher {
@@ -55,7 +53,7 @@ impl Watcher {
             next_rev,
             synced: false,
             sent_since_tick: false,
-            _prev_kv_wanted: prev_kv_wanted.map(Arc::new),
+            _prev_kv_wanted: prev_kv_wanted,
         }
     }
 
@@ -82,9 +80,7 @@ impl Watcher {
                 self.wants(e, i64::MAX)
                     && e.r#type == EventType::Put as i32
                     && e.prev_kv.is_none()
-                    && e.kv
-                        .as_ref()
-                        .is_some_and(|kv| kv.create_revision != kv.mod_revision)
+                    && !is_creation(e)
             })
     }
 
