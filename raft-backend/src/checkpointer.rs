@@ -21,6 +21,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 
 use crate::error::{Result, StoreError};
+use crate::file_size::FileSize;
 use crate::schema;
 
 /// Each pass writes the pages dirtied since the last one and fsyncs the WAL
@@ -44,12 +45,13 @@ impl WalRestart {
     /// what the background checkpoint left, so that its next transaction
     /// starts the WAL over. Readers still on old frames just defer that to a
     /// later request; nothing waits for them.
-    pub(crate) fn run_if_requested(&self, writer: &Connection) -> Result<()> {
+    /// Returns whether it ran.
+    pub(crate) fn run_if_requested(&self, writer: &Connection) -> Result<bool> {
         if !self.0.swap(false, Ordering::AcqRel) {
-            return Ok(());
+            return Ok(false);
         }
         writer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
-        Ok(())
+        Ok(true)
     }
 
     fn request(&self) {
@@ -63,7 +65,8 @@ pub struct Checkpointer {
 }
 
 impl Checkpointer {
-    pub(crate) fn start(path: &Path, restart: WalRestart) -> Result<Self> {
+    /// Refreshes `size` after each pass: a checkpoint is what grows the file.
+    pub(crate) fn start(path: &Path, restart: WalRestart, size: FileSize) -> Result<Self> {
         let conn = schema::open_writer(path)?;
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -74,6 +77,7 @@ impl Checkpointer {
                     if let Err(e) = checkpoint(&conn, &restart) {
                         tracing::warn!(error = %e, "WAL checkpoint failed");
                     }
+                    size.refresh();
                 }
             })
             .map_err(|e| StoreError::Storage(format!("spawn checkpointer: {e}")))?;

@@ -11,6 +11,7 @@ mod checkpointer;
 mod command;
 mod compactor;
 mod error;
+mod file_size;
 mod key_index;
 mod key_range;
 mod metrics;

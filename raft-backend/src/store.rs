@@ -12,6 +12,7 @@ use crate::checkpointer::{Checkpointer, WalRestart};
 use crate::command::{AppliedBatch, Command, CommandOutput};
 use crate::compactor::Compactor;
 use crate::error::{Result, StoreError};
+use crate::file_size::FileSize;
 use crate::key_index::KeyIndex;
 use crate::metrics::StoreMetrics;
 use crate::prev_kv_interest::{PrevKvInterest, PrevKvWanted};
@@ -44,6 +45,7 @@ pub struct Store {
     metrics: StoreMetrics,
     lease_changes: Arc<std::sync::atomic::AtomicU64>,
     prev_kv: PrevKvInterest,
+    file_size: FileSize,
 }
 
 /// A point-in-time summary for Status and metrics.
@@ -75,7 +77,8 @@ impl Store {
         let index = Arc::new(KeyIndex::load(&conn)?);
         let compactor = Arc::new(Compactor::start(&path, index.clone())?);
         let wal_restart = WalRestart::default();
-        let checkpointer = Checkpointer::start(&path, wal_restart.clone())?;
+        let file_size = FileSize::new(&path);
+        let checkpointer = Checkpointer::start(&path, wal_restart.clone(), file_size.clone())?;
         let waiters = crate::raft::Waiters::default();
         let lease_changes = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let prev_kv = PrevKvInterest::from_env();
@@ -93,6 +96,7 @@ impl Store {
                 wal_restart,
                 index: index.clone(),
                 prev_kv: prev_kv.clone(),
+                file_size: file_size.clone(),
             },
         )?);
         let io = |e: std::io::Error| StoreError::Storage(e.to_string());
@@ -124,6 +128,7 @@ impl Store {
             metrics,
             lease_changes,
             prev_kv,
+            file_size,
         })
     }
 
@@ -170,6 +175,12 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The database file's size as of the last checkpoint, defragmentation
+    /// or snapshot install (what the quota is checked against).
+    pub fn file_size(&self) -> i64 {
+        self.file_size.bytes()
     }
 
     /// Registers a watcher that wants previous kvs in events: while one is

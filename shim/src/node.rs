@@ -21,7 +21,6 @@ pub struct Node {
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
     pub quota_bytes: i64,
-    pub db_file_size: crate::quota::DbFileSize,
     pub registry: prometheus::Registry,
     pub metrics: Arc<crate::metrics::ServerMetrics>,
 }

@@ -230,7 +230,6 @@ pub async fn open_node(args: &ServeArgs) -> anyhow::Result<SharedNode> {
         max_request_bytes: args.max_request_bytes,
         max_txn_ops: args.max_txn_ops,
         quota_bytes: args.quota_bytes(),
-        db_file_size: crate::quota::DbFileSize::new(),
         registry,
         metrics,
     }))

@@ -32,6 +32,7 @@ use crate::checkpointer::WalRestart;
 use crate::command::{AppliedBatch, Command, CommandOutput, RevisionEvents};
 use crate::compactor::Compactor;
 use crate::error::{Result, StoreError};
+use crate::file_size::FileSize;
 use crate::key_index::KeyIndex;
 use crate::metrics::StoreMetrics;
 use crate::prev_kv_interest::PrevKvInterest;
@@ -66,6 +67,8 @@ pub(crate) struct ApplierOutputs {
     pub wal_restart: WalRestart,
     pub index: Arc<KeyIndex>,
     pub prev_kv: PrevKvInterest,
+    /// Refreshed after the checkpoints, defragmentations and installs done here.
+    pub file_size: FileSize,
 }
 
 pub(crate) struct Applier {
@@ -193,8 +196,12 @@ fn run(
                 }
                 // After the answers: the batch is committed whatever happens here.
                 if r.is_ok() {
-                    if let Err(e) = out.wal_restart.run_if_requested(&conn) {
-                        tracing::warn!(error = %e, "WAL checkpoint before a rewind failed");
+                    match out.wal_restart.run_if_requested(&conn) {
+                        Ok(true) => out.file_size.refresh(),
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "WAL checkpoint before a rewind failed")
+                        }
                     }
                 }
                 if next.is_some() {
@@ -206,6 +213,7 @@ fn run(
                 // reverse: readers wait, and those under way start again.
                 let exclusive = out.index.exclusive();
                 let r = install(&mut conn, &path).and_then(|()| {
+                    out.file_size.refresh();
                     exclusive.reload(&conn)?;
                     state = ApplyState::load(&conn)?;
                     let m = load_membership(&conn)?;
@@ -229,7 +237,9 @@ fn run(
                 let _ = reply.send(r);
             }
             ApplierMsg::Defragment { reply } => {
-                let _ = reply.send(defragment(&conn));
+                let r = defragment(&conn);
+                out.file_size.refresh();
+                let _ = reply.send(r);
             }
         }
         next = rx.recv().ok();
@@ -477,8 +487,9 @@ mod tests {
             membership: watch::channel(StoredMembership::default()).0,
             lease_changes: Default::default(),
             wal_restart: WalRestart::default(),
-            index,
             prev_kv: PrevKvInterest::default(),
+            file_size: FileSize::new(&path),
+            index,
         };
         let applier = Applier::start(conn, out).unwrap();
         let batch = |entries| move |reply| ApplierMsg::Apply { entries, reply };
