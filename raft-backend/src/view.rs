@@ -265,18 +265,26 @@ impl<'c> View<'c> {
         if from < self.compact_rev {
             return Err(StoreError::Compacted);
         }
+        let Some(first) = self.first_row_from(from)? else {
+            return Ok(Vec::new());
+        };
+        // Row order is revision order (see `schema`): scan from the first
+        // row on and stop past `to`.
         let mut stmt = self.conn.prepare_cached(
             "SELECT h.key, h.create_rev, h.rev, h.version, h.lease, h.value, h.tombstone,
                     p.key, p.create_rev, p.rev, p.version, p.lease, p.value, p.tombstone
              FROM history h
              LEFT JOIN history p ON p.id = h.prev
-             WHERE h.rev >= ?1 AND h.rev <= ?2
-             ORDER BY h.rev, h.id",
+             WHERE h.id >= ?1
+             ORDER BY h.id",
         )?;
-        let mut rows = stmt.query(params![from, to])?;
+        let mut rows = stmt.query(params![first])?;
         let mut events = Vec::new();
         while let Some(r) = rows.next()? {
             let kv = row_to_kv(r)?;
+            if kv.mod_revision > to {
+                break;
+            }
             if events.len() >= max_events
                 && events.last().is_some_and(|e: &Event| {
                     e.kv.as_ref()
@@ -317,6 +325,46 @@ impl<'c> View<'c> {
             });
         }
         Ok(events)
+    }
+
+    /// The id of the first row at or above revision `rev`, if any. Row ids
+    /// grow with revisions but have gaps where compaction removed rows, so
+    /// this bisects the id space, asking for the first row at or after each
+    /// probe: about two dozen seeks of the primary key.
+    fn first_row_from(&self, rev: i64) -> Result<Option<i64>> {
+        let last: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT max(id) FROM history")?
+            .query_row([], |r| r.get(0))?;
+        let Some(last) = last else {
+            return Ok(None);
+        };
+        let mut at_or_after = self
+            .conn
+            .prepare_cached("SELECT id, rev FROM history WHERE id >= ?1 ORDER BY id LIMIT 1")?;
+        // Rows up to `below` are all older than `rev`; `found` is the
+        // earliest row seen that is not; rows in (below, above) are unseen.
+        let (mut below, mut above) = (0i64, last.saturating_add(1));
+        let mut found = None;
+        while above - below > 1 {
+            let probe = below + (above - below) / 2;
+            let row: Option<(i64, i64)> = at_or_after
+                .query_row([probe], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            match row {
+                Some((id, row_rev)) if id < above => {
+                    if row_rev >= rev {
+                        found = Some(id);
+                        above = probe;
+                    } else {
+                        below = id;
+                    }
+                }
+                // No row in [probe, above).
+                _ => above = probe,
+            }
+        }
+        Ok(found)
     }
 
     // ---- writes ------------------------------------------------------------
