@@ -606,16 +606,20 @@ async fn churn(s: &Store) {
     }
 }
 
+/// What a store shows after `churn`, once it is shut down (for tests that
+/// then rewrite its file and reopen it).
+async fn churned_and_closed(dir: &tempfile::TempDir) -> (Vec<Vec<KeyValue>>, Vec<Event>) {
+    let s = open(dir).await;
+    churn(&s).await;
+    let seen = observable(&s).await;
+    s.shutdown().await;
+    seen
+}
+
 #[tokio::test]
 async fn a_version_1_store_is_upgraded_in_place() {
     let dir = tempfile::tempdir().unwrap();
-    let before = {
-        let s = open(&dir).await;
-        churn(&s).await;
-        let seen = observable(&s).await;
-        s.shutdown().await;
-        seen
-    };
+    let before = churned_and_closed(&dir).await;
     // Turn the file back into version 1's layout: a (key, rev) index, no
     // row links, and a `live` table of the existing keys.
     {
@@ -669,13 +673,7 @@ async fn a_store_with_the_old_revision_index_loses_it_and_reads_the_same() {
             == 1
     };
     let dir = tempfile::tempdir().unwrap();
-    let before = {
-        let s = open(&dir).await;
-        churn(&s).await;
-        let seen = observable(&s).await;
-        s.shutdown().await;
-        seen
-    };
+    let before = churned_and_closed(&dir).await;
     {
         let conn = db(&dir);
         assert!(!has_index(&conn));
