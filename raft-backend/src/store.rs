@@ -227,8 +227,21 @@ impl Store {
         to: i64,
         max_events: usize,
     ) -> Result<Vec<cairn_proto::mvccpb::Event>> {
+        self.events_between_bounded(from, to, max_events, usize::MAX)
+            .await
+    }
+
+    /// `events_between`, also stopping after the revision in which the
+    /// events' keys and values reach `max_bytes`.
+    pub async fn events_between_bounded(
+        &self,
+        from: i64,
+        to: i64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<cairn_proto::mvccpb::Event>> {
         self.readers
-            .read(move |v| v.events_between(from, to, max_events))
+            .read(move |v| v.events_between(from, to, max_events, max_bytes))
             .await
     }
 

@@ -257,9 +257,15 @@ impl<'c> View<'c> {
 
     /// Every change with a revision in `[from, to]`, in apply order, each with
     /// the key's previous version (none if it did not exist or was compacted).
-    /// Stops after the revision in which `max_events` is reached, so a
-    /// revision's events are never split.
-    pub fn events_between(&self, from: i64, to: i64, max_events: usize) -> Result<Vec<Event>> {
+    /// Stops after the revision in which `max_events`, or `max_bytes` of keys
+    /// and values, is reached, so a revision's events are never split.
+    pub fn events_between(
+        &self,
+        from: i64,
+        to: i64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Event>> {
         // Checked in the same snapshot as the read: rows below the compact
         // revision may already be gone, and a missing event must be an error.
         if from < self.compact_rev {
@@ -280,12 +286,13 @@ impl<'c> View<'c> {
         )?;
         let mut rows = stmt.query(params![first])?;
         let mut events = Vec::new();
+        let mut bytes = 0usize;
         while let Some(r) = rows.next()? {
             let kv = row_to_kv(r)?;
             if kv.mod_revision > to {
                 break;
             }
-            if events.len() >= max_events
+            if (events.len() >= max_events || bytes >= max_bytes)
                 && events.last().is_some_and(|e: &Event| {
                     e.kv.as_ref()
                         .is_some_and(|k| k.mod_revision != kv.mod_revision)
@@ -306,6 +313,9 @@ impl<'c> View<'c> {
                 }),
                 _ => None,
             };
+            bytes += kv.key.len()
+                + kv.value.len()
+                + prev_kv.as_ref().map_or(0, |p| p.key.len() + p.value.len());
             events.push(if tombstone {
                 Event {
                     r#type: EventType::Delete as i32,

@@ -432,6 +432,48 @@ async fn history_events_carry_prev_kv_and_respect_compaction() {
     assert_eq!(s.events_between(4, 5, 100).await.unwrap().len(), 1);
 }
 
+/// A history read bounded by bytes stops after the revision that reaches
+/// the bound, never inside one.
+#[tokio::test]
+async fn history_reads_stop_after_the_revision_that_reaches_the_byte_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir).await;
+    let big = "v".repeat(1000);
+    for _ in 0..5 {
+        // Two keys per revision, ~2 KB of keys and values each.
+        s.propose(Command::Txn(TxnRequest {
+            success: vec![put_op("a", &big), put_op("b", &big)],
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    }
+    let cur = s.applied().current_rev;
+    let revs = |evs: Vec<Event>| -> Vec<i64> {
+        evs.iter()
+            .map(|e| e.kv.as_ref().unwrap().mod_revision)
+            .collect()
+    };
+    // 2 KB after the first revision, 4 KB after the second: the second
+    // reaches 3 KB and is read whole, the third is not.
+    let got = s
+        .events_between_bounded(2, cur, usize::MAX, 3000)
+        .await
+        .unwrap();
+    assert_eq!(revs(got), vec![2, 2, 3, 3]);
+    // One byte still reads the first revision whole.
+    let got = s
+        .events_between_bounded(2, cur, usize::MAX, 1)
+        .await
+        .unwrap();
+    assert_eq!(revs(got), vec![2, 2]);
+    let all = s
+        .events_between_bounded(2, cur, usize::MAX, usize::MAX)
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 10);
+}
+
 /// History reads find their first row by bisecting row ids (no index on
 /// revisions): every start and end revision must give exactly the events a
 /// full read has there, also once compaction has left gaps in the ids.

@@ -28,6 +28,12 @@ use crate::node::{Node, SharedNode};
 const SYNC_INTERVAL: Duration = Duration::from_millis(10);
 /// Events read from history per catch-up pass.
 const SYNC_MAX_EVENTS: usize = 10_000;
+/// Bytes of keys and values read from history per catch-up pass (past the
+/// revision that reaches it, none). Without it a pass over large objects
+/// (Kubernetes allows 1.5 MiB each) could hold 10,000 of them in memory, and
+/// hand a watcher all of them in one response, beyond the 2 GiB a gRPC
+/// message may have.
+const SYNC_MAX_BYTES: usize = 64 << 20;
 /// A live response covering several revisions is closed once its events
 /// reach this size; the next revision starts another. About one encoder
 /// chunk (`cairn_proto::watch_codec::WATCH_CHUNK_BYTES`): a larger response
@@ -283,7 +289,7 @@ impl Hub {
             match self
                 .node
                 .store
-                .events_between(from, to, SYNC_MAX_EVENTS)
+                .events_between_bounded(from, to, SYNC_MAX_EVENTS, SYNC_MAX_BYTES)
                 .await
             {
                 Ok(evs) => evs,
@@ -295,8 +301,15 @@ impl Hub {
                 }
             }
         };
-        // Complete revisions up to `reached` were read.
-        let truncated = events.len() >= SYNC_MAX_EVENTS;
+        // Complete revisions up to `reached` were read: all up to `to`, or up
+        // to the last one read when a bound stopped the read.
+        let read_bytes: usize = events
+            .iter()
+            .flat_map(|e| [&e.kv, &e.prev_kv])
+            .flatten()
+            .map(|kv| kv.key.len() + kv.value.len())
+            .sum();
+        let truncated = events.len() >= SYNC_MAX_EVENTS || read_bytes >= SYNC_MAX_BYTES;
         let reached = match (truncated, events.last().and_then(|e| e.kv.as_ref())) {
             (true, Some(kv)) => kv.mod_revision,
             _ => to,
