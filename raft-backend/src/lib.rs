@@ -34,4 +34,4 @@ pub use raft::{
 };
 pub use schema::DOWNGRADE_TO_V1_FOR_TESTS;
 pub use store::{Store, StoreStatus, DB_FILE};
-pub use view::{is_txn_readonly, txn_has_put};
+pub use view::{is_txn_readonly, txn_has_put, HistoryRead};

@@ -22,6 +22,7 @@ use crate::raft::{
 };
 use crate::readers::Readers;
 use crate::schema;
+use crate::view::HistoryRead;
 
 /// How many applied batches a slow subscriber may fall behind before it is
 /// told it lagged (and must catch up from history).
@@ -219,27 +220,17 @@ impl Store {
         self.readers.read(move |v| v.txn(&t)).await
     }
 
-    /// Changes with revisions in `[from, to]` (see `View::events_between`);
-    /// `Compacted` if `from` is below the compact revision.
+    /// Changes with revisions in `[from, to]`, stopping after the revision in
+    /// which `max_events`, or `max_bytes` of keys and values, is reached (see
+    /// `View::events_between`); `Compacted` if `from` is below the compact
+    /// revision.
     pub async fn events_between(
         &self,
         from: i64,
         to: i64,
         max_events: usize,
-    ) -> Result<Vec<cairn_proto::mvccpb::Event>> {
-        self.events_between_bounded(from, to, max_events, usize::MAX)
-            .await
-    }
-
-    /// `events_between`, also stopping after the revision in which the
-    /// events' keys and values reach `max_bytes`.
-    pub async fn events_between_bounded(
-        &self,
-        from: i64,
-        to: i64,
-        max_events: usize,
         max_bytes: usize,
-    ) -> Result<Vec<cairn_proto::mvccpb::Event>> {
+    ) -> Result<HistoryRead> {
         self.readers
             .read(move |v| v.events_between(from, to, max_events, max_bytes))
             .await

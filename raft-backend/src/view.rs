@@ -54,6 +54,15 @@ pub struct View<'c> {
     prev_values: bool,
 }
 
+/// Changes read from history (`View::events_between`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryRead {
+    pub events: Vec<Event>,
+    /// Every event up to this revision is in `events`: the read's upper
+    /// bound, or the last revision read when a size bound stopped it.
+    pub complete_to: i64,
+}
+
 impl<'c> View<'c> {
     /// A reader's view at the state `conn`'s transaction sees; its snapshot
     /// starts here, paired with the index as it is.
@@ -258,21 +267,26 @@ impl<'c> View<'c> {
     /// Every change with a revision in `[from, to]`, in apply order, each with
     /// the key's previous version (none if it did not exist or was compacted).
     /// Stops after the revision in which `max_events`, or `max_bytes` of keys
-    /// and values, is reached, so a revision's events are never split.
+    /// and values, is reached, so a revision's events are never split; the
+    /// answer says up to which revision it is complete.
     pub fn events_between(
         &self,
         from: i64,
         to: i64,
         max_events: usize,
         max_bytes: usize,
-    ) -> Result<Vec<Event>> {
+    ) -> Result<HistoryRead> {
         // Checked in the same snapshot as the read: rows below the compact
         // revision may already be gone, and a missing event must be an error.
         if from < self.compact_rev {
             return Err(StoreError::Compacted);
         }
+        let mut read = HistoryRead {
+            events: Vec::new(),
+            complete_to: to,
+        };
         let Some(first) = self.first_row_from(from)? else {
-            return Ok(Vec::new());
+            return Ok(read);
         };
         // Row order is revision order (see `schema`): scan from the first
         // row on and stop past `to`.
@@ -285,21 +299,21 @@ impl<'c> View<'c> {
              ORDER BY h.id",
         )?;
         let mut rows = stmt.query(params![first])?;
-        let mut events = Vec::new();
         let mut bytes = 0usize;
+        let mut last_rev = None;
         while let Some(r) = rows.next()? {
             let kv = row_to_kv(r)?;
             if kv.mod_revision > to {
                 break;
             }
-            if (events.len() >= max_events || bytes >= max_bytes)
-                && events.last().is_some_and(|e: &Event| {
-                    e.kv.as_ref()
-                        .is_some_and(|k| k.mod_revision != kv.mod_revision)
-                })
-            {
-                break;
+            if let Some(rev) = last_rev {
+                let full = read.events.len() >= max_events || bytes >= max_bytes;
+                if full && rev != kv.mod_revision {
+                    read.complete_to = rev;
+                    break;
+                }
             }
+            last_rev = Some(kv.mod_revision);
             let tombstone: bool = r.get(6)?;
             let prev_tombstone: Option<bool> = r.get(13)?;
             let prev_kv = match prev_tombstone {
@@ -316,7 +330,7 @@ impl<'c> View<'c> {
             bytes += kv.key.len()
                 + kv.value.len()
                 + prev_kv.as_ref().map_or(0, |p| p.key.len() + p.value.len());
-            events.push(if tombstone {
+            read.events.push(if tombstone {
                 Event {
                     r#type: EventType::Delete as i32,
                     kv: Some(KeyValue {
@@ -334,7 +348,7 @@ impl<'c> View<'c> {
                 }
             });
         }
-        Ok(events)
+        Ok(read)
     }
 
     /// The id of the first row at or above revision `rev`, if any. Row ids

@@ -51,6 +51,14 @@ async fn get(s: &Store, k: &str, rev: i64) -> Result<Vec<KeyValue>, StoreError> 
     .map(|r| r.kvs)
 }
 
+/// Every change in `[from, to]` (at most `max_events`, whole revisions).
+async fn history(s: &Store, from: i64, to: i64, max_events: usize) -> Vec<Event> {
+    s.events_between(from, to, max_events, usize::MAX)
+        .await
+        .unwrap()
+        .events
+}
+
 fn rev_of(out: &CommandOutput) -> i64 {
     match out {
         CommandOutput::Put(r) => r.header.as_ref().unwrap().revision,
@@ -392,7 +400,7 @@ async fn history_events_carry_prev_kv_and_respect_compaction() {
     s.propose(put("a", "2")).await.unwrap(); // 3
     s.propose(del("a", "")).await.unwrap(); // 4
     s.propose(put("a", "3")).await.unwrap(); // 5
-    let evs = s.events_between(2, 5, 100).await.unwrap();
+    let evs = history(&s, 2, 5, 100).await;
     let summary: Vec<_> = evs
         .iter()
         .map(|e| {
@@ -415,7 +423,7 @@ async fn history_events_carry_prev_kv_and_respect_compaction() {
         ]
     );
     // max_events stops at a revision boundary.
-    assert_eq!(s.events_between(2, 5, 1).await.unwrap().len(), 1);
+    assert_eq!(history(&s, 2, 5, 1).await.len(), 1);
     s.propose(Command::Compact(CompactionRequest {
         revision: 4,
         physical: true,
@@ -423,13 +431,13 @@ async fn history_events_carry_prev_kv_and_respect_compaction() {
     .await
     .unwrap();
     assert_eq!(
-        s.events_between(3, 5, 100).await,
+        s.events_between(3, 5, 100, usize::MAX).await,
         Err(StoreError::Compacted)
     );
     // Once physically compacted, the tombstone at the compact revision is gone
     // (as in etcd, which keeps no tombstone at or below it).
     s.wait_compacted(4).await;
-    assert_eq!(s.events_between(4, 5, 100).await.unwrap().len(), 1);
+    assert_eq!(history(&s, 4, 5, 100).await.len(), 1);
 }
 
 /// A history read bounded by bytes stops after the revision that reaches
@@ -456,22 +464,24 @@ async fn history_reads_stop_after_the_revision_that_reaches_the_byte_bound() {
     };
     // 2 KB after the first revision, 4 KB after the second: the second
     // reaches 3 KB and is read whole, the third is not.
-    let got = s
-        .events_between_bounded(2, cur, usize::MAX, 3000)
-        .await
-        .unwrap();
-    assert_eq!(revs(got), vec![2, 2, 3, 3]);
+    let got = s.events_between(2, cur, usize::MAX, 3000).await.unwrap();
+    assert_eq!(got.complete_to, 3);
+    assert_eq!(revs(got.events), vec![2, 2, 3, 3]);
     // One byte still reads the first revision whole.
-    let got = s
-        .events_between_bounded(2, cur, usize::MAX, 1)
-        .await
-        .unwrap();
-    assert_eq!(revs(got), vec![2, 2]);
+    let got = s.events_between(2, cur, usize::MAX, 1).await.unwrap();
+    assert_eq!(got.complete_to, 2);
+    assert_eq!(revs(got.events), vec![2, 2]);
+    // Unbounded, or bounded by what there is: complete to the upper bound.
     let all = s
-        .events_between_bounded(2, cur, usize::MAX, usize::MAX)
+        .events_between(2, cur, usize::MAX, usize::MAX)
         .await
         .unwrap();
-    assert_eq!(all.len(), 10);
+    assert_eq!((all.events.len(), all.complete_to), (10, cur));
+    let upto = s.events_between(2, cur - 1, 8, usize::MAX).await.unwrap();
+    assert_eq!((upto.events.len(), upto.complete_to), (8, cur - 1));
+    // The event bound too stops after a whole revision.
+    let got = s.events_between(2, cur, 3, usize::MAX).await.unwrap();
+    assert_eq!((got.events.len(), got.complete_to), (4, 3));
 }
 
 /// History reads find their first row by bisecting row ids (no index on
@@ -492,7 +502,7 @@ async fn history_reads_start_and_stop_at_every_revision_across_id_gaps() {
                     .filter(|e| (start..=end).contains(&e.2))
                     .cloned()
                     .collect();
-                let got = s.events_between(start, end, usize::MAX).await.unwrap();
+                let got = history(s, start, end, usize::MAX).await;
                 let got: Vec<_> = got.iter().map(summary).collect();
                 assert_eq!(got, want, "events in [{start}, {end}]");
             }
@@ -521,10 +531,8 @@ async fn history_reads_start_and_stop_at_every_revision_across_id_gaps() {
         }
     }
     let cur = s.applied().current_rev;
-    let all: Vec<Summary> = s
-        .events_between(1, cur, usize::MAX)
+    let all: Vec<Summary> = history(&s, 1, cur, usize::MAX)
         .await
-        .unwrap()
         .iter()
         .map(summary)
         .collect();
@@ -623,7 +631,7 @@ async fn observable(s: &Store) -> (Vec<Vec<KeyValue>>, Vec<Event>) {
             .unwrap();
         states.push(r.kvs);
     }
-    (states, s.events_between(2, cur, usize::MAX).await.unwrap())
+    (states, history(s, 2, cur, usize::MAX).await)
 }
 
 /// A workload with deletes, re-creations and a txn, so that the links from
@@ -693,7 +701,7 @@ async fn a_version_1_store_is_upgraded_in_place() {
     s.propose(put("e", "1")).await.unwrap();
     s.propose(del("e", "")).await.unwrap();
     let cur = s.applied().current_rev;
-    let events = s.events_between(cur - 1, cur, 10).await.unwrap();
+    let events = history(&s, cur - 1, cur, 10).await;
     assert_eq!(events.len(), 2);
     assert_eq!(events[1].prev_kv.as_ref().unwrap().value, b"1");
 }
@@ -748,7 +756,7 @@ async fn compaction_removes_superseded_rows_and_deleted_keys() {
         for rev in 10..=cur {
             v.push(get_all(&s, rev).await);
         }
-        (v, s.events_between(11, cur, usize::MAX).await.unwrap())
+        (v, history(&s, 11, cur, usize::MAX).await)
     };
     assert_eq!(after, states[8..].to_vec());
     let first_kept = events
@@ -837,7 +845,7 @@ async fn put_events_carry_prev_kv_only_while_wanted() {
         "withdrawn with the last watcher"
     );
     // History keeps every previous kv whatever the live feed carried.
-    let evs = s.events_between(3, 5, 10).await.unwrap();
+    let evs = history(&s, 3, 5, 10).await;
     let prevs: Vec<_> = evs
         .iter()
         .map(|e| e.prev_kv.as_ref().map(|p| p.mod_revision))

@@ -283,16 +283,18 @@ impl Hub {
             return;
         };
         let to = self.rev;
-        let events = if from > to {
-            Vec::new()
+        // Complete revisions up to `reached` were read: all up to `to`, or
+        // fewer when a bound stopped the read.
+        let (events, reached) = if from > to {
+            (Vec::new(), to)
         } else {
             match self
                 .node
                 .store
-                .events_between_bounded(from, to, SYNC_MAX_EVENTS, SYNC_MAX_BYTES)
+                .events_between(from, to, SYNC_MAX_EVENTS, SYNC_MAX_BYTES)
                 .await
             {
-                Ok(evs) => evs,
+                Ok(read) => (read.events, read.complete_to),
                 // A compaction landed meanwhile; the next tick cancels those watchers.
                 Err(StoreError::Compacted) => return,
                 Err(e) => {
@@ -300,19 +302,6 @@ impl Hub {
                     return;
                 }
             }
-        };
-        // Complete revisions up to `reached` were read: all up to `to`, or up
-        // to the last one read when a bound stopped the read.
-        let read_bytes: usize = events
-            .iter()
-            .flat_map(|e| [&e.kv, &e.prev_kv])
-            .flatten()
-            .map(|kv| kv.key.len() + kv.value.len())
-            .sum();
-        let truncated = events.len() >= SYNC_MAX_EVENTS || read_bytes >= SYNC_MAX_BYTES;
-        let reached = match (truncated, events.last().and_then(|e| e.kv.as_ref())) {
-            (true, Some(kv)) => kv.mod_revision,
-            _ => to,
         };
         let shared = SharedEvents::new(&events);
         // etcd stamps catch-up responses with the store's revision.
