@@ -128,14 +128,18 @@ async fn writes_through_any_member_are_seen_by_all() -> Result<()> {
     }
     assert_eq!(streams[0].len(), 30);
     assert!(streams.iter().all(|s| *s == streams[0]));
-    // Replication went over streams: no member fell back to one call at a time.
+    // Replication and forwarded writes went over streams: no member fell
+    // back to one call at a time.
     assert!(c.rpcs_started("grpc_method=\"StreamAppend\"").await? > 0);
     assert_eq!(c.rpcs_started("grpc_method=\"AppendEntries\"").await?, 0);
+    assert!(c.rpcs_started("grpc_method=\"ProposeStream\"").await? > 0);
+    assert_eq!(c.rpcs_started("grpc_method=\"ProposeMany\"").await?, 0);
     Ok(())
 }
 
-/// Members of an earlier version do not serve StreamAppend; the leader falls
-/// back to one AppendEntries call at a time and the cluster works as before.
+/// Members of an earlier version serve neither StreamAppend nor ProposeStream;
+/// the leader falls back to one AppendEntries call at a time, followers to
+/// ProposeMany calls, and the cluster works as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replication_falls_back_to_append_entries_for_older_members() -> Result<()> {
     let c = Cluster::start_with_env(3, &[("CAIRN_TEST_PEER_NO_STREAM", "1")]).await?;
@@ -149,8 +153,19 @@ async fn replication_falls_back_to_append_entries_for_older_members() -> Result<
             .is_ok_and(|log| log.contains("peer does not stream replication"))
     });
     assert!(fell_back, "no leader fell back:\n{}", c.log_tail(0));
-    // The entries went over AppendEntries calls.
+    // The entries went over AppendEntries calls, forwarded writes over
+    // ProposeMany calls (a third of the writes went through the leader).
     assert!(c.rpcs_started("grpc_method=\"AppendEntries\"").await? >= 20);
+    assert!(c.rpcs_started("grpc_method=\"ProposeMany\"").await? >= 13);
+    let forward_fell_back = c.members.iter().any(|m| {
+        std::fs::read_to_string(m.log_path())
+            .is_ok_and(|log| log.contains("leader does not stream forwarded writes"))
+    });
+    assert!(
+        forward_fell_back,
+        "no follower fell back:\n{}",
+        c.log_tail(0)
+    );
     for i in 0..3 {
         let got = c.client(i).await?.get("k/19", None).await?;
         assert_eq!(got.kvs()[0].value(), b"v19");

@@ -74,9 +74,13 @@ impl PeerService {
     }
 }
 
+/// Forwarded batches one ProposeStream has under way at once; the follower
+/// sends at most 4 (its calls in flight), so this never holds one back.
+const PROPOSE_STREAM_DEPTH: usize = 16;
+
 /// Test hook: `CAIRN_TEST_PEER_NO_STREAM=1` makes this member answer
-/// StreamAppend as a member of an earlier version does, so that a test can
-/// run the leader's fallback to AppendEntries.
+/// StreamAppend and ProposeStream as a member of an earlier version does, so
+/// that a test can run the fallbacks to AppendEntries and ProposeMany.
 fn refuse_streaming() -> bool {
     static REFUSE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *REFUSE.get_or_init(|| std::env::var_os("CAIRN_TEST_PEER_NO_STREAM").is_some())
@@ -189,6 +193,37 @@ impl Peer for PeerService {
         let commands = req.into_inner().commands;
         let outcomes = self.replica().handle_propose_many(commands).await?;
         Ok(Response::new(pb::ProposeManyResponse { outcomes }))
+    }
+
+    type ProposeStreamStream =
+        futures::stream::BoxStream<'static, Result<pb::ProposeManyResponse, Status>>;
+
+    /// Batches answered in the order they came, up to `PROPOSE_STREAM_DEPTH`
+    /// of them under way at once: the follower matches answers to batches by
+    /// their order alone.
+    async fn propose_stream(
+        &self,
+        req: Request<Streaming<pb::ProposeManyRequest>>,
+    ) -> Result<Response<Self::ProposeStreamStream>, Status> {
+        self.check(&req)?;
+        if refuse_streaming() {
+            return Err(Status::unimplemented("ProposeStream"));
+        }
+        self.leader_only()?;
+        let replica = self.replica().clone();
+        // A transport error ends the input; what was read is still answered.
+        let batches = tokio_stream::StreamExt::map_while(req.into_inner(), Result::ok);
+        let answers = batches
+            .map(move |batch| {
+                let replica = replica.clone();
+                async move {
+                    let outcomes = replica.handle_propose_many(batch.commands).await?;
+                    Ok(pb::ProposeManyResponse { outcomes })
+                }
+            })
+            .buffered(PROPOSE_STREAM_DEPTH)
+            .boxed();
+        Ok(Response::new(answers))
     }
 
     async fn read_index(

@@ -6,7 +6,9 @@
 //! takes everything queued and sends it in one `ProposeMany`. Up to
 //! `MAX_INFLIGHT` calls overlap; while all are out, writes queue and leave
 //! together in the next call, so batches grow with the load and a lone write
-//! never waits for a batch to fill. The client's answer still comes from this
+//! never waits for a batch to fill. Batches travel on one long-lived
+//! `ProposeStream` (`propose_stream`); a leader of an earlier version gets
+//! them as `ProposeMany` calls. The client's answer still comes from this
 //! member's own apply (the waiter keyed by request id); the call's answer
 //! only fails a write early, when the leader refused it before it reached the
 //! log. A transport error leaves the outcome unknown: the waiter keeps
@@ -21,6 +23,7 @@ use openraft::type_config::alias::WatchReceiverOf;
 use tokio::sync::{mpsc, watch};
 
 use super::network::{Peer, PeerTransport};
+use super::propose_stream::{LinkError, ProposeLink};
 use super::types::TypeConfig;
 use super::waiters::Waiters;
 use crate::error::{Result, StoreError};
@@ -39,9 +42,14 @@ pub(crate) struct LeaderLocator {
 }
 
 impl LeaderLocator {
-    /// A client for the current leader, or `NoLeader`. Copies only the
-    /// leader's URLs, not the membership.
+    /// A client for the current leader, or `NoLeader`.
     pub fn leader_peer(&self) -> Result<Peer> {
+        self.leader().map(|(_, peer)| peer)
+    }
+
+    /// The current leader and a client for it, or `NoLeader`. Copies only
+    /// the leader's URLs, not the membership.
+    pub fn leader(&self) -> Result<(u64, Peer)> {
         let leader = (*self.reachable_leader.borrow()).ok_or(StoreError::NoLeader)?;
         let urls = {
             let m = self.metrics.borrow_watched();
@@ -51,7 +59,8 @@ impl LeaderLocator {
                 .map(|n| n.peer_urls.clone())
         }
         .ok_or(StoreError::NoLeader)?;
-        self.transport.client(&urls).map_err(StoreError::Storage)
+        let peer = self.transport.client(&urls).map_err(StoreError::Storage)?;
+        Ok((leader, peer))
     }
 }
 
@@ -70,6 +79,16 @@ struct Context {
     locator: LeaderLocator,
     waiters: Waiters,
     timeout: Duration,
+    link: Arc<tokio::sync::Mutex<LinkSlot>>,
+}
+
+/// The open stream to the leader, and the leader that had none to offer.
+#[derive(Default)]
+struct LinkSlot {
+    link: Option<Arc<ProposeLink>>,
+    /// Answered `UNIMPLEMENTED`: batches go to it as `ProposeMany` calls
+    /// until another member leads.
+    unary_leader: Option<u64>,
 }
 
 impl Forwarder {
@@ -79,6 +98,7 @@ impl Forwarder {
             locator,
             waiters,
             timeout,
+            link: Default::default(),
         };
         tokio::spawn(run(rx, ctx));
         Forwarder { tx }
@@ -123,7 +143,7 @@ impl Context {
     }
 
     async fn send(self, batch: Vec<Forwarded>) {
-        let peer = match self.locator.leader_peer() {
+        let (leader, peer) = match self.locator.leader() {
             Ok(p) => p,
             Err(e) => {
                 for f in batch {
@@ -136,14 +156,9 @@ impl Context {
         let req = pb::ProposeManyRequest {
             commands: batch.into_iter().map(|f| f.command).collect(),
         };
-        let mut client = peer.client.clone();
-        match client
-            .propose_many(peer.request(req, Some(self.timeout)))
-            .await
-        {
+        match self.call(leader, &peer, req).await {
             Ok(resp) => {
-                let outcomes = resp.into_inner().outcomes;
-                for (id, o) in ids.iter().zip(outcomes) {
+                for (id, o) in ids.iter().zip(resp.outcomes) {
                     if o.error_code != 0 {
                         let status = tonic::Status::new(o.error_code.into(), o.error_message);
                         self.fail(*id, super::replica::from_status(status));
@@ -158,6 +173,69 @@ impl Context {
             }
             // Unknown: they may still commit; their waiters keep waiting.
             Err(s) => tracing::debug!(status = %s, "forwarded proposals' outcome unknown"),
+        }
+    }
+
+    /// One batch to `leader`: on the open stream, or as a `ProposeMany`
+    /// call to a leader without one.
+    async fn call(
+        &self,
+        leader: u64,
+        peer: &Peer,
+        req: pb::ProposeManyRequest,
+    ) -> std::result::Result<pb::ProposeManyResponse, tonic::Status> {
+        // A stream that closed before the batch was queued did not send it:
+        // once more on a new one.
+        let mut req = req;
+        for _ in 0..2 {
+            let Some(link) = self.link_to(leader, peer).await? else {
+                break;
+            };
+            match link.call(req, self.timeout).await {
+                Ok(resp) => return Ok(resp),
+                Err(LinkError::Unanswered(s)) => return Err(s),
+                Err(LinkError::Closed(back)) => req = back,
+            }
+        }
+        let mut client = peer.client.clone();
+        client
+            .propose_many(peer.request(req, Some(self.timeout)))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// The open stream to `leader`, opened if need be; `None` for a leader
+    /// that serves only `ProposeMany`.
+    async fn link_to(
+        &self,
+        leader: u64,
+        peer: &Peer,
+    ) -> std::result::Result<Option<Arc<ProposeLink>>, tonic::Status> {
+        let mut slot = self.link.lock().await;
+        if slot.unary_leader == Some(leader) {
+            return Ok(None);
+        }
+        if let Some(link) = &slot.link {
+            if link.leader == leader && link.is_open() {
+                return Ok(Some(link.clone()));
+            }
+        }
+        slot.link = None;
+        match ProposeLink::open(leader, peer, self.timeout).await {
+            Ok(link) => {
+                let link = Arc::new(link);
+                slot.link = Some(link.clone());
+                Ok(Some(link))
+            }
+            Err(s) if s.code() == tonic::Code::Unimplemented => {
+                tracing::info!(
+                    member = format_args!("{leader:x}"),
+                    "leader does not stream forwarded writes; using ProposeMany"
+                );
+                slot.unary_leader = Some(leader);
+                Ok(None)
+            }
+            Err(s) => Err(s),
         }
     }
 }

@@ -11,6 +11,7 @@ mod leader_liveness;
 mod log_file;
 mod log_store;
 pub mod network;
+mod propose_stream;
 mod replica;
 mod state_machine;
 mod types;
