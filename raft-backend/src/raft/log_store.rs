@@ -38,6 +38,9 @@ const SQLITE_LOG_FILE: &str = "raft.db";
 /// Upper bound on appends folded into one write, to bound ack latency.
 const MAX_GROUP: usize = 256;
 
+/// An append plus fdatasync slower than this is logged (etcd: 1 s).
+const SLOW_SYNC: std::time::Duration = std::time::Duration::from_secs(1);
+
 #[derive(Default)]
 struct Cached {
     entries: BTreeMap<u64, Entry>,
@@ -268,9 +271,17 @@ impl Writer {
                     }
                     let started = Instant::now();
                     let result = self.append_group(&group);
-                    self.metrics
-                        .wal_fsync
-                        .observe(started.elapsed().as_secs_f64());
+                    let took = started.elapsed();
+                    self.metrics.wal_fsync.observe(took.as_secs_f64());
+                    if took >= SLOW_SYNC {
+                        // etcd's warning, at etcd's threshold: the disk, or
+                        // another writer on it, holds every write up.
+                        tracing::warn!(
+                            took_ms = took.as_millis() as u64,
+                            expected_ms = SLOW_SYNC.as_millis() as u64,
+                            "slow fdatasync"
+                        );
+                    }
                     for (_, done) in group {
                         done.io_completed(result.clone().map_err(io_err));
                     }
