@@ -3,19 +3,19 @@
 //! One call per write cost an HTTP/2 stream on both members for every
 //! forwarded write, which is two thirds of all writes when clients spread
 //! over three members. Instead every write accepted here queues; one task
-//! takes everything queued and sends it in one `ProposeMany`. Up to
-//! `MAX_INFLIGHT` calls overlap; while all are out, writes queue and leave
-//! together in the next call, so batches grow with the load and a lone write
-//! never waits for a batch to fill. Batches travel on one long-lived
-//! `ProposeStream` (`propose_stream`); a leader of an earlier version gets
-//! them as `ProposeMany` calls. The client's answer still comes from this
+//! takes everything queued and sends it as one batch. Up to `MAX_INFLIGHT`
+//! batches are out at once; while all are, writes queue and leave together
+//! in the next, so batches grow with the load and a lone write never waits
+//! for a batch to fill. Batches travel on one long-lived `ProposeStream`
+//! (`propose_stream`); a leader of an earlier version gets them as
+//! `ProposeMany` calls. The client's answer still comes from this
 //! member's own apply (the waiter keyed by request id); the call's answer
 //! only fails a write early, when the leader refused it before it reached the
 //! log. A transport error leaves the outcome unknown: the waiter keeps
 //! waiting, and times out if the write never commits.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cairn_proto::peer as pb;
 use openraft::async_runtime::watch::WatchReceiver;
@@ -32,6 +32,10 @@ use crate::error::{Result, StoreError};
 const MAX_BATCH: usize = 512;
 /// Calls to the leader in flight at once.
 const MAX_INFLIGHT: usize = 4;
+
+/// How long a leader that refused the forwarding stream gets `ProposeMany`
+/// calls before it is asked again.
+const STREAM_RETRY: Duration = Duration::from_secs(60);
 
 /// Finds and dials the reachable leader.
 #[derive(Clone)]
@@ -86,9 +90,10 @@ struct Context {
 #[derive(Default)]
 struct LinkSlot {
     link: Option<Arc<ProposeLink>>,
-    /// Answered `UNIMPLEMENTED`: batches go to it as `ProposeMany` calls
-    /// until another member leads.
-    unary_leader: Option<u64>,
+    /// Answered `UNIMPLEMENTED` (and when): batches go to it as
+    /// `ProposeMany` calls until another member leads or `STREAM_RETRY`
+    /// passes, since a rolling upgrade may restart it as a newer version.
+    unary_leader: Option<(u64, Instant)>,
 }
 
 impl Forwarder {
@@ -212,8 +217,10 @@ impl Context {
         peer: &Peer,
     ) -> std::result::Result<Option<Arc<ProposeLink>>, tonic::Status> {
         let mut slot = self.link.lock().await;
-        if slot.unary_leader == Some(leader) {
-            return Ok(None);
+        if let Some((unary, since)) = slot.unary_leader {
+            if unary == leader && since.elapsed() < STREAM_RETRY {
+                return Ok(None);
+            }
         }
         if let Some(link) = &slot.link {
             if link.leader == leader && link.is_open() {
@@ -232,7 +239,7 @@ impl Context {
                     member = format_args!("{leader:x}"),
                     "leader does not stream forwarded writes; using ProposeMany"
                 );
-                slot.unary_leader = Some(leader);
+                slot.unary_leader = Some((leader, Instant::now()));
                 Ok(None)
             }
             Err(s) => Err(s),

@@ -126,3 +126,225 @@ async fn read_answers(
     w.closed = true;
     w.queue.clear();
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use cairn_proto::peer::peer_server::{Peer as PeerApi, PeerServer};
+    use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+    use tonic::{Request, Response};
+
+    use super::*;
+    use crate::raft::network::PeerTransport;
+
+    /// A batch whose first request id is this ends the answer stream.
+    const CLOSE: u64 = 999;
+
+    /// A leader that answers each batch in order, 2 ms after it arrives,
+    /// with one outcome per write, each carrying the batch's first request id
+    /// as its index, so that a caller can tell whose answer it got.
+    struct ScriptedLeader;
+
+    type Answers<T> = ReceiverStream<Result<T, Status>>;
+
+    fn refused<T>(what: &str) -> Result<Response<T>, Status> {
+        Err(Status::unimplemented(what.to_string()))
+    }
+
+    #[tonic::async_trait]
+    impl PeerApi for ScriptedLeader {
+        type StreamAppendStream = Answers<pb::StreamAppendResponse>;
+        type ProposeStreamStream = Answers<pb::ProposeManyResponse>;
+
+        async fn propose_stream(
+            &self,
+            req: Request<Streaming<pb::ProposeManyRequest>>,
+        ) -> Result<Response<Self::ProposeStreamStream>, Status> {
+            let mut input = req.into_inner();
+            let (tx, rx) = mpsc::channel(16);
+            tokio::spawn(async move {
+                while let Ok(Some(batch)) = input.message().await {
+                    let first = batch.commands.first().map_or(0, |c| c.request_id);
+                    if first == CLOSE {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    let outcomes = batch
+                        .commands
+                        .iter()
+                        .map(|_| pb::ProposeOutcome {
+                            index: first,
+                            ..Default::default()
+                        })
+                        .collect();
+                    if tx
+                        .send(Ok(pb::ProposeManyResponse { outcomes }))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+            Ok(Response::new(ReceiverStream::new(rx)))
+        }
+
+        async fn vote(
+            &self,
+            _: Request<pb::VoteRequest>,
+        ) -> Result<Response<pb::VoteResponse>, Status> {
+            refused("vote")
+        }
+        async fn pre_vote(
+            &self,
+            _: Request<pb::VoteRequest>,
+        ) -> Result<Response<pb::VoteResponse>, Status> {
+            refused("pre_vote")
+        }
+        async fn append_entries(
+            &self,
+            _: Request<pb::AppendEntriesRequest>,
+        ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
+            refused("append_entries")
+        }
+        async fn stream_append(
+            &self,
+            _: Request<Streaming<pb::AppendEntriesRequest>>,
+        ) -> Result<Response<Self::StreamAppendStream>, Status> {
+            refused("stream_append")
+        }
+        async fn install_snapshot(
+            &self,
+            _: Request<Streaming<pb::SnapshotChunk>>,
+        ) -> Result<Response<pb::SnapshotResponse>, Status> {
+            refused("install_snapshot")
+        }
+        async fn transfer_leader(
+            &self,
+            _: Request<pb::TransferLeaderRequest>,
+        ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+            refused("transfer_leader")
+        }
+        async fn propose_many(
+            &self,
+            _: Request<pb::ProposeManyRequest>,
+        ) -> Result<Response<pb::ProposeManyResponse>, Status> {
+            refused("propose_many")
+        }
+        async fn read_index(
+            &self,
+            _: Request<pb::ReadIndexRequest>,
+        ) -> Result<Response<pb::ReadIndexResponse>, Status> {
+            refused("read_index")
+        }
+        async fn cluster_info(
+            &self,
+            _: Request<pb::ClusterInfoRequest>,
+        ) -> Result<Response<pb::ClusterInfoResponse>, Status> {
+            refused("cluster_info")
+        }
+        async fn change_member(
+            &self,
+            _: Request<pb::MemberChangeRequest>,
+        ) -> Result<Response<pb::MemberChangeResponse>, Status> {
+            refused("change_member")
+        }
+        async fn move_leader(
+            &self,
+            _: Request<pb::MoveLeaderRequest>,
+        ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+            refused("move_leader")
+        }
+        async fn lease_renew(
+            &self,
+            _: Request<pb::LeaseRenewRequest>,
+        ) -> Result<Response<pb::LeaseRenewResponse>, Status> {
+            refused("lease_renew")
+        }
+        async fn lease_time_to_live(
+            &self,
+            _: Request<pb::LeaseTimeToLiveRequest>,
+        ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
+            refused("lease_time_to_live")
+        }
+    }
+
+    async fn link() -> ProposeLink {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(PeerServer::new(ScriptedLeader))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        let peer = PeerTransport::new(1, None, Duration::from_secs(5))
+            .client(&[url])
+            .unwrap();
+        ProposeLink::open(2, &peer, Duration::from_secs(5))
+            .await
+            .unwrap()
+    }
+
+    fn batch(first_id: u64, writes: usize) -> pb::ProposeManyRequest {
+        pb::ProposeManyRequest {
+            commands: (0..writes as u64)
+                .map(|i| pb::Command {
+                    origin: 1,
+                    request_id: first_id + i,
+                    op: None,
+                })
+                .collect(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_callers_each_get_their_own_answer() {
+        let link = Arc::new(link().await);
+        let calls: Vec<_> = (0..40u64)
+            .map(|i| {
+                let link = link.clone();
+                tokio::spawn(async move {
+                    let writes = (i % 7 + 1) as usize;
+                    let got = link
+                        .call(batch(100 * (i + 1), writes), Duration::from_secs(10))
+                        .await;
+                    (i, writes, got)
+                })
+            })
+            .collect();
+        for call in calls {
+            let (i, writes, got) = call.await.unwrap();
+            let Ok(answer) = got else {
+                panic!("caller {i} got no answer");
+            };
+            assert_eq!(answer.outcomes.len(), writes, "caller {i}");
+            assert!(
+                answer.outcomes.iter().all(|o| o.index == 100 * (i + 1)),
+                "caller {i}"
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_closed_stream_leaves_the_sent_unknown_and_hands_back_the_unsent() {
+        let link = link().await;
+        assert!(link
+            .call(batch(1, 2), Duration::from_secs(10))
+            .await
+            .is_ok());
+        // Sent, never answered: whether it reached the log is unknown.
+        let got = link.call(batch(CLOSE, 1), Duration::from_secs(10)).await;
+        assert!(matches!(got, Err(LinkError::Unanswered(_))));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while link.is_open() {
+            assert!(Instant::now() < deadline, "the link never noticed the end");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Queued after the end: not sent, and handed back whole.
+        match link.call(batch(7, 3), Duration::from_secs(10)).await {
+            Err(LinkError::Closed(back)) => assert_eq!(back, batch(7, 3)),
+            _ => panic!("a batch was queued on a closed link"),
+        }
+    }
+}
