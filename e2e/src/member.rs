@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use etcd_client::Client;
 use tempfile::TempDir;
 
@@ -203,6 +203,36 @@ impl Member {
                 .with_context(|| format!("reaping killed {} (pid {})", self.kind, child.id()))?;
         }
         Ok(())
+    }
+
+    /// Sends SIGTERM (a clean stop, as `systemctl stop` asks for) and waits
+    /// up to `within` for the process to exit; its exit status, or an error
+    /// if it is still running then (it is SIGKILLed, so nothing leaks).
+    pub async fn terminate(&mut self, within: Duration) -> Result<std::process::ExitStatus> {
+        let Some(child) = self.child.as_mut() else {
+            bail!("{} is not running", self.kind);
+        };
+        let pid = child.id().to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .context("running kill -TERM")?;
+        ensure!(sent.success(), "kill -TERM {pid} failed: {sent}");
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait().context("waiting for the process")? {
+                self.child = None;
+                return Ok(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                self.kill9()?;
+                bail!(
+                    "{} (pid {pid}) still running {within:?} after SIGTERM",
+                    self.kind
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Kills the process if running, then starts it again on the same data dir

@@ -51,6 +51,8 @@ pub enum EtcdError {
     MemberBadUrls,
     #[error("etcdserver: unhealthy cluster")]
     Unhealthy,
+    #[error("etcdserver: server stopped")]
+    Stopped,
 }
 
 impl EtcdError {
@@ -63,7 +65,7 @@ impl EtcdError {
             LeaseExist => Code::FailedPrecondition,
             NoSpace => Code::ResourceExhausted,
             LeaseNotFound => Code::NotFound,
-            NoLeader | Timeout | LeaderChanged | Unhealthy => Code::Unavailable,
+            NoLeader | Timeout | LeaderChanged | Unhealthy | Stopped => Code::Unavailable,
             NotLeader | MemberExist | PeerUrlExist => Code::FailedPrecondition,
             MemberNotFound => Code::NotFound,
             MemberBadUrls => Code::InvalidArgument,
@@ -87,7 +89,7 @@ pub fn store_status(e: StoreError) -> Status {
         StoreError::NoSpace => EtcdError::NoSpace.into(),
         StoreError::LeaseExists => EtcdError::LeaseExist.into(),
         StoreError::ImportOutOfOrder { .. } => Status::failed_precondition(e.to_string()),
-        StoreError::Stopped => Status::unavailable("etcdserver: server stopped"),
+        StoreError::Stopped => EtcdError::Stopped.into(),
         // Retried by clients, as etcd's own Unavailable answers are.
         StoreError::Reopened => Status::unavailable(format!("etcdserver: {e}")),
         StoreError::NoLeader => EtcdError::NoLeader.into(),

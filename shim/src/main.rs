@@ -12,7 +12,6 @@ mod grpc_compat;
 mod http;
 mod identity;
 mod kv_service;
-mod leader_loss;
 mod lease;
 mod maintenance_service;
 mod metrics;
@@ -20,6 +19,7 @@ mod node;
 mod peer_service;
 mod quota;
 mod server;
+mod stream_end;
 mod validate;
 mod watch;
 

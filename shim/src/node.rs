@@ -68,9 +68,9 @@ impl Node {
     /// kube-apiserver sends `hasleader=true` so that a member cut off from its
     /// leader refuses requests instead of serving stale data.
     /// Returns whether the client asked for a leader (streams that did are
-    /// ended when the leader is lost, see `leader_loss`).
+    /// ended when the leader is lost, see `stream_end`).
     pub fn check_leader<T>(&self, req: &tonic::Request<T>) -> Result<bool, Status> {
-        let wants = crate::leader_loss::wants_leader(req);
+        let wants = crate::stream_end::wants_leader(req);
         if wants && !self.has_leader() {
             return Err(EtcdError::NoLeader.into());
         }

@@ -27,12 +27,12 @@ use crate::cluster_service::ClusterService;
 use crate::config::{resolve_listen_url, ServeArgs, GRPC_OVERHEAD_BYTES};
 use crate::identity::Identity;
 use crate::kv_service::KvService;
-use crate::leader_loss::LeaderLoss;
 use crate::lease::{LeaseService, Lessor};
 use crate::maintenance_service::MaintenanceService;
 use crate::metrics::{track, ServerMetrics};
 use crate::node::{Node, SharedNode};
 use crate::peer_service::PeerService;
+use crate::stream_end::StreamEnd;
 use crate::watch::{WatchHub, WatchService};
 
 /// Decides this member's identity and how it joins Raft: from its data dir
@@ -215,8 +215,7 @@ pub async fn open_node(args: &ServeArgs) -> anyhow::Result<SharedNode> {
         },
         transport: Arc::new(PeerTransport::new(id.cluster_id, peer_tls, election)),
         bootstrap,
-        // etcd's request timeout: 5 s plus two election timeouts.
-        request_timeout: Duration::from_secs(5) + 2 * election,
+        request_timeout: request_timeout(args),
     };
     let store = Store::open(&data_dir, &registry, opts)
         .await
@@ -369,7 +368,17 @@ fn tls_config(args: &ServeArgs) -> anyhow::Result<Option<ServerTlsConfig>> {
     Ok(Some(tls))
 }
 
+/// etcd's request timeout: 5 s plus two election timeouts.
+fn request_timeout(args: &ServeArgs) -> Duration {
+    Duration::from_secs(5) + 2 * Duration::from_millis(args.election_timeout)
+}
+
 /// Serves until `shutdown` resolves.
+///
+/// Then: no new connections; watch and keep-alive streams, which never end
+/// by themselves, end with "etcdserver: server stopped" (clients retry on
+/// another member); requests under way get up to the request timeout to
+/// finish, as etcd gives them, and whatever is still open then is closed.
 pub async fn serve(
     args: ServeArgs,
     shutdown: impl Future<Output = ()> + Send,
@@ -379,7 +388,7 @@ pub async fn serve(
     let hub = WatchHub::start(node.clone(), args.watch_progress_notify_interval);
     let election = Duration::from_millis(args.election_timeout);
     let lessor = Lessor::start(node.clone(), election).await?;
-    let leader_loss = LeaderLoss::start(node.clone(), election);
+    let (stream_end, stop_streams) = StreamEnd::start(node.clone(), election);
     serve_peers(
         &args,
         PeerService::new(node.clone(), lessor.clone()),
@@ -410,11 +419,11 @@ pub async fn serve(
                     .max_decoding_message_size(limit),
             )
             .add_service(
-                WatchServer::new(WatchService::new(node.clone(), hub, leader_loss.clone()))
+                WatchServer::new(WatchService::new(node.clone(), hub, stream_end.clone()))
                     .max_decoding_message_size(limit),
             )
             .add_service(
-                LeaseServer::new(LeaseService::new(node.clone(), lessor, leader_loss))
+                LeaseServer::new(LeaseService::new(node.clone(), lessor, stream_end))
                     .max_decoding_message_size(limit),
             );
     let app = grpc
@@ -439,10 +448,28 @@ pub async fn serve(
         data_dir = %args.data_dir().display(),
         "ready to serve client requests"
     );
-    builder
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = builder
         .add_routes(Routes::from(app))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = stopped.await;
+        });
+    tokio::pin!(server);
+    tokio::select! {
+        r = &mut server => r?,
+        () = &mut shutdown => {
+            stop_streams.stop();
+            let _ = stop.send(());
+            let grace = request_timeout(&args);
+            match tokio::time::timeout(grace, &mut server).await {
+                Ok(r) => r?,
+                Err(_) => tracing::info!(
+                    grace_ms = grace.as_millis() as u64,
+                    "closing the client streams still open"
+                ),
+            }
+        }
+    }
     tracing::info!("stopped serving");
     Ok(())
 }

@@ -17,21 +17,21 @@ use tracing::Instrument;
 
 use super::lessor::Lessor;
 use crate::errors::store_status;
-use crate::leader_loss::LeaderLoss;
 use crate::node::SharedNode;
+use crate::stream_end::StreamEnd;
 
 pub struct LeaseService {
     node: SharedNode,
     lessor: Arc<Lessor>,
-    leader_loss: LeaderLoss,
+    stream_end: StreamEnd,
 }
 
 impl LeaseService {
-    pub fn new(node: SharedNode, lessor: Arc<Lessor>, leader_loss: LeaderLoss) -> Self {
+    pub fn new(node: SharedNode, lessor: Arc<Lessor>, stream_end: StreamEnd) -> Self {
         LeaseService {
             node,
             lessor,
-            leader_loss,
+            stream_end,
         }
     }
 }
@@ -121,8 +121,7 @@ impl Lease for LeaseService {
             }
         });
         Ok(Response::new(
-            self.leader_loss
-                .guard(wants_leader, ReceiverStream::new(rx)),
+            self.stream_end.guard(wants_leader, ReceiverStream::new(rx)),
         ))
     }
 

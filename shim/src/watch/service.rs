@@ -15,8 +15,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::hub::{HubMsg, Sink, WatchHub, NO_WATCH_ID};
 use super::watcher::{StreamId, Watcher};
-use crate::leader_loss::LeaderLoss;
 use crate::node::SharedNode;
+use crate::stream_end::StreamEnd;
 
 /// Responses (each with its fragments) buffered per stream before its watchers
 /// fall back to catching up from history, as etcd's 128. A deeper buffer only
@@ -27,16 +27,16 @@ const STREAM_BUFFER: usize = 128;
 pub struct WatchService {
     node: SharedNode,
     hub: WatchHub,
-    leader_loss: LeaderLoss,
+    stream_end: StreamEnd,
     next_stream: AtomicU64,
 }
 
 impl WatchService {
-    pub fn new(node: SharedNode, hub: WatchHub, leader_loss: LeaderLoss) -> Self {
+    pub fn new(node: SharedNode, hub: WatchHub, stream_end: StreamEnd) -> Self {
         WatchService {
             node,
             hub,
-            leader_loss,
+            stream_end,
             next_stream: AtomicU64::new(1),
         }
     }
@@ -198,7 +198,7 @@ impl Watch for WatchService {
         let responses = ReceiverStream::new(out)
             .flat_map(|group| futures::stream::iter(group.into_iter().map(Ok)));
         Ok(Response::new(
-            self.leader_loss.guard(wants_leader, responses),
+            self.stream_end.guard(wants_leader, responses),
         ))
     }
 }
