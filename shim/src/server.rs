@@ -465,7 +465,7 @@ pub async fn serve(
                 Ok(r) => r?,
                 Err(_) => tracing::info!(
                     grace_ms = grace.as_millis() as u64,
-                    "closing the client streams still open"
+                    "closing the client connections still open"
                 ),
             }
         }
