@@ -329,7 +329,10 @@ async fn clean_stop(kind: Kind) -> Result<()> {
     eprintln!("{kind} stopped {took:.1?} after SIGTERM: {status}");
     // Requests under way may take up to the request timeout (7 s); open
     // streams must not hold the stop up for that long.
-    ensure!(took < Duration::from_secs(5), "the stop waited on open streams ({took:?})");
+    ensure!(
+        took < Duration::from_secs(5),
+        "the stop waited on open streams ({took:?})"
+    );
     use std::os::unix::process::ExitStatusExt;
     // etcd re-raises the signal after its own clean-up; Cairn returns 0.
     let clean = status.success() || (kind == Kind::Etcd && status.signal() == Some(15));
