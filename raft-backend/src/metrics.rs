@@ -13,6 +13,9 @@ pub struct StoreMetrics {
     pub proposals_failed: IntCounter,
     pub proposals_pending: IntGauge,
     pub batch_size: Histogram,
+    /// Physical compaction passes that failed (a disk fault): the rows they
+    /// could not delete go with the next compaction.
+    pub compaction_failures: IntCounter,
 }
 
 fn seconds(name: &str, help: &str) -> prometheus::Result<Histogram> {
@@ -55,6 +58,10 @@ impl StoreMetrics {
                 )
                 .buckets(prometheus::exponential_buckets(1.0, 2.0, 12)?),
             )?,
+            compaction_failures: IntCounter::new(
+                "cairn_compaction_failures_total",
+                "Physical compaction passes that failed; what they left is retried by the next.",
+            )?,
         };
         registry.register(Box::new(m.wal_fsync.clone()))?;
         registry.register(Box::new(m.backend_commit.clone()))?;
@@ -63,6 +70,7 @@ impl StoreMetrics {
         registry.register(Box::new(m.proposals_failed.clone()))?;
         registry.register(Box::new(m.proposals_pending.clone()))?;
         registry.register(Box::new(m.batch_size.clone()))?;
+        registry.register(Box::new(m.compaction_failures.clone()))?;
         Ok(m)
     }
 }

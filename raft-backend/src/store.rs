@@ -76,7 +76,11 @@ impl Store {
         let (membership_tx, membership) = watch::channel(membership_now);
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let index = Arc::new(KeyIndex::load(&conn)?);
-        let compactor = Arc::new(Compactor::start(&path, index.clone())?);
+        let compactor = Arc::new(Compactor::start(
+            &path,
+            index.clone(),
+            metrics.compaction_failures.clone(),
+        )?);
         let wal_restart = WalRestart::default();
         let file_size = FileSize::new(&path);
         let checkpointer = Checkpointer::start(&path, wal_restart.clone(), file_size.clone())?;

@@ -477,12 +477,15 @@ mod tests {
         .unwrap();
         let registry = prometheus::Registry::new();
         let index = Arc::new(KeyIndex::load(&conn).unwrap());
+        let metrics = StoreMetrics::new(&registry).unwrap();
+        let compactor =
+            Compactor::start(&path, index.clone(), metrics.compaction_failures.clone()).unwrap();
         let out = ApplierOutputs {
             member_id: 1,
             state: watch::channel(ApplyState::load(&conn).unwrap()).0,
             events: broadcast::channel(16).0,
-            compactor: Arc::new(Compactor::start(&path, index.clone()).unwrap()),
-            metrics: StoreMetrics::new(&registry).unwrap(),
+            compactor: Arc::new(compactor),
+            metrics,
             waiters: Waiters::default(),
             membership: watch::channel(StoredMembership::default()).0,
             lease_changes: Default::default(),
