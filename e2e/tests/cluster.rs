@@ -14,11 +14,19 @@ use cairn_e2e::linearizability::{check, CheckResult, Input, Output, Recorder};
 use cairn_e2e::wait::{wait_until, Poll};
 use etcd_client::{Client, ConnectOptions, GetOptions, WatchOptions};
 
-/// Every key, revision and version, as one member sees it (serializable).
+/// Every key, revision and version, as one member sees it (serializable),
+/// with the HashKV of its whole history.
 async fn state_of(c: &Cluster, i: usize) -> Result<String> {
     let mut client = c.client(i).await?;
     let d = dump(&mut client).await?;
-    Ok(format!("{:?}", d.kvs))
+    // The live keys, and etcd's checksum of the whole history behind them.
+    let h = client.maintenance_client().hash_kv(0).await?;
+    Ok(format!(
+        "{:?} hashkv {} compact {}",
+        d.kvs,
+        h.hash(),
+        h.compact_version()
+    ))
 }
 
 /// Waits until every running member holds identical state.

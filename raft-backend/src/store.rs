@@ -240,6 +240,16 @@ impl Store {
             .await
     }
 
+    /// etcd's HashKV of the history up to `revision` (0: the current one),
+    /// from one consistent snapshot (see `hash_kv`).
+    pub async fn hash_kv(&self, revision: i64) -> Result<crate::KvHash> {
+        self.readers
+            .read(move |v| {
+                crate::hash_kv::hash_kv(v.conn(), revision, v.current_rev(), v.compact_rev())
+            })
+            .await
+    }
+
     pub fn applied(&self) -> ApplyState {
         *self.state.borrow()
     }

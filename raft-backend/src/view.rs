@@ -128,6 +128,16 @@ impl<'c> View<'c> {
         }
     }
 
+    /// Reads below this revision are refused (-1 before the first compaction).
+    pub fn compact_rev(&self) -> i64 {
+        self.compact_rev
+    }
+
+    /// The connection whose transaction this view reads.
+    pub(crate) fn conn(&self) -> &'c Connection {
+        self.conn
+    }
+
     pub fn has_changes(&self) -> bool {
         self.changes > 0
     }

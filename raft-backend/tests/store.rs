@@ -853,6 +853,38 @@ async fn rows_a_failed_compaction_left_go_with_the_next() {
     );
 }
 
+/// HashKV's bounds are etcd 3.6's: below the compact revision is compacted,
+/// the compact revision itself and everything up to the current one hash,
+/// and 0 means the current revision.
+#[tokio::test]
+async fn hash_kv_bounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir).await;
+    churn(&s).await;
+    s.propose(Command::Compact(CompactionRequest {
+        revision: 10,
+        physical: true,
+    }))
+    .await
+    .unwrap();
+    s.wait_compacted(10).await;
+    let cur = s.applied().current_rev;
+    assert_eq!(s.hash_kv(9).await, Err(StoreError::Compacted));
+    assert_eq!(s.hash_kv(cur + 1).await, Err(StoreError::FutureRev));
+    let at_compact = s.hash_kv(10).await.unwrap();
+    assert_eq!(
+        (at_compact.compact_revision, at_compact.hash_revision),
+        (10, 10)
+    );
+    let now = s.hash_kv(0).await.unwrap();
+    assert_eq!(now, s.hash_kv(cur).await.unwrap());
+    assert_eq!(now.hash_revision, cur);
+    assert_ne!(
+        now.hash, at_compact.hash,
+        "revision 11 is not counted at 10"
+    );
+}
+
 async fn get_all(s: &Store, rev: i64) -> Vec<KeyValue> {
     s.range(RangeRequest {
         key: b"\0".to_vec(),
