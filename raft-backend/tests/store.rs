@@ -541,13 +541,7 @@ async fn history_reads_start_and_stop_at_every_revision_across_id_gaps() {
     check_every_window(&s, 1, cur, &all).await;
 
     let compact_to = cur / 2;
-    s.propose(Command::Compact(CompactionRequest {
-        revision: compact_to,
-        physical: true,
-    }))
-    .await
-    .unwrap();
-    s.wait_compacted(compact_to).await;
+    compact_physically(&s, compact_to).await;
     // What compaction keeps from `compact_to` on: everything after it, and
     // at it the puts (its tombstones go, as in etcd).
     let kept: Vec<Summary> = all
@@ -742,13 +736,7 @@ async fn compaction_removes_superseded_rows_and_deleted_keys() {
     churn(&s).await;
     let (states, events) = observable(&s).await;
     // Revision 9 is the txn; 10 deletes c and d; 11 puts c again.
-    s.propose(Command::Compact(CompactionRequest {
-        revision: 10,
-        physical: true,
-    }))
-    .await
-    .unwrap();
-    s.wait_compacted(10).await;
+    compact_physically(&s, 10).await;
     // What is readable at or above the compact revision is unchanged.
     let (after, after_events) = {
         let cur = s.applied().current_rev;
@@ -767,15 +755,8 @@ async fn compaction_removes_superseded_rows_and_deleted_keys() {
     // Left: a@8 and b@9 (each key's newest at 10) and c@11. The tombstones
     // at 10 are gone, and d with its tombstone.
     let conn = rusqlite::Connection::open(dir.path().join(cairn_raft_backend::DB_FILE)).unwrap();
-    let rows: Vec<(String, i64, bool)> = conn
-        .prepare("SELECT CAST(key AS TEXT), rev, tombstone FROM history ORDER BY id")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
     assert_eq!(
-        rows,
+        history_rows(&conn),
         vec![
             ("a".to_string(), 8, false),
             ("b".to_string(), 9, false),
@@ -828,27 +809,14 @@ async fn rows_a_failed_compaction_left_go_with_the_next() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     conn.execute_batch("DROP TRIGGER fault;").unwrap();
-    s.propose(Command::Compact(CompactionRequest {
-        revision: 11,
-        physical: true,
-    }))
-    .await
-    .unwrap();
-    s.wait_compacted(11).await;
+    compact_physically(&s, 11).await;
     // Each key's state at 11, as the test above leaves at 10; nothing more.
-    let rows: Vec<(String, i64)> = conn
-        .prepare("SELECT CAST(key AS TEXT), rev FROM history ORDER BY id")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
     assert_eq!(
-        rows,
+        history_rows(&conn),
         vec![
-            ("a".to_string(), 8),
-            ("b".to_string(), 9),
-            ("c".to_string(), 11)
+            ("a".to_string(), 8, false),
+            ("b".to_string(), 9, false),
+            ("c".to_string(), 11, false)
         ]
     );
 }
@@ -861,13 +829,7 @@ async fn hash_kv_bounds() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(&dir).await;
     churn(&s).await;
-    s.propose(Command::Compact(CompactionRequest {
-        revision: 10,
-        physical: true,
-    }))
-    .await
-    .unwrap();
-    s.wait_compacted(10).await;
+    compact_physically(&s, 10).await;
     let cur = s.applied().current_rev;
     assert_eq!(s.hash_kv(9).await, Err(StoreError::Compacted));
     assert_eq!(s.hash_kv(cur + 1).await, Err(StoreError::FutureRev));
@@ -883,6 +845,27 @@ async fn hash_kv_bounds() {
         now.hash, at_compact.hash,
         "revision 11 is not counted at 10"
     );
+}
+
+/// Every history row in the file: (key, revision, tombstone), in row order.
+fn history_rows(conn: &rusqlite::Connection) -> Vec<(String, i64, bool)> {
+    conn.prepare("SELECT CAST(key AS TEXT), rev, tombstone FROM history ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// Compacts at `rev` and waits until the rows are gone.
+async fn compact_physically(s: &Store, rev: i64) {
+    s.propose(Command::Compact(CompactionRequest {
+        revision: rev,
+        physical: true,
+    }))
+    .await
+    .unwrap();
+    s.wait_compacted(rev).await;
 }
 
 async fn get_all(s: &Store, rev: i64) -> Vec<KeyValue> {
