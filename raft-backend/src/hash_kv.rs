@@ -12,13 +12,12 @@
 //! Cairn's history rows hold the same revisions, so the same bytes are
 //! rebuilt from them.
 
-use std::collections::HashMap;
-
 use cairn_proto::mvccpb::KeyValue;
 use prost::Message;
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::OptionalExtension;
 
 use crate::error::{Result, StoreError};
+use crate::view::{row_to_kv, View};
 
 /// etcd's `HashKVResponse` fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,50 +28,21 @@ pub struct KvHash {
     pub hash_revision: i64,
 }
 
-/// One history row, as the hash needs it.
-struct Row {
-    key: Vec<u8>,
-    rev: i64,
-    sub: i64,
-    create_rev: i64,
-    version: i64,
-    lease: i64,
-    value: Option<Vec<u8>>,
-    tombstone: bool,
-}
-
-const ROW_COLUMNS: &str = "key, rev, sub, create_rev, version, lease, value, tombstone";
-
-fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
-    Ok(Row {
-        key: r.get(0)?,
-        rev: r.get(1)?,
-        sub: r.get(2)?,
-        create_rev: r.get(3)?,
-        version: r.get(4)?,
-        lease: r.get(5)?,
-        value: r.get(6)?,
-        tombstone: r.get(7)?,
-    })
-}
+/// A history row as `row_to_kv` reads it, then its tombstone mark and sub-revision.
+const ROW_COLUMNS: &str = "key, create_rev, rev, version, lease, value, tombstone, sub";
 
 /// The hash of everything up to `revision` (0: the current revision), as
-/// etcd 3.6's `HashByRev` defines it, on the history `conn` reads at
-/// `current_rev` and `compact_rev`. A revision below the compact revision
-/// is refused, as is one in the future (etcd 3.5.0 to 3.5.9 also refused
-/// the compact revision itself; 3.5.10 and later hash it).
+/// etcd 3.6's `HashByRev` defines it, on `view`'s snapshot. A revision below
+/// the compact revision is refused, as is one in the future (etcd 3.5.0 to
+/// 3.5.9 also refused the compact revision itself; 3.5.10 and later hash it).
 ///
 /// Which rows at or below the compact revision count is etcd's rule, quirk
 /// included. There, the rows compaction kept (each key's newest version at
 /// the compact revision, unless a tombstone) count if they are still their
 /// key's newest version at the hashed revision; but if no key at all is
 /// live at the hashed revision, all of them count.
-pub fn hash_kv(
-    conn: &Connection,
-    revision: i64,
-    current_rev: i64,
-    compact_rev: i64,
-) -> Result<KvHash> {
+pub fn hash_kv(view: &View<'_>, revision: i64) -> Result<KvHash> {
+    let (current_rev, compact_rev) = (view.current_rev(), view.compact_rev());
     if revision > 0 && revision < compact_rev {
         return Err(StoreError::Compacted);
     }
@@ -80,80 +50,107 @@ pub fn hash_kv(
         return Err(StoreError::FutureRev);
     }
     let upto = if revision == 0 { current_rev } else { revision };
-    let mut crc = crc32c::crc32c(b"key");
-    let hashed = |hash| KvHash {
-        hash,
-        compact_revision: compact_rev,
-        hash_revision: upto,
-    };
-    if upto < 1 {
-        // etcd hashes no revision then, only the bucket name.
-        return Ok(hashed(crc));
-    }
-    // First pass, over the row ids, keys and tombstone marks up to `upto`:
-    // each key's newest row at the compact revision and at `upto`.
-    let mut at_compact: HashMap<Vec<u8>, (i64, bool)> = HashMap::new();
-    let mut at_upto: HashMap<Vec<u8>, (i64, bool)> = HashMap::new();
-    {
-        let mut scan = conn.prepare("SELECT id, key, rev, tombstone FROM history ORDER BY id")?;
-        let mut rows = scan.query([])?;
-        while let Some(r) = rows.next()? {
-            let (id, key, rev, tombstone): (i64, Vec<u8>, i64, bool) =
-                (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
-            if rev > upto {
-                break;
+    let mut hash = Hasher::default();
+    // Below revision 1 etcd hashes no revision, only the bucket name.
+    if upto >= 1 {
+        let conn = view.conn();
+        let mut by_id =
+            conn.prepare(&format!("SELECT {ROW_COLUMNS} FROM history WHERE id = ?1"))?;
+        for id in counted_at_compaction(view, compact_rev, upto)? {
+            if let Some((kv, tombstone, sub)) = by_id.query_row([id], read_row).optional()? {
+                hash.row(kv, tombstone, sub);
             }
-            if rev <= compact_rev {
-                at_compact.insert(key.clone(), (id, tombstone));
+        }
+        // Row order is revision order (see `schema`).
+        if let Some(first) = view.first_row_from(compact_rev + 1)? {
+            let mut scan = conn.prepare(&format!(
+                "SELECT {ROW_COLUMNS} FROM history WHERE id >= ?1 ORDER BY id"
+            ))?;
+            let mut rows = scan.query([first])?;
+            while let Some(r) = rows.next()? {
+                let (kv, tombstone, sub) = read_row(r)?;
+                if kv.mod_revision > upto {
+                    break;
+                }
+                hash.row(kv, tombstone, sub);
             }
-            at_upto.insert(key, (id, tombstone));
         }
     }
-    let any_live = at_upto.values().any(|(_, tombstone)| !tombstone);
-    let mut early: Vec<i64> = at_compact
-        .iter()
-        .filter(|(_, (_, tombstone))| !tombstone)
-        .filter(|(key, (id, _))| !any_live || at_upto.get(*key).is_some_and(|(n, _)| n == id))
-        .map(|(_, (id, _))| *id)
+    Ok(KvHash {
+        hash: hash.crc,
+        compact_revision: compact_rev,
+        hash_revision: upto,
+    })
+}
+
+/// The ids, in row order, of the rows at or below the compact revision that
+/// etcd's hash counts when hashing up to `upto` (the rule in `hash_kv`),
+/// from the key index rather than a scan of the rows.
+fn counted_at_compaction(view: &View<'_>, compact_rev: i64, upto: i64) -> Result<Vec<i64>> {
+    if compact_rev < 1 {
+        return Ok(Vec::new());
+    }
+    let mut any_live = false;
+    // (id, still the key's newest version at `upto`)
+    let mut kept: Vec<(i64, bool)> = Vec::new();
+    view.newest_at_each(compact_rev, upto, |at_compact, at_upto| {
+        any_live |= at_upto.is_some_and(|v| !v.tombstone);
+        if let Some(v) = at_compact.filter(|v| !v.tombstone) {
+            kept.push((v.id, at_upto.is_some_and(|u| u.id == v.id)));
+        }
+    })?;
+    let mut ids: Vec<i64> = kept
+        .into_iter()
+        .filter(|(_, newest)| !any_live || *newest)
+        .map(|(id, _)| id)
         .collect();
-    early.sort_unstable();
-    let mut hash_row = |r: &Row| {
-        let mut key = Vec::with_capacity(18);
-        key.extend_from_slice(&r.rev.to_be_bytes());
-        key.push(b'_');
-        key.extend_from_slice(&r.sub.to_be_bytes());
-        let value = if r.tombstone {
-            key.push(b't');
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(KeyValue, bool, i64)> {
+    Ok((row_to_kv(r)?, r.get(6)?, r.get(7)?))
+}
+
+/// CRC-32C over what etcd's `key` bucket holds, starting with its name.
+struct Hasher {
+    crc: u32,
+    buf: Vec<u8>,
+}
+
+impl Default for Hasher {
+    fn default() -> Self {
+        Hasher {
+            crc: crc32c::crc32c(b"key"),
+            buf: Vec::new(),
+        }
+    }
+}
+
+impl Hasher {
+    /// One revision: its bucket key (main and sub revision, big-endian
+    /// around `_`, then `t` for a tombstone) and its value (the key-value;
+    /// the key alone for a tombstone).
+    fn row(&mut self, kv: KeyValue, tombstone: bool, sub: i64) {
+        self.buf.clear();
+        self.buf.extend_from_slice(&kv.mod_revision.to_be_bytes());
+        self.buf.push(b'_');
+        self.buf.extend_from_slice(&sub.to_be_bytes());
+        if tombstone {
+            self.buf.push(b't');
+        }
+        self.crc = crc32c::crc32c_append(self.crc, &self.buf);
+        self.buf.clear();
+        let value = if tombstone {
             KeyValue {
-                key: r.key.clone(),
+                key: kv.key,
                 ..Default::default()
             }
         } else {
-            KeyValue {
-                key: r.key.clone(),
-                create_revision: r.create_rev,
-                mod_revision: r.rev,
-                version: r.version,
-                value: r.value.clone().unwrap_or_default(),
-                lease: r.lease,
-            }
+            kv
         };
-        crc = crc32c::crc32c_append(crc, &key);
-        crc = crc32c::crc32c_append(crc, &value.encode_to_vec());
-    };
-    // Second pass: those rows, then every row after the compact revision.
-    let mut by_id = conn.prepare(&format!("SELECT {ROW_COLUMNS} FROM history WHERE id = ?1"))?;
-    for id in early {
-        if let Some(r) = by_id.query_row([id], row).optional()? {
-            hash_row(&r);
-        }
+        // Encoding into a Vec cannot fail.
+        let _ = value.encode(&mut self.buf);
+        self.crc = crc32c::crc32c_append(self.crc, &self.buf);
     }
-    let mut scan = conn.prepare(&format!(
-        "SELECT {ROW_COLUMNS} FROM history WHERE rev > ?1 AND rev <= ?2 ORDER BY id"
-    ))?;
-    let mut rows = scan.query([compact_rev, upto])?;
-    while let Some(r) = rows.next()? {
-        hash_row(&row(r)?);
-    }
-    Ok(hashed(crc))
 }

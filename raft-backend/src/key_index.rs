@@ -155,6 +155,23 @@ impl KeyIndex {
             .count() as i64)
     }
 
+    /// Calls `f` with every key's newest versions at revisions `a` and `b`
+    /// (tombstones included), in key order: whole-keyspace work such as
+    /// HashKV, without a scan of the rows.
+    pub fn newest_at_each(
+        &self,
+        generation: Option<Generation>,
+        a: i64,
+        b: i64,
+        mut f: impl FnMut(Option<Version>, Option<Version>),
+    ) -> Result<()> {
+        let inner = self.checked(generation, a.min(b))?;
+        for vs in inner.keys.values() {
+            f(newest_at(vs, a), newest_at(vs, b));
+        }
+        Ok(())
+    }
+
     /// Records a version the applier is writing.
     pub fn push(&self, key: &[u8], v: Version) {
         let mut inner = self.write();

@@ -244,9 +244,7 @@ impl Store {
     /// from one consistent snapshot (see `hash_kv`).
     pub async fn hash_kv(&self, revision: i64) -> Result<crate::KvHash> {
         self.readers
-            .read(move |v| {
-                crate::hash_kv::hash_kv(v.conn(), revision, v.current_rev(), v.compact_rev())
-            })
+            .read(move |v| crate::hash_kv::hash_kv(v, revision))
             .await
     }
 

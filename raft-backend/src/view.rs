@@ -138,6 +138,17 @@ impl<'c> View<'c> {
         self.conn
     }
 
+    /// Every key's newest versions at revisions `a` and `b`, from the index
+    /// this view's snapshot is paired with (see `KeyIndex::newest_at_each`).
+    pub(crate) fn newest_at_each(
+        &self,
+        a: i64,
+        b: i64,
+        f: impl FnMut(Option<Version>, Option<Version>),
+    ) -> Result<()> {
+        self.index.newest_at_each(self.generation, a, b, f)
+    }
+
     pub fn has_changes(&self) -> bool {
         self.changes > 0
     }
@@ -365,7 +376,7 @@ impl<'c> View<'c> {
     /// grow with revisions but have gaps where compaction removed rows, so
     /// this bisects the id space, asking for the first row at or after each
     /// probe: about two dozen seeks of the primary key.
-    fn first_row_from(&self, rev: i64) -> Result<Option<i64>> {
+    pub(crate) fn first_row_from(&self, rev: i64) -> Result<Option<i64>> {
         let last: Option<i64> = self
             .conn
             .prepare_cached("SELECT max(id) FROM history")?
@@ -852,7 +863,7 @@ fn sort_kvs(kvs: &mut [KeyValue], order: i32, target: i32) {
     }
 }
 
-fn row_to_kv(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyValue> {
+pub(crate) fn row_to_kv(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyValue> {
     Ok(KeyValue {
         key: r.get(0)?,
         create_revision: r.get(1)?,
