@@ -341,6 +341,18 @@ async fn clean_stop(kind: Kind) -> Result<()> {
         "{kind} exited with {status}:\n{}",
         member.log_tail(4000)
     );
+    if kind == Kind::Cairn {
+        // The watch was ended by the server, with etcd's error, before the
+        // process went away: clients move to another member on it.
+        let ended = events.message().await;
+        let why = ended.as_ref().err().and_then(cairn_e2e::grpc_error);
+        ensure!(
+            why.as_ref().is_some_and(
+                |g| g.code == "Unavailable" && g.message == "etcdserver: server stopped"
+            ),
+            "the watch ended with {ended:?}"
+        );
+    }
     drop((keeper, renewals, events, client));
     member.restart().await?;
     let got = member.client().await?.get("stop/k", None).await?;

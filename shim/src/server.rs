@@ -423,7 +423,7 @@ pub async fn serve(
                     .max_decoding_message_size(limit),
             )
             .add_service(
-                LeaseServer::new(LeaseService::new(node.clone(), lessor, stream_end))
+                LeaseServer::new(LeaseService::new(node.clone(), lessor, stream_end.clone()))
                     .max_decoding_message_size(limit),
             );
     let app = grpc
@@ -448,18 +448,16 @@ pub async fn serve(
         data_dir = %args.data_dir().display(),
         "ready to serve client requests"
     );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    // One signal for both: the server stops taking connections as the
+    // streams are told to end.
     let server = builder
         .add_routes(Routes::from(app))
-        .serve_with_incoming_shutdown(incoming, async {
-            let _ = stopped.await;
-        });
+        .serve_with_incoming_shutdown(incoming, stream_end.stopped());
     tokio::pin!(server);
     tokio::select! {
         r = &mut server => r?,
         () = &mut shutdown => {
             stop_streams.stop();
-            let _ = stop.send(());
             let grace = request_timeout(&args);
             match tokio::time::timeout(grace, &mut server).await {
                 Ok(r) => r?,

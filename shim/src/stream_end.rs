@@ -63,15 +63,21 @@ impl StreamEnd {
         T: Send + 'static,
         S: Stream<Item = Result<T, Status>> + Send + 'static,
     {
-        let stopped = end_when(responses, self.stopped(), EtcdError::Stopped);
+        let stopped = self.stopped().map(|()| EtcdError::Stopped);
         if !wants_leader {
-            return stopped;
+            return end_when(responses, stopped);
         }
-        end_when(stopped, self.lost(), EtcdError::NoLeader)
+        let lost = self.lost().map(|()| EtcdError::NoLeader);
+        end_when(responses, async move {
+            tokio::select! {
+                why = stopped => why,
+                why = lost => why,
+            }
+        })
     }
 
-    /// Resolves once the member stops.
-    fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+    /// Resolves once the member stops (`StopStreams::stop`).
+    pub fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let mut stopping = self.stopping.clone();
         async move {
             if stopping.wait_for(|s| *s).await.is_err() {
@@ -93,19 +99,19 @@ impl StreamEnd {
     }
 }
 
-/// `responses` until `end` resolves, then `why` as the stream's last item.
-fn end_when<T, S, F>(responses: S, end: F, why: EtcdError) -> ClientStream<T>
+/// `responses` until `end` resolves, then its error as the stream's last item.
+fn end_when<T, S, F>(responses: S, end: F) -> ClientStream<T>
 where
     T: Send + 'static,
     S: Stream<Item = Result<T, Status>> + Send + 'static,
-    F: std::future::Future<Output = ()> + Send + 'static,
+    F: std::future::Future<Output = EtcdError> + Send + 'static,
 {
     let mut state = Some((Box::pin(responses), Box::pin(end)));
     Box::pin(futures::stream::poll_fn(move |cx| {
         let Some((responses, end)) = state.as_mut() else {
             return Poll::Ready(None);
         };
-        if end.as_mut().poll_unpin(cx).is_ready() {
+        if let Poll::Ready(why) = end.as_mut().poll_unpin(cx) {
             state = None;
             return Poll::Ready(Some(Err(why.into())));
         }
