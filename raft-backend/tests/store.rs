@@ -15,6 +15,12 @@ async fn open(dir: &tempfile::TempDir) -> Store {
         .unwrap()
 }
 
+/// A second connection to the store's file, for tests that look at or change
+/// the rows directly.
+fn db(dir: &tempfile::TempDir) -> rusqlite::Connection {
+    rusqlite::Connection::open(dir.path().join(cairn_raft_backend::DB_FILE)).unwrap()
+}
+
 fn put(k: &str, v: &str) -> Command {
     Command::Put(PutRequest {
         key: k.into(),
@@ -667,8 +673,7 @@ async fn a_version_1_store_is_upgraded_in_place() {
     // Turn the file back into version 1's layout: a (key, rev) index, no
     // row links, and a `live` table of the existing keys.
     {
-        let conn =
-            rusqlite::Connection::open(dir.path().join(cairn_raft_backend::DB_FILE)).unwrap();
+        let conn = db(&dir);
         conn.execute_batch(&format!(
             "BEGIN; {} COMMIT;",
             cairn_raft_backend::DOWNGRADE_TO_V1_FOR_TESTS
@@ -704,9 +709,6 @@ async fn a_version_1_store_is_upgraded_in_place() {
 /// `history.rev`; opening one drops it and reads the same.
 #[tokio::test]
 async fn a_store_with_the_old_revision_index_loses_it_and_reads_the_same() {
-    let db = |dir: &tempfile::TempDir| {
-        rusqlite::Connection::open(dir.path().join(cairn_raft_backend::DB_FILE)).unwrap()
-    };
     let has_index = |conn: &rusqlite::Connection| -> bool {
         conn.query_row(
             "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'history_rev'",
@@ -754,7 +756,7 @@ async fn compaction_removes_superseded_rows_and_deleted_keys() {
     assert_eq!(after_events, events[first_kept..].to_vec());
     // Left: a@8 and b@9 (each key's newest at 10) and c@11. The tombstones
     // at 10 are gone, and d with its tombstone.
-    let conn = rusqlite::Connection::open(dir.path().join(cairn_raft_backend::DB_FILE)).unwrap();
+    let conn = db(&dir);
     assert_eq!(
         history_rows(&conn),
         vec![
@@ -781,7 +783,7 @@ async fn rows_a_failed_compaction_left_go_with_the_next() {
     let registry = prometheus::Registry::new();
     let s = Store::open_single(dir.path(), &registry).await.unwrap();
     churn(&s).await;
-    let conn = rusqlite::Connection::open(dir.path().join(cairn_raft_backend::DB_FILE)).unwrap();
+    let conn = db(&dir);
     conn.execute_batch(
         "CREATE TRIGGER fault BEFORE DELETE ON history
          BEGIN SELECT RAISE(ABORT, 'injected I/O error'); END;",
