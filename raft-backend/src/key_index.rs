@@ -50,6 +50,9 @@ pub struct KeyIndex(RwLock<Inner>);
 /// Which index a read started on: see the module comment.
 pub type Generation = u64;
 
+/// Keys visited per read-lock hold by `newest_at_each`.
+const EACH_BATCH: usize = 4096;
+
 impl KeyIndex {
     /// Builds the index from every row of `history`.
     pub fn load(conn: &Connection) -> Result<KeyIndex> {
@@ -157,7 +160,12 @@ impl KeyIndex {
 
     /// Calls `f` with every key's newest versions at revisions `a` and `b`
     /// (tombstones included), in key order: whole-keyspace work such as
-    /// HashKV, without a scan of the rows.
+    /// HashKV, without a scan of the rows. The read lock is taken per
+    /// `EACH_BATCH` keys, so that the applier's writes wait for one batch,
+    /// not for the whole keyspace. Versions up to the reader's revision do
+    /// not change meanwhile, except by compaction, and a compaction past
+    /// `min(a, b)` in the middle is caught by the check each batch repeats
+    /// (`Compacted`), as a snapshot install is (`Reopened`).
     pub fn newest_at_each(
         &self,
         generation: Option<Generation>,
@@ -165,11 +173,24 @@ impl KeyIndex {
         b: i64,
         mut f: impl FnMut(Option<Version>, Option<Version>),
     ) -> Result<()> {
-        let inner = self.checked(generation, a.min(b))?;
-        for vs in inner.keys.values() {
-            f(newest_at(vs, a), newest_at(vs, b));
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let inner = self.checked(generation, a.min(b))?;
+            let start = after.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+            let mut last = None;
+            for (key, vs) in inner
+                .keys
+                .range::<[u8], _>((start, Bound::Unbounded))
+                .take(EACH_BATCH)
+            {
+                f(newest_at(vs, a), newest_at(vs, b));
+                last = Some(key);
+            }
+            match last {
+                Some(key) => after = Some(key.clone()),
+                None => return Ok(()),
+            }
         }
-        Ok(())
     }
 
     /// Records a version the applier is writing.
@@ -297,6 +318,32 @@ mod tests {
             start: a.as_bytes().to_vec(),
             end: Some(b.as_bytes().to_vec()),
         }
+    }
+
+    #[test]
+    fn newest_at_each_visits_every_key_once_across_lock_batches() {
+        let ix = KeyIndex::default();
+        let keys = EACH_BATCH * 2 + 7;
+        let key = |k: usize| format!("k{k:06}").into_bytes();
+        for k in 0..keys {
+            let id = k as i64 * 2;
+            ix.push(&key(k), v(2 + id, id, false));
+            // Every third key is deleted later.
+            if k % 3 == 0 {
+                ix.push(&key(k), v(3 + id, id + 1, true));
+            }
+        }
+        let last = 3 + keys as i64 * 2;
+        let mut seen = Vec::new();
+        ix.newest_at_each(None, 10, last, |a, b| seen.push((a, b)))
+            .unwrap();
+        let want: Vec<_> = (0..keys)
+            .map(|k| {
+                let at = |rev| ix.at(None, &key(k), rev).unwrap();
+                (at(10), at(last))
+            })
+            .collect();
+        assert_eq!(seen, want);
     }
 
     #[test]
