@@ -3,7 +3,6 @@
 //! With no arguments it serves a one-member store on 127.0.0.1:2379 from
 //! `./default.cairn`, as `etcd` does with `./default.etcd`.
 
-mod bench;
 mod cluster_config;
 mod cluster_service;
 mod config;
@@ -43,7 +42,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Run a load against any etcd-v3 endpoint (Cairn or etcd) and report throughput and latency.
-    Bench(bench::BenchArgs),
+    Bench(cairn_bench::BenchArgs),
 }
 
 async fn shutdown_signal() {
@@ -72,7 +71,7 @@ async fn shutdown_signal() {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Some(Cmd::Bench(args)) => bench::run(args).await,
+        Some(Cmd::Bench(args)) => cairn_bench::run(args).await,
         None => {
             tracing_subscriber::fmt()
                 .with_env_filter(

@@ -51,7 +51,10 @@ use tokio::time::MissedTickBehavior;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
-use super::{connect, new_hist, process_cpu_seconds, BenchArgs, HIST_MAX_US};
+use crate::args::BenchArgs;
+use crate::connect::connect;
+use crate::cpu::process_cpu_seconds;
+use crate::latency::{lock, merge, new_hist, HIST_MAX_US};
 
 /// Bytes at the start of each value: the write number and its send time.
 const VALUE_HEADER: usize = 16;
@@ -409,6 +412,7 @@ async fn read_streams(
     ctx: Arc<ReaderCtx>,
     streams: Vec<OpenStream>,
     mut stop: signal::Receiver<bool>,
+    hist: Histogram<u64>,
 ) -> ReaderOut {
     let mut watchers = Vec::new();
     // Per local stream: its index and its watchers' (watch id, slot), sorted.
@@ -436,7 +440,7 @@ async fn read_streams(
     }
     let mut out = ReaderOut {
         watchers: Vec::new(),
-        hist: new_hist(),
+        hist,
         errors: ReaderErrors::default(),
         responses: 0,
         events: 0,
@@ -640,7 +644,7 @@ async fn write(
     request_timeout: Duration,
     deadline: Instant,
     acked: Arc<AtomicU64>,
-) -> Writes {
+) -> anyhow::Result<Writes> {
     let revs: Arc<Vec<AtomicI64>> = Arc::new((0..writes).map(|_| AtomicI64::new(0)).collect());
     let shared = Arc::new(WriteShared::default());
     let permits = Arc::new(Semaphore::new(in_flight));
@@ -648,7 +652,7 @@ async fn write(
     let mut tick = tokio::time::interval_at(start.into(), period);
     tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
     let mut tasks = Vec::with_capacity(writes as usize);
-    let mut lag = new_hist();
+    let mut lag = new_hist()?;
     let mut issued = 0;
     let mut stopped_by_time_limit = false;
     'schedule: while issued < writes {
@@ -662,7 +666,7 @@ async fn write(
             let permit = Arc::clone(&permits)
                 .acquire_owned()
                 .await
-                .expect("never closed");
+                .map_err(|_| anyhow!("write permits closed"))?;
             let seq = issued;
             issued += 1;
             let late = Instant::now().saturating_duration_since(start + due_at(seq, rate));
@@ -705,13 +709,8 @@ async fn write(
                     ),
                 };
                 shared.errors.fetch_add(1, Ordering::Relaxed);
-                *shared
-                    .error_kinds
-                    .lock()
-                    .unwrap()
-                    .entry(err.0.clone())
-                    .or_insert(0) += 1;
-                let mut first = shared.first_errors.lock().unwrap();
+                *lock(&shared.error_kinds).entry(err.0.clone()).or_insert(0) += 1;
+                let mut first = lock(&shared.first_errors);
                 if first.len() < 5 {
                     first.push(format!("write {seq}: {}: {}", err.0, err.1));
                 }
@@ -719,7 +718,7 @@ async fn write(
             }));
         }
     }
-    let mut hist = new_hist();
+    let mut hist = new_hist()?;
     for t in tasks {
         match t.await {
             Ok(Some(took)) => {
@@ -728,19 +727,15 @@ async fn write(
             Ok(None) => {}
             Err(e) => {
                 shared.errors.fetch_add(1, Ordering::Relaxed);
-                shared
-                    .first_errors
-                    .lock()
-                    .unwrap()
-                    .push(format!("write task failed: {e}"));
+                lock(&shared.first_errors).push(format!("write task failed: {e}"));
             }
         }
     }
     let elapsed = start.elapsed();
     let revs = revs.iter().map(|r| r.load(Ordering::Relaxed)).collect();
-    let error_kinds = std::mem::take(&mut *shared.error_kinds.lock().unwrap());
-    let first_errors = std::mem::take(&mut *shared.first_errors.lock().unwrap());
-    Writes {
+    let error_kinds = std::mem::take(&mut *lock(&shared.error_kinds));
+    let first_errors = std::mem::take(&mut *lock(&shared.first_errors));
+    Ok(Writes {
         revs,
         issued,
         errors: shared.errors.load(Ordering::Relaxed),
@@ -750,7 +745,7 @@ async fn write(
         hist,
         lag,
         stopped_by_time_limit,
-    }
+    })
 }
 
 fn quantiles_us(h: &Histogram<u64>) -> serde_json::Value {
@@ -879,8 +874,15 @@ pub(super) async fn run(
     let readers: Vec<_> = by_conn
         .into_iter()
         .filter(|s| !s.is_empty())
-        .map(|s| tokio::spawn(read_streams(Arc::clone(&ctx), s, stop_rx.clone())))
-        .collect();
+        .map(|s| {
+            Ok(tokio::spawn(read_streams(
+                Arc::clone(&ctx),
+                s,
+                stop_rx.clone(),
+                new_hist()?,
+            )))
+        })
+        .collect::<anyhow::Result<_>>()?;
 
     let mut rss_after = None;
     if let Some(p) = pid {
@@ -927,7 +929,7 @@ pub(super) async fn run(
         hard_deadline,
         Arc::clone(&acked),
     )
-    .await;
+    .await?;
     let writes_done = Instant::now();
     let acked_n = w.revs.iter().filter(|&&r| r > 0).count() as u64;
 
@@ -970,7 +972,7 @@ pub(super) async fn run(
     }
     let drain_s = writes_done.elapsed().as_secs_f64();
     let _ = stop_tx.send(true);
-    let mut hist = new_hist();
+    let mut hist = new_hist()?;
     let mut errs = ReaderErrors::default();
     let mut tally = Tally::default();
     let mut dup = 0;
@@ -989,7 +991,7 @@ pub(super) async fn run(
                 continue;
             }
         };
-        hist.add(&r.hist).expect("same histogram bounds");
+        merge(&mut hist, &r.hist)?;
         errs.foreign += r.errors.foreign;
         errs.unknown_watch += r.errors.unknown_watch;
         errs.canceled += r.errors.canceled;
@@ -1144,7 +1146,10 @@ pub(super) async fn run(
             "  events: {} of {} expected received; {events_per_sec:.0} events/s over {delivery_s:.2} s ({stopped_by}, drained {drain_s:.2} s after the last write)",
             tally.received, tally.expected
         );
-        println!("  delivery latency ms: {}", super::latency_summary_ms(h));
+        println!(
+            "  delivery latency ms: {}",
+            crate::latency::latency_summary_ms(h)
+        );
         println!(
             "  errors: {} writes not stored as acknowledged, {} missing, {} duplicates, {} out of order, {} foreign, {} unknown watch ids, {} canceled, {} stream errors; {} undelivered at the deadline",
             store_errors.len(), tally.missing, dup, ooo, errs.foreign, errs.unknown_watch, errs.canceled, errs.stream_errors, tally.undelivered
