@@ -220,7 +220,6 @@ pub async fn open_node(args: &ServeArgs) -> anyhow::Result<SharedNode> {
     let store = Store::open(&data_dir, &registry, opts)
         .await
         .with_context(|| format!("open store in {}", data_dir.display()))?;
-    let metrics = Arc::new(ServerMetrics::new(&registry)?);
     Ok(Arc::new(Node {
         store,
         id,
@@ -230,7 +229,6 @@ pub async fn open_node(args: &ServeArgs) -> anyhow::Result<SharedNode> {
         max_txn_ops: args.max_txn_ops,
         quota_bytes: args.quota_bytes(),
         registry,
-        metrics,
     }))
 }
 
@@ -276,7 +274,7 @@ async fn publish_self(node: SharedNode) {
 }
 
 /// Logs when this member loses and regains a leader (quorum), as etcd warns.
-async fn watch_leader(node: SharedNode) {
+async fn watch_leader(node: SharedNode, metrics: Arc<ServerMetrics>) {
     let replica = node.store.replica().clone();
     let mut last = replica.leader();
     while let Some(now) = replica.leader_change(last).await {
@@ -295,7 +293,7 @@ async fn watch_leader(node: SharedNode) {
             ),
             _ => {}
         }
-        node.metrics.leader_changed(now);
+        metrics.leader_changed(now);
         last = now;
     }
 }
@@ -384,6 +382,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let node = open_node(&args).await?;
+    let metrics = Arc::new(ServerMetrics::new(&node.registry)?);
     let limit = args.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let hub = WatchHub::start(node.clone(), args.watch_progress_notify_interval);
     let election = Duration::from_millis(args.election_timeout);
@@ -392,7 +391,7 @@ pub async fn serve(
     serve_peers(
         &args,
         PeerService::new(node.clone(), lessor.clone()),
-        node.metrics.clone(),
+        metrics.clone(),
     )
     .await?;
     // Bound before publishing, as etcd binds its client listeners first: once
@@ -407,7 +406,7 @@ pub async fn serve(
         () = publish_self(node.clone()) => {}
         () = &mut shutdown => return Ok(()),
     }
-    tokio::spawn(watch_leader(node.clone()));
+    tokio::spawn(watch_leader(node.clone(), metrics.clone()));
     let grpc =
         Routes::new(KvServer::new(KvService::new(node.clone())).max_decoding_message_size(limit))
             .add_service(
@@ -428,14 +427,11 @@ pub async fn serve(
             );
     let app = grpc
         .into_axum_router()
-        .merge(crate::http::routes(node.clone()))
+        .merge(crate::http::routes(node.clone(), metrics.clone()))
         .layer(axum::middleware::from_fn(
             crate::grpc_compat::message_size_status,
         ))
-        .layer(axum::middleware::from_fn_with_state(
-            node.metrics.clone(),
-            track,
-        ));
+        .layer(axum::middleware::from_fn_with_state(metrics, track));
 
     let mut builder = Server::builder().accept_http1(true);
     if let Some(tls) = tls_config(&args)? {
