@@ -19,5 +19,6 @@ mod peer_service;
 mod quota;
 pub mod server;
 mod stream_end;
+mod tls;
 mod validate;
 mod watch;

@@ -16,9 +16,7 @@ use futures::{StreamExt, TryStreamExt};
 use std::time::Duration;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
-use tonic::transport::{
-    Certificate, ClientTlsConfig, Identity as TlsIdentity, Server, ServerTlsConfig,
-};
+use tonic::transport::{ClientTlsConfig, Server};
 
 use crate::cluster_config::{
     check_data_dir, parse_initial_cluster, validate_bootstrap, ClusterState,
@@ -166,43 +164,12 @@ async fn join_existing(
     anyhow::bail!("cannot join the running cluster: {last_err}")
 }
 
-fn peer_client_tls(args: &ServeArgs) -> anyhow::Result<Option<ClientTlsConfig>> {
-    if !args.peer_tls_enabled() {
-        return Ok(None);
-    }
-    let read =
-        |p: &std::path::Path| std::fs::read(p).with_context(|| format!("read {}", p.display()));
-    let mut tls = ClientTlsConfig::new();
-    if let Some(ca) = &args.peer_trusted_ca_file {
-        tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
-    }
-    if let (Some(cert), Some(key)) = (&args.peer_cert_file, &args.peer_key_file) {
-        tls = tls.identity(TlsIdentity::from_pem(read(cert)?, read(key)?));
-    }
-    Ok(Some(tls))
-}
-
-fn peer_server_tls(args: &ServeArgs) -> anyhow::Result<Option<ServerTlsConfig>> {
-    let (Some(cert), Some(key)) = (&args.peer_cert_file, &args.peer_key_file) else {
-        return Ok(None);
-    };
-    let read =
-        |p: &std::path::Path| std::fs::read(p).with_context(|| format!("read {}", p.display()));
-    let mut tls = ServerTlsConfig::new().identity(TlsIdentity::from_pem(read(cert)?, read(key)?));
-    if args.peer_client_cert_auth {
-        if let Some(ca) = &args.peer_trusted_ca_file {
-            tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
-        }
-    }
-    Ok(Some(tls))
-}
-
 /// Opens the store and identity in the configured data dir and starts Raft.
 pub async fn open_node(args: &ServeArgs) -> anyhow::Result<SharedNode> {
     args.validate()?;
     let data_dir = args.data_dir();
     let registry = prometheus::Registry::new();
-    let peer_tls = peer_client_tls(args)?;
+    let peer_tls = crate::tls::peer_client(args)?;
     let (id, bootstrap) = bootstrap(args, &peer_tls).await?;
     let election = Duration::from_millis(args.election_timeout);
     let opts = ReplicaOptions {
@@ -330,7 +297,7 @@ async fn serve_peers(
 ) -> anyhow::Result<()> {
     let incoming = bind_all(&args.listen_peer_urls, "peer").await?;
     let mut builder = Server::builder();
-    if let Some(tls) = peer_server_tls(args)? {
+    if let Some(tls) = crate::tls::peer_listener(args)? {
         builder = builder.tls_config(tls)?;
     }
     // Counted under grpc_server_*_total like client RPCs (service
@@ -349,21 +316,6 @@ async fn serve_peers(
         }
     });
     Ok(())
-}
-
-fn tls_config(args: &ServeArgs) -> anyhow::Result<Option<ServerTlsConfig>> {
-    let (Some(cert), Some(key)) = (&args.cert_file, &args.key_file) else {
-        return Ok(None);
-    };
-    let read =
-        |p: &std::path::Path| std::fs::read(p).with_context(|| format!("read {}", p.display()));
-    let mut tls = ServerTlsConfig::new().identity(TlsIdentity::from_pem(read(cert)?, read(key)?));
-    if args.client_cert_auth {
-        if let Some(ca) = &args.trusted_ca_file {
-            tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
-        }
-    }
-    Ok(Some(tls))
 }
 
 /// etcd's request timeout: 5 s plus two election timeouts.
@@ -434,7 +386,7 @@ pub async fn serve(
         .layer(axum::middleware::from_fn_with_state(metrics, track));
 
     let mut builder = Server::builder().accept_http1(true);
-    if let Some(tls) = tls_config(&args)? {
+    if let Some(tls) = crate::tls::client_listener(&args)? {
         builder = builder.tls_config(tls)?;
     }
     tracing::info!(
