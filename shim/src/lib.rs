@@ -19,6 +19,8 @@ mod peer_service;
 mod quota;
 pub mod server;
 mod stream_end;
+#[cfg(test)]
+mod testing;
 mod tls;
 mod validate;
 mod watch;
