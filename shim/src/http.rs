@@ -1,6 +1,8 @@
 //! Plain HTTP endpoints served on the client port beside gRPC, as etcd serves
 //! them: /health, /livez, /readyz, /version and /metrics.
 
+use std::sync::Arc;
+
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
@@ -9,15 +11,19 @@ use axum::Router;
 use cairn_proto::etcdserverpb::RangeRequest;
 use serde_json::json;
 
+use crate::metrics::ServerMetrics;
 use crate::node::{SharedNode, ETCD_VERSION};
 
-pub fn routes(node: SharedNode) -> Router {
+pub fn routes(node: SharedNode, server_metrics: Arc<ServerMetrics>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/version", get(version))
-        .route("/metrics", get(metrics))
+        .route(
+            "/metrics",
+            get(move |node: State<SharedNode>| metrics(node, server_metrics)),
+        )
         .with_state(node)
 }
 
@@ -75,8 +81,8 @@ async fn version() -> impl IntoResponse {
     axum::Json(json!({ "etcdserver": ETCD_VERSION, "etcdcluster": ETCD_VERSION }))
 }
 
-async fn metrics(State(node): State<SharedNode>) -> impl IntoResponse {
-    crate::metrics::refresh(&node).await;
+async fn metrics(State(node): State<SharedNode>, m: Arc<ServerMetrics>) -> impl IntoResponse {
+    crate::metrics::refresh(&m, &node).await;
     let mut buf = String::new();
     match prometheus::TextEncoder::new().encode_utf8(&node.registry.gather(), &mut buf) {
         Ok(()) => (

@@ -3,32 +3,14 @@
 //! With no arguments it serves a one-member store on 127.0.0.1:2379 from
 //! `./default.cairn`, as `etcd` does with `./default.etcd`.
 
-mod cluster_config;
-mod cluster_service;
-mod config;
-mod errors;
-mod grpc_compat;
-mod http;
-mod identity;
-mod kv_service;
-mod lease;
-mod maintenance_service;
-mod metrics;
-mod node;
-mod peer_service;
-mod quota;
-mod server;
-mod stream_end;
-mod validate;
-mod watch;
-
+use cairn_shim::{config, server};
 use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
 
 /// Every request allocates many small, short-lived buffers on one thread and
 /// frees them on another; glibc's allocator spent ~8% of a put's CPU on that.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser, Debug)]
 #[command(name = "cairn", version, about, args_conflicts_with_subcommands = true)]

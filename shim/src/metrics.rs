@@ -7,7 +7,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 
-use crate::node::SharedNode;
+use crate::node::Node;
 
 #[derive(Clone)]
 pub struct ServerMetrics {
@@ -90,8 +90,7 @@ impl ServerMetrics {
 }
 
 /// Updates the gauges that are read from state at scrape time.
-pub async fn refresh(node: &SharedNode) {
-    let m = &node.metrics;
+pub async fn refresh(m: &ServerMetrics, node: &Node) {
     m.has_leader.set(i64::from(node.has_leader()));
     m.is_leader.set(i64::from(node.store.replica().is_leader()));
     let applied = node.store.applied();

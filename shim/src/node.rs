@@ -22,7 +22,6 @@ pub struct Node {
     pub max_txn_ops: usize,
     pub quota_bytes: i64,
     pub registry: prometheus::Registry,
-    pub metrics: Arc<crate::metrics::ServerMetrics>,
 }
 
 pub type SharedNode = Arc<Node>;
@@ -70,7 +69,7 @@ impl Node {
     /// Returns whether the client asked for a leader (streams that did are
     /// ended when the leader is lost, see `stream_end`).
     pub fn check_leader<T>(&self, req: &tonic::Request<T>) -> Result<bool, Status> {
-        let wants = crate::stream_end::wants_leader(req);
+        let wants = wants_leader(req);
         if wants && !self.has_leader() {
             return Err(EtcdError::NoLeader.into());
         }
@@ -84,4 +83,13 @@ impl Node {
         }
         Ok(())
     }
+}
+
+/// Whether the request carries `hasleader=true` (clientv3's
+/// `WithRequireLeader`, which kube-apiserver uses).
+fn wants_leader<T>(req: &tonic::Request<T>) -> bool {
+    req.metadata()
+        .get("hasleader")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == "true")
 }

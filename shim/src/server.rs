@@ -16,9 +16,7 @@ use futures::{StreamExt, TryStreamExt};
 use std::time::Duration;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
-use tonic::transport::{
-    Certificate, ClientTlsConfig, Identity as TlsIdentity, Server, ServerTlsConfig,
-};
+use tonic::transport::{ClientTlsConfig, Server};
 
 use crate::cluster_config::{
     check_data_dir, parse_initial_cluster, validate_bootstrap, ClusterState,
@@ -166,43 +164,12 @@ async fn join_existing(
     anyhow::bail!("cannot join the running cluster: {last_err}")
 }
 
-fn peer_client_tls(args: &ServeArgs) -> anyhow::Result<Option<ClientTlsConfig>> {
-    if !args.peer_tls_enabled() {
-        return Ok(None);
-    }
-    let read =
-        |p: &std::path::Path| std::fs::read(p).with_context(|| format!("read {}", p.display()));
-    let mut tls = ClientTlsConfig::new();
-    if let Some(ca) = &args.peer_trusted_ca_file {
-        tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
-    }
-    if let (Some(cert), Some(key)) = (&args.peer_cert_file, &args.peer_key_file) {
-        tls = tls.identity(TlsIdentity::from_pem(read(cert)?, read(key)?));
-    }
-    Ok(Some(tls))
-}
-
-fn peer_server_tls(args: &ServeArgs) -> anyhow::Result<Option<ServerTlsConfig>> {
-    let (Some(cert), Some(key)) = (&args.peer_cert_file, &args.peer_key_file) else {
-        return Ok(None);
-    };
-    let read =
-        |p: &std::path::Path| std::fs::read(p).with_context(|| format!("read {}", p.display()));
-    let mut tls = ServerTlsConfig::new().identity(TlsIdentity::from_pem(read(cert)?, read(key)?));
-    if args.peer_client_cert_auth {
-        if let Some(ca) = &args.peer_trusted_ca_file {
-            tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
-        }
-    }
-    Ok(Some(tls))
-}
-
 /// Opens the store and identity in the configured data dir and starts Raft.
 pub async fn open_node(args: &ServeArgs) -> anyhow::Result<SharedNode> {
     args.validate()?;
     let data_dir = args.data_dir();
     let registry = prometheus::Registry::new();
-    let peer_tls = peer_client_tls(args)?;
+    let peer_tls = crate::tls::peer_client(args)?;
     let (id, bootstrap) = bootstrap(args, &peer_tls).await?;
     let election = Duration::from_millis(args.election_timeout);
     let opts = ReplicaOptions {
@@ -220,7 +187,6 @@ pub async fn open_node(args: &ServeArgs) -> anyhow::Result<SharedNode> {
     let store = Store::open(&data_dir, &registry, opts)
         .await
         .with_context(|| format!("open store in {}", data_dir.display()))?;
-    let metrics = Arc::new(ServerMetrics::new(&registry)?);
     Ok(Arc::new(Node {
         store,
         id,
@@ -230,7 +196,6 @@ pub async fn open_node(args: &ServeArgs) -> anyhow::Result<SharedNode> {
         max_txn_ops: args.max_txn_ops,
         quota_bytes: args.quota_bytes(),
         registry,
-        metrics,
     }))
 }
 
@@ -276,7 +241,7 @@ async fn publish_self(node: SharedNode) {
 }
 
 /// Logs when this member loses and regains a leader (quorum), as etcd warns.
-async fn watch_leader(node: SharedNode) {
+async fn watch_leader(node: SharedNode, metrics: Arc<ServerMetrics>) {
     let replica = node.store.replica().clone();
     let mut last = replica.leader();
     while let Some(now) = replica.leader_change(last).await {
@@ -295,7 +260,7 @@ async fn watch_leader(node: SharedNode) {
             ),
             _ => {}
         }
-        node.metrics.leader_changed(now);
+        metrics.leader_changed(now);
         last = now;
     }
 }
@@ -332,7 +297,7 @@ async fn serve_peers(
 ) -> anyhow::Result<()> {
     let incoming = bind_all(&args.listen_peer_urls, "peer").await?;
     let mut builder = Server::builder();
-    if let Some(tls) = peer_server_tls(args)? {
+    if let Some(tls) = crate::tls::peer_listener(args)? {
         builder = builder.tls_config(tls)?;
     }
     // Counted under grpc_server_*_total like client RPCs (service
@@ -353,21 +318,6 @@ async fn serve_peers(
     Ok(())
 }
 
-fn tls_config(args: &ServeArgs) -> anyhow::Result<Option<ServerTlsConfig>> {
-    let (Some(cert), Some(key)) = (&args.cert_file, &args.key_file) else {
-        return Ok(None);
-    };
-    let read =
-        |p: &std::path::Path| std::fs::read(p).with_context(|| format!("read {}", p.display()));
-    let mut tls = ServerTlsConfig::new().identity(TlsIdentity::from_pem(read(cert)?, read(key)?));
-    if args.client_cert_auth {
-        if let Some(ca) = &args.trusted_ca_file {
-            tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
-        }
-    }
-    Ok(Some(tls))
-}
-
 /// etcd's request timeout: 5 s plus two election timeouts.
 fn request_timeout(args: &ServeArgs) -> Duration {
     Duration::from_secs(5) + 2 * Duration::from_millis(args.election_timeout)
@@ -384,6 +334,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let node = open_node(&args).await?;
+    let metrics = Arc::new(ServerMetrics::new(&node.registry)?);
     let limit = args.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let hub = WatchHub::start(node.clone(), args.watch_progress_notify_interval);
     let election = Duration::from_millis(args.election_timeout);
@@ -392,7 +343,7 @@ pub async fn serve(
     serve_peers(
         &args,
         PeerService::new(node.clone(), lessor.clone()),
-        node.metrics.clone(),
+        metrics.clone(),
     )
     .await?;
     // Bound before publishing, as etcd binds its client listeners first: once
@@ -407,7 +358,7 @@ pub async fn serve(
         () = publish_self(node.clone()) => {}
         () = &mut shutdown => return Ok(()),
     }
-    tokio::spawn(watch_leader(node.clone()));
+    tokio::spawn(watch_leader(node.clone(), metrics.clone()));
     let grpc =
         Routes::new(KvServer::new(KvService::new(node.clone())).max_decoding_message_size(limit))
             .add_service(
@@ -428,17 +379,14 @@ pub async fn serve(
             );
     let app = grpc
         .into_axum_router()
-        .merge(crate::http::routes(node.clone()))
+        .merge(crate::http::routes(node.clone(), metrics.clone()))
         .layer(axum::middleware::from_fn(
             crate::grpc_compat::message_size_status,
         ))
-        .layer(axum::middleware::from_fn_with_state(
-            node.metrics.clone(),
-            track,
-        ));
+        .layer(axum::middleware::from_fn_with_state(metrics, track));
 
     let mut builder = Server::builder().accept_http1(true);
-    if let Some(tls) = tls_config(&args)? {
+    if let Some(tls) = crate::tls::client_listener(&args)? {
         builder = builder.tls_config(tls)?;
     }
     tracing::info!(

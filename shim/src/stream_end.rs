@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::watch;
-use tonic::{Request, Status};
+use tonic::Status;
 
 use crate::errors::EtcdError;
 use crate::node::SharedNode;
@@ -121,15 +121,6 @@ where
         }
         next
     }))
-}
-
-/// Whether the request carries `hasleader=true` (clientv3's
-/// `WithRequireLeader`, which kube-apiserver uses).
-pub fn wants_leader<T>(req: &Request<T>) -> bool {
-    req.metadata()
-        .get("hasleader")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v == "true")
 }
 
 async fn monitor(node: SharedNode, grace: Duration, tx: watch::Sender<u64>) {

@@ -309,3 +309,108 @@ impl Lessor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use cairn_proto::etcdserverpb::RangeRequest;
+
+    use super::*;
+    use crate::testing;
+
+    /// What a promoted lessor adds to every lease; short, so that tests wait
+    /// about one TTL.
+    const EXTEND: Duration = Duration::from_millis(100);
+
+    async fn grant(lessor: &Lessor, ttl: i64) -> i64 {
+        let req = LeaseGrantRequest { ttl, id: 0 };
+        let (id, granted) = lessor.grant(req).await.expect("grant");
+        assert_eq!(granted, ttl);
+        id
+    }
+
+    async fn has_key(node: &SharedNode, key: &str) -> bool {
+        let req = RangeRequest {
+            key: key.into(),
+            ..Default::default()
+        };
+        let resp = node.store.range(req).await.expect("range");
+        !resp.kvs.is_empty()
+    }
+
+    /// On the leader an expired lease is revoked through the log, and the
+    /// keys attached to it go with it.
+    #[tokio::test]
+    async fn leader_revokes_an_expired_lease_and_its_keys() {
+        let t = testing::leader().await;
+        let lessor = Lessor::start(t.node.clone(), EXTEND).await.expect("lessor");
+        let id = grant(&lessor, MIN_TTL).await;
+        testing::put(&t.node, "held", "v", id).await;
+        testing::put(&t.node, "free", "v", 0).await;
+        let (remaining, granted) = lessor.ttl(id).await.expect("ttl").expect("known");
+        assert_eq!(granted, MIN_TTL);
+        assert!(remaining <= MIN_TTL, "{remaining}");
+
+        testing::eventually("the lease is revoked", || async {
+            let leases = t.node.store.leases().await.expect("leases");
+            leases.iter().all(|(l, _)| *l != id).then_some(())
+        })
+        .await;
+        assert!(
+            !has_key(&t.node, "held").await,
+            "the lease's key is deleted"
+        );
+        assert!(has_key(&t.node, "free").await, "other keys stay");
+        assert_eq!(lessor.ttl(id).await.expect("ttl"), None);
+        assert_eq!(lessor.renew(id).await.expect("renew"), None);
+    }
+
+    /// A keep-alive gives the lease its whole TTL again.
+    #[tokio::test]
+    async fn keep_alive_extends_the_deadline() {
+        let t = testing::leader().await;
+        let lessor = Lessor::start(t.node.clone(), EXTEND).await.expect("lessor");
+        let ttl = 10;
+        let id = grant(&lessor, ttl).await;
+        testing::eventually("a second of the TTL passes", || async {
+            let (remaining, _) = lessor.ttl(id).await.expect("ttl").expect("known");
+            (remaining < ttl - 1).then_some(())
+        })
+        .await;
+        assert_eq!(lessor.renew_anywhere(id).await.expect("renew"), Some(ttl));
+        let (remaining, granted) = lessor.ttl(id).await.expect("ttl").expect("known");
+        assert_eq!(granted, ttl);
+        assert!(remaining >= ttl - 1, "renewed to the full TTL: {remaining}");
+    }
+
+    /// A member that is not leader keeps no deadlines: it does not expire
+    /// leases, however old, nor answer keep-alives itself (they go to the
+    /// leader, here unknown).
+    #[tokio::test]
+    async fn a_member_that_is_not_leader_revokes_nothing() {
+        let leader = testing::leader().await;
+        let id = 0x1ea5e;
+        let grant = LeaseGrantRequest { ttl: MIN_TTL, id };
+        let granted = leader.node.store.propose(Command::LeaseGrant(grant)).await;
+        assert!(
+            matches!(granted, Ok(CommandOutput::LeaseGrant(_))),
+            "{granted:?}"
+        );
+        testing::put(&leader.node, "held", "v", id).await;
+        let t = testing::follower_of(leader).await;
+        let lessor = Lessor::start(t.node.clone(), EXTEND).await.expect("lessor");
+        assert!(!lessor.is_leader());
+        assert_eq!(lessor.ttl(id).await.expect("ttl"), None);
+        let refused = lessor.renew_anywhere(id).await.expect_err("no leader");
+        assert_eq!(refused.message(), "etcdserver: no leader");
+
+        // Absence can only be checked after a while: past the lease's TTL
+        // and a few of the lessor's expiry checks, it is still there.
+        let expired = Instant::now() + Duration::from_secs(MIN_TTL as u64) + EXTEND;
+        tokio::time::sleep_until((expired + 3 * EXPIRY_CHECK).into()).await;
+        assert!(!lessor.is_leader());
+        assert!(lessor.deadlines().is_empty());
+        let leases = t.node.store.leases().await.expect("leases");
+        assert_eq!(leases, [(id, MIN_TTL)]);
+        assert!(has_key(&t.node, "held").await);
+    }
+}

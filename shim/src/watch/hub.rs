@@ -479,3 +479,149 @@ fn response(
         vec![resp]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use cairn_proto::etcdserverpb::{CompactionRequest, WatchCreateRequest};
+    use cairn_proto::mvccpb::Event;
+    use cairn_raft_backend::{Command, KeyRange};
+    use prost::Message;
+
+    use super::*;
+    use crate::testing::{self, PATIENCE};
+
+    /// A hub over `node` and one stream on it, as the watch service opens them.
+    struct Stream {
+        hub: WatchHub,
+        rx: mpsc::Receiver<Vec<WatchResponse>>,
+        sink: Sink,
+    }
+
+    impl Stream {
+        fn open(node: &SharedNode) -> Self {
+            let hub = WatchHub::start(node.clone(), Duration::from_secs(600));
+            let (sink, rx) = mpsc::channel(128);
+            Stream { hub, rx, sink }
+        }
+
+        /// Registers watcher `id` on `prefix`, from revision `start`.
+        fn watch(&self, id: i64, prefix: &str, start: i64) {
+            let req = WatchCreateRequest {
+                key: prefix.into(),
+                range_end: cairn_raft_backend::prefix_end(prefix.as_bytes()),
+                start_revision: start,
+                ..Default::default()
+            };
+            let range = KeyRange::new(&req.key, &req.range_end);
+            self.hub.send(HubMsg::Register {
+                watcher: Watcher::new(id, 1, &req, range, start, None),
+                sink: self.sink.clone(),
+            });
+        }
+
+        async fn next(&mut self) -> Vec<WatchResponse> {
+            match tokio::time::timeout(PATIENCE, self.rx.recv()).await {
+                Ok(Some(responses)) => responses,
+                Ok(None) => panic!("the hub closed the stream"),
+                Err(_) => panic!("no response within {PATIENCE:?}"),
+            }
+        }
+
+        /// Events, in the order received, until one at `upto` arrives.
+        async fn events_until(&mut self, upto: i64) -> Vec<Event> {
+            let mut events = Vec::new();
+            while events.last().map_or(0, revision) < upto {
+                for resp in self.next().await {
+                    for e in resp.events {
+                        events.push(Event::decode(e).expect("an encoded event"));
+                    }
+                }
+            }
+            events
+        }
+    }
+
+    fn revision(e: &Event) -> i64 {
+        e.kv.as_ref().map_or(0, |kv| kv.mod_revision)
+    }
+
+    fn keys(events: &[Event]) -> Vec<String> {
+        events
+            .iter()
+            .filter_map(|e| e.kv.as_ref())
+            .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+            .collect()
+    }
+
+    /// A watcher from a past revision first reads history, then follows the
+    /// live feed, and sees every event once and in revision order.
+    #[tokio::test]
+    async fn past_start_catches_up_from_history_then_follows_live() {
+        let t = testing::leader().await;
+        let first = testing::put(&t.node, "w/a", "1", 0).await;
+        testing::put(&t.node, "other", "x", 0).await;
+        testing::put(&t.node, "w/b", "2", 0).await;
+        let caught_up = testing::put(&t.node, "w/a", "3", 0).await;
+
+        let mut stream = Stream::open(&t.node);
+        stream.watch(7, "w/", first);
+        let history = stream.events_until(caught_up).await;
+        assert_eq!(keys(&history), ["w/a", "w/b", "w/a"]);
+
+        let mut live_revs = Vec::new();
+        for (k, v) in [("w/c", "4"), ("other", "y"), ("w/a", "5")] {
+            live_revs.push(testing::put(&t.node, k, v, 0).await);
+        }
+        let live = stream.events_until(live_revs[2]).await;
+        assert_eq!(keys(&live), ["w/c", "w/a"]);
+
+        let revs: Vec<i64> = history.iter().chain(&live).map(revision).collect();
+        assert!(
+            revs.windows(2).all(|w| w[0] < w[1]),
+            "revisions ascend: {revs:?}"
+        );
+        assert_eq!(revs.first(), Some(&first));
+        assert_eq!(revs.last(), Some(&live_revs[2]));
+    }
+
+    /// A watcher that starts at the current revision + 1 is fed live only.
+    #[tokio::test]
+    async fn future_start_is_fed_live() {
+        let t = testing::leader().await;
+        let now = testing::put(&t.node, "w/a", "1", 0).await;
+        let mut stream = Stream::open(&t.node);
+        stream.watch(1, "w/", now + 1);
+        let next = testing::put(&t.node, "w/b", "2", 0).await;
+        let events = stream.events_until(next).await;
+        assert_eq!(keys(&events), ["w/b"]);
+        assert_eq!(events.iter().map(revision).collect::<Vec<_>>(), [next]);
+    }
+
+    /// A start revision below the compaction is answered with a canceled
+    /// response that carries the compact revision, as etcd answers it.
+    #[tokio::test]
+    async fn compacted_start_is_canceled_with_the_compact_revision() {
+        let t = testing::leader().await;
+        let first = testing::put(&t.node, "w/a", "1", 0).await;
+        testing::put(&t.node, "w/a", "2", 0).await;
+        let compact = testing::put(&t.node, "w/a", "3", 0).await;
+        t.node
+            .store
+            .propose(Command::Compact(CompactionRequest {
+                revision: compact,
+                physical: false,
+            }))
+            .await
+            .expect("compact");
+
+        let mut stream = Stream::open(&t.node);
+        stream.watch(3, "w/", first);
+        let responses = stream.next().await;
+        assert_eq!(responses.len(), 1);
+        let resp = &responses[0];
+        assert!(resp.canceled, "{resp:?}");
+        assert_eq!(resp.watch_id, 3);
+        assert_eq!(resp.compact_revision, compact);
+        assert!(resp.events.is_empty());
+    }
+}
