@@ -15,6 +15,14 @@
 //! * [`wait`]: polling a condition with a deadline.
 //! * [`linearizability`]: checking a recorded client history is linearizable.
 //! * [`proxy`]: [`proxy::Proxy`], a TCP proxy a test can partition and heal.
+//! * [`raw`]: raw tonic channels and clients, for wire details `etcd-client`
+//!   hides.
+//! * [`watch`]: [`watch::RawWatch`], one Watch stream on the raw wire, and
+//!   [`watch::Create`], the requests it carries.
+//! * [`events`]: comparable forms of watch events and responses, and
+//!   [`events::Flat`], one watcher's flattened history.
+//! * [`model`]: [`model::Model`], the events a single writer's acknowledged
+//!   writes must produce.
 //!
 //! Running: `scripts/test.sh` (builds the `cairn` binary, exports the etcd
 //! paths, runs everything), or `cargo build -p cairn-shim && cargo test -p
@@ -35,13 +43,17 @@ pub mod client;
 pub mod cluster;
 pub mod dump;
 pub mod etcdctl;
+pub mod events;
 pub mod grpc;
 pub mod http;
 pub mod linearizability;
 pub mod member;
+pub mod model;
 pub mod ports;
 pub mod proxy;
+pub mod raw;
 pub mod wait;
+pub mod watch;
 
 pub use client::{connect, connect_with, ClientTimeouts};
 pub use grpc::{expect_grpc_error, grpc_error, GrpcError};

@@ -34,21 +34,23 @@
 //! last event, and the test waits for it (with a deadline), then checks that
 //! nothing more arrives within a short window.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use cairn_e2e::dump::dump;
+use cairn_e2e::events::*;
+use cairn_e2e::raw::*;
+use cairn_e2e::watch::*;
 use cairn_e2e::{Kind, Member, MemberOptions};
 use cairn_proto::etcdserverpb as pb;
-use common::*;
 use pb::compare::{CompareResult, CompareTarget, TargetUnion};
 use pb::request_op::Request;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tonic::transport::Channel;
+
+use crate::util::*;
 
 const LEASE: i64 = 0x5eed;
 const STREAMS: usize = 3;
@@ -152,10 +154,6 @@ enum Op {
     Regrant,
 }
 
-fn header_rev(h: &Option<pb::ResponseHeader>) -> i64 {
-    h.as_ref().map(|h| h.revision).unwrap_or(-1)
-}
-
 fn req_op(k: &[u8], v: &Option<Vec<u8>>) -> pb::RequestOp {
     pb::RequestOp {
         request: Some(match v {
@@ -185,7 +183,7 @@ async fn apply(side: &mut Side, op: &Op) -> Result<std::result::Result<i64, Stri
                 ..Default::default()
             })
             .await
-            .map(|r| header_rev(&r.into_inner().header)),
+            .map(|r| rev_of(&r.into_inner().header)),
         Op::Del { key, end } => side
             .kv
             .delete_range(pb::DeleteRangeRequest {
@@ -194,7 +192,7 @@ async fn apply(side: &mut Side, op: &Op) -> Result<std::result::Result<i64, Stri
                 ..Default::default()
             })
             .await
-            .map(|r| header_rev(&r.into_inner().header)),
+            .map(|r| rev_of(&r.into_inner().header)),
         Op::Txn {
             cmp_key,
             version,
@@ -214,7 +212,7 @@ async fn apply(side: &mut Side, op: &Op) -> Result<std::result::Result<i64, Stri
                 failure: otherwise.iter().map(|(k, v)| req_op(k, v)).collect(),
             })
             .await
-            .map(|r| header_rev(&r.into_inner().header)),
+            .map(|r| rev_of(&r.into_inner().header)),
         Op::Compact { rev } => side
             .kv
             .compact(pb::CompactionRequest {
@@ -222,12 +220,12 @@ async fn apply(side: &mut Side, op: &Op) -> Result<std::result::Result<i64, Stri
                 physical: true,
             })
             .await
-            .map(|r| header_rev(&r.into_inner().header)),
+            .map(|r| rev_of(&r.into_inner().header)),
         Op::Revoke => side
             .lease
             .lease_revoke(pb::LeaseRevokeRequest { id: LEASE })
             .await
-            .map(|r| header_rev(&r.into_inner().header)),
+            .map(|r| rev_of(&r.into_inner().header)),
         Op::Regrant => side
             .lease
             .lease_grant(pb::LeaseGrantRequest {
@@ -235,7 +233,7 @@ async fn apply(side: &mut Side, op: &Op) -> Result<std::result::Result<i64, Stri
                 id: LEASE,
             })
             .await
-            .map(|r| header_rev(&r.into_inner().header)),
+            .map(|r| rev_of(&r.into_inner().header)),
     };
     Ok(r.map_err(|s| {
         let (c, m) = status_pair(&s);

@@ -13,23 +13,22 @@
 //! and negative start revisions, see each test), the test asserts Cairn's
 //! 3.6 behaviour directly and names the difference.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use cairn_e2e::events::*;
+use cairn_e2e::model::Model;
+use cairn_e2e::raw::*;
+use cairn_e2e::watch::*;
 use cairn_e2e::{Kind, Member, MemberOptions};
 use cairn_proto::etcdserverpb as pb;
-use common::*;
 use pb::request_op::Request;
 use tokio::sync::Mutex;
 use tonic::transport::Channel;
 
-fn rev_of(h: &Option<pb::ResponseHeader>) -> i64 {
-    h.as_ref().map(|h| h.revision).unwrap_or(-1)
-}
+use crate::util::*;
 
 async fn put(kv: &mut pb::kv_client::KvClient<Channel>, k: &str, v: &[u8]) -> Result<i64> {
     let r = kv
@@ -66,15 +65,6 @@ async fn compact(kv: &mut pb::kv_client::KvClient<Channel>, rev: i64) -> Result<
 }
 
 /// Keeps both members' dirs when a test fails, and names them.
-fn keep_on_err<T>(r: Result<T>, members: &mut [&mut Member]) -> Result<T> {
-    if r.is_err() {
-        for m in members.iter_mut() {
-            m.keep_on_drop();
-        }
-    }
-    r
-}
-
 // ---------------------------------------------------------------------------
 // A scripted stream, run against both servers
 // ---------------------------------------------------------------------------
