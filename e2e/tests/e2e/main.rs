@@ -2,9 +2,12 @@
 //!
 //! Each module drives real processes (Cairn, and etcd 3.5 as the oracle)
 //! through the `cairn_e2e` harness. [`util`] holds the few helpers several
-//! modules share. Run one area with a filter, e.g.
+//! modules share, and [`server_test!`] runs one scenario against Cairn and
+//! against etcd. Run one area with a filter, e.g.
 //! `cargo test -p cairn-e2e --test e2e -- watch_semantics::`.
 
+#[macro_use]
+mod macros;
 mod util;
 
 mod bad_input;

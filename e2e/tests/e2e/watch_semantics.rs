@@ -3,9 +3,9 @@
 //! under load, future, compacted and negative start revisions, fragmenting,
 //! progress (requested and periodic), slow watchers.
 //!
-//! Tests named `_cairn` with an ignored `_etcd` twin check Cairn against the
-//! acknowledged writes themselves; the twin runs the same check on etcd as a
-//! self-check of the test (`--ignored`).
+//! Tests defined with `server_test!` check Cairn (`<name>::cairn`) against
+//! the acknowledged writes themselves; `<name>::etcd` runs the same check on
+//! etcd as a self-check of the test (ignored for most: `--ignored`).
 //!
 //! Where etcd 3.5.1 and 3.6 behave the same, the test runs the same script
 //! against a real etcd and Cairn and compares whole responses (minus
@@ -281,16 +281,11 @@ async fn replay_then_live_on(m: &Member) -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replay_then_live_no_gap_no_duplicate_cairn() -> Result<()> {
-    replay_then_live(Kind::Cairn).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "harness self-check; run with --ignored"]
-async fn replay_then_live_no_gap_no_duplicate_etcd() -> Result<()> {
-    replay_then_live(Kind::Etcd).await
-}
+server_test!(
+    replay_then_live_no_gap_no_duplicate,
+    replay_then_live,
+    ignore_etcd
+);
 
 // ---------------------------------------------------------------------------
 // Future and compacted start revisions
@@ -1014,15 +1009,7 @@ async fn progress_notify_on(m: &Member) -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn progress_notify_periodic_cairn() -> Result<()> {
-    progress_notify(Kind::Cairn).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn progress_notify_periodic_etcd() -> Result<()> {
-    progress_notify(Kind::Etcd).await
-}
+server_test!(progress_notify_periodic, progress_notify);
 
 /// Canceling a watcher while events for it keep coming: after its Canceled
 /// response, no event for that watch id arrives; the other watcher on the
@@ -1094,16 +1081,7 @@ async fn cancel_under_load(kind: Kind) -> Result<()> {
     keep_on_err(r, &mut [&mut m])
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancel_under_load_cairn() -> Result<()> {
-    cancel_under_load(Kind::Cairn).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "harness self-check; run with --ignored"]
-async fn cancel_under_load_etcd() -> Result<()> {
-    cancel_under_load(Kind::Etcd).await
-}
+server_test!(cancel_under_load, cancel_under_load, ignore_etcd);
 
 /// Watchers created "now" (start revision 0) while writers keep writing:
 /// each one gets exactly the writes on its prefix after the revision of its
@@ -1322,16 +1300,11 @@ async fn grouped_revisions_keep_every_event_cairn() -> Result<()> {
     keep_on_err(r, &mut [&mut m])
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn watch_from_now_under_load_cairn() -> Result<()> {
-    watch_from_now_under_load(Kind::Cairn).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "harness self-check; run with --ignored"]
-async fn watch_from_now_under_load_etcd() -> Result<()> {
-    watch_from_now_under_load(Kind::Etcd).await
-}
+server_test!(
+    watch_from_now_under_load,
+    watch_from_now_under_load,
+    ignore_etcd
+);
 
 // ---------------------------------------------------------------------------
 // Slow watchers
@@ -1451,16 +1424,7 @@ async fn slow_watcher_on(m: &Member) -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_watcher_never_blocks_writers_cairn() -> Result<()> {
-    slow_watcher(Kind::Cairn).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "harness self-check; run with --ignored"]
-async fn slow_watcher_never_blocks_writers_etcd() -> Result<()> {
-    slow_watcher(Kind::Etcd).await
-}
+server_test!(slow_watcher_never_blocks_writers, slow_watcher, ignore_etcd);
 
 /// A client that closes its sending side keeps receiving its watchers' events:
 /// etcd ignores the half-close, and only the end of the call ends the watchers.
