@@ -15,6 +15,7 @@
 //! * [`wait`]: polling a condition with a deadline.
 //! * [`linearizability`]: checking a recorded client history is linearizable.
 //! * [`proxy`]: [`proxy::Proxy`], a TCP proxy a test can partition and heal.
+//! * [`failpoints`]: the `FAILPOINTS` a test sets to make Cairn inject faults.
 //! * [`raw`]: raw tonic channels and clients, for wire details `etcd-client`
 //!   hides.
 //! * [`watch`]: [`watch::RawWatch`], one Watch stream on the raw wire, and
@@ -44,6 +45,7 @@ pub mod cluster;
 pub mod dump;
 pub mod etcdctl;
 pub mod events;
+pub mod failpoints;
 pub mod grpc;
 pub mod http;
 pub mod linearizability;
