@@ -2,9 +2,9 @@
 //!
 //! The Rust `etcd-client` hides wire details the watch and lease suites need
 //! (progress responses with watch_id -1, the `fragment` flag, Created/Canceled
-//! responses of every watcher on a shared stream, lease ids chosen by the
-//! client), so those suites use the generated tonic clients of `cairn-proto`
-//! (the etcd v3 wire definitions; the same bytes reach a real etcd).
+//! responses of every watcher on a shared stream), so those suites use the
+//! generated tonic clients of `cairn-proto` (the etcd v3 wire definitions; the
+//! same bytes reach a real etcd).
 
 use std::time::Duration;
 

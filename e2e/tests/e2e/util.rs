@@ -5,6 +5,7 @@ use anyhow::{Context, Result};
 use cairn_e2e::{Kind, Member, MemberOptions};
 use cairn_proto::etcdserverpb as pb;
 
+/// Starts etcd and Cairn with the same extra arguments for etcd (`etcd_args`)
 /// and Cairn (`cairn_args`), concurrently.
 pub async fn start_pair(
     etcd_args: &[&str],
