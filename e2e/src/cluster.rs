@@ -2,9 +2,13 @@
 //!
 //! Every ordered pair of members talks through its own [`Proxy`] (member X
 //! dials member Y's advertised peer URL through proxy X→Y, set with Cairn's
-//! `CAIRN_TEST_PEER_DIAL` hook), so [`Cluster::isolate`] cuts one member off
-//! in both directions while the rest keep talking. Members are started with
+//! `peer_dial` fail point), so [`Cluster::isolate`] cuts one member off in
+//! both directions while the rest keep talking. Members are started with
 //! short Raft timings so that elections happen within a test's patience.
+//!
+//! That needs a `cairn` binary built with the `failpoints` feature (see
+//! [`crate::failpoints`]); [`Cluster::start`] fails with a message saying so
+//! when no peer traffic went through the proxies.
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
@@ -20,6 +24,7 @@ use tempfile::TempDir;
 
 use crate::binaries::cairn_bin;
 use crate::client::{connect_with, ClientTimeouts};
+use crate::failpoints;
 use crate::ports::free_port;
 use crate::proxy::Proxy;
 use crate::wait::{wait_until, Poll};
@@ -65,8 +70,8 @@ pub struct Cluster {
     /// (from, to) → the proxy `from` dials to reach `to`.
     proxies: HashMap<(usize, usize), Proxy>,
     extra: Vec<String>,
-    /// Environment every member starts with (test hooks).
-    env: Vec<(String, String)>,
+    /// Fail points every member starts with, besides `peer_dial`.
+    failpoints: Vec<String>,
     /// --heartbeat-interval and --election-timeout, in ms.
     timing: (u64, u64),
     keep: bool,
@@ -85,25 +90,23 @@ impl Cluster {
         Self::launch(n, timing, extra, &[]).await
     }
 
-    /// As [`Cluster::start`], every member with the environment `env`.
-    pub async fn start_with_env(n: usize, env: &[(&str, &str)]) -> Result<Cluster> {
-        Self::launch(n, (HEARTBEAT_MS, ELECTION_MS), &[], env).await
+    /// As [`Cluster::start`], every member with the fail points `points`
+    /// (see [`crate::failpoints`]) besides `peer_dial`.
+    pub async fn start_with_failpoints(n: usize, points: &[&str]) -> Result<Cluster> {
+        Self::launch(n, (HEARTBEAT_MS, ELECTION_MS), &[], points).await
     }
 
     async fn launch(
         n: usize,
         timing: (u64, u64),
         extra: &[&str],
-        env: &[(&str, &str)],
+        points: &[&str],
     ) -> Result<Cluster> {
         let mut c = Cluster {
             members: Vec::new(),
             proxies: HashMap::new(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            failpoints: points.iter().map(|s| s.to_string()).collect(),
             timing,
             keep: std::env::var_os("CAIRN_E2E_KEEP").is_some(),
         };
@@ -131,7 +134,25 @@ impl Cluster {
             c.spawn(i)?;
         }
         c.wait_all_ready(Duration::from_secs(30)).await?;
+        c.check_peer_traffic_is_proxied()?;
         Ok(c)
+    }
+
+    /// Once a cluster of several members has a leader, peer traffic has
+    /// flowed, and with the `peer_dial` fail point all of it through the
+    /// proxies. None there means the binary ignored `FAILPOINTS`: every
+    /// partition would silently cut nothing.
+    fn check_peer_traffic_is_proxied(&self) -> Result<()> {
+        if self.members.len() < 2 || self.peer_bytes() > 0 {
+            return Ok(());
+        }
+        Err(anyhow!(
+            "no peer traffic went through the test proxies: the cairn binary ({}) \
+             ignores the `peer_dial` fail point. Build it with the fail points: \
+             cargo build --workspace --bins --features cairn-shim/failpoints \
+             (scripts/test.sh does)",
+            cairn_bin().map_or_else(|e| format!("{e:#}"), |p| p.display().to_string())
+        ))
     }
 
     fn add_proxy(&mut self, from: usize, to: usize) -> Result<()> {
@@ -150,12 +171,14 @@ impl Cluster {
     }
 
     fn spawn(&mut self, i: usize) -> Result<()> {
-        let dial: Vec<String> = self
+        let dial: Vec<(String, String)> = self
             .proxies
             .iter()
             .filter(|((from, _), _)| *from == i)
-            .map(|((_, to), p)| format!("{}=http://{}", self.members[*to].peer_url(), p.addr()))
+            .map(|((_, to), p)| (self.members[*to].peer_url(), format!("http://{}", p.addr())))
             .collect();
+        let mut points = vec![failpoints::peer_dial(&dial)];
+        points.extend(self.failpoints.iter().cloned());
         let initial = self.initial_cluster();
         let (heartbeat, election) = self.timing;
         let m = &mut self.members[i];
@@ -181,8 +204,7 @@ impl Cluster {
         writeln!(log, "===== cluster start: cairn {}", args.join(" "))?;
         let child = Command::new(cairn_bin()?)
             .args(&args)
-            .env("CAIRN_TEST_PEER_DIAL", dial.join(","))
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env(failpoints::ENV, failpoints::env_value(&points))
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))

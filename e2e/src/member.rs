@@ -20,6 +20,7 @@ use tempfile::TempDir;
 
 use crate::binaries::{cairn_bin, etcd_bin};
 use crate::client::{connect_with, ClientTimeouts};
+use crate::failpoints;
 use crate::ports::free_port;
 use crate::wait::{wait_until, Poll};
 
@@ -52,8 +53,9 @@ pub struct MemberOptions {
     pub quota_backend_bytes: Option<u64>,
     /// Extra arguments appended verbatim.
     pub extra_args: Vec<String>,
-    /// Extra environment variables (Cairn's test hooks).
-    pub env: Vec<(String, String)>,
+    /// Fail points to set (see [`crate::failpoints`]; ignored by etcd and
+    /// by a Cairn binary built without the `failpoints` feature).
+    pub failpoints: Vec<String>,
     /// How long to wait for readiness after each (re)start.
     pub ready_timeout: Duration,
 }
@@ -65,7 +67,7 @@ impl Default for MemberOptions {
             max_request_bytes: None,
             quota_backend_bytes: None,
             extra_args: Vec::new(),
-            env: Vec::new(),
+            failpoints: Vec::new(),
             ready_timeout: Duration::from_secs(20),
         }
     }
@@ -328,9 +330,15 @@ impl Member {
             args.join(" ")
         )?;
         let stderr = log.try_clone()?;
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        if !self.opts.failpoints.is_empty() {
+            command.env(
+                failpoints::ENV,
+                failpoints::env_value(&self.opts.failpoints),
+            );
+        }
+        let child = command
             .args(&args)
-            .envs(self.opts.env.iter().map(|(k, v)| (k, v)))
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))

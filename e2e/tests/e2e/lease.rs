@@ -22,40 +22,28 @@
 //!   then expires through the apply path, which survives another restart.
 //! * `server_chosen_lease_ids_are_unique`.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use cairn_e2e::dump::dump;
+use cairn_e2e::events::*;
+use cairn_e2e::raw::*;
+use cairn_e2e::watch::*;
 use cairn_e2e::{Kind, Member};
 use cairn_proto::etcdserverpb as pb;
-use common::*;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
+use crate::util::*;
+
 type Lease = pb::lease_client::LeaseClient<Channel>;
 type Kv = pb::kv_client::KvClient<Channel>;
-
-fn rev_of(h: &Option<pb::ResponseHeader>) -> i64 {
-    h.as_ref().map(|h| h.revision).unwrap_or(-1)
-}
 
 fn err(s: tonic::Status) -> String {
     let (c, m) = status_pair(&s);
     format!("ERR {c}: {m}")
-}
-
-/// Keeps both members' dirs when a test fails.
-fn keep_on_err<T>(r: Result<T>, members: &mut [&mut Member]) -> Result<T> {
-    if r.is_err() {
-        for m in members.iter_mut() {
-            m.keep_on_drop();
-        }
-    }
-    r
 }
 
 async fn grant(l: &mut Lease, ttl: i64, id: i64) -> String {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use cairn_e2e::cluster::{Cluster, ELECTION_MS};
 use cairn_e2e::dump::dump;
+use cairn_e2e::failpoints;
 use cairn_e2e::grpc::{expect_grpc_error, grpc_error, GrpcError};
 use cairn_e2e::linearizability::{check, CheckResult, Input, Output, Recorder};
 use cairn_e2e::wait::{wait_until, Poll};
@@ -150,7 +151,7 @@ async fn writes_through_any_member_are_seen_by_all() -> Result<()> {
 /// ProposeMany calls, and the cluster works as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replication_falls_back_to_append_entries_for_older_members() -> Result<()> {
-    let c = Cluster::start_with_env(3, &[("CAIRN_TEST_PEER_NO_STREAM", "1")]).await?;
+    let c = Cluster::start_with_failpoints(3, &[failpoints::PEER_REFUSE_STREAMING]).await?;
     for n in 0..20 {
         let mut client = c.client(n % 3).await?;
         client.put(format!("k/{n}"), format!("v{n}"), None).await?;
@@ -775,7 +776,7 @@ async fn history_across_leader_failure_is_linearizable() -> Result<()> {
 }
 
 /// Idle peer traffic of a 5-member cluster: printed (the figures in
-/// docs/benchmarks.md come from `tests/peer_traffic.rs` at production
+/// docs/benchmarks.md come from `peer_traffic.rs` at production
 /// timings), and checked for what must hold while idle: heartbeats flow and
 /// the leader stays put (no election churn).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

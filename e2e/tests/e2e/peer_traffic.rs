@@ -4,7 +4,7 @@
 //! docs/benchmarks.md, not assertions of speed, so ignored by default:
 //!
 //!   cargo build --release --bins
-//!   cargo test --release -p cairn-e2e --test peer_traffic -- --ignored --nocapture
+//!   cargo test --release -p cairn-e2e --test e2e -- --ignored --nocapture peer_traffic::
 //!
 //! Failover time is what a client sees: from the kill -9 of the leader until
 //! a write through a surviving member succeeds.

@@ -25,36 +25,26 @@
 //!   resourceVersion (canceled with compact_revision) and a List at it.
 //!   Every response equals etcd's.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use cairn_e2e::events::*;
+use cairn_e2e::model::Model;
+use cairn_e2e::raw::*;
+use cairn_e2e::watch::*;
 use cairn_e2e::{Kind, Member, MemberOptions};
 use cairn_proto::etcdserverpb as pb;
-use common::*;
 use pb::compare::{CompareResult, CompareTarget, TargetUnion};
 use pb::request_op::Request;
 use tokio::sync::Mutex;
 use tonic::transport::Channel;
 
+use crate::util::*;
+
 type Kv = pb::kv_client::KvClient<Channel>;
-
-fn rev_of(h: &Option<pb::ResponseHeader>) -> i64 {
-    h.as_ref().map(|h| h.revision).unwrap_or(-1)
-}
-
-fn keep_on_err<T>(r: Result<T>, members: &mut [&mut Member]) -> Result<T> {
-    if r.is_err() {
-        for m in members.iter_mut() {
-            m.keep_on_drop();
-        }
-    }
-    r
-}
 
 fn cmp_mod(key: &[u8], rev: i64) -> pb::Compare {
     pb::Compare {

@@ -3,9 +3,9 @@
 //! under load, future, compacted and negative start revisions, fragmenting,
 //! progress (requested and periodic), slow watchers.
 //!
-//! Tests named `_cairn` with an ignored `_etcd` twin check Cairn against the
-//! acknowledged writes themselves; the twin runs the same check on etcd as a
-//! self-check of the test (`--ignored`).
+//! Tests defined with `server_test!` check Cairn (`<name>::cairn`) against
+//! the acknowledged writes themselves; `<name>::etcd` runs the same check on
+//! etcd as a self-check of the test (ignored for most: `--ignored`).
 //!
 //! Where etcd 3.5.1 and 3.6 behave the same, the test runs the same script
 //! against a real etcd and Cairn and compares whole responses (minus
@@ -13,23 +13,22 @@
 //! and negative start revisions, see each test), the test asserts Cairn's
 //! 3.6 behaviour directly and names the difference.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use cairn_e2e::events::*;
+use cairn_e2e::model::Model;
+use cairn_e2e::raw::*;
+use cairn_e2e::watch::*;
 use cairn_e2e::{Kind, Member, MemberOptions};
 use cairn_proto::etcdserverpb as pb;
-use common::*;
 use pb::request_op::Request;
 use tokio::sync::Mutex;
 use tonic::transport::Channel;
 
-fn rev_of(h: &Option<pb::ResponseHeader>) -> i64 {
-    h.as_ref().map(|h| h.revision).unwrap_or(-1)
-}
+use crate::util::*;
 
 async fn put(kv: &mut pb::kv_client::KvClient<Channel>, k: &str, v: &[u8]) -> Result<i64> {
     let r = kv
@@ -66,15 +65,6 @@ async fn compact(kv: &mut pb::kv_client::KvClient<Channel>, rev: i64) -> Result<
 }
 
 /// Keeps both members' dirs when a test fails, and names them.
-fn keep_on_err<T>(r: Result<T>, members: &mut [&mut Member]) -> Result<T> {
-    if r.is_err() {
-        for m in members.iter_mut() {
-            m.keep_on_drop();
-        }
-    }
-    r
-}
-
 // ---------------------------------------------------------------------------
 // A scripted stream, run against both servers
 // ---------------------------------------------------------------------------
@@ -291,16 +281,11 @@ async fn replay_then_live_on(m: &Member) -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replay_then_live_no_gap_no_duplicate_cairn() -> Result<()> {
-    replay_then_live(Kind::Cairn).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "harness self-check; run with --ignored"]
-async fn replay_then_live_no_gap_no_duplicate_etcd() -> Result<()> {
-    replay_then_live(Kind::Etcd).await
-}
+server_test!(
+    replay_then_live_no_gap_no_duplicate,
+    replay_then_live,
+    ignore_etcd
+);
 
 // ---------------------------------------------------------------------------
 // Future and compacted start revisions
@@ -1024,15 +1009,7 @@ async fn progress_notify_on(m: &Member) -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn progress_notify_periodic_cairn() -> Result<()> {
-    progress_notify(Kind::Cairn).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn progress_notify_periodic_etcd() -> Result<()> {
-    progress_notify(Kind::Etcd).await
-}
+server_test!(progress_notify_periodic, progress_notify);
 
 /// Canceling a watcher while events for it keep coming: after its Canceled
 /// response, no event for that watch id arrives; the other watcher on the
@@ -1104,16 +1081,7 @@ async fn cancel_under_load(kind: Kind) -> Result<()> {
     keep_on_err(r, &mut [&mut m])
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancel_under_load_cairn() -> Result<()> {
-    cancel_under_load(Kind::Cairn).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "harness self-check; run with --ignored"]
-async fn cancel_under_load_etcd() -> Result<()> {
-    cancel_under_load(Kind::Etcd).await
-}
+server_test!(cancel_under_load, cancel_under_load, ignore_etcd);
 
 /// Watchers created "now" (start revision 0) while writers keep writing:
 /// each one gets exactly the writes on its prefix after the revision of its
@@ -1332,16 +1300,11 @@ async fn grouped_revisions_keep_every_event_cairn() -> Result<()> {
     keep_on_err(r, &mut [&mut m])
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn watch_from_now_under_load_cairn() -> Result<()> {
-    watch_from_now_under_load(Kind::Cairn).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "harness self-check; run with --ignored"]
-async fn watch_from_now_under_load_etcd() -> Result<()> {
-    watch_from_now_under_load(Kind::Etcd).await
-}
+server_test!(
+    watch_from_now_under_load,
+    watch_from_now_under_load,
+    ignore_etcd
+);
 
 // ---------------------------------------------------------------------------
 // Slow watchers
@@ -1461,16 +1424,7 @@ async fn slow_watcher_on(m: &Member) -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_watcher_never_blocks_writers_cairn() -> Result<()> {
-    slow_watcher(Kind::Cairn).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "harness self-check; run with --ignored"]
-async fn slow_watcher_never_blocks_writers_etcd() -> Result<()> {
-    slow_watcher(Kind::Etcd).await
-}
+server_test!(slow_watcher_never_blocks_writers, slow_watcher, ignore_etcd);
 
 /// A client that closes its sending side keeps receiving its watchers' events:
 /// etcd ignores the half-close, and only the end of the call ends the watchers.

@@ -1,6 +1,6 @@
 //! The real etcdctl 3.5 (`ETCDCTL_API=3`) against Cairn.
 //!
-//! `etcdctl_kv_commands_match_etcd` runs one scripted sequence of commands
+//! `kv_commands_match_etcd` runs one scripted sequence of commands
 //! (put, get with --prefix/--rev/--limit/--sort-by/--order/--keys-only/
 //! --count-only/-w json/-w fields, del --prev-kv, txn from stdin, compaction
 //! and reads below it) against a real etcd and against Cairn, and compares
@@ -10,7 +10,7 @@
 //! retry logs with timestamps and pointers. All differences are collected and
 //! reported together.
 //!
-//! `etcdctl_endpoint_and_member_commands` checks the commands whose output is
+//! `endpoint_and_member_commands` checks the commands whose output is
 //! not the same across implementations (ids, version, sizes, timings) by
 //! exact expected content: `endpoint status -w json` (and the table form),
 //! `endpoint health` (and -w json), `member list -w json` (and the table
@@ -138,17 +138,13 @@ fn header_revision(out: &CtlOutput) -> Result<i64> {
         .with_context(|| format!("no header.revision in {v}"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn etcdctl_kv_commands_match_etcd() -> Result<()> {
-    kv_commands(Kind::Cairn).await
-}
-
-/// Harness self-check: etcd against etcd must show no difference.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "harness self-check; run with --ignored"]
-async fn etcdctl_kv_commands_etcd_vs_etcd() -> Result<()> {
-    kv_commands(Kind::Etcd).await
-}
+server_test!(
+    /// The etcd run is the harness self-check: etcd against etcd must show
+    /// no difference.
+    kv_commands_match_etcd,
+    kv_commands,
+    ignore_etcd
+);
 
 async fn kv_commands(candidate: Kind) -> Result<()> {
     let mut d = Duo::start(candidate).await?;
@@ -529,19 +525,20 @@ async fn endpoint_checks(
     Ok(problems)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn etcdctl_endpoint_and_member_commands() -> Result<()> {
-    endpoint_and_member(Kind::Cairn, (3, 6, 0)).await
-}
+server_test!(
+    /// The etcd run is the harness self-check: etcd 3.5 passes the same
+    /// checks (except the version).
+    endpoint_and_member_commands,
+    endpoint_and_member,
+    ignore_etcd
+);
 
-/// Harness self-check: etcd 3.5 passes the same checks (except the version).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "harness self-check; run with --ignored"]
-async fn etcdctl_endpoint_and_member_commands_etcd() -> Result<()> {
-    endpoint_and_member(Kind::Etcd, (3, 5, 0)).await
-}
-
-async fn endpoint_and_member(candidate: Kind, min_version: (u64, u64, u64)) -> Result<()> {
+async fn endpoint_and_member(candidate: Kind) -> Result<()> {
+    // Cairn reports 3.6; etcd 3.5 passes the same checks with its version.
+    let min_version = match candidate {
+        Kind::Cairn => (3, 6, 0),
+        Kind::Etcd => (3, 5, 0),
+    };
     let (e, c) = tokio::join!(Member::start(Kind::Etcd), Member::start(candidate));
     let (etcd, mut cairn) = (e?, c?);
     let checks = endpoint_checks(&etcd, &cairn, min_version);

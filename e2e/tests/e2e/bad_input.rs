@@ -498,16 +498,7 @@ async fn bad_requests(candidate: Kind) -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_requests_match_etcd() -> Result<()> {
-    bad_requests(Kind::Cairn).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "harness self-check; run with --ignored"]
-async fn bad_requests_etcd_self_check() -> Result<()> {
-    bad_requests(Kind::Etcd).await
-}
+server_test!(bad_requests_match_etcd, bad_requests, ignore_etcd);
 
 // ---------------------------------------------------------------------------
 // Space quota
@@ -682,16 +673,11 @@ async fn space_quota(candidate: Kind) -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn space_quota_nospace_alarm_and_recovery() -> Result<()> {
-    space_quota(Kind::Cairn).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "harness self-check; run with --ignored"]
-async fn space_quota_etcd_self_check() -> Result<()> {
-    space_quota(Kind::Etcd).await
-}
+server_test!(
+    space_quota_nospace_alarm_and_recovery,
+    space_quota,
+    ignore_etcd
+);
 
 // ---------------------------------------------------------------------------
 // A txn that crashes etcd 3.5.1

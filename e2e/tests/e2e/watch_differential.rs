@@ -10,7 +10,7 @@
 //! watcher catching up from history gets whatever its sync pass read, so the
 //! grouping depends on timing in etcd itself; the same holds for the header
 //! revision of those responses. Instead every response on both sides must
-//! satisfy the invariants of `common::Flat::feed` (events in revision order,
+//! satisfy the invariants of `cairn_e2e::events::Flat::feed` (events in revision order,
 //! header revision >= every event revision in it, a watcher's revisions never
 //! go back, fragments contiguous). The header revision of a compaction
 //! cancel is compared in `watch_semantics`.
@@ -34,21 +34,24 @@
 //! last event, and the test waits for it (with a deadline), then checks that
 //! nothing more arrives within a short window.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use cairn_e2e::dump::dump;
+use cairn_e2e::events::*;
+use cairn_e2e::failpoints;
+use cairn_e2e::raw::*;
+use cairn_e2e::watch::*;
 use cairn_e2e::{Kind, Member, MemberOptions};
 use cairn_proto::etcdserverpb as pb;
-use common::*;
 use pb::compare::{CompareResult, CompareTarget, TargetUnion};
 use pb::request_op::Request;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tonic::transport::Channel;
+
+use crate::util::*;
 
 const LEASE: i64 = 0x5eed;
 const STREAMS: usize = 3;
@@ -152,10 +155,6 @@ enum Op {
     Regrant,
 }
 
-fn header_rev(h: &Option<pb::ResponseHeader>) -> i64 {
-    h.as_ref().map(|h| h.revision).unwrap_or(-1)
-}
-
 fn req_op(k: &[u8], v: &Option<Vec<u8>>) -> pb::RequestOp {
     pb::RequestOp {
         request: Some(match v {
@@ -185,7 +184,7 @@ async fn apply(side: &mut Side, op: &Op) -> Result<std::result::Result<i64, Stri
                 ..Default::default()
             })
             .await
-            .map(|r| header_rev(&r.into_inner().header)),
+            .map(|r| rev_of(&r.into_inner().header)),
         Op::Del { key, end } => side
             .kv
             .delete_range(pb::DeleteRangeRequest {
@@ -194,7 +193,7 @@ async fn apply(side: &mut Side, op: &Op) -> Result<std::result::Result<i64, Stri
                 ..Default::default()
             })
             .await
-            .map(|r| header_rev(&r.into_inner().header)),
+            .map(|r| rev_of(&r.into_inner().header)),
         Op::Txn {
             cmp_key,
             version,
@@ -214,7 +213,7 @@ async fn apply(side: &mut Side, op: &Op) -> Result<std::result::Result<i64, Stri
                 failure: otherwise.iter().map(|(k, v)| req_op(k, v)).collect(),
             })
             .await
-            .map(|r| header_rev(&r.into_inner().header)),
+            .map(|r| rev_of(&r.into_inner().header)),
         Op::Compact { rev } => side
             .kv
             .compact(pb::CompactionRequest {
@@ -222,12 +221,12 @@ async fn apply(side: &mut Side, op: &Op) -> Result<std::result::Result<i64, Stri
                 physical: true,
             })
             .await
-            .map(|r| header_rev(&r.into_inner().header)),
+            .map(|r| rev_of(&r.into_inner().header)),
         Op::Revoke => side
             .lease
             .lease_revoke(pb::LeaseRevokeRequest { id: LEASE })
             .await
-            .map(|r| header_rev(&r.into_inner().header)),
+            .map(|r| rev_of(&r.into_inner().header)),
         Op::Regrant => side
             .lease
             .lease_grant(pb::LeaseGrantRequest {
@@ -235,7 +234,7 @@ async fn apply(side: &mut Side, op: &Op) -> Result<std::result::Result<i64, Stri
                 id: LEASE,
             })
             .await
-            .map(|r| header_rev(&r.into_inner().header)),
+            .map(|r| rev_of(&r.into_inner().header)),
     };
     Ok(r.map_err(|s| {
         let (c, m) = status_pair(&s);
@@ -346,15 +345,12 @@ fn random_spec(rng: &mut StdRng) -> Create {
     c
 }
 
-async fn pair_start(cairn_env: &[(&str, &str)]) -> Result<(Side, Side)> {
-    let (e, c) = if cairn_env.is_empty() {
+async fn pair_start(cairn_failpoints: &[&str]) -> Result<(Side, Side)> {
+    let (e, c) = if cairn_failpoints.is_empty() {
         start_pair(&[], &[], None).await?
     } else {
         let opts = MemberOptions {
-            env: cairn_env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            failpoints: cairn_failpoints.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         };
         let (e, c) = tokio::join!(
@@ -404,8 +400,8 @@ async fn create_on(side: &mut Side, s: usize, c: &Create) -> Result<(i64, Item)>
     Ok((id, item))
 }
 
-async fn run_seed(seed: u64, ops: usize, cairn_env: &[(&str, &str)]) -> Result<()> {
-    let (mut etcd, mut cairn) = pair_start(cairn_env).await?;
+async fn run_seed(seed: u64, ops: usize, cairn_failpoints: &[&str]) -> Result<()> {
+    let (mut etcd, mut cairn) = pair_start(cairn_failpoints).await?;
     let result = run_seed_on(seed, ops, &mut etcd, &mut cairn).await;
     if result.is_err() {
         etcd.member.keep_on_drop();
@@ -749,20 +745,22 @@ async fn watch_event_sequences_match_etcd() -> Result<()> {
     run_seeds(&[]).await
 }
 
-/// The same, with Cairn's applier never loading previous kvs (a test hook):
-/// every prev_kv watcher then reads the revisions it needs from history, as
-/// one does that registered while a batch was being applied. Those events
-/// must be the same as etcd's too.
+/// The same, with Cairn's applier never loading previous kvs (the
+/// `prev_kv_never_load` fail point): every prev_kv watcher then reads the
+/// revisions it needs from history, as one does that registered while a batch
+/// was being applied. Those events must be the same as etcd's too. A binary
+/// built without fail points ignores the point, and this test then only
+/// repeats the one above.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_event_sequences_match_etcd_with_prev_kv_from_history() -> Result<()> {
-    run_seeds(&[("CAIRN_TEST_PREV_KV_FROM_HISTORY", "1")]).await
+    run_seeds(&[failpoints::PREV_KV_NEVER_LOAD]).await
 }
 
-async fn run_seeds(cairn_env: &[(&str, &str)]) -> Result<()> {
+async fn run_seeds(cairn_failpoints: &[&str]) -> Result<()> {
     let n = ops();
     let mut failures = Vec::new();
     for seed in seeds() {
-        if let Err(e) = run_seed(seed, n, cairn_env).await {
+        if let Err(e) = run_seed(seed, n, cairn_failpoints).await {
             failures.push(format!("{e:?}"));
         }
     }

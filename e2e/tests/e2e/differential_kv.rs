@@ -49,7 +49,7 @@
 //! its bbolt `key` bucket from its own history, so this checks every stored
 //! revision, sub-revision and key-value byte for byte, compacted ones included.
 //!
-//! The self-check `differential_kv_etcd_vs_etcd` (ignored by default) runs the
+//! The self-check `etcd_vs::etcd` (ignored by default) runs the
 //! same suite with etcd on both sides and must report zero differences.
 
 use std::collections::BTreeMap;
@@ -1555,7 +1555,7 @@ async fn run_seed(candidate: Kind, seed: u64, ops: usize, cov: &mut Coverage) ->
                  etcd (reference) answered: {a:#?}\n\
                  {cand_name} answered: {b:#?}\n\
                  previous requests:\n{context}\
-                 reproduce: CAIRN_DIFF_SEEDS={seed} CAIRN_DIFF_OPS={} cargo test -p cairn-e2e --test differential_kv\n\
+                 reproduce: CAIRN_DIFF_SEEDS={seed} CAIRN_DIFF_OPS={} cargo test -p cairn-e2e --test e2e -- differential_kv::etcd_vs::\n\
                  logs: etcd {} / {candidate} {}\n{health}",
                 i + 1,
                 pair.reference.log_path().display(),
@@ -1575,15 +1575,13 @@ async fn run_seed(candidate: Kind, seed: u64, ops: usize, cov: &mut Coverage) ->
     Ok(())
 }
 
-async fn run(candidate: Kind) {
+async fn run(candidate: Kind) -> Result<()> {
     let seeds = env_seeds();
     let ops = env_ops();
     let mut cov = Coverage::default();
     for &seed in &seeds {
         let t = Instant::now();
-        if let Err(e) = run_seed(candidate, seed, ops, &mut cov).await {
-            panic!("{e:#}");
-        }
+        run_seed(candidate, seed, ops, &mut cov).await?;
         eprintln!(
             "seed {seed}: {ops} ops identical on etcd and {candidate} in {:.1?}",
             t.elapsed()
@@ -1591,18 +1589,15 @@ async fn run(candidate: Kind) {
     }
     cov.print();
     if ops * seeds.len() >= 5000 {
-        cov.check().unwrap_or_else(|e| panic!("{e:#}"));
+        cov.check()?;
     }
+    Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn differential_kv_etcd_vs_cairn() {
-    run(Kind::Cairn).await;
-}
-
-/// Harness self-check: etcd against etcd must report zero differences.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "harness self-check; run with --ignored"]
-async fn differential_kv_etcd_vs_etcd() {
-    run(Kind::Etcd).await;
-}
+server_test!(
+    /// `etcd_vs::cairn` compares Cairn with etcd; `etcd_vs::etcd` is the
+    /// harness self-check: etcd against etcd must report zero differences.
+    etcd_vs,
+    run,
+    ignore_etcd
+);

@@ -19,7 +19,7 @@
 //! * header.revision >= the highest acknowledged revision;
 //! * the next put gets exactly header.revision + 1.
 //!
-//! `crash_recovery_etcd` (ignored) runs the same against etcd as a harness
+//! `crash_recovery::etcd` (ignored) runs the same against etcd as a harness
 //! self-check.
 //!
 //! And a clean stop: SIGTERM while a client holds a watch and a lease
@@ -280,21 +280,12 @@ async fn crash_cycles(kind: Kind) -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crash_recovery_cairn() {
-    if let Err(e) = crash_cycles(Kind::Cairn).await {
-        panic!("{e:#}");
-    }
-}
-
-/// Harness self-check: etcd must pass the same test.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "harness self-check; run with --ignored"]
-async fn crash_recovery_etcd() {
-    if let Err(e) = crash_cycles(Kind::Etcd).await {
-        panic!("{e:#}");
-    }
-}
+server_test!(
+    /// The etcd run is the harness self-check: etcd must pass the same test.
+    crash_recovery,
+    crash_cycles,
+    ignore_etcd
+);
 
 /// SIGTERM with a watch and a keep-alive stream open: the member exits
 /// cleanly well before a supervisor would SIGKILL it, and every
@@ -361,18 +352,9 @@ async fn clean_stop(kind: Kind) -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clean_stop_with_open_streams_cairn() {
-    if let Err(e) = clean_stop(Kind::Cairn).await {
-        panic!("{e:#}");
-    }
-}
-
-/// Harness self-check: etcd must pass the same test.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "harness self-check; run with --ignored"]
-async fn clean_stop_with_open_streams_etcd() {
-    if let Err(e) = clean_stop(Kind::Etcd).await {
-        panic!("{e:#}");
-    }
-}
+server_test!(
+    /// The etcd run is the harness self-check: etcd must pass the same test.
+    clean_stop_with_open_streams,
+    clean_stop,
+    ignore_etcd
+);

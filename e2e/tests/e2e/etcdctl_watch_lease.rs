@@ -15,8 +15,6 @@
 //! The members run with a 500 ms progress-notify interval for
 //! `watch --progress-notify`.
 
-mod common;
-
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,13 +23,15 @@ use anyhow::{bail, ensure, Context, Result};
 use cairn_e2e::binaries::etcdctl_bin;
 use cairn_e2e::etcdctl::strip_header_ids;
 use cairn_e2e::etcdctl::{etcdctl, CtlOutput};
+use cairn_e2e::raw::*;
 use cairn_e2e::Member;
 use cairn_proto::etcdserverpb as pb;
-use common::*;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 use tokio::sync::Mutex;
+
+use crate::util::*;
 
 /// What an etcdctl run produced; `code` is None if it was killed because
 /// its output was complete (a running `watch`).

@@ -1,0 +1,77 @@
+//! Fail points: the faults a test asks the `cairn` binary to inject.
+//!
+//! Cairn marks its fault-injection points with the `fail` crate (as TiKV
+//! does). They exist only in a binary built with the `failpoints` feature,
+//! `cargo build --workspace --bins --features cairn-shim/failpoints` (what
+//! `scripts/test.sh` runs), which reads them at start from the `FAILPOINTS`
+//! environment variable: `name=action`, several joined with ';'.
+//!
+//! A binary built without the feature ignores `FAILPOINTS`. The harness
+//! catches that where it can: [`Cluster`](crate::cluster::Cluster) fails at
+//! start, naming the missing feature, when no peer traffic went through its
+//! proxies (the `peer_dial` fail point routes it there). Elsewhere a test that
+//! needs a fail point fails on its own assertions (`peer_refuse_streaming`:
+//! no member falls back), or passes without exercising its path
+//! (`prev_kv_never_load`): build with the feature.
+
+/// The environment variable the `fail` crate reads its configuration from.
+pub const ENV: &str = "FAILPOINTS";
+
+/// This member answers the peer streaming RPCs (StreamAppend, ProposeStream)
+/// with Unimplemented, as a member of an earlier version does.
+pub const PEER_REFUSE_STREAMING: &str = "peer_refuse_streaming=return";
+
+/// The applier never loads the previous kv of a write, so every prev_kv
+/// watcher reads the revisions it needs from history.
+pub const PREV_KV_NEVER_LOAD: &str = "prev_kv_never_load=return";
+
+/// `peer_dial`: for a peer advertising `adv`, this member dials `dial`
+/// instead (each pair is `(adv, dial)`), so a test can route each ordered
+/// pair of members through its own proxy.
+pub fn peer_dial(pairs: &[(String, String)]) -> String {
+    let map: Vec<String> = pairs
+        .iter()
+        .map(|(adv, dial)| format!("{adv}={dial}"))
+        .collect();
+    format!("peer_dial=return({})", map.join(","))
+}
+
+/// The value of [`ENV`] that sets every point in `points`.
+pub fn env_value<S: AsRef<str>>(points: &[S]) -> String {
+    points
+        .iter()
+        .map(|p| p.as_ref())
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_dial_maps_each_advertised_url() {
+        let pairs = [
+            (
+                "http://127.0.0.1:1".to_string(),
+                "http://127.0.0.1:2".to_string(),
+            ),
+            (
+                "http://127.0.0.1:3".to_string(),
+                "http://127.0.0.1:4".to_string(),
+            ),
+        ];
+        assert_eq!(
+            peer_dial(&pairs),
+            "peer_dial=return(http://127.0.0.1:1=http://127.0.0.1:2,http://127.0.0.1:3=http://127.0.0.1:4)"
+        );
+    }
+
+    #[test]
+    fn several_points_are_joined_with_semicolons() {
+        assert_eq!(
+            env_value(&[PEER_REFUSE_STREAMING, PREV_KV_NEVER_LOAD]),
+            "peer_refuse_streaming=return;prev_kv_never_load=return"
+        );
+    }
+}
