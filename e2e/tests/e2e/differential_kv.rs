@@ -58,6 +58,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use cairn_e2e::dump::{Escaped, Kv};
+use cairn_e2e::watch::prefix_end;
 use cairn_e2e::{grpc_error, GrpcError, Kind, Member};
 use etcd_client::{
     Client, CompactionOptions, Compare, CompareOp, DeleteOptions, GetOptions, KvClient,
@@ -530,18 +531,6 @@ const BOUNDS: &[&[u8]] = &[
 const PREFIXES: &[&[u8]] = &[b"a", b"a/", b"b", b"k", b"k1", b"c", b"\xff", b"\x00", b"z"];
 /// A lease ID that never exists.
 const MISSING_LEASE: i64 = 0x1234_5678;
-
-/// etcd's prefix end: increment the last byte < 0xff; "\0" if none.
-fn prefix_end(key: &[u8]) -> Vec<u8> {
-    for i in (0..key.len()).rev() {
-        if key[i] < 0xff {
-            let mut e = key[..=i].to_vec();
-            e[i] += 1;
-            return e;
-        }
-    }
-    vec![0]
-}
 
 struct Gen {
     rng: StdRng,
