@@ -2,25 +2,39 @@
 //! lessor, HTTP health and metrics, and the assembly of one member
 //! ([`server::serve`]). The `cairn` binary parses its command line and calls
 //! in here, so that every piece can also be started and tested in-process.
+//!
+//! A Put enters at `kv_service`, is proposed to the store (`node::Node`
+//! holds it), and comes back, once applied, on the store's apply stream,
+//! which `watch::hub` fans out to the watchers of `watch::service` streams.
 
+// Configuration and the assembly of a member.
 mod cluster_config;
-mod cluster_service;
 pub mod config;
-mod errors;
-mod grpc_compat;
-mod http;
 mod identity;
+pub mod server;
+mod tls;
+
+// What every service shares, and how errors reach clients.
+mod errors;
+mod node;
+mod stream_end;
+
+// The client services.
+mod cluster_service;
 mod kv_service;
 mod lease;
 mod maintenance_service;
-mod metrics;
-mod node;
-mod peer_service;
 mod quota;
-pub mod server;
-mod stream_end;
-#[cfg(test)]
-mod testing;
-mod tls;
 mod validate;
 mod watch;
+
+// The peer service.
+mod peer_service;
+
+// HTTP beside gRPC on the client port, and metrics.
+mod grpc_compat;
+mod http;
+mod metrics;
+
+#[cfg(test)]
+mod testing;

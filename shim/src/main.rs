@@ -27,6 +27,8 @@ enum Cmd {
     Bench(cairn_bench::BenchArgs),
 }
 
+/// Resolves on Ctrl-C or SIGTERM: the process's stop signals, which the
+/// library leaves to the binary (an in-process server is stopped by its caller).
 async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;

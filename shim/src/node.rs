@@ -93,3 +93,39 @@ fn wants_leader<T>(req: &tonic::Request<T>) -> bool {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v == "true")
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::testing;
+
+    fn request(has_leader: Option<&str>) -> tonic::Request<()> {
+        let mut req = tonic::Request::new(());
+        if let Some(v) = has_leader {
+            req.metadata_mut()
+                .insert("hasleader", v.parse().expect("ascii metadata"));
+        }
+        req
+    }
+
+    /// Only `hasleader=true` asks for a leader; without one the request is
+    /// refused at once with "no leader".
+    #[tokio::test]
+    async fn check_leader_refuses_only_clients_that_require_one() {
+        let t = testing::leader().await;
+        assert_eq!(t.node.check_leader(&request(Some("true"))).ok(), Some(true));
+        assert_eq!(
+            t.node.check_leader(&request(Some("false"))).ok(),
+            Some(false)
+        );
+        assert_eq!(t.node.check_leader(&request(None)).ok(), Some(false));
+
+        let t = testing::follower_of(t).await;
+        assert!(!t.node.has_leader());
+        let refused = t
+            .node
+            .check_leader(&request(Some("true")))
+            .expect_err("no leader");
+        assert_eq!(refused.message(), "etcdserver: no leader");
+        assert_eq!(t.node.check_leader(&request(None)).ok(), Some(false));
+    }
+}

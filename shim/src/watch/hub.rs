@@ -499,8 +499,13 @@ mod tests {
 
     impl Stream {
         fn open(node: &SharedNode) -> Self {
+            Self::with_buffer(node, 128)
+        }
+
+        /// A stream that buffers `responses` before its watchers fall behind.
+        fn with_buffer(node: &SharedNode, responses: usize) -> Self {
             let hub = WatchHub::start(node.clone(), Duration::from_secs(600));
-            let (sink, rx) = mpsc::channel(128);
+            let (sink, rx) = mpsc::channel(responses);
             Stream { hub, rx, sink }
         }
 
@@ -623,5 +628,40 @@ mod tests {
         assert_eq!(resp.watch_id, 3);
         assert_eq!(resp.compact_revision, compact);
         assert!(resp.events.is_empty());
+    }
+
+    /// A stream that does not keep up is never waited for: its watcher falls
+    /// back to history and still gets every event, once and in order.
+    #[tokio::test]
+    async fn a_full_stream_buffer_falls_back_to_history_without_loss() {
+        let t = testing::leader().await;
+        let now = t.node.store.applied().current_rev;
+        let mut stream = Stream::with_buffer(&t.node, 1);
+        stream.watch(1, "w/", now + 1);
+        let mut written = Vec::new();
+        for i in 0..20 {
+            written.push(testing::put(&t.node, &format!("w/{i:02}"), "v", 0).await);
+        }
+        let events = stream.events_until(written[19]).await;
+        assert_eq!(events.iter().map(revision).collect::<Vec<_>>(), written);
+        let want: Vec<String> = (0..20).map(|i| format!("w/{i:02}")).collect();
+        assert_eq!(keys(&events), want);
+    }
+
+    /// A progress request on a stream whose watchers are all synced is
+    /// answered once for the stream, at the hub's revision.
+    #[tokio::test]
+    async fn progress_request_is_answered_for_a_synced_stream() {
+        let t = testing::leader().await;
+        let now = testing::put(&t.node, "w/a", "1", 0).await;
+        let mut stream = Stream::open(&t.node);
+        stream.watch(1, "w/", now + 1);
+        stream.hub.send(HubMsg::ProgressAll { stream: 1 });
+        let responses = stream.next().await;
+        assert_eq!(responses.len(), 1);
+        let resp = &responses[0];
+        assert_eq!(resp.watch_id, NO_WATCH_ID);
+        assert!(resp.events.is_empty() && !resp.canceled);
+        assert_eq!(resp.header.as_ref().map(|h| h.revision), Some(now));
     }
 }
