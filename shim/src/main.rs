@@ -16,7 +16,6 @@ mod lease;
 mod maintenance_service;
 mod metrics;
 mod node;
-mod peer_service;
 mod quota;
 mod server;
 mod stream_end;

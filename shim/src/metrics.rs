@@ -93,7 +93,7 @@ impl ServerMetrics {
 pub async fn refresh(node: &SharedNode) {
     let m = &node.metrics;
     m.has_leader.set(i64::from(node.has_leader()));
-    m.is_leader.set(i64::from(node.store.replica().is_leader()));
+    m.is_leader.set(i64::from(node.store.is_leader()));
     let applied = node.store.applied();
     m.current_revision.set(applied.current_rev);
     m.compact_revision.set(applied.compact_rev.max(0));

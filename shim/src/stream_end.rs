@@ -133,7 +133,7 @@ pub fn wants_leader<T>(req: &Request<T>) -> bool {
 }
 
 async fn monitor(node: SharedNode, grace: Duration, tx: watch::Sender<u64>) {
-    let replica = node.store.replica().clone();
+    let replica = &node.store;
     let mut leader = replica.leader();
     loop {
         if leader.is_some() {

@@ -22,6 +22,7 @@ use openraft::async_runtime::watch::WatchReceiver;
 use openraft::type_config::alias::WatchReceiverOf;
 use tokio::sync::{mpsc, watch};
 
+use super::error_map::from_status;
 use super::network::{Peer, PeerTransport};
 use super::propose_stream::{LinkError, ProposeLink};
 use super::types::TypeConfig;
@@ -166,7 +167,7 @@ impl Context {
                 for (id, o) in ids.iter().zip(resp.outcomes) {
                     if o.error_code != 0 {
                         let status = tonic::Status::new(o.error_code.into(), o.error_message);
-                        self.fail(*id, super::replica::from_status(status));
+                        self.fail(*id, from_status(status));
                     }
                 }
             }

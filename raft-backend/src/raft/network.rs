@@ -27,8 +27,8 @@ use super::state_machine::{SnapshotCopy, SnapshotData};
 use super::types::{MemberInfo, Snapshot, TypeConfig, Vote};
 
 /// Metadata names every peer request carries.
-pub const VERSION_HEADER: &str = "cairn-peer-version";
-pub const CLUSTER_HEADER: &str = "cairn-cluster-id";
+pub(crate) const VERSION_HEADER: &str = "cairn-peer-version";
+pub(crate) const CLUSTER_HEADER: &str = "cairn-cluster-id";
 
 const SNAPSHOT_CHUNK: usize = 1 << 20;
 
