@@ -107,12 +107,12 @@ fn status(e: PeerError) -> Status {
 /// sends at most 4 (its calls in flight), so this never holds one back.
 const PROPOSE_STREAM_DEPTH: usize = 16;
 
-/// Test hook: `CAIRN_TEST_PEER_NO_STREAM=1` makes this member answer
-/// StreamAppend and ProposeStream as a member of an earlier version does, so
-/// that a test can run the fallbacks to AppendEntries and ProposeMany.
+/// Fail point `peer_refuse_streaming`: this member answers StreamAppend and
+/// ProposeStream as a member of an earlier version does, so that a test can
+/// run the fallbacks to AppendEntries and ProposeMany.
 fn refuse_streaming() -> bool {
-    static REFUSE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *REFUSE.get_or_init(|| std::env::var_os("CAIRN_TEST_PEER_NO_STREAM").is_some())
+    fail::fail_point!("peer_refuse_streaming", |_| true);
+    false
 }
 
 #[tonic::async_trait]
