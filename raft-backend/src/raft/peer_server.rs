@@ -397,6 +397,17 @@ mod tests {
         assert_eq!(s.code(), tonic::Code::PermissionDenied);
     }
 
+    #[cfg(feature = "failpoints")]
+    #[test]
+    fn the_fail_point_makes_this_member_refuse_streaming() {
+        let scenario = fail::FailScenario::setup();
+        assert!(!refuse_streaming());
+        fail::cfg("peer_refuse_streaming", "return").unwrap();
+        assert!(refuse_streaming());
+        scenario.teardown();
+        assert!(!refuse_streaming());
+    }
+
     #[test]
     fn refusals_keep_their_code() {
         let s = status(PeerError::Refused("not a voter".into()));
