@@ -4,6 +4,8 @@
 
 use thiserror::Error;
 
+use crate::raft::membership_error::MembershipError;
+
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum StoreError {
     #[error("mvcc: required revision has been compacted")]
@@ -31,9 +33,6 @@ pub enum StoreError {
     /// The request was accepted but not applied here in time; its outcome is unknown.
     #[error("request timed out")]
     Timeout,
-    /// A membership change was refused; the message says why, in etcd's words.
-    #[error("{0}")]
-    Membership(String),
     /// A snapshot replaced the store while the read was under way.
     #[error("the store was replaced by a snapshot during the read")]
     Reopened,
@@ -46,6 +45,13 @@ pub enum StoreError {
     /// Written data could not be decoded: the data dir is damaged.
     #[error("corrupt data: {0}")]
     Corrupt(String),
+    /// A membership change was refused; its message is etcd's.
+    #[error(transparent)]
+    Membership(#[from] MembershipError),
+    /// The leader failed a request forwarded to it; its message, as the
+    /// leader's own client would have seen it.
+    #[error("{0}")]
+    Remote(String),
 }
 
 impl StoreError {

@@ -31,8 +31,8 @@ pub use key_range::{prefix_end, KeyRange};
 pub use metrics::StoreMetrics;
 pub use prev_kv_interest::{PrevKvInterest, PrevKvWanted};
 pub use raft::{
-    codec, network, to_status, Bootstrap, MemberInfo, Peer, PeerTransport, RaftStatus, RaftTiming,
-    Replica, ReplicaOptions, LOG_DIR,
+    Bootstrap, LeaseAuthority, MemberInfo, MemberList, MembershipError, Peer, PeerService,
+    PeerTransport, RaftStatus, RaftTiming, ReplicaOptions, LOG_DIR,
 };
 pub use schema::DOWNGRADE_TO_V1_FOR_TESTS;
 pub use store::{Store, StoreStatus, DB_FILE};

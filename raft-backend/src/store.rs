@@ -17,8 +17,9 @@ use crate::key_index::KeyIndex;
 use crate::metrics::StoreMetrics;
 use crate::prev_kv_interest::{PrevKvInterest, PrevKvWanted};
 use crate::raft::{
-    Applier, ApplierMsg, ApplierOutputs, Bootstrap, LogStore, MemberInfo, PeerTransport, Replica,
-    ReplicaOptions, StateMachine,
+    Applier, ApplierMsg, ApplierOutputs, Bootstrap, LeaseAuthority, LogStore, MemberInfo,
+    MemberList, Peer, PeerService, PeerTransport, RaftStatus, Replica, ReplicaOptions,
+    StateMachine,
 };
 use crate::readers::Readers;
 use crate::schema;
@@ -174,8 +175,63 @@ impl Store {
         self.replica.shutdown().await
     }
 
-    pub fn replica(&self) -> &Arc<Replica> {
-        &self.replica
+    // ---- Replication: this member's Raft state and the cluster's membership ----
+
+    /// The leader, while it is reachable (heard from within an election
+    /// timeout; for the leader: a quorum heard from); `None` otherwise.
+    pub fn leader(&self) -> Option<u64> {
+        self.replica.leader()
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.replica.is_leader()
+    }
+
+    pub fn term(&self) -> u64 {
+        self.replica.term()
+    }
+
+    /// This member's Raft state and the membership, now.
+    pub fn raft_status(&self) -> RaftStatus {
+        self.replica.status()
+    }
+
+    /// Resolves with the reachable leader once it differs from `last` (a new
+    /// leader, or none); `None` when the Raft core stopped.
+    pub async fn leader_change(&self, last: Option<u64>) -> Option<Option<u64>> {
+        self.replica.leader_change(last).await
+    }
+
+    /// A client for the current leader, or `NoLeader`.
+    pub fn leader_peer(&self) -> Result<Peer> {
+        self.replica.leader_peer()
+    }
+
+    /// Applies a membership change on the leader, or forwards it there;
+    /// resolves with the membership after it.
+    pub async fn change_member(
+        &self,
+        kind: cairn_proto::peer::MemberChangeKind,
+        member: cairn_proto::peer::Member,
+    ) -> Result<MemberList> {
+        self.replica.change_member(kind, member).await
+    }
+
+    /// Hands leadership to `target` (etcd's MoveLeader) and waits for it to take over.
+    pub async fn transfer_leader(&self, target: u64) -> Result<()> {
+        self.replica.transfer_leader(target).await
+    }
+
+    /// The peer protocol's server for this member, to mount on the peer
+    /// listeners. `lessor` serves leases to followers; `cluster_id` and
+    /// `version` are what discovery (`ClusterInfo`) reports.
+    pub fn peer_service<L: LeaseAuthority>(
+        &self,
+        lessor: Arc<L>,
+        cluster_id: u64,
+        version: &'static str,
+    ) -> PeerService<L> {
+        PeerService::new(self.replica.clone(), lessor, cluster_id, version)
     }
 
     pub fn path(&self) -> &Path {

@@ -27,8 +27,7 @@ impl ClusterService {
         let mut members: Vec<Member> = self
             .node
             .store
-            .replica()
-            .status()
+            .raft_status()
             .members
             .into_iter()
             .map(|(id, info, is_learner)| Member {
@@ -53,7 +52,6 @@ impl ClusterService {
     async fn change(&self, kind: pb::MemberChangeKind, m: &Member) -> Result<(), Status> {
         self.node
             .store
-            .replica()
             .change_member(
                 kind,
                 pb::Member {

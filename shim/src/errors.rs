@@ -2,7 +2,7 @@
 //! Clients (clientv3, kube-apiserver) match some of these by message, so the
 //! strings must not drift; they are defined here and nowhere else.
 
-use cairn_raft_backend::StoreError;
+use cairn_raft_backend::{MembershipError, StoreError};
 use tonic::{Code, Status};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -95,10 +95,16 @@ pub fn store_status(e: StoreError) -> Status {
         StoreError::NoLeader => EtcdError::NoLeader.into(),
         StoreError::LeaderChanged => EtcdError::LeaderChanged.into(),
         StoreError::Timeout => EtcdError::Timeout.into(),
-        StoreError::Membership(m) if m == "member not found" => EtcdError::MemberNotFound.into(),
+        StoreError::Membership(MembershipError::MemberNotFound) => EtcdError::MemberNotFound.into(),
         // The remaining membership refusals (not a learner, bad transferee, ...)
         // are FailedPrecondition in etcd, with its wording after the prefix.
         StoreError::Membership(m) => Status::failed_precondition(format!("etcdserver: {m}")),
+        // A fault on the leader a forwarded request reached, as the
+        // leader's own client would see it.
+        StoreError::Remote(msg) => {
+            tracing::warn!(error = %msg, "the leader failed a forwarded request");
+            Status::internal(format!("etcdserver: {msg}"))
+        }
         StoreError::Storage(msg) | StoreError::Corrupt(msg) => {
             tracing::error!(error = %msg, "storage error");
             Status::internal(format!("etcdserver: storage: {msg}"))
@@ -121,6 +127,19 @@ mod tests {
         let s = store_status(StoreError::NoSpace);
         assert_eq!(s.code(), Code::ResourceExhausted);
         assert_eq!(s.message(), "etcdserver: mvcc: database space exceeded");
+        let s = store_status(StoreError::Membership(MembershipError::MemberNotFound));
+        assert_eq!(
+            (s.code(), s.message()),
+            (Code::NotFound, "etcdserver: member not found")
+        );
+        let s = store_status(StoreError::Membership(MembershipError::NotLearner));
+        assert_eq!(
+            (s.code(), s.message()),
+            (
+                Code::FailedPrecondition,
+                "etcdserver: can only promote a learner member"
+            )
+        );
         let s: Status = EtcdError::RequestTooLarge.into();
         assert_eq!(
             (s.code(), s.message()),

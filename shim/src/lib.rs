@@ -29,7 +29,6 @@ mod validate;
 mod watch;
 
 // The peer service.
-mod peer_service;
 
 // HTTP beside gRPC on the client port, and metrics.
 mod grpc_compat;

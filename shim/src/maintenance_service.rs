@@ -63,7 +63,7 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<StatusResponse>, Status> {
         let st = self.node.store.status().await.map_err(store_status)?;
         let alarms = self.node.store.alarms().await.map_err(store_status)?;
-        let raft = self.node.store.replica().status();
+        let raft = self.node.store.raft_status();
         Ok(Response::new(StatusResponse {
             header: self.node.header(),
             version: ETCD_VERSION.to_string(),
@@ -142,13 +142,13 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        let replica = self.node.store.replica();
+        let replica = &self.node.store;
         if !replica.is_leader() {
             return Err(crate::errors::EtcdError::NotLeader.into());
         }
         let target = req.into_inner().target_id;
         if replica
-            .status()
+            .raft_status()
             .members
             .iter()
             .all(|(id, _, learner)| *id != target || *learner)

@@ -92,7 +92,7 @@ impl ServerMetrics {
 /// Updates the gauges that are read from state at scrape time.
 pub async fn refresh(m: &ServerMetrics, node: &Node) {
     m.has_leader.set(i64::from(node.has_leader()));
-    m.is_leader.set(i64::from(node.store.replica().is_leader()));
+    m.is_leader.set(i64::from(node.store.is_leader()));
     let applied = node.store.applied();
     m.current_revision.set(applied.current_rev);
     m.compact_revision.set(applied.compact_rev.max(0));

@@ -29,11 +29,11 @@ pub type SharedNode = Arc<Node>;
 impl Node {
     /// Whether this member knows a leader (Raft state, not a guess).
     pub fn has_leader(&self) -> bool {
-        self.store.replica().leader().is_some()
+        self.store.leader().is_some()
     }
 
     fn raft_term(&self) -> u64 {
-        self.store.replica().term()
+        self.store.term()
     }
 
     /// Fills the fields of a top-level response header that only the server

@@ -29,9 +29,9 @@ use crate::lease::{LeaseService, Lessor};
 use crate::maintenance_service::MaintenanceService;
 use crate::metrics::{track, ServerMetrics};
 use crate::node::{Node, SharedNode};
-use crate::peer_service::PeerService;
 use crate::stream_end::StreamEnd;
 use crate::watch::{WatchHub, WatchService};
+use cairn_raft_backend::PeerService;
 
 /// Decides this member's identity and how it joins Raft: from its data dir
 /// when it has one, else from the bootstrap flags (new cluster) or from the
@@ -202,7 +202,7 @@ pub async fn open_node(args: &ServeArgs) -> anyhow::Result<SharedNode> {
 /// Once a leader is known, records this member's name and client URLs in the
 /// membership (etcd "publishes" its attributes through Raft the same way).
 async fn publish_self(node: SharedNode) {
-    let replica = node.store.replica().clone();
+    let replica = &node.store;
     let me = cairn_proto::peer::Member {
         id: node.id.member_id,
         name: node.id.name.clone(),
@@ -212,7 +212,7 @@ async fn publish_self(node: SharedNode) {
     let mut waiting_logged = false;
     loop {
         let listed = replica
-            .status()
+            .raft_status()
             .members
             .into_iter()
             .find(|(id, _, _)| *id == me.id)
@@ -242,7 +242,7 @@ async fn publish_self(node: SharedNode) {
 
 /// Logs when this member loses and regains a leader (quorum), as etcd warns.
 async fn watch_leader(node: SharedNode, metrics: Arc<ServerMetrics>) {
-    let replica = node.store.replica().clone();
+    let replica = &node.store;
     let mut last = replica.leader();
     while let Some(now) = replica.leader_change(last).await {
         match (last, now) {
@@ -292,7 +292,7 @@ async fn bind_all(urls: &[String], what: &str) -> anyhow::Result<Incoming> {
 
 async fn serve_peers(
     args: &ServeArgs,
-    svc: PeerService,
+    svc: PeerService<Lessor>,
     metrics: Arc<ServerMetrics>,
 ) -> anyhow::Result<()> {
     let incoming = bind_all(&args.listen_peer_urls, "peer").await?;
@@ -342,7 +342,11 @@ pub async fn serve(
     let (stream_end, stop_streams) = StreamEnd::start(node.clone(), election);
     serve_peers(
         &args,
-        PeerService::new(node.clone(), lessor.clone()),
+        node.store.peer_service(
+            lessor.clone(),
+            node.id.cluster_id,
+            crate::node::ETCD_VERSION,
+        ),
         metrics.clone(),
     )
     .await?;

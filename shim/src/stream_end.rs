@@ -124,7 +124,7 @@ where
 }
 
 async fn monitor(node: SharedNode, grace: Duration, tx: watch::Sender<u64>) {
-    let replica = node.store.replica().clone();
+    let replica = &node.store;
     let mut leader = replica.leader();
     loop {
         if leader.is_some() {

@@ -22,6 +22,7 @@ use openraft::async_runtime::watch::WatchReceiver;
 use openraft::type_config::alias::WatchReceiverOf;
 use tokio::sync::{mpsc, watch};
 
+use super::error_map::from_outcome;
 use super::network::{Peer, PeerTransport};
 use super::propose_stream::{LinkError, ProposeLink};
 use super::types::TypeConfig;
@@ -165,8 +166,7 @@ impl Context {
             Ok(resp) => {
                 for (id, o) in ids.iter().zip(resp.outcomes) {
                     if o.error_code != 0 {
-                        let status = tonic::Status::new(o.error_code.into(), o.error_message);
-                        self.fail(*id, super::replica::from_status(status));
+                        self.fail(*id, from_outcome(o.error_code, &o.error_message));
                     }
                 }
             }

@@ -16,9 +16,8 @@
 //! anywhere else is corruption and refuses the open.
 //!
 //! Segments are preallocated (as etcd preallocates its WAL files): an
-//! fdatasync that must also record a larger file size cost ~50 us more per
-//! write on our test machine. The records end where the zeros begin (no
-//! record has length 0).
+//! fdatasync that must also record a larger file size costs more per write.
+//! The records end where the zeros begin (no record has length 0).
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};

@@ -1,17 +1,27 @@
-//! Replication: the Raft log (openraft) in front of the MVCC store.
+//! Replication: the Raft log (openraft) in front of the MVCC store, and the
+//! whole peer protocol, client (`network`, `forwarder`, `propose_stream`)
+//! and server (`peer_server`) side by side.
 //!
 //! Write path: `Replica::propose` → leader's log (`log_store`, group commit)
 //! → replicated and committed → `state_machine` → `applier` → SQLite →
 //! applied-event stream. Every openraft type stays inside this module tree.
 
 mod applier;
-pub mod codec;
+mod codec;
+mod error_map;
 mod forwarder;
 mod leader_liveness;
 mod log_file;
 mod log_store;
-pub mod network;
+mod membership;
+pub(crate) mod membership_error;
+mod network;
+mod options;
+mod peer_handlers;
+mod peer_server;
+mod propose;
 mod propose_stream;
+mod read_index;
 mod replica;
 mod state_machine;
 mod types;
@@ -22,8 +32,11 @@ pub(crate) use applier::{
 };
 pub use log_file::LOG_DIR;
 pub(crate) use log_store::LogStore;
+pub use membership_error::MembershipError;
 pub use network::{Peer, PeerTransport};
-pub use replica::{to_status, Bootstrap, RaftStatus, RaftTiming, Replica, ReplicaOptions};
+pub use options::{Bootstrap, MemberList, RaftStatus, RaftTiming, ReplicaOptions};
+pub use peer_server::{LeaseAuthority, PeerService};
+pub(crate) use replica::Replica;
 pub(crate) use state_machine::StateMachine;
 pub use types::MemberInfo;
 pub(crate) use waiters::Waiters;

@@ -27,8 +27,8 @@ use super::state_machine::{SnapshotCopy, SnapshotData};
 use super::types::{MemberInfo, Snapshot, TypeConfig, Vote};
 
 /// Metadata names every peer request carries.
-pub const VERSION_HEADER: &str = "cairn-peer-version";
-pub const CLUSTER_HEADER: &str = "cairn-cluster-id";
+pub(crate) const VERSION_HEADER: &str = "cairn-peer-version";
+pub(crate) const CLUSTER_HEADER: &str = "cairn-cluster-id";
 
 const SNAPSHOT_CHUNK: usize = 1 << 20;
 
@@ -94,23 +94,24 @@ impl PeerTransport {
     }
 }
 
-/// Test hook, like etcd's failpoints: `CAIRN_TEST_PEER_DIAL=adv=dial,...`
-/// makes this member dial `dial` for a peer advertising `adv`, so that a fault
-/// test can route each ordered pair of members through its own proxy and cut
-/// one member off in both directions.
+/// Fail point `peer_dial`, like etcd's failpoints: `return(adv=dial,...)`
+/// makes this member dial `dial` for a peer advertising `adv`, so that a
+/// fault test can route each ordered pair of members through its own proxy
+/// and cut one member off in both directions.
 fn dial_override(url: &str) -> String {
-    static MAP: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
-    let map = MAP.get_or_init(|| {
-        std::env::var("CAIRN_TEST_PEER_DIAL")
-            .unwrap_or_default()
-            .split(',')
-            .filter_map(|pair| pair.split_once('='))
-            .map(|(a, d)| (a.trim().to_string(), d.trim().to_string()))
-            .collect()
+    fail::fail_point!("peer_dial", |map: Option<String>| {
+        dial_for(&map.unwrap_or_default(), url)
     });
-    map.iter()
-        .find(|(adv, _)| adv == url)
-        .map(|(_, dial)| dial.clone())
+    url.to_string()
+}
+
+/// What `map` ("adv=dial,adv=dial") says to dial for `url`.
+#[cfg(any(test, feature = "failpoints"))]
+fn dial_for(map: &str, url: &str) -> String {
+    map.split(',')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(adv, _)| adv.trim() == url)
+        .map(|(_, dial)| dial.trim().to_string())
         .unwrap_or_else(|| url.to_string())
 }
 
@@ -465,6 +466,25 @@ async fn next_answer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_dial_map_reroutes_only_the_urls_it_names() {
+        let map = "http://a:1=http://127.0.0.1:9001, http://b:1=http://127.0.0.1:9002";
+        assert_eq!(dial_for(map, "http://b:1"), "http://127.0.0.1:9002");
+        assert_eq!(dial_for(map, "http://c:1"), "http://c:1");
+        assert_eq!(dial_for("", "http://a:1"), "http://a:1");
+    }
+
+    #[cfg(feature = "failpoints")]
+    #[test]
+    fn the_peer_dial_fail_point_reroutes_dials() {
+        let scenario = fail::FailScenario::setup();
+        fail::cfg("peer_dial", "return(http://a:1=http://127.0.0.1:9001)").unwrap();
+        assert_eq!(dial_override("http://a:1"), "http://127.0.0.1:9001");
+        assert_eq!(dial_override("http://b:1"), "http://b:1");
+        scenario.teardown();
+        assert_eq!(dial_override("http://a:1"), "http://a:1");
+    }
 
     fn answers(
         sent: u64,

@@ -83,7 +83,7 @@ impl Lessor {
     }
 
     fn is_leader(&self) -> bool {
-        self.node.store.replica().is_leader()
+        self.node.store.is_leader()
     }
 
     /// Brings the deadlines in line with the leases in the store: leases
@@ -125,11 +125,7 @@ impl Lessor {
 
     /// The leader, for keep-alives and TTL queries that reach a follower.
     fn leader_peer(&self) -> Result<cairn_raft_backend::Peer, Status> {
-        self.node
-            .store
-            .replica()
-            .leader_peer()
-            .map_err(store_status)
+        self.node.store.leader_peer().map_err(store_status)
     }
 
     /// Keep-alive from a client of this member: renewed by the leader.
@@ -307,6 +303,17 @@ impl Lessor {
                 }
             }
         }
+    }
+}
+
+/// Serves followers' lease renewals and TTL queries on the peer protocol.
+impl cairn_raft_backend::LeaseAuthority for Lessor {
+    async fn renew(&self, id: i64) -> Result<Option<i64>, Status> {
+        Lessor::renew(self, id).await
+    }
+
+    async fn ttl(&self, id: i64) -> Result<Option<(i64, i64)>, Status> {
+        Lessor::ttl(self, id).await
     }
 }
 
