@@ -7,22 +7,24 @@ use std::sync::Arc;
 use cairn_proto::etcdserverpb::{RangeRequest, RangeResponse, TxnRequest, TxnResponse};
 use tokio::sync::{broadcast, watch};
 
-use crate::apply::ApplyState;
-use crate::checkpointer::{Checkpointer, WalRestart};
 use crate::command::{AppliedBatch, Command, CommandOutput};
-use crate::compactor::Compactor;
 use crate::error::{Result, StoreError};
-use crate::file_size::FileSize;
-use crate::key_index::KeyIndex;
-use crate::metrics::StoreMetrics;
-use crate::prev_kv_interest::{PrevKvInterest, PrevKvWanted};
+use crate::mvcc::apply_command::ApplyState;
+use crate::mvcc::checkpointer::{Checkpointer, WalRestart};
+use crate::mvcc::compactor::Compactor;
+use crate::mvcc::file_size::FileSize;
+use crate::mvcc::history::{self, HistoryRead};
+use crate::mvcc::key_index::KeyIndex;
+use crate::mvcc::metrics::StoreMetrics;
+use crate::mvcc::prev_kv_interest::{PrevKvInterest, PrevKvWanted};
+use crate::mvcc::readers::Readers;
+use crate::mvcc::schema;
+use crate::mvcc::TxnRead;
 use crate::raft::{
     Applier, ApplierMsg, ApplierOutputs, Bootstrap, LogStore, MemberInfo, PeerTransport, Replica,
     ReplicaOptions, StateMachine,
 };
-use crate::readers::Readers;
-use crate::schema;
-use crate::view::HistoryRead;
+use crate::txn;
 
 /// How many applied batches a slow subscriber may fall behind before it is
 /// told it lagged (and must catch up from history).
@@ -214,19 +216,19 @@ impl Store {
     pub async fn range(&self, r: RangeRequest) -> Result<RangeResponse> {
         if r.range_end.is_empty() {
             // One key: a couple of index lookups, served without a thread hop.
-            return self.readers.read_inline(|v| v.range(&r));
+            return self.readers.read_inline(|v| txn::range(v, &r));
         }
-        self.readers.read(move |v| v.range(&r)).await
+        self.readers.read(move |v| txn::range(v, &r)).await
     }
 
     /// A txn with no writes at any depth, answered from a snapshot without a log entry.
     pub async fn txn_readonly(&self, t: TxnRequest) -> Result<TxnResponse> {
-        self.readers.read(move |v| v.txn(&t)).await
+        self.readers.read(move |v| txn::txn(v, &t)).await
     }
 
     /// Changes with revisions in `[from, to]`, stopping after the revision in
     /// which `max_events`, or `max_bytes` of keys and values, is reached (see
-    /// `View::events_between`); `Compacted` if `from` is below the compact
+    /// `history::events_between`); `Compacted` if `from` is below the compact
     /// revision.
     pub async fn events_between(
         &self,
@@ -236,7 +238,7 @@ impl Store {
         max_bytes: usize,
     ) -> Result<HistoryRead> {
         self.readers
-            .read(move |v| v.events_between(from, to, max_events, max_bytes))
+            .read(move |v| history::events_between(v, from, to, max_events, max_bytes))
             .await
     }
 
@@ -244,7 +246,7 @@ impl Store {
     /// from one consistent snapshot (see `hash_kv`).
     pub async fn hash_kv(&self, revision: i64) -> Result<crate::KvHash> {
         self.readers
-            .read(move |v| crate::hash_kv::hash_kv(v, revision))
+            .read(move |v| crate::mvcc::hash_kv::hash_kv(v, revision))
             .await
     }
 
@@ -280,7 +282,9 @@ impl Store {
     }
 
     pub async fn alarms(&self) -> Result<Vec<cairn_proto::etcdserverpb::AlarmMember>> {
-        self.readers.with_conn(crate::apply::list_alarms).await
+        self.readers
+            .with_conn(crate::mvcc::apply_command::list_alarms)
+            .await
     }
 
     /// Resolves when physical compaction has reached `revision`.

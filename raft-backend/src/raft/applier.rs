@@ -27,15 +27,15 @@ use tokio::sync::{broadcast, oneshot, watch};
 use super::codec;
 use super::types::{Entry, EntryPayload, LogId, StoredMembership, TypeConfig};
 use super::waiters::Waiters;
-use crate::apply::{apply, ApplyState};
-use crate::checkpointer::WalRestart;
 use crate::command::{AppliedBatch, Command, CommandOutput, RevisionEvents};
-use crate::compactor::Compactor;
 use crate::error::{Result, StoreError};
-use crate::file_size::FileSize;
-use crate::key_index::KeyIndex;
-use crate::metrics::StoreMetrics;
-use crate::prev_kv_interest::PrevKvInterest;
+use crate::mvcc::apply_command::{apply, ApplyState};
+use crate::mvcc::checkpointer::WalRestart;
+use crate::mvcc::compactor::Compactor;
+use crate::mvcc::file_size::FileSize;
+use crate::mvcc::key_index::KeyIndex;
+use crate::mvcc::metrics::StoreMetrics;
+use crate::mvcc::prev_kv_interest::PrevKvInterest;
 
 const MEMBERSHIP: &str = "membership";
 
@@ -390,7 +390,7 @@ fn install(conn: &mut Connection, snapshot: &Path) -> Result<()> {
     })?;
     // A leader of an earlier version sends its own layout: bring the copy to
     // this one first (one of a later version is refused, with its version).
-    drop(crate::schema::open_writer(snapshot)?);
+    drop(crate::mvcc::schema::open_writer(snapshot)?);
     conn.execute("ATTACH DATABASE ?1 AS snap", [path])?;
     let copy = (|| -> Result<()> {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -407,7 +407,7 @@ fn install(conn: &mut Connection, snapshot: &Path) -> Result<()> {
     detach?;
     // The log is purged behind an installed snapshot: make it durable first.
     if let Some(path) = conn.path() {
-        crate::schema::sync_to_disk(Path::new(path))
+        crate::mvcc::schema::sync_to_disk(Path::new(path))
             .map_err(|e| StoreError::Storage(format!("sync installed snapshot: {e}")))?;
     }
     Ok(())
@@ -436,9 +436,9 @@ fn defragment(conn: &Connection) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apply::{apply, ApplyState};
     use crate::command::Command;
-    use crate::view::View;
+    use crate::mvcc::apply_command::{apply, ApplyState};
+    use crate::mvcc::read_txn::ReadTxn;
     use cairn_proto::etcdserverpb::{DeleteRangeRequest, PutRequest, RangeRequest};
 
     fn put(k: &str, v: &str) -> Command {
@@ -468,7 +468,7 @@ mod tests {
     async fn after_a_storage_fault_every_later_batch_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store.db");
-        let conn = crate::schema::open_writer(&path).unwrap();
+        let conn = crate::mvcc::schema::open_writer(&path).unwrap();
         // A fault in the middle of a write, as a full or failing disk gives.
         conn.execute_batch(
             "CREATE TRIGGER fault BEFORE INSERT ON history WHEN NEW.key = x'626164'
@@ -519,7 +519,7 @@ mod tests {
         );
         drop(applier);
         // Nothing of the failed batch or after it reached the store.
-        let conn = crate::schema::open_reader(&path).unwrap();
+        let conn = crate::mvcc::schema::open_reader(&path).unwrap();
         let keys: Vec<Vec<u8>> = conn
             .prepare("SELECT key FROM history ORDER BY id")
             .unwrap()
@@ -536,7 +536,7 @@ mod tests {
         // The sender's store, then turned into version 1's layout.
         let snap = dir.path().join("snap.db");
         {
-            let conn = crate::schema::open_writer(&snap).unwrap();
+            let conn = crate::mvcc::schema::open_writer(&snap).unwrap();
             let mut state = ApplyState::load(&conn).unwrap();
             let del = Command::DeleteRange(DeleteRangeRequest {
                 key: b"b".to_vec(),
@@ -549,24 +549,27 @@ mod tests {
                 state.persist(&tx).unwrap();
                 tx.commit().unwrap();
             }
-            conn.execute_batch(crate::schema::DOWNGRADE_TO_V1_FOR_TESTS)
+            conn.execute_batch(crate::mvcc::schema::DOWNGRADE_TO_V1_FOR_TESTS)
                 .unwrap();
         }
-        let mut conn = crate::schema::open_writer(&dir.path().join("store.db")).unwrap();
+        let mut conn = crate::mvcc::schema::open_writer(&dir.path().join("store.db")).unwrap();
         let index = KeyIndex::default();
         let exclusive = index.exclusive();
         install(&mut conn, &snap).unwrap();
         exclusive.reload(&conn).unwrap();
         let tx = conn.transaction().unwrap();
-        let view = View::open(&tx, &index).unwrap();
-        assert_eq!(view.current_rev(), 5);
+        let read = ReadTxn::open(&tx, &index).unwrap();
+        assert_eq!(crate::mvcc::TxnRead::current_rev(&read), 5);
         let at = |rev| {
-            view.range(&RangeRequest {
-                key: b"a".to_vec(),
-                range_end: b"c".to_vec(),
-                revision: rev,
-                ..Default::default()
-            })
+            crate::txn::range(
+                &read,
+                &RangeRequest {
+                    key: b"a".to_vec(),
+                    range_end: b"c".to_vec(),
+                    revision: rev,
+                    ..Default::default()
+                },
+            )
             .unwrap()
             .kvs
             .into_iter()
@@ -578,8 +581,8 @@ mod tests {
         assert_eq!(at(4), vec![kv("a", "2"), kv("b", "1")]);
         assert_eq!(at(3), vec![kv("a", "1"), kv("b", "1")]);
         assert_eq!(
-            crate::schema::get_meta(&tx, crate::schema::meta::SCHEMA_VERSION).unwrap(),
-            crate::schema::SCHEMA_VERSION
+            crate::mvcc::schema::get_meta(&tx, crate::mvcc::schema::meta::SCHEMA_VERSION).unwrap(),
+            crate::mvcc::schema::SCHEMA_VERSION
         );
     }
 }

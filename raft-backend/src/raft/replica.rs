@@ -27,9 +27,9 @@ use super::types::{
     LogCommand, MemberInfo, Membership, Raft, Snapshot, StoredMembership, TypeConfig,
 };
 use super::waiters::Waiters;
-use crate::apply::ApplyState;
 use crate::command::{Command, CommandOutput};
 use crate::error::{Result, StoreError};
+use crate::mvcc::ApplyState;
 
 /// Timing and log retention, under etcd's flag names where etcd has one.
 #[derive(Debug, Clone)]

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 
 use super::applier::{last_applied, load_membership, Applier, ApplierMsg};
 use super::types::{LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
-use crate::apply::ApplyState;
+use crate::mvcc::ApplyState;
 
 const SNAP_DIR: &str = "snap";
 
@@ -175,7 +175,7 @@ impl StateMachine {
     /// id and membership it has reached. `None` before anything is applied.
     fn pin_blocking(db_path: &Path, snap_dir: &Path) -> io::Result<Option<Snapshot<SnapshotData>>> {
         // Its own reader, not a pooled one: it stays open until the copy is sent.
-        let conn = crate::schema::open_reader(db_path).map_err(io_err)?;
+        let conn = crate::mvcc::schema::open_reader(db_path).map_err(io_err)?;
         conn.execute_batch("BEGIN DEFERRED").map_err(io_err)?;
         // The first read starts the transaction's view; the meta comes from it.
         let meta = read_meta(&conn)?;

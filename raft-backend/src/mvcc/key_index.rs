@@ -21,7 +21,7 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use rusqlite::Connection;
 
 use crate::error::{Result, StoreError};
-use crate::key_range::KeyRange;
+use crate::mvcc::key_range::KeyRange;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Version {

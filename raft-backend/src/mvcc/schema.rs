@@ -9,7 +9,7 @@
 //!
 //! Because rows are appended in apply order, and revisions only grow, row ids
 //! order the rows by revision too: a read of the changes since a revision
-//! finds its first row by bisecting the row ids (`View::events_between`).
+//! finds its first row by bisecting the row ids (`history::events_between`).
 //! Version 3 stores written before this kept an index on `rev`
 //! (`history_rev`) for that. It cost every commit one more 4 KiB page in the
 //! WAL, which at 1 client was a third of what a put wrote and showed in the

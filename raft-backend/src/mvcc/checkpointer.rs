@@ -21,8 +21,8 @@ use std::time::Duration;
 use rusqlite::Connection;
 
 use crate::error::{Result, StoreError};
-use crate::file_size::FileSize;
-use crate::schema;
+use crate::mvcc::file_size::FileSize;
+use crate::mvcc::schema;
 
 /// Each pass writes the pages dirtied since the last one and fsyncs the WAL
 /// and the database; the Raft log's fdatasync queues behind that writeback,
