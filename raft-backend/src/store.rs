@@ -19,10 +19,10 @@ use crate::mvcc::metrics::StoreMetrics;
 use crate::mvcc::prev_kv_interest::{PrevKvInterest, PrevKvWanted};
 use crate::mvcc::readers::Readers;
 use crate::mvcc::schema;
+use crate::mvcc::writer::{Writer, WriterOutputs};
 use crate::mvcc::TxnRead;
 use crate::raft::{
-    Applier, ApplierMsg, ApplierOutputs, Bootstrap, LogStore, MemberInfo, PeerTransport, Replica,
-    ReplicaOptions, StateMachine,
+    Bootstrap, LogStore, MemberInfo, PeerTransport, Replica, ReplicaOptions, StateMachine,
 };
 use crate::txn;
 
@@ -40,7 +40,7 @@ pub struct Store {
     replica: Arc<Replica>,
     // Field order is drop order: apply stops before the compactor and
     // checkpointer it feeds.
-    applier: Arc<Applier>,
+    writer: Arc<Writer>,
     compactor: Arc<Compactor>,
     _checkpointer: Checkpointer,
     state: watch::Receiver<ApplyState>,
@@ -73,7 +73,7 @@ impl Store {
         let metrics = StoreMetrics::new(registry)
             .map_err(|e| StoreError::Storage(format!("register metrics: {e}")))?;
         let state_now = ApplyState::load(&conn)?;
-        let membership_now = crate::raft::applier_membership(&conn)?;
+        let membership_now = crate::mvcc::membership_blob::load(&conn)?;
         let (state_tx, state) = watch::channel(state_now);
         let (membership_tx, membership) = watch::channel(membership_now);
         let (events, _) = broadcast::channel(EVENT_BUFFER);
@@ -89,15 +89,13 @@ impl Store {
         let waiters = crate::raft::Waiters::default();
         let lease_changes = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let prev_kv = PrevKvInterest::from_env();
-        let applier = Arc::new(Applier::start(
+        let writer = Arc::new(Writer::start(
             conn,
-            ApplierOutputs {
-                member_id: opts.member_id,
+            WriterOutputs {
                 state: state_tx,
                 events: events.clone(),
                 compactor: compactor.clone(),
                 metrics: metrics.clone(),
-                waiters: waiters.clone(),
                 membership: membership_tx,
                 lease_changes: lease_changes.clone(),
                 wal_restart,
@@ -117,9 +115,11 @@ impl Store {
         let sm = StateMachine::new(
             data_dir,
             path.clone(),
-            applier.clone(),
+            writer.clone(),
             state.clone(),
             membership,
+            opts.member_id,
+            waiters.clone(),
         )
         .map_err(io)?;
         let replica = Arc::new(Replica::start(opts, log, sm, state.clone(), waiters).await?);
@@ -127,7 +127,7 @@ impl Store {
             readers: Readers::new(&path, index, MAX_READERS),
             replica,
             path,
-            applier,
+            writer,
             compactor,
             _checkpointer: checkpointer,
             state,
@@ -293,9 +293,7 @@ impl Store {
     }
 
     pub async fn defragment(&self) -> Result<()> {
-        self.applier
-            .call(|reply| ApplierMsg::Defragment { reply })
-            .await
+        self.writer.defragment().await
     }
 
     /// Every batch applied from now on, in order.

@@ -6,18 +6,22 @@
 pub(crate) mod apply_command;
 pub(crate) mod checkpointer;
 pub(crate) mod compactor;
+pub(crate) mod defragment;
 pub(crate) mod file_size;
 pub(crate) mod hash_kv;
 pub(crate) mod history;
 pub(crate) mod key_index;
 pub(crate) mod key_range;
+pub(crate) mod membership_blob;
 pub(crate) mod metrics;
 pub(crate) mod prev_kv_interest;
 pub(crate) mod read_txn;
 pub(crate) mod readers;
 pub(crate) mod schema;
+pub(crate) mod snapshot;
 pub(crate) mod txn_read;
 pub(crate) mod write_txn;
+pub(crate) mod writer;
 
 pub use apply_command::ApplyState;
 pub use hash_kv::KvHash;

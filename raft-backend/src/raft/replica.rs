@@ -22,10 +22,8 @@ use super::forwarder::{Forwarder, LeaderLocator};
 use super::leader_liveness::{self, LeaderContact};
 use super::log_store::LogStore;
 use super::network::{Factory, Peer, PeerTransport};
-use super::state_machine::{SnapshotData, StateMachine};
-use super::types::{
-    LogCommand, MemberInfo, Membership, Raft, Snapshot, StoredMembership, TypeConfig,
-};
+use super::state_machine::{Raft, SnapshotData, StateMachine};
+use super::types::{LogCommand, MemberInfo, Membership, Snapshot, StoredMembership, TypeConfig};
 use super::waiters::Waiters;
 use crate::command::{Command, CommandOutput};
 use crate::error::{Result, StoreError};
