@@ -14,7 +14,7 @@ mod store;
 mod txn;
 
 pub use command::{AppliedBatch, Command, CommandOutput, ImportRevision, RevisionEvents};
-pub use error::{Result, StoreError};
+pub use error::{Cause, Result, StoreError};
 pub use mvcc::schema::DOWNGRADE_TO_V1_FOR_TESTS;
 pub use mvcc::ApplyState;
 pub use mvcc::{

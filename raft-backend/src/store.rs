@@ -67,7 +67,7 @@ impl Store {
         opts: ReplicaOptions,
     ) -> Result<Self> {
         std::fs::create_dir_all(data_dir)
-            .map_err(|e| StoreError::Storage(format!("create {}: {e}", data_dir.display())))?;
+            .map_err(|e| StoreError::io(format!("create {}", data_dir.display()), e))?;
         let path = data_dir.join(DB_FILE);
         let conn = schema::open_writer(&path)?;
         let metrics = StoreMetrics::new(registry)
@@ -104,14 +104,14 @@ impl Store {
                 file_size: file_size.clone(),
             },
         )?);
-        let io = |e: std::io::Error| StoreError::Storage(e.to_string());
+        let io = |context: &'static str| move |e: std::io::Error| StoreError::io(context, e);
         let synced = path.clone();
         let log = LogStore::open(
             data_dir,
             metrics.clone(),
             Box::new(move || schema::sync_to_disk(&synced)),
         )
-        .map_err(io)?;
+        .map_err(io("open the log"))?;
         let sm = StateMachine::new(
             data_dir,
             path.clone(),
@@ -121,7 +121,7 @@ impl Store {
             opts.member_id,
             waiters.clone(),
         )
-        .map_err(io)?;
+        .map_err(io("open the snapshot dir"))?;
         let replica = Arc::new(Replica::start(opts, log, sm, state.clone(), waiters).await?);
         Ok(Store {
             readers: Readers::new(&path, index, MAX_READERS),

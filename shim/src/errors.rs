@@ -99,7 +99,11 @@ pub fn store_status(e: StoreError) -> Status {
         // The remaining membership refusals (not a learner, bad transferee, ...)
         // are FailedPrecondition in etcd, with its wording after the prefix.
         StoreError::Membership(m) => Status::failed_precondition(format!("etcdserver: {m}")),
-        StoreError::Storage(msg) | StoreError::Corrupt(msg) => {
+        StoreError::Storage(_)
+        | StoreError::Sqlite(_)
+        | StoreError::Io { .. }
+        | StoreError::Corrupt(_) => {
+            let msg = e.storage_detail().unwrap_or_default();
             tracing::error!(error = %msg, "storage error");
             Status::internal(format!("etcdserver: storage: {msg}"))
         }

@@ -81,7 +81,7 @@ impl Checkpointer {
                     size.refresh();
                 }
             })
-            .map_err(|e| StoreError::Storage(format!("spawn checkpointer: {e}")))?;
+            .map_err(|e| StoreError::io("spawn checkpointer", e))?;
         Ok(Checkpointer {
             stop: Some(stop),
             thread: Some(thread),

@@ -71,7 +71,7 @@ impl Compactor {
                     }
                 }
             })
-            .map_err(|e| crate::StoreError::Storage(format!("spawn compactor: {e}")))?;
+            .map_err(|e| crate::StoreError::io("spawn compactor", e))?;
         Ok(Compactor {
             targets,
             done,

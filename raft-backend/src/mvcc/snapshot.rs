@@ -146,7 +146,7 @@ pub fn install(conn: &mut Connection, snapshot: &Path) -> Result<()> {
     // The log is purged behind an installed snapshot: make it durable first.
     if let Some(path) = conn.path() {
         schema::sync_to_disk(Path::new(path))
-            .map_err(|e| StoreError::Storage(format!("sync installed snapshot: {e}")))?;
+            .map_err(|e| StoreError::io("sync installed snapshot", e))?;
     }
     Ok(())
 }

@@ -110,7 +110,7 @@ impl Writer {
         let thread = std::thread::Builder::new()
             .name("cairn-apply".into())
             .spawn(move || run(conn, state, rx, out))
-            .map_err(|e| StoreError::Storage(format!("spawn apply thread: {e}")))?;
+            .map_err(|e| StoreError::io("spawn apply thread", e))?;
         Ok(Writer {
             tx: Some(tx),
             thread: Some(thread),
@@ -519,7 +519,7 @@ mod tests {
         )
         .await;
         assert!(
-            matches!(&fault, Err(e) if e.is_storage_fault() && e.to_string().contains("injected")),
+            matches!(&fault, Err(StoreError::Sqlite(e)) if e.to_string().contains("injected")),
             "{fault:?}"
         );
         // A failed batch is not answered: its answer is dropped.
