@@ -88,7 +88,7 @@ impl Store {
         let checkpointer = Checkpointer::start(&path, wal_restart.clone(), file_size.clone())?;
         let waiters = crate::raft::Waiters::default();
         let lease_changes = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let prev_kv = PrevKvInterest::from_env();
+        let prev_kv = PrevKvInterest::default();
         let writer = Arc::new(Writer::start(
             conn,
             WriterOutputs {

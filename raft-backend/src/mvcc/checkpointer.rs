@@ -3,12 +3,12 @@
 //!
 //! A checkpoint alone never makes the WAL shorter: SQLite starts writing it
 //! from the top again only when a write transaction begins with every frame
-//! already copied back. Under a steady write load the applier always has
+//! already copied back. Under a steady write load the writer always has
 //! committed new frames by the time a background checkpoint ends, so the WAL
 //! would grow without bound (measured: 850 MB in 15 s of puts against a
 //! 66 MB database, every new WAL page zeroed by the kernel on the apply
 //! thread). So after a background checkpoint that found the WAL long, the
-//! checkpointer asks the applier (`WalRestart`) to copy back the few frames
+//! checkpointer asks the writer (`WalRestart`) to copy back the few frames
 //! written since, between two of its transactions; its next transaction then
 //! rewinds the WAL. The bulk of the copying and its fsync stay here.
 
@@ -32,11 +32,11 @@ use crate::mvcc::schema;
 const INTERVAL: Duration = Duration::from_millis(100);
 
 /// A WAL longer than this many frames (4 KiB pages) after a checkpoint is
-/// rewound by the applier; a shorter one is left to rewind by itself when
+/// rewound by the writer; a shorter one is left to rewind by itself when
 /// writes pause.
 const REWIND_FRAMES: i64 = 4096;
 
-/// Set by the checkpointer, taken by the applier between transactions.
+/// Set by the checkpointer, taken by the writer between transactions.
 #[derive(Clone, Default)]
 pub(crate) struct WalRestart(Arc<AtomicBool>);
 
@@ -155,7 +155,7 @@ mod tests {
         u32::from_be_bytes(header[12..16].try_into().unwrap())
     }
 
-    /// A store with the applier's connection and the checkpointer's.
+    /// A store with the writer's connection and the checkpointer's.
     struct Fixture {
         _dir: tempfile::TempDir,
         path: std::path::PathBuf,
