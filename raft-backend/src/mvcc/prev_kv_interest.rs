@@ -2,9 +2,9 @@
 //!
 //! A put's event carries the key's previous version, value included, which
 //! only watchers that asked for `prev_kv` receive. Reading it cost every put
-//! a row read; etcd looks a previous kv up only when it sends an event to a watcher that wants it. The writer
-//! loads previous values while at least one such watcher exists and marks
-//! each applied batch with whether it did. A prev_kv watcher handed a batch
+//! a row read; etcd looks a previous kv up only when it sends an event to a
+//! watcher that wants it. The writer loads previous values while at least
+//! one such watcher exists and marks each applied batch with whether it did. A prev_kv watcher handed a batch
 //! without them reads those revisions from history instead, where every event
 //! has its previous kv, so the moment a watcher registers needs no
 //! coordination with the writer.
