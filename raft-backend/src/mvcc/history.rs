@@ -142,3 +142,70 @@ pub(crate) fn first_row_from(conn: &Connection, rev: i64) -> Result<Option<i64>>
     }
     Ok(found)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::Command;
+    use crate::mvcc::testing::TestStore;
+    use cairn_proto::etcdserverpb::{
+        request_op, CompactionRequest, PutRequest, RequestOp, TxnRequest,
+    };
+
+    fn put_op(k: &str) -> RequestOp {
+        RequestOp {
+            request: Some(request_op::Request::RequestPut(PutRequest {
+                key: k.into(),
+                value: b"v".to_vec(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    #[test]
+    fn a_size_bound_never_splits_a_revision() {
+        let mut s = TestStore::new();
+        s.put("a", "1"); // 2
+        s.apply(Command::Txn(TxnRequest {
+            success: vec![put_op("b"), put_op("c")],
+            ..Default::default()
+        }))
+        .unwrap(); // 3
+        s.put("a", "2"); // 4
+        let read = s.read(|r| events_between(r, 2, 4, 2, usize::MAX)).unwrap();
+        // Two events reached the bound inside revision 3: its other comes too.
+        let revs: Vec<i64> = read
+            .events
+            .iter()
+            .map(|e| e.kv.as_ref().unwrap().mod_revision)
+            .collect();
+        assert_eq!((revs, read.complete_to), (vec![2, 3, 3], 3));
+        let all = s
+            .read(|r| events_between(r, 3, 10, 100, usize::MAX))
+            .unwrap();
+        assert_eq!(all.events.len(), 3);
+        assert_eq!(all.complete_to, 10);
+        let last = &all.events[2];
+        assert_eq!(
+            last.prev_kv.as_ref().map(|p| p.value.as_slice()),
+            Some(&b"1"[..]),
+            "history gives every event its previous kv"
+        );
+    }
+
+    #[test]
+    fn a_read_below_the_compact_revision_is_refused() {
+        let mut s = TestStore::new();
+        s.put("a", "1");
+        s.put("a", "2");
+        s.apply(Command::Compact(CompactionRequest {
+            revision: 3,
+            ..Default::default()
+        }))
+        .unwrap();
+        let r = s.read(|r| events_between(r, 2, 3, 10, usize::MAX));
+        assert_eq!(r, Err(StoreError::Compacted));
+        let r = s.read(|r| events_between(r, 3, 3, 10, usize::MAX)).unwrap();
+        assert_eq!(r.events.len(), 1);
+    }
+}

@@ -81,3 +81,41 @@ impl TxnRead for ReadTxn<'_> {
         self.index.count_at(Some(self.generation), kr, rev)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mvcc::testing::TestStore;
+
+    #[test]
+    fn a_read_begun_before_an_index_reload_is_told_to_start_again() {
+        let mut s = TestStore::new();
+        s.put("a", "1");
+        let mut conn = s.reader();
+        let tx = conn.transaction().unwrap();
+        let r = ReadTxn::open(&tx, &s.index).unwrap();
+        assert_eq!(r.get(b"a").unwrap().unwrap().value, b"1");
+        // What a snapshot install does to the index.
+        s.index.exclusive().reload(&s.conn).unwrap();
+        assert_eq!(r.get(b"a"), Err(StoreError::Reopened));
+        drop(tx);
+        let tx = conn.transaction().unwrap();
+        let r = ReadTxn::open(&tx, &s.index).unwrap();
+        assert_eq!(r.get(b"a").unwrap().unwrap().value, b"1");
+    }
+
+    #[test]
+    fn a_read_keeps_its_revision_while_writes_commit() {
+        let mut s = TestStore::new();
+        s.put("a", "1");
+        let mut conn = s.reader();
+        let tx = conn.transaction().unwrap();
+        let index = s.index.clone();
+        let r = ReadTxn::open(&tx, &index).unwrap();
+        s.put("a", "2");
+        s.put("b", "1");
+        assert_eq!(r.current_rev(), 2);
+        assert_eq!(r.get(b"a").unwrap().unwrap().value, b"1");
+        assert_eq!(r.count_at(&KeyRange::new(b"a", b"z"), 2).unwrap(), 1);
+    }
+}

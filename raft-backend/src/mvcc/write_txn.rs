@@ -218,3 +218,75 @@ impl TxnRead for WriteTxn<'_> {
         self.index.count_at(None, kr, rev)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mvcc::testing::{read_with, TestStore};
+
+    #[test]
+    fn a_write_sees_its_own_changes_and_a_reader_none_before_the_commit() {
+        let mut s = TestStore::new();
+        s.put("a", "1");
+        let mut reader = s.reader();
+        let tx = s.conn.unchecked_transaction().unwrap();
+        let mut w = WriteTxn::new(&tx, &s.index, s.state.current_rev, s.state.compact_rev);
+        assert_eq!((w.current_rev(), w.has_changes()), (2, false));
+        w.put_kv(b"a", b"2".to_vec(), 0).unwrap();
+        w.put_kv(b"b", b"1".to_vec(), 0).unwrap();
+        // Every change of one write txn is at one revision, seen by its reads.
+        assert_eq!(w.current_rev(), 3);
+        let a = w.get(b"a").unwrap().unwrap();
+        assert_eq!(
+            (a.value.as_slice(), a.version, a.mod_revision),
+            (&b"2"[..], 2, 3)
+        );
+        // The index holds the new versions already; a reader's snapshot is
+        // below them.
+        read_with(&mut reader, &s.index, |r| {
+            assert_eq!(r.current_rev(), 2);
+            assert_eq!(r.get(b"a").unwrap().unwrap().value, b"1");
+            assert_eq!(r.get(b"b").unwrap(), None);
+        });
+        let events = w.into_events();
+        assert_eq!(events.len(), 2);
+        assert_eq!(
+            events[0].prev_kv.as_ref().map(|p| p.value.as_slice()),
+            Some(&b"1"[..])
+        );
+        assert_eq!(events[1].prev_kv, None);
+        s.state.current_rev = 3;
+        s.state.persist(&tx).unwrap();
+        tx.commit().unwrap();
+        read_with(&mut reader, &s.index, |r| {
+            assert_eq!(r.current_rev(), 3);
+            assert_eq!(r.get(b"a").unwrap().unwrap().value, b"2");
+            assert_eq!(r.get(b"b").unwrap().unwrap().value, b"1");
+        });
+    }
+
+    #[test]
+    fn without_prev_values_an_update_event_has_no_prev_kv_but_a_delete_has() {
+        let mut s = TestStore::new();
+        s.put("a", "1");
+        let events = s
+            .write(|w| {
+                w.skip_prev_values();
+                w.put_kv(b"a", b"2".to_vec(), 0)?;
+                Ok(std::mem::take(&mut w.events))
+            })
+            .unwrap();
+        assert_eq!(events[0].prev_kv, None);
+        let events = s
+            .write(|w| {
+                w.skip_prev_values();
+                w.delete_keys(&KeyRange::new(b"a", b""))?;
+                Ok(std::mem::take(&mut w.events))
+            })
+            .unwrap();
+        assert_eq!(
+            events[0].prev_kv.as_ref().map(|p| p.value.as_slice()),
+            Some(&b"2"[..])
+        );
+    }
+}

@@ -210,3 +210,186 @@ pub fn txn_has_put(t: &TxnRequest) -> bool {
             _ => false,
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::Command;
+    use crate::mvcc::testing::TestStore;
+    use cairn_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+    use cairn_proto::etcdserverpb::{Compare, RangeRequest};
+
+    fn version_is(key: &str, v: i64) -> Compare {
+        Compare {
+            key: key.into(),
+            target: CompareTarget::Version as i32,
+            result: CompareResult::Equal as i32,
+            target_union: Some(TargetUnion::Version(v)),
+            ..Default::default()
+        }
+    }
+
+    fn put(k: &str, v: &str) -> RequestOp {
+        RequestOp {
+            request: Some(request_op::Request::RequestPut(PutRequest {
+                key: k.into(),
+                value: v.into(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn get(k: &str) -> RequestOp {
+        RequestOp {
+            request: Some(request_op::Request::RequestRange(RangeRequest {
+                key: k.into(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn nested(t: TxnRequest) -> RequestOp {
+        RequestOp {
+            request: Some(request_op::Request::RequestTxn(t)),
+        }
+    }
+
+    #[test]
+    fn compares_choose_the_branch_at_every_depth_before_any_op_runs() {
+        let mut s = TestStore::new();
+        s.put("a", "1");
+        let t = TxnRequest {
+            compare: vec![version_is("a", 1)],
+            success: vec![
+                put("a", "2"),
+                // Judged against the state before the txn: "a" still has version 1.
+                nested(TxnRequest {
+                    compare: vec![version_is("a", 1)],
+                    success: vec![get("a")],
+                    failure: vec![put("z", "never")],
+                }),
+            ],
+            failure: vec![put("f", "1")],
+        };
+        let resp = s.write(|w| txn(w, &t)).unwrap();
+        assert!(resp.succeeded);
+        assert_eq!(resp.header.unwrap().revision, 3);
+        let Some(response_op::Response::ResponseTxn(inner)) = &resp.responses[1].response else {
+            panic!("{resp:?}");
+        };
+        assert!(inner.succeeded);
+        // The nested range sees the outer put: later ops see earlier ones.
+        let Some(response_op::Response::ResponseRange(r)) = &inner.responses[0].response else {
+            panic!("{inner:?}");
+        };
+        assert_eq!(r.kvs[0].value, b"2");
+        // Now version 2: the failure branch.
+        let resp = s.write(|w| txn(w, &t)).unwrap();
+        assert!(!resp.succeeded);
+        assert!(s.read(|r| r.get(b"f")).unwrap().is_some());
+        assert!(s.read(|r| r.get(b"z")).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_put_that_needs_a_key_the_txn_deleted_is_refused_before_any_write() {
+        let mut s = TestStore::new();
+        s.put("a", "1");
+        let t = TxnRequest {
+            success: vec![
+                RequestOp {
+                    request: Some(request_op::Request::RequestDeleteRange(
+                        DeleteRangeRequest {
+                            key: b"a".to_vec(),
+                            ..Default::default()
+                        },
+                    )),
+                },
+                RequestOp {
+                    request: Some(request_op::Request::RequestPut(PutRequest {
+                        key: b"a".to_vec(),
+                        ignore_value: true,
+                        ..Default::default()
+                    })),
+                },
+            ],
+            ..Default::default()
+        };
+        let r = s.write(|w| {
+            let r = txn(w, &t);
+            assert!(!w.has_changes());
+            Ok(r)
+        });
+        assert_eq!(r.unwrap(), Err(StoreError::KeyNotFound));
+        // A put with a lease that does not exist, likewise.
+        let t = TxnRequest {
+            success: vec![RequestOp {
+                request: Some(request_op::Request::RequestPut(PutRequest {
+                    key: b"b".to_vec(),
+                    lease: 9,
+                    ..Default::default()
+                })),
+            }],
+            ..Default::default()
+        };
+        assert_eq!(s.apply(Command::Txn(t)), Err(StoreError::LeaseNotFound));
+        assert_eq!(s.state.current_rev, 2);
+    }
+
+    #[test]
+    fn a_read_transaction_runs_read_only_txns_and_refuses_writes() {
+        let mut s = TestStore::new();
+        s.put("a", "1");
+        let read_only = TxnRequest {
+            compare: vec![version_is("a", 1)],
+            success: vec![get("a")],
+            failure: vec![],
+        };
+        assert!(is_txn_readonly(&read_only));
+        let resp = s.read(|r| txn(r, &read_only)).unwrap();
+        assert!(resp.succeeded);
+        assert_eq!(resp.header.unwrap().revision, 2);
+        let writes = TxnRequest {
+            success: vec![put("a", "2")],
+            ..Default::default()
+        };
+        assert!(matches!(
+            s.read(|r| txn(r, &writes)),
+            Err(StoreError::Storage(_))
+        ));
+    }
+
+    #[test]
+    fn readonly_and_has_put_look_at_every_branch_and_depth() {
+        let del = RequestOp {
+            request: Some(request_op::Request::RequestDeleteRange(Default::default())),
+        };
+        let deep_put = TxnRequest {
+            failure: vec![nested(TxnRequest {
+                success: vec![put("a", "1")],
+                ..Default::default()
+            })],
+            ..Default::default()
+        };
+        assert!(!is_txn_readonly(&deep_put));
+        assert!(txn_has_put(&deep_put));
+        let deep_delete = TxnRequest {
+            success: vec![
+                get("a"),
+                nested(TxnRequest {
+                    failure: vec![del],
+                    ..Default::default()
+                }),
+            ],
+            ..Default::default()
+        };
+        assert!(!is_txn_readonly(&deep_delete));
+        assert!(!txn_has_put(&deep_delete));
+        let reads = TxnRequest {
+            success: vec![get("a")],
+            failure: vec![nested(TxnRequest::default())],
+            ..Default::default()
+        };
+        assert!(is_txn_readonly(&reads));
+        assert!(!txn_has_put(&reads));
+    }
+}

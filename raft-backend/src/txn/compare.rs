@@ -57,3 +57,98 @@ fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
         Err(_) => true,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mvcc::testing::TestStore;
+
+    fn cmp(
+        key: &str,
+        end: &str,
+        target: CompareTarget,
+        result: CompareResult,
+        value: TargetUnion,
+    ) -> Compare {
+        Compare {
+            key: key.into(),
+            range_end: end.into(),
+            target: target as i32,
+            result: result as i32,
+            target_union: Some(value),
+        }
+    }
+
+    #[test]
+    fn a_missing_key_compares_as_zeroes_except_by_value() {
+        let s = TestStore::new();
+        let check = |c: Compare| s.read(|r| compare(r, &c)).unwrap();
+        use CompareResult::*;
+        use CompareTarget::*;
+        assert!(check(cmp("x", "", Version, Equal, TargetUnion::Version(0))));
+        assert!(check(cmp(
+            "x",
+            "",
+            Create,
+            Less,
+            TargetUnion::CreateRevision(1)
+        )));
+        assert!(check(cmp("x", "", Lease, Equal, TargetUnion::Lease(0))));
+        assert!(!check(cmp(
+            "x",
+            "",
+            Value,
+            Equal,
+            TargetUnion::Value(vec![])
+        )));
+        assert!(!check(cmp(
+            "x",
+            "",
+            Value,
+            NotEqual,
+            TargetUnion::Value(b"v".to_vec())
+        )));
+    }
+
+    #[test]
+    fn over_a_range_every_key_must_satisfy_the_compare() {
+        let mut s = TestStore::new();
+        s.put("a", "1"); // rev 2
+        s.put("b", "1"); // rev 3
+        s.put("b", "2"); // rev 4
+        let check = |c: Compare| s.read(|r| compare(r, &c)).unwrap();
+        use CompareResult::*;
+        use CompareTarget::*;
+        assert!(check(cmp(
+            "a",
+            "c",
+            Version,
+            Greater,
+            TargetUnion::Version(0)
+        )));
+        assert!(!check(cmp(
+            "a",
+            "c",
+            Version,
+            Equal,
+            TargetUnion::Version(1)
+        )));
+        assert!(check(cmp("a", "c", Mod, Less, TargetUnion::ModRevision(5))));
+        assert!(!check(cmp(
+            "a",
+            "c",
+            Value,
+            Equal,
+            TargetUnion::Value(b"1".to_vec())
+        )));
+        assert!(check(cmp(
+            "b",
+            "",
+            Value,
+            Greater,
+            TargetUnion::Value(b"1".to_vec())
+        )));
+        // A target's value of another kind compares against 0.
+        assert!(check(cmp("a", "", Version, Greater, TargetUnion::Lease(5))));
+    }
+}

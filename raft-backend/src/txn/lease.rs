@@ -24,3 +24,49 @@ pub fn lease_revoke(txn: &mut WriteTxn<'_>, id: i64) -> Result<()> {
     }
     txn.remove_lease(id)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::{Command, CommandOutput};
+    use crate::mvcc::testing::TestStore;
+    use cairn_proto::etcdserverpb::{LeaseGrantRequest, LeaseRevokeRequest, PutRequest};
+
+    #[test]
+    fn revoking_deletes_the_attached_keys_at_one_revision() {
+        let mut s = TestStore::new();
+        s.apply(Command::LeaseGrant(LeaseGrantRequest { id: 7, ttl: 10 }))
+            .unwrap();
+        assert_eq!(
+            s.apply(Command::LeaseGrant(LeaseGrantRequest { id: 7, ttl: 10 })),
+            Err(StoreError::LeaseExists)
+        );
+        for k in ["a", "b"] {
+            s.apply(Command::Put(PutRequest {
+                key: k.into(),
+                lease: 7,
+                ..Default::default()
+            }))
+            .unwrap();
+        }
+        // "b" moves to no lease: it is no longer the lease's.
+        s.put("b", "free");
+        assert_eq!(s.read(|r| r.lease_keys(7)).unwrap(), vec![b"a".to_vec()]);
+        let before = s.state.current_rev;
+        let out = s
+            .apply(Command::LeaseRevoke(LeaseRevokeRequest { id: 7 }))
+            .unwrap();
+        let CommandOutput::LeaseRevoke(resp) = out else {
+            panic!("{out:?}")
+        };
+        assert_eq!(resp.header.unwrap().revision, before + 1);
+        assert_eq!(s.state.current_rev, before + 1);
+        assert!(s.read(|r| r.get(b"a")).unwrap().is_none());
+        assert!(s.read(|r| r.get(b"b")).unwrap().is_some());
+        assert_eq!(s.read(|r| r.leases()).unwrap(), vec![]);
+        assert_eq!(
+            s.apply(Command::LeaseRevoke(LeaseRevokeRequest { id: 7 })),
+            Err(StoreError::LeaseNotFound)
+        );
+    }
+}

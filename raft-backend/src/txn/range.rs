@@ -101,3 +101,148 @@ fn sort_kvs(kvs: &mut [KeyValue], order: i32, target: i32) {
         kvs.sort_by(by);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::Command;
+    use crate::mvcc::testing::{pairs, range_req, TestStore};
+    use cairn_proto::etcdserverpb::CompactionRequest;
+
+    /// a=3 (rev 2), b=1 (3), c=2 (4), then b=5 (5).
+    fn store() -> TestStore {
+        let mut s = TestStore::new();
+        s.put("a", "3");
+        s.put("b", "1");
+        s.put("c", "2");
+        s.put("b", "5");
+        s
+    }
+
+    fn p(k: &str, v: &str) -> (String, String) {
+        (k.into(), v.into())
+    }
+
+    #[test]
+    fn limit_sets_more_and_count_counts_every_key_in_range() {
+        let s = store();
+        let resp = s
+            .read(|r| {
+                range(
+                    r,
+                    &RangeRequest {
+                        limit: 2,
+                        ..range_req("a", "z")
+                    },
+                )
+            })
+            .unwrap();
+        assert_eq!(pairs(&resp.kvs), vec![p("a", "3"), p("b", "5")]);
+        assert_eq!((resp.more, resp.count), (true, 3));
+        assert_eq!(resp.header.unwrap().revision, 5);
+        let resp = s
+            .read(|r| {
+                range(
+                    r,
+                    &RangeRequest {
+                        count_only: true,
+                        ..range_req("a", "z")
+                    },
+                )
+            })
+            .unwrap();
+        assert_eq!((resp.kvs.len(), resp.count), (0, 3));
+    }
+
+    #[test]
+    fn sorts_by_every_target_and_a_target_without_order_ascends() {
+        let s = store();
+        let sorted = |order: SortOrder, target: SortTarget| {
+            let resp = s
+                .read(|r| {
+                    range(
+                        r,
+                        &RangeRequest {
+                            sort_order: order as i32,
+                            sort_target: target as i32,
+                            ..range_req("a", "z")
+                        },
+                    )
+                })
+                .unwrap();
+            pairs(&resp.kvs)
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            sorted(SortOrder::Descend, SortTarget::Value),
+            ["b", "a", "c"]
+        );
+        assert_eq!(
+            sorted(SortOrder::Ascend, SortTarget::Value),
+            ["c", "a", "b"]
+        );
+        assert_eq!(sorted(SortOrder::None, SortTarget::Mod), ["a", "c", "b"]);
+        assert_eq!(
+            sorted(SortOrder::Descend, SortTarget::Create),
+            ["c", "b", "a"]
+        );
+        // Ties keep key order.
+        assert_eq!(
+            sorted(SortOrder::Descend, SortTarget::Version),
+            ["b", "a", "c"]
+        );
+        assert_eq!(sorted(SortOrder::Descend, SortTarget::Key), ["c", "b", "a"]);
+        assert_eq!(sorted(SortOrder::None, SortTarget::Key), ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn filters_apply_before_the_limit_and_keys_only_drops_values() {
+        let s = store();
+        let resp = s
+            .read(|r| {
+                range(
+                    r,
+                    &RangeRequest {
+                        min_mod_revision: 4,
+                        limit: 1,
+                        keys_only: true,
+                        ..range_req("a", "z")
+                    },
+                )
+            })
+            .unwrap();
+        assert_eq!(pairs(&resp.kvs), vec![p("b", "")]);
+        // More than the limit passed the filter; count ignores filters.
+        assert_eq!((resp.more, resp.count), (true, 3));
+    }
+
+    #[test]
+    fn reads_at_a_revision_and_refuses_future_and_compacted_ones() {
+        let mut s = store();
+        let at = |s: &TestStore, revision| {
+            s.read(|r| {
+                range(
+                    r,
+                    &RangeRequest {
+                        revision,
+                        ..range_req("a", "z")
+                    },
+                )
+            })
+        };
+        assert_eq!(
+            pairs(&at(&s, 3).unwrap().kvs),
+            vec![p("a", "3"), p("b", "1")]
+        );
+        assert_eq!(at(&s, 6), Err(StoreError::FutureRev));
+        s.apply(Command::Compact(CompactionRequest {
+            revision: 4,
+            ..Default::default()
+        }))
+        .unwrap();
+        assert_eq!(at(&s, 3), Err(StoreError::Compacted));
+        assert_eq!(at(&s, 4).unwrap().kvs.len(), 3);
+    }
+}
