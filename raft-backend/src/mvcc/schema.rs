@@ -201,7 +201,7 @@ fn configure(conn: &Connection) -> Result<()> {
     // NORMAL: commits reach the OS but are not fsynced one by one. The Raft
     // log (raft-log/, fdatasync per group) is what makes a write durable before it
     // is acknowledged; after a power loss the store may restart at an older
-    // applied index, still consistent (the WAL is atomic), and openraft
+    // applied index, still consistent (the WAL is atomic), and replication
     // re-applies the log from there. The log is only purged behind a state
     // that `sync_to_disk` has made durable (the log store syncs before it purges).
     conn.pragma_update(None, "synchronous", "NORMAL")?;
