@@ -64,7 +64,7 @@ pub type EntryResult = Option<Result<CommandOutput>>;
 /// with. Dropped uncalled when the batch itself fails.
 pub type Answer = Box<dyn FnOnce(Result<Vec<EntryResult>>) + Send>;
 
-pub enum WriterMsg {
+enum WriterMsg {
     Apply {
         entries: Vec<LogEntry>,
         answer: Answer,
@@ -117,7 +117,7 @@ impl Writer {
         })
     }
 
-    pub fn send(&self, msg: WriterMsg) -> Result<()> {
+    fn send(&self, msg: WriterMsg) -> Result<()> {
         self.tx
             .as_ref()
             .ok_or(StoreError::Stopped)?
