@@ -120,8 +120,7 @@ impl Store {
             membership,
             opts.member_id,
             waiters.clone(),
-        )
-        .map_err(io("open the snapshot dir"))?;
+        )?;
         let replica = Arc::new(Replica::start(opts, log, sm, state.clone(), waiters).await?);
         Ok(Store {
             readers: Readers::new(&path, index, MAX_READERS),

@@ -177,12 +177,17 @@ impl StateMachine {
         membership: watch::Receiver<Option<Vec<u8>>>,
         member_id: u64,
         waiters: Waiters,
-    ) -> io::Result<Self> {
+    ) -> Result<Self> {
+        // A membership that does not decode refuses the open, as before
+        // anything else reads it.
+        decode_membership(membership.borrow().as_deref())?;
+        let snap_dir = snapshot::snapshot_dir(data_dir)
+            .map_err(|e| StoreError::io("prepare the snapshot dir", e))?;
         Ok(StateMachine {
             writer,
             inflight: Arc::default(),
             db_path,
-            snap_dir: snapshot::snapshot_dir(data_dir)?,
+            snap_dir,
             state,
             membership,
             member_id,
@@ -316,14 +321,52 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 return Err(io_err("cannot install this member's own store"))
             }
         };
-        let result = self.writer.install(path.clone()).await.map_err(io_err);
+        let result = self.writer.install(path.clone()).await.and_then(|()| {
+            // A membership the snapshot carried that does not decode fails
+            // the install, so that openraft stops this member.
+            decode_membership(self.membership.borrow().as_deref()).map(drop)
+        });
         // Installed rows live in the store now, which serves later snapshots.
         let _ = std::fs::remove_file(&path);
-        result
+        result.map_err(io_err)
     }
 
     /// The store as it is now, pinned: sent to a member that needs a snapshot.
     async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot<SnapshotData>>> {
         self.pin().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::types::{MemberInfo, Membership};
+    use std::collections::{BTreeMap, BTreeSet};
+
+    #[test]
+    fn a_membership_comes_back_from_the_store_as_it_went_in() {
+        let nodes = BTreeMap::from([
+            (
+                1,
+                MemberInfo {
+                    name: "one".into(),
+                    peer_urls: vec!["http://a:2380".into()],
+                    client_urls: vec!["http://a:2379".into()],
+                },
+            ),
+            (2, MemberInfo::default()),
+        ]);
+        let m = Membership::new(vec![BTreeSet::from([1])], nodes).unwrap();
+        let stored = StoredMembership::new(Some(LogId::new(3u64.into(), 9)), m);
+        let blob = encode_membership(&stored);
+        assert_eq!(decode_membership(Some(&blob)).unwrap(), stored);
+        assert_eq!(
+            decode_membership(None).unwrap(),
+            StoredMembership::default()
+        );
+        assert!(matches!(
+            decode_membership(Some(b"\xff\xff")),
+            Err(StoreError::Corrupt(_))
+        ));
     }
 }
