@@ -2,6 +2,9 @@
 //! etcd error; the shim maps them to gRPC status codes and etcd's exact messages
 //! in a single place.
 
+use std::fmt;
+use std::sync::Arc;
+
 use thiserror::Error;
 
 use crate::raft::membership_error::MembershipError;
@@ -39,9 +42,19 @@ pub enum StoreError {
     /// The apply loop is gone (shutdown or a fatal storage fault).
     #[error("store is stopped")]
     Stopped,
-    /// A storage fault; the message carries the underlying cause.
+    /// A storage fault the store itself detected; the message says what.
     #[error("storage: {0}")]
     Storage(String),
+    /// A SQLite call failed.
+    #[error("storage: {0}")]
+    Sqlite(#[source] Cause<rusqlite::Error>),
+    /// A file operation failed; `context` says which.
+    #[error("storage: {context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: Cause<std::io::Error>,
+    },
     /// Written data could not be decoded: the data dir is damaged.
     #[error("corrupt data: {0}")]
     Corrupt(String),
@@ -60,15 +73,112 @@ impl StoreError {
     pub fn is_storage_fault(&self) -> bool {
         matches!(
             self,
-            StoreError::Storage(_) | StoreError::Corrupt(_) | StoreError::Stopped
+            StoreError::Storage(_)
+                | StoreError::Sqlite(_)
+                | StoreError::Io { .. }
+                | StoreError::Corrupt(_)
+                | StoreError::Stopped
         )
+    }
+
+    /// A file operation's failure, with what was being done.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        StoreError::Io {
+            context: context.into(),
+            source: Cause(Arc::new(source)),
+        }
+    }
+
+    /// For a storage fault or corrupt data, what went wrong, without the
+    /// variant's prefix: what a client is told after "etcdserver: storage: ".
+    pub fn storage_detail(&self) -> Option<String> {
+        match self {
+            StoreError::Storage(m) | StoreError::Corrupt(m) => Some(m.clone()),
+            StoreError::Sqlite(e) => Some(e.to_string()),
+            StoreError::Io { context, source } => Some(format!("{context}: {source}")),
+            _ => None,
+        }
     }
 }
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        StoreError::Storage(e.to_string())
+        StoreError::Sqlite(Cause(Arc::new(e)))
     }
 }
 
+/// The underlying error of a storage fault, shared so that `StoreError`
+/// stays `Clone` (one fault answers every request of its batch). Two causes
+/// are equal when they say the same.
+#[derive(Debug)]
+pub struct Cause<E>(Arc<E>);
+
+impl<E> Clone for Cause<E> {
+    fn clone(&self) -> Self {
+        Cause(self.0.clone())
+    }
+}
+
+impl<E> Cause<E> {
+    pub fn get(&self) -> &E {
+        &self.0
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for Cause<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<E: std::error::Error> std::error::Error for Cause<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+impl<E: fmt::Display> PartialEq for Cause<E> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.to_string() == other.0.to_string()
+    }
+}
+
+impl<E: fmt::Display> Eq for Cause<E> {}
+
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn storage_faults_keep_their_source_and_their_message() {
+        let sqlite = rusqlite::Error::InvalidQuery;
+        let text = sqlite.to_string();
+        let e = StoreError::from(sqlite);
+        // The message clients get is what it was when the cause was a string.
+        assert_eq!(e.to_string(), format!("storage: {text}"));
+        assert_eq!(e.storage_detail(), Some(text.clone()));
+        assert_eq!(e.source().map(|s| s.to_string()), Some(text));
+        assert!(e.is_storage_fault());
+        assert_eq!(e.clone(), e);
+
+        let io = std::io::Error::other("disk on fire");
+        let e = StoreError::io("sync installed snapshot", io);
+        assert_eq!(
+            e.to_string(),
+            "storage: sync installed snapshot: disk on fire"
+        );
+        assert_eq!(
+            e.storage_detail().as_deref(),
+            Some("sync installed snapshot: disk on fire")
+        );
+        assert_eq!(
+            e.source().map(|s| s.to_string()).as_deref(),
+            Some("disk on fire")
+        );
+        assert!(e.is_storage_fault());
+        assert_eq!(StoreError::Compacted.storage_detail(), None);
+    }
+}

@@ -6,34 +6,23 @@
 //! Every applied batch is published to subscribers (the watch hub) from the
 //! apply loop itself, never by polling.
 
-mod apply;
-mod checkpointer;
 mod command;
-mod compactor;
 mod error;
-mod file_size;
-mod hash_kv;
-mod key_index;
-mod key_range;
-mod metrics;
-mod prev_kv_interest;
+mod mvcc;
 mod raft;
-mod readers;
-mod schema;
 mod store;
-mod view;
+mod txn;
 
-pub use apply::ApplyState;
 pub use command::{AppliedBatch, Command, CommandOutput, ImportRevision, RevisionEvents};
-pub use error::{Result, StoreError};
-pub use hash_kv::KvHash;
-pub use key_range::{prefix_end, KeyRange};
-pub use metrics::StoreMetrics;
-pub use prev_kv_interest::{PrevKvInterest, PrevKvWanted};
+pub use error::{Cause, Result, StoreError};
+pub use mvcc::schema::DOWNGRADE_TO_V1_FOR_TESTS;
+pub use mvcc::ApplyState;
+pub use mvcc::{
+    prefix_end, HistoryRead, KeyRange, KvHash, PrevKvInterest, PrevKvWanted, StoreMetrics,
+};
 pub use raft::{
     Bootstrap, LeaseAuthority, MemberInfo, MemberList, MembershipError, Peer, PeerService,
     PeerTransport, RaftStatus, RaftTiming, ReplicaOptions, LOG_DIR,
 };
-pub use schema::DOWNGRADE_TO_V1_FOR_TESTS;
 pub use store::{Store, StoreStatus, DB_FILE};
-pub use view::{is_txn_readonly, txn_has_put, HistoryRead};
+pub use txn::{is_txn_readonly, txn_has_put};

@@ -7,23 +7,25 @@ use std::sync::Arc;
 use cairn_proto::etcdserverpb::{RangeRequest, RangeResponse, TxnRequest, TxnResponse};
 use tokio::sync::{broadcast, watch};
 
-use crate::apply::ApplyState;
-use crate::checkpointer::{Checkpointer, WalRestart};
 use crate::command::{AppliedBatch, Command, CommandOutput};
-use crate::compactor::Compactor;
 use crate::error::{Result, StoreError};
-use crate::file_size::FileSize;
-use crate::key_index::KeyIndex;
-use crate::metrics::StoreMetrics;
-use crate::prev_kv_interest::{PrevKvInterest, PrevKvWanted};
+use crate::mvcc::apply_command::ApplyState;
+use crate::mvcc::checkpointer::{Checkpointer, WalRestart};
+use crate::mvcc::compactor::Compactor;
+use crate::mvcc::file_size::FileSize;
+use crate::mvcc::history::{self, HistoryRead};
+use crate::mvcc::key_index::KeyIndex;
+use crate::mvcc::metrics::StoreMetrics;
+use crate::mvcc::prev_kv_interest::{PrevKvInterest, PrevKvWanted};
+use crate::mvcc::readers::Readers;
+use crate::mvcc::schema;
+use crate::mvcc::writer::{Writer, WriterOutputs};
+use crate::mvcc::TxnRead;
 use crate::raft::{
-    Applier, ApplierMsg, ApplierOutputs, Bootstrap, LeaseAuthority, LogStore, MemberInfo,
-    MemberList, Peer, PeerService, PeerTransport, RaftStatus, Replica, ReplicaOptions,
-    StateMachine,
+    Bootstrap, LeaseAuthority, LogStore, MemberInfo, MemberList, Peer, PeerService, PeerTransport,
+    RaftStatus, Replica, ReplicaOptions, StateMachine,
 };
-use crate::readers::Readers;
-use crate::schema;
-use crate::view::HistoryRead;
+use crate::txn;
 
 /// How many applied batches a slow subscriber may fall behind before it is
 /// told it lagged (and must catch up from history).
@@ -39,7 +41,7 @@ pub struct Store {
     replica: Arc<Replica>,
     // Field order is drop order: apply stops before the compactor and
     // checkpointer it feeds.
-    applier: Arc<Applier>,
+    writer: Arc<Writer>,
     compactor: Arc<Compactor>,
     _checkpointer: Checkpointer,
     state: watch::Receiver<ApplyState>,
@@ -66,13 +68,13 @@ impl Store {
         opts: ReplicaOptions,
     ) -> Result<Self> {
         std::fs::create_dir_all(data_dir)
-            .map_err(|e| StoreError::Storage(format!("create {}: {e}", data_dir.display())))?;
+            .map_err(|e| StoreError::io(format!("create {}", data_dir.display()), e))?;
         let path = data_dir.join(DB_FILE);
         let conn = schema::open_writer(&path)?;
         let metrics = StoreMetrics::new(registry)
             .map_err(|e| StoreError::Storage(format!("register metrics: {e}")))?;
         let state_now = ApplyState::load(&conn)?;
-        let membership_now = crate::raft::applier_membership(&conn)?;
+        let membership_now = crate::mvcc::membership_blob::load(&conn)?;
         let (state_tx, state) = watch::channel(state_now);
         let (membership_tx, membership) = watch::channel(membership_now);
         let (events, _) = broadcast::channel(EVENT_BUFFER);
@@ -87,16 +89,14 @@ impl Store {
         let checkpointer = Checkpointer::start(&path, wal_restart.clone(), file_size.clone())?;
         let waiters = crate::raft::Waiters::default();
         let lease_changes = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let prev_kv = PrevKvInterest::from_env();
-        let applier = Arc::new(Applier::start(
+        let prev_kv = PrevKvInterest::default();
+        let writer = Arc::new(Writer::start(
             conn,
-            ApplierOutputs {
-                member_id: opts.member_id,
+            WriterOutputs {
                 state: state_tx,
                 events: events.clone(),
                 compactor: compactor.clone(),
                 metrics: metrics.clone(),
-                waiters: waiters.clone(),
                 membership: membership_tx,
                 lease_changes: lease_changes.clone(),
                 wal_restart,
@@ -105,28 +105,29 @@ impl Store {
                 file_size: file_size.clone(),
             },
         )?);
-        let io = |e: std::io::Error| StoreError::Storage(e.to_string());
+        let io = |context: &'static str| move |e: std::io::Error| StoreError::io(context, e);
         let synced = path.clone();
         let log = LogStore::open(
             data_dir,
             metrics.clone(),
             Box::new(move || schema::sync_to_disk(&synced)),
         )
-        .map_err(io)?;
+        .map_err(io("open the log"))?;
         let sm = StateMachine::new(
             data_dir,
             path.clone(),
-            applier.clone(),
+            writer.clone(),
             state.clone(),
             membership,
-        )
-        .map_err(io)?;
+            opts.member_id,
+            waiters.clone(),
+        )?;
         let replica = Arc::new(Replica::start(opts, log, sm, state.clone(), waiters).await?);
         Ok(Store {
             readers: Readers::new(&path, index, MAX_READERS),
             replica,
             path,
-            applier,
+            writer,
             compactor,
             _checkpointer: checkpointer,
             state,
@@ -270,19 +271,19 @@ impl Store {
     pub async fn range(&self, r: RangeRequest) -> Result<RangeResponse> {
         if r.range_end.is_empty() {
             // One key: a couple of index lookups, served without a thread hop.
-            return self.readers.read_inline(|v| v.range(&r));
+            return self.readers.read_inline(|v| txn::range(v, &r));
         }
-        self.readers.read(move |v| v.range(&r)).await
+        self.readers.read(move |v| txn::range(v, &r)).await
     }
 
     /// A txn with no writes at any depth, answered from a snapshot without a log entry.
     pub async fn txn_readonly(&self, t: TxnRequest) -> Result<TxnResponse> {
-        self.readers.read(move |v| v.txn(&t)).await
+        self.readers.read(move |v| txn::txn(v, &t)).await
     }
 
     /// Changes with revisions in `[from, to]`, stopping after the revision in
     /// which `max_events`, or `max_bytes` of keys and values, is reached (see
-    /// `View::events_between`); `Compacted` if `from` is below the compact
+    /// `history::events_between`); `Compacted` if `from` is below the compact
     /// revision.
     pub async fn events_between(
         &self,
@@ -292,7 +293,7 @@ impl Store {
         max_bytes: usize,
     ) -> Result<HistoryRead> {
         self.readers
-            .read(move |v| v.events_between(from, to, max_events, max_bytes))
+            .read(move |v| history::events_between(v, from, to, max_events, max_bytes))
             .await
     }
 
@@ -300,7 +301,7 @@ impl Store {
     /// from one consistent snapshot (see `hash_kv`).
     pub async fn hash_kv(&self, revision: i64) -> Result<crate::KvHash> {
         self.readers
-            .read(move |v| crate::hash_kv::hash_kv(v, revision))
+            .read(move |v| crate::mvcc::hash_kv::hash_kv(v, revision))
             .await
     }
 
@@ -336,7 +337,9 @@ impl Store {
     }
 
     pub async fn alarms(&self) -> Result<Vec<cairn_proto::etcdserverpb::AlarmMember>> {
-        self.readers.with_conn(crate::apply::list_alarms).await
+        self.readers
+            .with_conn(crate::mvcc::apply_command::list_alarms)
+            .await
     }
 
     /// Resolves when physical compaction has reached `revision`.
@@ -345,9 +348,7 @@ impl Store {
     }
 
     pub async fn defragment(&self) -> Result<()> {
-        self.applier
-            .call(|reply| ApplierMsg::Defragment { reply })
-            .await
+        self.writer.defragment().await
     }
 
     /// Every batch applied from now on, in order.

@@ -105,7 +105,11 @@ pub fn store_status(e: StoreError) -> Status {
             tracing::warn!(error = %msg, "the leader failed a forwarded request");
             Status::internal(format!("etcdserver: {msg}"))
         }
-        StoreError::Storage(msg) | StoreError::Corrupt(msg) => {
+        StoreError::Storage(_)
+        | StoreError::Sqlite(_)
+        | StoreError::Io { .. }
+        | StoreError::Corrupt(_) => {
+            let msg = e.storage_detail().unwrap_or_default();
             tracing::error!(error = %msg, "storage error");
             Status::internal(format!("etcdserver: storage: {msg}"))
         }

@@ -30,7 +30,7 @@ use tokio::sync::oneshot;
 use super::codec;
 use super::log_file::{self, LogFile};
 use super::types::{Entry, LogId, TypeConfig, Vote};
-use crate::metrics::StoreMetrics;
+use crate::mvcc::StoreMetrics;
 
 /// Where earlier builds kept the log (one SQLite file); imported once.
 const SQLITE_LOG_FILE: &str = "raft.db";

@@ -3,10 +3,10 @@
 //! and server (`peer_server`) side by side.
 //!
 //! Write path: `Replica::propose` → leader's log (`log_store`, group commit)
-//! → replicated and committed → `state_machine` → `applier` → SQLite →
-//! applied-event stream. Every openraft type stays inside this module tree.
+//! → replicated and committed → `state_machine` → the store's writer
+//! (`mvcc::writer`) → SQLite → applied-event stream. Every openraft type
+//! stays inside this module tree.
 
-mod applier;
 mod codec;
 mod error_map;
 mod forwarder;
@@ -27,9 +27,6 @@ mod state_machine;
 mod types;
 mod waiters;
 
-pub(crate) use applier::{
-    load_membership as applier_membership, Applier, ApplierMsg, ApplierOutputs,
-};
 pub use log_file::LOG_DIR;
 pub(crate) use log_store::LogStore;
 pub use membership_error::MembershipError;

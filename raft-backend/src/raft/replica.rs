@@ -18,11 +18,11 @@ use super::leader_liveness::{self, LeaderContact};
 use super::log_store::LogStore;
 use super::network::{Factory, Peer};
 use super::options::{member_list, Bootstrap, RaftStatus, ReplicaOptions};
-use super::state_machine::StateMachine;
-use super::types::{Raft, TypeConfig};
+use super::state_machine::{Raft, StateMachine};
+use super::types::TypeConfig;
 use super::waiters::Waiters;
-use crate::apply::ApplyState;
 use crate::error::{Result, StoreError};
+use crate::mvcc::ApplyState;
 
 pub struct Replica {
     pub(super) raft: Raft,

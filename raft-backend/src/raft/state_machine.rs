@@ -1,5 +1,8 @@
-//! openraft's view of the MVCC store: apply committed entries, and build or
-//! install snapshots.
+//! The one adapter between openraft and the store wing: committed entries
+//! become the writer's plain entries (`mvcc::writer`), whose results answer
+//! openraft's responders and this member's waiters; snapshots are the
+//! store's own (`mvcc::snapshot`), which this file and the network only
+//! carry.
 //!
 //! The store is its own snapshot, as etcd's backend is: "building" one only
 //! records the log id the store has reached (the log store syncs the store
@@ -10,6 +13,9 @@
 //! backend), and the sender copies that view into a file with SQLite's
 //! online backup while writes go on. The receiver installs the file by
 //! replacing every table's rows in one transaction.
+//!
+//! A membership is stored as opaque bytes; they are encoded and decoded
+//! here, with the peer protocol's codec.
 
 use std::collections::VecDeque;
 use std::io;
@@ -17,104 +23,148 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use futures::{Stream, StreamExt};
-use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::storage::{ApplyResponder, EntryResponder, RaftStateMachine};
 use openraft::{OptionalSend, RaftSnapshotBuilder};
-use rusqlite::Connection;
+use prost::Message;
 use tokio::sync::watch;
 
-use super::applier::{last_applied, load_membership, Applier, ApplierMsg};
-use super::types::{LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
-use crate::apply::ApplyState;
+use super::codec;
+use super::types::{
+    Entry, EntryPayload, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig,
+};
+use super::waiters::Waiters;
+use crate::error::{Result, StoreError};
+use crate::mvcc::snapshot::{self, PinnedPoint, PinnedStore};
+use crate::mvcc::writer::{Answer, EntryResult, LogEntry, Payload, Writer};
+use crate::mvcc::ApplyState;
 
-const SNAP_DIR: &str = "snap";
+// The snapshot types openraft carries are the store's (see `mvcc::snapshot`).
+pub use crate::mvcc::snapshot::{SnapshotCopy, SnapshotData};
 
-/// A snapshot's data: on the sending member, the live store pinned at the
-/// snapshot's log id; on the receiving member, the file that arrived.
-#[derive(Debug)]
-pub enum SnapshotData {
-    Pinned(PinnedStore),
-    Received(PathBuf),
-}
+/// The Raft core over this state machine.
+pub type Raft = openraft::Raft<TypeConfig, StateMachine>;
 
-/// A read transaction on the store, held open so the view cannot move.
-pub struct PinnedStore {
-    conn: Mutex<Connection>,
-    snap_dir: PathBuf,
-}
-
-impl std::fmt::Debug for PinnedStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PinnedStore")
-    }
-}
-
-/// A copy of a pinned store, removed when dropped.
-pub struct SnapshotCopy {
-    pub path: PathBuf,
-}
-
-impl Drop for SnapshotCopy {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-impl PinnedStore {
-    /// Copies the pinned view into a new file (blocking; the store's writer
-    /// goes on meanwhile, since a WAL reader does not hold it up).
-    pub fn copy_to_file(&self) -> io::Result<SnapshotCopy> {
-        let copy = SnapshotCopy {
-            path: unique(&self.snap_dir, "send"),
-        };
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let mut dest = Connection::open(&copy.path).map_err(io_err)?;
-        // One step copies every page inside the pinned read transaction; the
-        // backup API only opens a transaction of its own when none is open.
-        let backup = rusqlite::backup::Backup::new(&conn, &mut dest).map_err(io_err)?;
-        backup.step(-1).map_err(io_err)?;
-        drop(backup);
-        drop(dest);
-        Ok(copy)
-    }
-}
-
-/// Batches handed to the applier and not yet committed, beyond which
+/// Batches handed to the writer and not yet committed, beyond which
 /// `apply` waits: bounds the work queued behind a slow disk.
 const MAX_INFLIGHT_APPLIES: usize = 64;
 
-type Inflight = VecDeque<tokio::sync::oneshot::Receiver<crate::error::Result<()>>>;
+type Inflight = VecDeque<tokio::sync::oneshot::Receiver<Result<()>>>;
 
 #[derive(Clone)]
 pub struct StateMachine {
-    pub(crate) applier: Arc<Applier>,
+    writer: Arc<Writer>,
     inflight: Arc<Mutex<Inflight>>,
     db_path: PathBuf,
     snap_dir: PathBuf,
     state: watch::Receiver<ApplyState>,
-    membership: watch::Receiver<StoredMembership>,
+    /// The membership blob the store holds (see `encode_membership`).
+    membership: watch::Receiver<Option<Vec<u8>>>,
+    member_id: u64,
+    waiters: Waiters,
 }
 
 fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }
 
-fn unique(dir: &Path, prefix: &str) -> PathBuf {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    dir.join(format!("{prefix}-{nanos}-{n}.db"))
+/// How a membership is stored: the log id that set it with the membership.
+fn encode_membership(m: &StoredMembership) -> Vec<u8> {
+    codec::stored_membership_to_pb(m).encode_to_vec()
 }
 
-/// The applied log id and membership recorded in the store `conn` reads.
-fn read_meta(conn: &Connection) -> io::Result<SnapshotMeta> {
-    let state = ApplyState::load(conn).map_err(io_err)?;
-    let membership = load_membership(conn).map_err(io_err)?;
+/// The membership recorded in the store (the default before the first one).
+pub(crate) fn decode_membership(blob: Option<&[u8]>) -> Result<StoredMembership> {
+    match blob {
+        None => Ok(StoredMembership::default()),
+        Some(b) => {
+            let pb = cairn_proto::peer::SnapshotMeta::decode(b)
+                .map_err(|e| StoreError::Corrupt(format!("stored membership: {e}")))?;
+            codec::stored_membership_from_pb(pb)
+                .map_err(|e| StoreError::Corrupt(format!("stored membership: {e}")))
+        }
+    }
+}
+
+/// The last applied log id as the store recorded it.
+fn last_applied(state: &ApplyState) -> Option<LogId> {
+    (state.applied_index > 0).then(|| LogId::new(state.applied_term.into(), state.applied_index))
+}
+
+type Responder = Option<ApplyResponder<TypeConfig>>;
+
+/// Turns openraft's entries into the writer's plain ones, and returns with
+/// them what answers each entry once the writer is done: its responder (a
+/// proposal made on this member while it led) and its waiter (a client of
+/// this member whose write went through the leader).
+fn to_plain(
+    entries: Vec<(Entry, Responder)>,
+    member_id: u64,
+    waiters: Waiters,
+) -> (Vec<LogEntry>, Answer) {
+    let mut plain = Vec::with_capacity(entries.len());
+    let mut tickets: Vec<(Responder, Option<u64>)> = Vec::with_capacity(entries.len());
+    for (entry, responder) in entries {
+        let (payload, waiter) = match entry.payload {
+            EntryPayload::Blank => (Payload::Blank, None),
+            EntryPayload::Membership(m) => {
+                let stored = StoredMembership::new(Some(entry.log_id), m);
+                (Payload::Membership(encode_membership(&stored)), None)
+            }
+            EntryPayload::Normal(lc) => {
+                let waiter = (lc.origin == member_id).then_some(lc.request_id);
+                (Payload::Command(lc.cmd), waiter)
+            }
+        };
+        plain.push(LogEntry {
+            index: entry.log_id.index,
+            term: entry.log_id.leader_id.term,
+            payload,
+        });
+        tickets.push((responder, waiter));
+    }
+    let answer: Answer = Box::new(move |results| answer(tickets, results, &waiters));
+    (plain, answer)
+}
+
+fn answer(
+    tickets: Vec<(Responder, Option<u64>)>,
+    results: Result<Vec<EntryResult>>,
+    waiters: &Waiters,
+) {
+    let results = match results {
+        Ok(results) => results,
+        // Refused after a storage fault: only proposers hear of it.
+        Err(e) => {
+            for (responder, _) in tickets {
+                if let Some(r) = responder {
+                    r.send(Some(Err(e.clone())));
+                }
+            }
+            return;
+        }
+    };
+    for ((responder, waiter), result) in tickets.into_iter().zip(results) {
+        // The entry has a responder too only if this member has since
+        // become the leader the write was forwarded to.
+        match (waiter, responder, result) {
+            (Some(id), None, Some(r)) => waiters.resolve(id, r),
+            (Some(id), Some(responder), result) => {
+                if let Some(r) = &result {
+                    waiters.resolve(id, r.clone());
+                }
+                responder.send(result);
+            }
+            (None, Some(responder), result) => responder.send(result),
+            _ => {}
+        }
+    }
+}
+
+/// The snapshot meta of a pinned store: the log id and membership it reached.
+fn snapshot_meta(point: &PinnedPoint) -> Result<SnapshotMeta> {
     Ok(SnapshotMeta {
-        last_log_id: last_applied(&state),
-        last_membership: membership,
+        last_log_id: last_applied(&point.state),
+        last_membership: decode_membership(point.membership.as_deref())?,
     })
 }
 
@@ -122,24 +172,26 @@ impl StateMachine {
     pub(crate) fn new(
         data_dir: &Path,
         db_path: PathBuf,
-        applier: Arc<Applier>,
+        writer: Arc<Writer>,
         state: watch::Receiver<ApplyState>,
-        membership: watch::Receiver<StoredMembership>,
-    ) -> io::Result<Self> {
-        let snap_dir = data_dir.join(SNAP_DIR);
-        std::fs::create_dir_all(&snap_dir)?;
-        // Leftovers of a copy or a transfer that a crash interrupted (and
-        // the snapshot file earlier versions kept; the store replaces it).
-        for entry in std::fs::read_dir(&snap_dir)?.flatten() {
-            let _ = std::fs::remove_file(entry.path());
-        }
+        membership: watch::Receiver<Option<Vec<u8>>>,
+        member_id: u64,
+        waiters: Waiters,
+    ) -> Result<Self> {
+        // A membership that does not decode refuses the open, as before
+        // anything else reads it.
+        decode_membership(membership.borrow().as_deref())?;
+        let snap_dir = snapshot::snapshot_dir(data_dir)
+            .map_err(|e| StoreError::io("prepare the snapshot dir", e))?;
         Ok(StateMachine {
-            applier,
+            writer,
             inflight: Arc::default(),
             db_path,
             snap_dir,
             state,
             membership,
+            member_id,
+            waiters,
         })
     }
 
@@ -168,26 +220,20 @@ impl StateMachine {
 
     /// Where a snapshot arriving from the leader is written before install.
     pub fn receive_path(&self) -> PathBuf {
-        unique(&self.snap_dir, "recv")
+        snapshot::unique(&self.snap_dir, "recv")
     }
 
-    /// Opens a read transaction on the store and reads, inside it, the log
-    /// id and membership it has reached. `None` before anything is applied.
+    /// Pins the store (see `PinnedStore::pin`) with the log id and
+    /// membership it has reached. `None` before anything is applied.
     fn pin_blocking(db_path: &Path, snap_dir: &Path) -> io::Result<Option<Snapshot<SnapshotData>>> {
-        // Its own reader, not a pooled one: it stays open until the copy is sent.
-        let conn = crate::schema::open_reader(db_path).map_err(io_err)?;
-        conn.execute_batch("BEGIN DEFERRED").map_err(io_err)?;
-        // The first read starts the transaction's view; the meta comes from it.
-        let meta = read_meta(&conn)?;
+        let (pinned, point) = PinnedStore::pin(db_path, snap_dir).map_err(io_err)?;
+        let meta = snapshot_meta(&point).map_err(io_err)?;
         if meta.last_log_id.is_none() {
             return Ok(None);
         }
         Ok(Some(Snapshot {
             meta,
-            snapshot: SnapshotData::Pinned(PinnedStore {
-                conn: Mutex::new(conn),
-                snap_dir: snap_dir.to_path_buf(),
-            }),
+            snapshot: SnapshotData::Pinned(pinned),
         }))
     }
 
@@ -220,7 +266,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn applied_state(&mut self) -> io::Result<(Option<LogId>, StoredMembership)> {
         let state = *self.state.borrow();
-        Ok((last_applied(&state), self.membership.borrow().clone()))
+        let membership = decode_membership(self.membership.borrow().as_deref()).map_err(io_err)?;
+        Ok((last_applied(&state), membership))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> io::Result<()>
@@ -235,8 +282,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(());
         }
         // Handed over without waiting, so that batches queue behind a running
-        // commit and the applier folds them into its next one. Clients are
-        // answered by the applier after its commit, and reads wait for the
+        // commit and the writer folds them into its next one. Clients are
+        // answered by the writer after its commit, and reads wait for the
         // store's applied index, so nothing observes an entry before it is
         // in the store. openraft's own applied index runs ahead by the
         // queue, which is safe: snapshot points are read from the store, and
@@ -251,13 +298,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     .map_err(io_err)?;
             }
         }
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        self.applier
-            .send(ApplierMsg::Apply {
-                entries: batch,
-                reply,
-            })
-            .map_err(io_err)?;
+        let (entries, answer) = to_plain(batch, self.member_id, self.waiters.clone());
+        let rx = self.writer.apply(entries, answer).map_err(io_err)?;
         self.inflight().push_back(rx);
         Ok(())
     }
@@ -279,21 +321,52 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 return Err(io_err("cannot install this member's own store"))
             }
         };
-        let result = self
-            .applier
-            .call(|reply| ApplierMsg::Install {
-                path: path.clone(),
-                reply,
-            })
-            .await
-            .map_err(io_err);
+        let result = self.writer.install(path.clone()).await.and_then(|()| {
+            // A membership the snapshot carried that does not decode fails
+            // the install, so that openraft stops this member.
+            decode_membership(self.membership.borrow().as_deref()).map(drop)
+        });
         // Installed rows live in the store now, which serves later snapshots.
         let _ = std::fs::remove_file(&path);
-        result
+        result.map_err(io_err)
     }
 
     /// The store as it is now, pinned: sent to a member that needs a snapshot.
     async fn get_current_snapshot(&mut self) -> io::Result<Option<Snapshot<SnapshotData>>> {
         self.pin().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::types::{MemberInfo, Membership};
+    use std::collections::{BTreeMap, BTreeSet};
+
+    #[test]
+    fn a_membership_comes_back_from_the_store_as_it_went_in() {
+        let nodes = BTreeMap::from([
+            (
+                1,
+                MemberInfo {
+                    name: "one".into(),
+                    peer_urls: vec!["http://a:2380".into()],
+                    client_urls: vec!["http://a:2379".into()],
+                },
+            ),
+            (2, MemberInfo::default()),
+        ]);
+        let m = Membership::new(vec![BTreeSet::from([1])], nodes).unwrap();
+        let stored = StoredMembership::new(Some(LogId::new(3u64.into(), 9)), m);
+        let blob = encode_membership(&stored);
+        assert_eq!(decode_membership(Some(&blob)).unwrap(), stored);
+        assert_eq!(
+            decode_membership(None).unwrap(),
+            StoredMembership::default()
+        );
+        assert!(matches!(
+            decode_membership(Some(b"\xff\xff")),
+            Err(StoreError::Corrupt(_))
+        ));
     }
 }

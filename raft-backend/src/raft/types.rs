@@ -50,7 +50,6 @@ openraft::declare_raft_types!(
         LeaderId = openraft::impls::leader_id_std::LeaderId<u64, u64>,
 );
 
-pub type Raft = openraft::Raft<TypeConfig, super::state_machine::StateMachine>;
 pub type Entry = openraft::alias::EntryOf<TypeConfig>;
 pub type EntryPayload = openraft::EntryPayload<LogCommand, u64, MemberInfo>;
 pub type LogId = openraft::alias::LogIdOf<TypeConfig>;

@@ -21,8 +21,8 @@ use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::watch;
 
 use crate::error::Result;
-use crate::key_index::KeyIndex;
-use crate::schema::{self, meta};
+use crate::mvcc::key_index::KeyIndex;
+use crate::mvcc::schema::{self, meta};
 
 /// Keys compacted per transaction.
 const BATCH_KEYS: usize = 1000;
@@ -71,7 +71,7 @@ impl Compactor {
                     }
                 }
             })
-            .map_err(|e| crate::StoreError::Storage(format!("spawn compactor: {e}")))?;
+            .map_err(|e| crate::StoreError::io("spawn compactor", e))?;
         Ok(Compactor {
             targets,
             done,

@@ -3,12 +3,11 @@
 //!
 //! A checkpoint alone never makes the WAL shorter: SQLite starts writing it
 //! from the top again only when a write transaction begins with every frame
-//! already copied back. Under a steady write load the applier always has
+//! already copied back. Under a steady write load the writer always has
 //! committed new frames by the time a background checkpoint ends, so the WAL
-//! would grow without bound (measured: 850 MB in 15 s of puts against a
-//! 66 MB database, every new WAL page zeroed by the kernel on the apply
-//! thread). So after a background checkpoint that found the WAL long, the
-//! checkpointer asks the applier (`WalRestart`) to copy back the few frames
+//! would grow without bound, every new WAL page zeroed by the kernel on the
+//! apply thread. So after a background checkpoint that found the WAL long, the
+//! checkpointer asks the writer (`WalRestart`) to copy back the few frames
 //! written since, between two of its transactions; its next transaction then
 //! rewinds the WAL. The bulk of the copying and its fsync stay here.
 
@@ -21,22 +20,21 @@ use std::time::Duration;
 use rusqlite::Connection;
 
 use crate::error::{Result, StoreError};
-use crate::file_size::FileSize;
-use crate::schema;
+use crate::mvcc::file_size::FileSize;
+use crate::mvcc::schema;
 
 /// Each pass writes the pages dirtied since the last one and fsyncs the WAL
 /// and the database; the Raft log's fdatasync queues behind that writeback,
-/// so shorter passes give shorter stalls. Measured at 100 clients: put p99
-/// 41-43 ms at 1 s, 32-35 ms at 500 ms, 25-28 ms at 250 ms, 20-22 ms at
-/// 100 ms and no better at 50 ms; throughput within noise of each other.
+/// so shorter passes give shorter stalls, down to about this interval, below
+/// which the put tail gained nothing.
 const INTERVAL: Duration = Duration::from_millis(100);
 
 /// A WAL longer than this many frames (4 KiB pages) after a checkpoint is
-/// rewound by the applier; a shorter one is left to rewind by itself when
+/// rewound by the writer; a shorter one is left to rewind by itself when
 /// writes pause.
 const REWIND_FRAMES: i64 = 4096;
 
-/// Set by the checkpointer, taken by the applier between transactions.
+/// Set by the checkpointer, taken by the writer between transactions.
 #[derive(Clone, Default)]
 pub(crate) struct WalRestart(Arc<AtomicBool>);
 
@@ -81,7 +79,7 @@ impl Checkpointer {
                     size.refresh();
                 }
             })
-            .map_err(|e| StoreError::Storage(format!("spawn checkpointer: {e}")))?;
+            .map_err(|e| StoreError::io("spawn checkpointer", e))?;
         Ok(Checkpointer {
             stop: Some(stop),
             thread: Some(thread),
@@ -94,16 +92,11 @@ impl Checkpointer {
 const NICE: libc::c_int = 10;
 
 /// Lowers this thread's priority, so that a pass seldom holds a core that a
-/// request's thread is waiting for. On 2 cores, 3 members and 1 client
-/// (every put its own transaction, the cores ~65% busy) most puts slower
-/// than 1.5 ms overlapped a pass on some member. Put p99 through a
-/// follower, 6 alternating runs each: 1.70-2.59 ms (median 2.25) at normal
-/// priority, 1.64-2.18 ms (median 1.91) at nice 10.
+/// request's thread is waiting for: on a small machine the slowest puts are
+/// those that overlap a pass.
 ///
-/// Not the idle scheduling class, though it did better (median 1.76 ms):
-/// bench runs with it showed write stalls of 0.26-2 s at 100 clients (4
-/// rounds of 9; none above 85 ms in the 9 before it). That fits a priority
-/// inversion: a pass briefly holds SQLite's WAL locks (a read mark,
+/// Not the idle scheduling class: under load it showed write stalls of
+/// seconds, which fits a priority inversion: a pass briefly holds SQLite's WAL locks (a read mark,
 /// exclusively), a thread in that class can be kept off the cores for as
 /// long as anything else is runnable, and a transaction that needs the lock
 /// retries with growing sleeps. At nice 10 the thread still gets a bounded
@@ -155,7 +148,7 @@ mod tests {
         u32::from_be_bytes(header[12..16].try_into().unwrap())
     }
 
-    /// A store with the applier's connection and the checkpointer's.
+    /// A store with the writer's connection and the checkpointer's.
     struct Fixture {
         _dir: tempfile::TempDir,
         path: std::path::PathBuf,

@@ -9,9 +9,11 @@ use rusqlite::{params, Connection};
 
 use crate::command::{Command, CommandOutput, ImportRevision};
 use crate::error::{Result, StoreError};
-use crate::key_index::KeyIndex;
-use crate::schema::{meta, set_meta};
-use crate::view::{txn_has_put, View};
+use crate::mvcc::key_index::KeyIndex;
+use crate::mvcc::schema::{meta, set_meta};
+use crate::mvcc::txn_read::TxnRead;
+use crate::mvcc::write_txn::WriteTxn;
+use crate::txn::{self, txn_has_put};
 
 /// The counters the apply loop keeps in memory and persists with every batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,7 +26,7 @@ pub struct ApplyState {
 
 impl ApplyState {
     pub fn load(conn: &Connection) -> Result<Self> {
-        use crate::schema::get_meta;
+        use crate::mvcc::schema::get_meta;
         Ok(ApplyState {
             current_rev: get_meta(conn, meta::CURRENT_REV)?,
             compact_rev: get_meta(conn, meta::COMPACT_REV)?,
@@ -68,15 +70,15 @@ pub fn apply(
     prev_values: bool,
 ) -> Result<Applied> {
     let mut next = *state;
-    let mut view = View::with_revisions(conn, index, next.current_rev, next.compact_rev);
+    let mut wtx = WriteTxn::new(conn, index, next.current_rev, next.compact_rev);
     if !prev_values {
-        view.skip_prev_values();
+        wtx.skip_prev_values();
     }
-    let result = apply_to(conn, &mut view, &mut next, cmd);
+    let result = apply_to(conn, &mut wtx, &mut next, cmd);
     let (output, compacted_to) = match result {
         Ok(out) => out,
-        Err(e) if e.is_storage_fault() || !view.has_changes() => return Err(e),
-        // Every refusal is checked before the first write (view.rs); one
+        Err(e) if e.is_storage_fault() || !wtx.has_changes() => return Err(e),
+        // Every refusal is checked before the first write (txn/); one
         // after it is a bug, and under Raft a fault that stops this member.
         Err(e) => {
             return Err(StoreError::Storage(format!(
@@ -89,10 +91,10 @@ pub fn apply(
         // here, so that later imports keep the source's numbering.
         next.current_rev = imp.revision;
     }
-    let events = if view.has_changes() {
-        let rev = view.current_rev();
+    let events = if wtx.has_changes() {
+        let rev = wtx.current_rev();
         next.current_rev = rev;
-        Some((rev, view.into_events()))
+        Some((rev, wtx.into_events()))
     } else {
         None
     };
@@ -106,7 +108,7 @@ pub fn apply(
 
 fn apply_to<'c>(
     conn: &'c Connection,
-    view: &mut View<'c>,
+    wtx: &mut WriteTxn<'c>,
     state: &mut ApplyState,
     cmd: &Command,
 ) -> Result<(CommandOutput, Option<i64>)> {
@@ -116,14 +118,14 @@ fn apply_to<'c>(
             if nospace(conn)? {
                 return Err(StoreError::NoSpace);
             }
-            CommandOutput::Put(view.put(p)?)
+            CommandOutput::Put(txn::put(wtx, p)?)
         }
-        Command::DeleteRange(d) => CommandOutput::DeleteRange(view.delete_range(d)?),
+        Command::DeleteRange(d) => CommandOutput::DeleteRange(txn::delete_range(wtx, d)?),
         Command::Txn(t) => {
             if txn_has_put(t) && nospace(conn)? {
                 return Err(StoreError::NoSpace);
             }
-            CommandOutput::Txn(view.txn(t)?)
+            CommandOutput::Txn(txn::txn(wtx, t)?)
         }
         Command::Compact(c) => {
             if c.revision <= state.compact_rev {
@@ -149,7 +151,7 @@ fn apply_to<'c>(
             if nospace(conn)? {
                 return Err(StoreError::NoSpace);
             }
-            view.lease_grant(g.id, g.ttl)?;
+            txn::lease_grant(wtx, g.id, g.ttl)?;
             CommandOutput::LeaseGrant(LeaseGrantResponse {
                 header: Some(ResponseHeader::default()),
                 id: g.id,
@@ -158,10 +160,10 @@ fn apply_to<'c>(
             })
         }
         Command::LeaseRevoke(r) => {
-            view.lease_revoke(r.id)?;
+            txn::lease_revoke(wtx, r.id)?;
             CommandOutput::LeaseRevoke(LeaseRevokeResponse {
                 header: Some(ResponseHeader {
-                    revision: view.current_rev(),
+                    revision: wtx.current_rev(),
                     ..Default::default()
                 }),
             })
@@ -173,10 +175,10 @@ fn apply_to<'c>(
                     current: state.current_rev,
                 });
             }
-            // Writes through a view land one above its base revision, so base
+            // Writes through a write txn land one above its base revision, so base
             // it just below the revision being imported.
-            *view = View::with_revisions(conn, view.index(), imp.revision - 1, state.compact_rev);
-            import(view, imp)?;
+            *wtx = WriteTxn::new(conn, wtx.index(), imp.revision - 1, state.compact_rev);
+            import(wtx, imp)?;
             CommandOutput::Import {
                 revision: imp.revision,
             }
@@ -185,20 +187,20 @@ fn apply_to<'c>(
     Ok((output, compacted_to))
 }
 
-fn import(view: &mut View<'_>, imp: &ImportRevision) -> Result<()> {
+fn import(wtx: &mut WriteTxn<'_>, imp: &ImportRevision) -> Result<()> {
     for ev in &imp.events {
         let kv = ev.kv.clone().unwrap_or_default();
-        let prev = view.get(&kv.key)?;
+        let prev = wtx.get(&kv.key)?;
         if ev.r#type == EventType::Delete as i32 {
             if let Some(prev) = prev {
-                view.record_delete(prev, imp.revision)?;
+                wtx.record_delete(prev, imp.revision)?;
             }
         } else {
             let kv = cairn_proto::mvccpb::KeyValue {
                 mod_revision: imp.revision,
                 ..kv
             };
-            view.record_put(kv, prev)?;
+            wtx.record_put(kv, prev)?;
         }
     }
     Ok(())

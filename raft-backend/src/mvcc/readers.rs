@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex};
 use rusqlite::Connection;
 
 use crate::error::{Result, StoreError};
-use crate::key_index::KeyIndex;
-use crate::schema;
-use crate::view::View;
+use crate::mvcc::key_index::KeyIndex;
+use crate::mvcc::read_txn::ReadTxn;
+use crate::mvcc::schema;
 
 #[derive(Clone)]
 pub struct Readers {
@@ -34,13 +34,13 @@ impl Readers {
     pub async fn read<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&mut View<'_>) -> Result<T> + Send + 'static,
+        F: FnOnce(&mut ReadTxn<'_>) -> Result<T> + Send + 'static,
     {
         let index = self.index.clone();
         self.run(move |conn| {
             let tx = conn.transaction()?;
-            let mut view = View::open(&tx, &index)?;
-            f(&mut view)
+            let mut txn = ReadTxn::open(&tx, &index)?;
+            f(&mut txn)
         })
         .await
     }
@@ -50,19 +50,19 @@ impl Readers {
     /// and back costs more than the work.
     pub fn read_inline<T, F>(&self, f: F) -> Result<T>
     where
-        F: FnOnce(&mut View<'_>) -> Result<T>,
+        F: FnOnce(&mut ReadTxn<'_>) -> Result<T>,
     {
         let mut conn = self.checkout()?;
         let result = (|| {
             let tx = conn.transaction()?;
-            let mut view = View::open(&tx, &self.index)?;
-            f(&mut view)
+            let mut txn = ReadTxn::open(&tx, &self.index)?;
+            f(&mut txn)
         })();
         self.checkin(conn);
         result
     }
 
-    /// Runs `f` on a pooled connection outside any view (sizes, pragmas).
+    /// Runs `f` on a pooled connection outside any read transaction (sizes, pragmas).
     pub async fn with_conn<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,

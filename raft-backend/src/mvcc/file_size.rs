@@ -3,9 +3,9 @@
 //! In WAL mode commits only append to the WAL: the main file changes size
 //! only when pages are copied into it (a checkpoint) or when it is rewritten
 //! (defragmentation, a snapshot install). Those refresh this after they run,
-//! so the quota check every write makes reads an atomic; a stat per write was
-//! ~4% of a member's CPU at 20k puts/s, and etcd too checks against a size
-//! its backend keeps in memory.
+//! so the quota check every write makes reads an atomic rather than paying a
+//! stat per write, as etcd too checks against a size its backend keeps in
+//! memory.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};

@@ -2,39 +2,23 @@
 //!
 //! A put's event carries the key's previous version, value included, which
 //! only watchers that asked for `prev_kv` receive. Reading it cost every put
-//! a row read, about 5% of a member's CPU under load; etcd looks a previous
-//! kv up only when it sends an event to a watcher that wants it. The applier
-//! loads previous values while at least one such watcher exists and marks
-//! each applied batch with whether it did. A prev_kv watcher handed a batch
+//! a row read; etcd looks a previous kv up only when it sends an event to a
+//! watcher that wants it. The writer loads previous values while at least
+//! one such watcher exists and marks each applied batch with whether it did. A prev_kv watcher handed a batch
 //! without them reads those revisions from history instead, where every event
 //! has its previous kv, so the moment a watcher registers needs no
-//! coordination with the applier.
+//! coordination with the writer.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-
-/// Test hook: when set (to anything), the applier never loads previous kvs,
-/// so that every prev_kv watcher takes the history path an unlucky watcher
-/// takes when it registers during an apply. The e2e suite runs the watch
-/// differential against etcd with it.
-pub const NEVER_LOAD_ENV: &str = "CAIRN_TEST_PREV_KV_FROM_HISTORY";
 
 /// The count of watchers that want previous kvs.
 #[derive(Debug, Clone, Default)]
 pub struct PrevKvInterest {
     count: Arc<AtomicUsize>,
-    never: bool,
 }
 
 impl PrevKvInterest {
-    /// Honours [`NEVER_LOAD_ENV`].
-    pub fn from_env() -> Self {
-        PrevKvInterest {
-            never: std::env::var_os(NEVER_LOAD_ENV).is_some(),
-            ..Default::default()
-        }
-    }
-
     /// Counts one more watcher until the returned value is dropped.
     pub fn register(&self) -> PrevKvWanted {
         self.count.fetch_add(1, Ordering::SeqCst);
@@ -42,7 +26,12 @@ impl PrevKvInterest {
     }
 
     pub fn wanted(&self) -> bool {
-        !self.never && self.count.load(Ordering::SeqCst) > 0
+        // Fail point `prev_kv_never_load` (test builds only): the writer
+        // never loads previous kvs, so that every prev_kv watcher takes the
+        // history path an unlucky watcher takes when it registers during an
+        // apply. The e2e suite runs the watch differential against etcd with it.
+        fail::fail_point!("prev_kv_never_load", |_| false);
+        self.count.load(Ordering::SeqCst) > 0
     }
 }
 
@@ -70,5 +59,18 @@ mod tests {
         assert!(interest.wanted());
         drop(b);
         assert!(!interest.wanted());
+    }
+
+    #[cfg(feature = "failpoints")]
+    #[test]
+    fn the_fail_point_withdraws_every_want() {
+        let scenario = fail::FailScenario::setup();
+        let interest = PrevKvInterest::default();
+        let _a = interest.register();
+        fail::cfg("prev_kv_never_load", "return").unwrap();
+        assert!(!interest.wanted());
+        fail::remove("prev_kv_never_load");
+        assert!(interest.wanted());
+        scenario.teardown();
     }
 }

@@ -9,12 +9,10 @@
 //!
 //! Because rows are appended in apply order, and revisions only grow, row ids
 //! order the rows by revision too: a read of the changes since a revision
-//! finds its first row by bisecting the row ids (`View::events_between`).
+//! finds its first row by bisecting the row ids (`history::events_between`).
 //! Version 3 stores written before this kept an index on `rev`
 //! (`history_rev`) for that. It cost every commit one more 4 KiB page in the
-//! WAL, which at 1 client was a third of what a put wrote and showed in the
-//! put tail (3 members, 1 client, through a follower, 6 alternating runs:
-//! p99 1.45-1.93 ms without it, 1.87-2.36 ms with it). It is dropped at open.
+//! WAL, which showed in the put tail. It is dropped at open.
 //! The layout is otherwise unchanged, so the version stays 3: a binary from
 //! before reads a store without the index (and creates it again at its next
 //! open), and this one reads a store with it.
@@ -22,8 +20,7 @@
 //! Version 1 also indexed history by `(key, rev)`, and versions 1 and 2 kept
 //! a `live` table (key -> newest row): each cost every write a B-tree leaf
 //! rewritten at a random place, which the checkpoints then wrote back and the
-//! Raft log's fdatasync queued behind (the index alone: put p99 20 -> 13 ms,
-//! one member, 100 clients).
+//! Raft log's fdatasync queued behind.
 
 use std::path::Path;
 
@@ -204,7 +201,7 @@ fn configure(conn: &Connection) -> Result<()> {
     // NORMAL: commits reach the OS but are not fsynced one by one. The Raft
     // log (raft-log/, fdatasync per group) is what makes a write durable before it
     // is acknowledged; after a power loss the store may restart at an older
-    // applied index, still consistent (the WAL is atomic), and openraft
+    // applied index, still consistent (the WAL is atomic), and replication
     // re-applies the log from there. The log is only purged behind a state
     // that `sync_to_disk` has made durable (the log store syncs before it purges).
     conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -214,7 +211,7 @@ fn configure(conn: &Connection) -> Result<()> {
     // holds dirty ones and stays small. A large one costs at every commit:
     // SQLite parks a page at the locking page's number while it rebalances a
     // B-tree, and the commit then scans the whole cache to drop pages past
-    // the end of the file (measured at 64 MiB: 6% of a member's CPU).
+    // the end of the file.
     conn.pragma_update(None, "cache_size", -8192)?;
     conn.pragma_update(None, "mmap_size", MMAP_SIZE)?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;

@@ -17,7 +17,9 @@ use prost::Message;
 use rusqlite::OptionalExtension;
 
 use crate::error::{Result, StoreError};
-use crate::view::{row_to_kv, View};
+use crate::mvcc::history::first_row_from;
+use crate::mvcc::read_txn::ReadTxn;
+use crate::mvcc::txn_read::{row_to_kv, TxnRead};
 
 /// etcd's `HashKVResponse` fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +34,7 @@ pub struct KvHash {
 const ROW_COLUMNS: &str = "key, create_rev, rev, version, lease, value, tombstone, sub";
 
 /// The hash of everything up to `revision` (0: the current revision), as
-/// etcd 3.6's `HashByRev` defines it, on `view`'s snapshot. A revision below
+/// etcd 3.6's `HashByRev` defines it, on `txn`'s snapshot. A revision below
 /// the compact revision is refused, as is one in the future (etcd 3.5.0 to
 /// 3.5.9 also refused the compact revision itself; 3.5.10 and later hash it).
 ///
@@ -41,8 +43,8 @@ const ROW_COLUMNS: &str = "key, create_rev, rev, version, lease, value, tombston
 /// the compact revision, unless a tombstone) count if they are still their
 /// key's newest version at the hashed revision; but if no key at all is
 /// live at the hashed revision, all of them count.
-pub fn hash_kv(view: &View<'_>, revision: i64) -> Result<KvHash> {
-    let (current_rev, compact_rev) = (view.current_rev(), view.compact_rev());
+pub fn hash_kv(txn: &ReadTxn<'_>, revision: i64) -> Result<KvHash> {
+    let (current_rev, compact_rev) = (txn.current_rev(), txn.compact_rev());
     if revision > 0 && revision < compact_rev {
         return Err(StoreError::Compacted);
     }
@@ -53,16 +55,16 @@ pub fn hash_kv(view: &View<'_>, revision: i64) -> Result<KvHash> {
     let mut hash = Hasher::default();
     // Below revision 1 etcd hashes no revision, only the bucket name.
     if upto >= 1 {
-        let conn = view.conn();
+        let conn = txn.conn();
         let mut by_id =
             conn.prepare(&format!("SELECT {ROW_COLUMNS} FROM history WHERE id = ?1"))?;
-        for id in counted_at_compaction(view, compact_rev, upto)? {
+        for id in counted_at_compaction(txn, compact_rev, upto)? {
             if let Some((kv, tombstone, sub)) = by_id.query_row([id], read_row).optional()? {
                 hash.row(kv, tombstone, sub);
             }
         }
         // Row order is revision order (see `schema`).
-        if let Some(first) = view.first_row_from(compact_rev + 1)? {
+        if let Some(first) = first_row_from(txn.conn(), compact_rev + 1)? {
             let mut scan = conn.prepare(&format!(
                 "SELECT {ROW_COLUMNS} FROM history WHERE id >= ?1 ORDER BY id"
             ))?;
@@ -86,14 +88,14 @@ pub fn hash_kv(view: &View<'_>, revision: i64) -> Result<KvHash> {
 /// The ids, in row order, of the rows at or below the compact revision that
 /// etcd's hash counts when hashing up to `upto` (the rule in `hash_kv`),
 /// from the key index rather than a scan of the rows.
-fn counted_at_compaction(view: &View<'_>, compact_rev: i64, upto: i64) -> Result<Vec<i64>> {
+fn counted_at_compaction(txn: &ReadTxn<'_>, compact_rev: i64, upto: i64) -> Result<Vec<i64>> {
     if compact_rev < 1 {
         return Ok(Vec::new());
     }
     let mut any_live = false;
     // (id, still the key's newest version at `upto`)
     let mut kept: Vec<(i64, bool)> = Vec::new();
-    view.newest_at_each(compact_rev, upto, |at_compact, at_upto| {
+    txn.newest_at_each(compact_rev, upto, |at_compact, at_upto| {
         any_live |= at_upto.is_some_and(|v| !v.tombstone);
         if let Some(v) = at_compact.filter(|v| !v.tombstone) {
             kept.push((v.id, at_upto.is_some_and(|u| u.id == v.id)));

@@ -6,7 +6,7 @@
 //! rewritten at a random place, which the checkpoints then wrote back.
 //!
 //! Consistency with the readers' SQLite snapshots:
-//! - The applier adds a write's versions before its transaction commits, so
+//! - The writer adds a write's versions before its transaction commits, so
 //!   a snapshot never holds a row the index lacks. A reader ignores versions
 //!   above its snapshot's revision, which is all an uncommitted write has.
 //! - Compaction prunes here before it deletes rows, and refuses from then on
@@ -21,7 +21,7 @@ use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use rusqlite::Connection;
 
 use crate::error::{Result, StoreError};
-use crate::key_range::KeyRange;
+use crate::mvcc::key_range::KeyRange;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Version {
@@ -161,7 +161,7 @@ impl KeyIndex {
     /// Calls `f` with every key's newest versions at revisions `a` and `b`
     /// (tombstones included), in key order: whole-keyspace work such as
     /// HashKV, without a scan of the rows. The read lock is taken per
-    /// `EACH_BATCH` keys, so that the applier's writes wait for one batch,
+    /// `EACH_BATCH` keys, so that the writer's writes wait for one batch,
     /// not for the whole keyspace. Versions up to the reader's revision do
     /// not change meanwhile, except by compaction, and a compaction past
     /// `min(a, b)` in the middle is caught by the check each batch repeats
@@ -193,7 +193,7 @@ impl KeyIndex {
         }
     }
 
-    /// Records a version the applier is writing.
+    /// Records a version the writer is writing.
     pub fn push(&self, key: &[u8], v: Version) {
         let mut inner = self.write();
         match inner.keys.get_mut(key) {

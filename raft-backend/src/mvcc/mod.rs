@@ -1,0 +1,36 @@
+//! The store wing: etcd's revisioned MVCC keyspace kept in SQLite, written by
+//! one thread (`writer`) that applies plain log entries in order. Nothing
+//! here knows about Raft: entries arrive as (index, term, payload), and a
+//! membership is opaque bytes the replication wing encodes.
+
+pub(crate) mod apply_command;
+pub(crate) mod checkpointer;
+pub(crate) mod compactor;
+pub(crate) mod defragment;
+pub(crate) mod file_size;
+pub(crate) mod hash_kv;
+pub(crate) mod history;
+pub(crate) mod key_index;
+pub(crate) mod key_range;
+pub(crate) mod membership_blob;
+pub(crate) mod metrics;
+pub(crate) mod prev_kv_interest;
+pub(crate) mod read_txn;
+pub(crate) mod readers;
+pub(crate) mod schema;
+pub(crate) mod snapshot;
+#[cfg(test)]
+pub(crate) mod testing;
+pub(crate) mod txn_read;
+pub(crate) mod write_txn;
+pub(crate) mod writer;
+
+pub use apply_command::ApplyState;
+pub use hash_kv::KvHash;
+pub use history::HistoryRead;
+pub use key_range::{prefix_end, KeyRange};
+pub use metrics::StoreMetrics;
+pub use prev_kv_interest::{PrevKvInterest, PrevKvWanted};
+pub use read_txn::ReadTxn;
+pub use txn_read::TxnRead;
+pub use write_txn::WriteTxn;
