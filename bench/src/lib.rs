@@ -60,6 +60,9 @@ use phase::{check_phase, run_phase, Ctx, Keys, Op, Rng, Stop};
 /// Runs `cairn bench`.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     validate(&args)?;
+    if args.workload == Workload::Watch {
+        watch::validate(&args)?;
+    }
     let run_start = Instant::now();
     let hard_deadline = run_start + args.time_limit;
     let endpoints: Vec<String> = args

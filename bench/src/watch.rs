@@ -79,7 +79,7 @@ fn planned_writes(args: &BenchArgs) -> u64 {
     args.total.map_or(n, |t| n.min(t))
 }
 
-pub(super) fn validate(args: &BenchArgs) -> anyhow::Result<()> {
+pub(crate) fn validate(args: &BenchArgs) -> anyhow::Result<()> {
     if args.watchers == 0 || args.watchers_per_stream == 0 {
         bail!("--watchers and --watchers-per-stream must be at least 1");
     }
@@ -768,7 +768,7 @@ fn quantiles_us(h: &Histogram<u64>) -> serde_json::Value {
 }
 
 /// Runs the watch fan-out workload on connections already open.
-pub(super) async fn run(
+pub(crate) async fn run(
     args: &BenchArgs,
     endpoints: Vec<String>,
     channels: Vec<Channel>,
@@ -1270,7 +1270,8 @@ mod tests {
         }
         let a = Cli::parse_from(["x", "--workload", "watch"]).b;
         assert_eq!(planned_writes(&a), 10_000);
-        assert!(super::super::validate(&a).is_ok());
+        assert!(crate::args::validate(&a).is_ok());
+        assert!(super::validate(&a).is_ok());
         let a = Cli::parse_from([
             "x",
             "--workload",
@@ -1285,9 +1286,9 @@ mod tests {
         let a = Cli::parse_from(["x", "--workload", "watch", "--total", "7"]).b;
         assert_eq!(planned_writes(&a), 7);
         let a = Cli::parse_from(["x", "--workload", "watch", "--val-size", "8"]).b;
-        assert!(super::super::validate(&a).is_err());
+        assert!(super::validate(&a).is_err());
         let a = Cli::parse_from(["x", "--workload", "watch", "--watchers", "0"]).b;
-        assert!(super::super::validate(&a).is_err());
+        assert!(super::validate(&a).is_err());
     }
 
     #[test]
