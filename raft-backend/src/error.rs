@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
-use crate::raft::membership_error::MembershipError;
+use crate::replication::membership_error::MembershipError;
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum StoreError {

@@ -6,10 +6,11 @@
 //! Every applied batch is published to subscribers (the watch hub) from the
 //! apply loop itself, never by polling.
 
+mod apply;
 mod command;
 mod error;
 mod mvcc;
-mod raft;
+mod replication;
 mod store;
 mod txn;
 
@@ -20,7 +21,7 @@ pub use mvcc::ApplyState;
 pub use mvcc::{
     prefix_end, HistoryRead, KeyRange, KvHash, PrevKvInterest, PrevKvWanted, StoreMetrics,
 };
-pub use raft::{
+pub use replication::{
     Bootstrap, LeaseAuthority, MemberInfo, MemberList, MembershipError, Peer, PeerService,
     PeerTransport, RaftStatus, RaftTiming, ReplicaOptions, LOG_DIR,
 };

@@ -7,9 +7,10 @@ use std::sync::Arc;
 use cairn_proto::etcdserverpb::{RangeRequest, RangeResponse, TxnRequest, TxnResponse};
 use tokio::sync::{broadcast, watch};
 
+use crate::apply::writer::{Writer, WriterOutputs};
 use crate::command::{AppliedBatch, Command, CommandOutput};
 use crate::error::{Result, StoreError};
-use crate::mvcc::apply_command::ApplyState;
+use crate::mvcc::apply_state::ApplyState;
 use crate::mvcc::checkpointer::{Checkpointer, WalRestart};
 use crate::mvcc::compactor::Compactor;
 use crate::mvcc::file_size::FileSize;
@@ -19,9 +20,8 @@ use crate::mvcc::metrics::StoreMetrics;
 use crate::mvcc::prev_kv_interest::{PrevKvInterest, PrevKvWanted};
 use crate::mvcc::readers::Readers;
 use crate::mvcc::schema;
-use crate::mvcc::writer::{Writer, WriterOutputs};
 use crate::mvcc::TxnRead;
-use crate::raft::{
+use crate::replication::{
     Bootstrap, LeaseAuthority, LogStore, MemberInfo, MemberList, Peer, PeerService, PeerTransport,
     RaftStatus, Replica, ReplicaOptions, StateMachine,
 };
@@ -87,7 +87,7 @@ impl Store {
         let wal_restart = WalRestart::default();
         let file_size = FileSize::new(&path);
         let checkpointer = Checkpointer::start(&path, wal_restart.clone(), file_size.clone())?;
-        let waiters = crate::raft::Waiters::default();
+        let waiters = crate::replication::Waiters::default();
         let lease_changes = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let prev_kv = PrevKvInterest::default();
         let writer = Arc::new(Writer::start(
@@ -338,7 +338,7 @@ impl Store {
 
     pub async fn alarms(&self) -> Result<Vec<cairn_proto::etcdserverpb::AlarmMember>> {
         self.readers
-            .with_conn(crate::mvcc::apply_command::list_alarms)
+            .with_conn(crate::mvcc::alarms::list_alarms)
             .await
     }
 

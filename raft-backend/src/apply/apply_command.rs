@@ -1,48 +1,19 @@
 //! Applies one command to the state machine inside the writer's transaction.
 
 use cairn_proto::etcdserverpb::{
-    alarm_request::AlarmAction, AlarmMember, AlarmRequest, AlarmResponse, AlarmType,
     CompactionResponse, LeaseGrantResponse, LeaseRevokeResponse, ResponseHeader,
 };
 use cairn_proto::mvccpb::event::EventType;
-use rusqlite::{params, Connection};
+use rusqlite::Connection;
 
 use crate::command::{Command, CommandOutput, ImportRevision};
 use crate::error::{Result, StoreError};
+use crate::mvcc::alarms::{apply_alarm, nospace};
+use crate::mvcc::apply_state::ApplyState;
 use crate::mvcc::key_index::KeyIndex;
-use crate::mvcc::schema::{meta, set_meta};
 use crate::mvcc::txn_read::TxnRead;
 use crate::mvcc::write_txn::WriteTxn;
 use crate::txn::{self, txn_has_put};
-
-/// The counters the apply loop keeps in memory and persists with every batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ApplyState {
-    pub current_rev: i64,
-    pub compact_rev: i64,
-    pub applied_index: u64,
-    pub applied_term: u64,
-}
-
-impl ApplyState {
-    pub fn load(conn: &Connection) -> Result<Self> {
-        use crate::mvcc::schema::get_meta;
-        Ok(ApplyState {
-            current_rev: get_meta(conn, meta::CURRENT_REV)?,
-            compact_rev: get_meta(conn, meta::COMPACT_REV)?,
-            applied_index: get_meta(conn, meta::APPLIED_INDEX)? as u64,
-            applied_term: get_meta(conn, meta::APPLIED_TERM)? as u64,
-        })
-    }
-
-    pub fn persist(&self, conn: &Connection) -> Result<()> {
-        set_meta(conn, meta::CURRENT_REV, self.current_rev)?;
-        set_meta(conn, meta::COMPACT_REV, self.compact_rev)?;
-        set_meta(conn, meta::APPLIED_INDEX, self.applied_index as i64)?;
-        set_meta(conn, meta::APPLIED_TERM, self.applied_term as i64)?;
-        Ok(())
-    }
-}
 
 /// What applying one command produced.
 pub struct Applied {
@@ -204,52 +175,4 @@ fn import(wtx: &mut WriteTxn<'_>, imp: &ImportRevision) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn nospace(conn: &Connection) -> Result<bool> {
-    Ok(conn
-        .prepare_cached("SELECT 1 FROM alarms WHERE alarm = ?1 LIMIT 1")?
-        .exists([AlarmType::Nospace as i32])?)
-}
-
-/// Every active alarm, ordered by member and type.
-pub fn list_alarms(conn: &Connection) -> Result<Vec<AlarmMember>> {
-    let mut stmt =
-        conn.prepare_cached("SELECT member_id, alarm FROM alarms ORDER BY member_id, alarm")?;
-    let rows = stmt.query_map([], |r| {
-        Ok(AlarmMember {
-            member_id: r.get::<_, i64>(0)? as u64,
-            alarm: r.get(1)?,
-        })
-    })?;
-    Ok(rows.collect::<std::result::Result<_, _>>()?)
-}
-
-fn apply_alarm(conn: &Connection, a: &AlarmRequest) -> Result<AlarmResponse> {
-    let member = |member_id: u64, alarm: i32| AlarmMember { member_id, alarm };
-    let mut alarms = Vec::new();
-    match AlarmAction::try_from(a.action).unwrap_or(AlarmAction::Get) {
-        AlarmAction::Get => alarms = list_alarms(conn)?,
-        AlarmAction::Activate => {
-            if a.alarm != AlarmType::None as i32 {
-                conn.prepare_cached(
-                    "INSERT OR IGNORE INTO alarms (member_id, alarm) VALUES (?1, ?2)",
-                )?
-                .execute(params![a.member_id as i64, a.alarm])?;
-                alarms.push(member(a.member_id, a.alarm));
-            }
-        }
-        AlarmAction::Deactivate => {
-            let removed = conn
-                .prepare_cached("DELETE FROM alarms WHERE member_id = ?1 AND alarm = ?2")?
-                .execute(params![a.member_id as i64, a.alarm])?;
-            if removed > 0 {
-                alarms.push(member(a.member_id, a.alarm));
-            }
-        }
-    }
-    Ok(AlarmResponse {
-        header: Some(ResponseHeader::default()),
-        alarms,
-    })
 }

@@ -26,9 +26,10 @@ use std::time::Instant;
 use rusqlite::Connection;
 use tokio::sync::{broadcast, oneshot, watch};
 
+use crate::apply::apply_command::apply;
 use crate::command::{AppliedBatch, Command, CommandOutput, RevisionEvents};
 use crate::error::{Result, StoreError};
-use crate::mvcc::apply_command::{apply, ApplyState};
+use crate::mvcc::apply_state::ApplyState;
 use crate::mvcc::checkpointer::WalRestart;
 use crate::mvcc::compactor::Compactor;
 use crate::mvcc::file_size::FileSize;

@@ -3,7 +3,8 @@
 //! here knows about Raft: entries arrive as (index, term, payload), and a
 //! membership is opaque bytes the replication wing encodes.
 
-pub(crate) mod apply_command;
+pub(crate) mod alarms;
+pub(crate) mod apply_state;
 pub(crate) mod checkpointer;
 pub(crate) mod compactor;
 pub(crate) mod defragment;
@@ -23,9 +24,8 @@ pub(crate) mod snapshot;
 pub(crate) mod testing;
 pub(crate) mod txn_read;
 pub(crate) mod write_txn;
-pub(crate) mod writer;
 
-pub use apply_command::ApplyState;
+pub use apply_state::ApplyState;
 pub use hash_kv::KvHash;
 pub use history::HistoryRead;
 pub use key_range::{prefix_end, KeyRange};

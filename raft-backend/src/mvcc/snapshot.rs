@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use rusqlite::Connection;
 
 use crate::error::{Result, StoreError};
-use crate::mvcc::apply_command::ApplyState;
+use crate::mvcc::apply_state::ApplyState;
 use crate::mvcc::{membership_blob, schema};
 
 const SNAP_DIR: &str = "snap";
@@ -154,8 +154,8 @@ pub fn install(conn: &mut Connection, snapshot: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::apply::apply_command::apply;
     use crate::command::Command;
-    use crate::mvcc::apply_command::apply;
     use crate::mvcc::key_index::KeyIndex;
     use crate::mvcc::read_txn::ReadTxn;
     use crate::mvcc::TxnRead;

@@ -7,9 +7,10 @@ use std::sync::Arc;
 use cairn_proto::etcdserverpb::{PutRequest, RangeRequest};
 use rusqlite::Connection;
 
+use crate::apply::apply_command::apply;
 use crate::command::{Command, CommandOutput};
 use crate::error::Result;
-use crate::mvcc::apply_command::{apply, ApplyState};
+use crate::mvcc::apply_state::ApplyState;
 use crate::mvcc::key_index::KeyIndex;
 use crate::mvcc::read_txn::ReadTxn;
 use crate::mvcc::schema;

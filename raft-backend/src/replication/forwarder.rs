@@ -254,7 +254,7 @@ mod tests {
     use openraft::{Membership, RaftMetrics, StoredMembership};
 
     use super::*;
-    use crate::raft::types::MemberInfo;
+    use crate::replication::types::MemberInfo;
 
     fn forwarder(leader: Option<u64>, leader_url: &str) -> (Forwarder, Waiters) {
         let mut metrics = RaftMetrics::<TypeConfig>::new_initial(1);

@@ -518,7 +518,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft::types::EntryPayload;
+    use crate::replication::types::EntryPayload;
 
     fn entry(index: u64) -> Entry {
         Entry {

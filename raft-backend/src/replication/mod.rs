@@ -4,7 +4,7 @@
 //!
 //! Write path: `Replica::propose` → leader's log (`log_store`, group commit)
 //! → replicated and committed → `state_machine` → the store's writer
-//! (`mvcc::writer`) → SQLite → applied-event stream. Every openraft type
+//! (`apply::writer`) → SQLite → applied-event stream. Every openraft type
 //! stays inside this module tree.
 
 mod codec;

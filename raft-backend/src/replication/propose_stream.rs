@@ -136,7 +136,7 @@ mod tests {
     use tonic::{Request, Response};
 
     use super::*;
-    use crate::raft::network::PeerTransport;
+    use crate::replication::network::PeerTransport;
 
     /// A batch whose first request id is this ends the answer stream.
     const CLOSE: u64 = 999;

@@ -2,7 +2,7 @@
 //! knows (leader, term, membership). What it does is in the files beside:
 //! `propose` (writes), `read_index` (linearizable reads), `membership`
 //! (member changes), `peer_handlers` (Raft messages from peers). Upgrading
-//! openraft touches this module tree (`raft/`) only.
+//! openraft touches this module tree (`replication/`) only.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;

@@ -1,5 +1,5 @@
 //! The one adapter between openraft and the store wing: committed entries
-//! become the writer's plain entries (`mvcc::writer`), whose results answer
+//! become the writer's plain entries (`apply::writer`), whose results answer
 //! openraft's responders and this member's waiters; snapshots are the
 //! store's own (`mvcc::snapshot`), which this file and the network only
 //! carry.
@@ -33,9 +33,9 @@ use super::types::{
     Entry, EntryPayload, LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig,
 };
 use super::waiters::Waiters;
+use crate::apply::writer::{Answer, EntryResult, LogEntry, Payload, Writer};
 use crate::error::{Result, StoreError};
 use crate::mvcc::snapshot::{self, PinnedPoint, PinnedStore};
-use crate::mvcc::writer::{Answer, EntryResult, LogEntry, Payload, Writer};
 use crate::mvcc::ApplyState;
 
 // The snapshot types openraft carries are the store's (see `mvcc::snapshot`).
@@ -340,7 +340,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft::types::{MemberInfo, Membership};
+    use crate::replication::types::{MemberInfo, Membership};
     use std::collections::{BTreeMap, BTreeSet};
 
     #[test]
