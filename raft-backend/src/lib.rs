@@ -1,10 +1,17 @@
-//! Cairn's revisioned store: an MVCC keyspace with etcd's revision semantics,
-//! kept in SQLite, written only by applying log commands in order.
+//! Cairn's replicated, revisioned store, in two wings:
 //!
-//! Write path: [`Store::propose`] → Raft log (openraft, group commit) →
-//! committed → apply → SQLite.
-//! Every applied batch is published to subscribers (the watch hub) from the
-//! apply loop itself, never by polling.
+//! - the store wing, with no Raft in it: `mvcc` (etcd's MVCC keyspace in
+//!   SQLite: read and write transactions, the key index, compaction,
+//!   snapshots of the file), `txn` (request semantics over it, as etcd's
+//!   `etcdserver/txn`), and `apply` (the one writer thread, which applies
+//!   plain (index, term, payload) entries in order);
+//! - the replication wing, `replication`: openraft, the log, and the whole
+//!   peer protocol, client and server side by side. Its state machine is the
+//!   one adapter from openraft's apply to `apply::writer`.
+//!
+//! [`Store`] is the one façade the rest of Cairn uses. A write flows one way:
+//! [`Store::propose`] → `replication` (leader's log, commit) → `apply` →
+//! `txn` → `mvcc` → the applied-event stream ([`Store::subscribe`]).
 
 mod apply;
 mod command;

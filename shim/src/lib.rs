@@ -28,8 +28,6 @@ mod quota;
 mod validate;
 mod watch;
 
-// The peer service.
-
 // HTTP beside gRPC on the client port, and metrics.
 mod grpc_compat;
 mod http;
