@@ -6,16 +6,18 @@
 //! `scripts/test.sh` runs), which reads them at start from the `FAILPOINTS`
 //! environment variable: `name=action`, several joined with ';'.
 //!
-//! A binary built without the feature ignores `FAILPOINTS`. The harness
-//! catches that where it can: [`Cluster`](crate::cluster::Cluster) fails at
-//! start, naming the missing feature, when no peer traffic went through its
-//! proxies (the `peer_dial` fail point routes it there). Elsewhere a test that
-//! needs a fail point fails on its own assertions (`peer_refuse_streaming`:
-//! no member falls back), or passes without exercising its path
-//! (`prev_kv_never_load`): build with the feature.
+//! A binary built without the feature ignores `FAILPOINTS`. A build with it
+//! logs [`SET_MESSAGE`] at start, and a `Member`
+//! given fail points fails at start without that line, naming the missing
+//! feature; a `Cluster` also fails when no peer
+//! traffic went through its proxies (the `peer_dial` fail point routes it
+//! there).
 
 /// The environment variable the `fail` crate reads its configuration from.
 pub const ENV: &str = "FAILPOINTS";
+
+/// What a `cairn` built with fail points logs at start when `FAILPOINTS` is set.
+pub const SET_MESSAGE: &str = "fail points set";
 
 /// This member answers the peer streaming RPCs (StreamAppend, ProposeStream)
 /// with Unimplemented, as a member of an earlier version does.

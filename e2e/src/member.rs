@@ -124,7 +124,10 @@ impl Member {
             member.peer_port = free_port()?;
             member.spawn()?;
             match member.wait_ready().await {
-                Ok(()) => return Ok(member),
+                Ok(()) => {
+                    member.check_failpoints_took()?;
+                    return Ok(member);
+                }
                 Err(e) if member.lost_port_race() => {
                     member.kill9()?;
                     last_err = Some(e);
@@ -163,6 +166,24 @@ impl Member {
     /// The data directory (kept across restarts).
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
+    }
+
+    /// A Cairn built without the `failpoints` feature ignores `FAILPOINTS`:
+    /// a test that set some would then test nothing, so it fails here.
+    fn check_failpoints_took(&self) -> Result<()> {
+        if !matches!(self.kind, Kind::Cairn) || self.opts.failpoints.is_empty() {
+            return Ok(());
+        }
+        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        if log.contains(failpoints::SET_MESSAGE) {
+            return Ok(());
+        }
+        Err(anyhow!(
+            "{} did not take its fail points ({}): build it with \
+             `cargo build --workspace --bins --features cairn-shim/failpoints`",
+            self.binary.display(),
+            failpoints::env_value(&self.opts.failpoints)
+        ))
     }
 
     /// The log file (stdout+stderr of every start of this member).

@@ -119,12 +119,6 @@ impl<E> Clone for Cause<E> {
     }
 }
 
-impl<E> Cause<E> {
-    pub fn get(&self) -> &E {
-        &self.0
-    }
-}
-
 impl<E: fmt::Display> fmt::Display for Cause<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)

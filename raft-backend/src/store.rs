@@ -98,6 +98,7 @@ impl Store {
                 compactor: compactor.clone(),
                 metrics: metrics.clone(),
                 membership: membership_tx,
+                check_membership: crate::replication::check_membership_blob,
                 lease_changes: lease_changes.clone(),
                 wal_restart,
                 index: index.clone(),

@@ -67,6 +67,12 @@ async fn main() -> anyhow::Result<()> {
                 .with_writer(std::io::stderr)
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .init();
+            // The e2e harness reads this line to know the fail points it set
+            // took (a build without the feature ignores FAILPOINTS).
+            #[cfg(feature = "failpoints")]
+            if let Ok(points) = std::env::var("FAILPOINTS") {
+                tracing::info!(failpoints = %points, "fail points set");
+            }
             server::serve(cli.serve, shutdown_signal()).await
         }
     }

@@ -165,7 +165,7 @@ async fn join_existing(
 }
 
 /// Opens the store and identity in the configured data dir and starts Raft.
-pub async fn open_node(args: &ServeArgs) -> anyhow::Result<SharedNode> {
+pub(crate) async fn open_node(args: &ServeArgs) -> anyhow::Result<SharedNode> {
     args.validate()?;
     let data_dir = args.data_dir();
     let registry = prometheus::Registry::new();

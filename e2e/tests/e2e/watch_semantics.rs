@@ -64,7 +64,6 @@ async fn compact(kv: &mut pb::kv_client::KvClient<Channel>, rev: i64) -> Result<
     Ok(())
 }
 
-/// Keeps both members' dirs when a test fails, and names them.
 // ---------------------------------------------------------------------------
 // A scripted stream, run against both servers
 // ---------------------------------------------------------------------------

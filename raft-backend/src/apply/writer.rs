@@ -89,6 +89,9 @@ pub struct WriterOutputs {
     pub metrics: StoreMetrics,
     /// The stored membership blob, after each commit that changed it.
     pub membership: watch::Sender<Option<Vec<u8>>>,
+    /// Checks the membership an installed snapshot carries, before anything
+    /// of the install is published: the replication wing's decoder.
+    pub check_membership: fn(Option<&[u8]>) -> Result<()>,
     /// Bumped after a commit that granted or revoked leases (see `Store::lease_changes`).
     pub lease_changes: Arc<AtomicU64>,
     /// Asked for by the checkpointer when the WAL should start over.
@@ -252,6 +255,7 @@ fn run(
                     exclusive.reload(&conn)?;
                     state = ApplyState::load(&conn)?;
                     let m = membership_blob::load(&conn)?;
+                    (out.check_membership)(m.as_deref())?;
                     out.membership.send_replace(m);
                     Ok(())
                 });
@@ -455,6 +459,7 @@ mod tests {
             compactor: Arc::new(compactor),
             metrics,
             membership: membership_tx,
+            check_membership: |_| Ok(()),
             lease_changes: Default::default(),
             wal_restart: WalRestart::default(),
             prev_kv: PrevKvInterest::default(),

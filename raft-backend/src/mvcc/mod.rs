@@ -1,7 +1,8 @@
-//! The store wing: etcd's revisioned MVCC keyspace kept in SQLite, written by
-//! one thread (`writer`) that applies plain log entries in order. Nothing
-//! here knows about Raft: entries arrive as (index, term, payload), and a
-//! membership is opaque bytes the replication wing encodes.
+//! The storage layer of the store wing: etcd's revisioned MVCC keyspace kept
+//! in SQLite, with separate read and write transactions, written only by
+//! `apply::writer`, one thread that applies plain log entries in order.
+//! Nothing here knows about Raft or request semantics: a membership is
+//! opaque bytes the replication wing encodes.
 
 pub(crate) mod alarms;
 pub(crate) mod apply_state;

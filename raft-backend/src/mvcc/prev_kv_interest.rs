@@ -51,6 +51,10 @@ mod tests {
 
     #[test]
     fn wanted_while_any_registration_lives() {
+        // The fail point below is process-wide: hold the scenario lock so
+        // that it is never set while this test reads `wanted`.
+        #[cfg(feature = "failpoints")]
+        let _scenario = fail::FailScenario::setup();
         let interest = PrevKvInterest::default();
         assert!(!interest.wanted());
         let a = interest.register();

@@ -49,8 +49,9 @@ pub(super) fn change_membership_error(
 const LEADER_FAULT: &str = "cairn-leader-fault";
 
 /// The leader's answer on the peer wire for `e`. A leader that stops is no
-/// leader to its followers (Unavailable); any other fault travels with its
-/// message (Internal, marked as the leader's).
+/// leader to its followers (Unavailable); a full store stays NoSpace; any
+/// other fault travels with its message (Internal). Both are marked as the
+/// leader's own answer.
 pub(crate) fn to_status(e: &StoreError) -> tonic::Status {
     match e {
         StoreError::NoLeader => tonic::Status::failed_precondition("not leader"),
@@ -58,15 +59,17 @@ pub(crate) fn to_status(e: &StoreError) -> tonic::Status {
         StoreError::Timeout => tonic::Status::deadline_exceeded("request timed out"),
         StoreError::LeaderChanged => tonic::Status::aborted("leader changed"),
         StoreError::Stopped => tonic::Status::unavailable(e.to_string()),
-        other => {
-            let mut s = tonic::Status::internal(other.to_string());
-            s.metadata_mut().insert(
-                LEADER_FAULT,
-                tonic::metadata::MetadataValue::from_static("1"),
-            );
-            s
-        }
+        StoreError::NoSpace => leader_fault(tonic::Status::resource_exhausted(e.to_string())),
+        other => leader_fault(tonic::Status::internal(other.to_string())),
     }
+}
+
+fn leader_fault(mut s: tonic::Status) -> tonic::Status {
+    s.metadata_mut().insert(
+        LEADER_FAULT,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
+    s
 }
 
 /// Maps a peer's gRPC answer back to the store error it stands for. A
@@ -94,6 +97,7 @@ fn from_answer(code: tonic::Code, message: &str, from_leader: bool) -> StoreErro
         Code::DeadlineExceeded => StoreError::Timeout,
         Code::Aborted => StoreError::LeaderChanged,
         Code::Unavailable | Code::Cancelled => StoreError::NoLeader,
+        Code::ResourceExhausted if from_leader => StoreError::NoSpace,
         Code::Internal if from_leader => StoreError::Remote(message.to_string()),
         other if from_leader => StoreError::Remote(format!("{other:?}: {message}")),
         _ => StoreError::NoLeader,
@@ -116,6 +120,7 @@ mod tests {
             StoreError::NoLeader,
             StoreError::Timeout,
             StoreError::LeaderChanged,
+            StoreError::NoSpace,
             StoreError::Membership(MembershipError::MemberNotFound),
             StoreError::Membership(MembershipError::NotLearner),
             StoreError::Membership(MembershipError::LearnerNotReady),
@@ -133,7 +138,6 @@ mod tests {
         for e in [
             StoreError::Storage("disk I/O error".into()),
             StoreError::Corrupt("bad row".into()),
-            StoreError::NoSpace,
         ] {
             let back = from_status(over_the_wire(to_status(&e)));
             assert_eq!(back, StoreError::Remote(e.to_string()));

@@ -34,6 +34,6 @@ pub use network::{Peer, PeerTransport};
 pub use options::{Bootstrap, MemberList, RaftStatus, RaftTiming, ReplicaOptions};
 pub use peer_server::{LeaseAuthority, PeerService};
 pub(crate) use replica::Replica;
-pub(crate) use state_machine::StateMachine;
+pub(crate) use state_machine::{check_membership_blob, StateMachine};
 pub use types::MemberInfo;
 pub(crate) use waiters::Waiters;

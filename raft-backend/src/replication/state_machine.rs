@@ -85,6 +85,12 @@ pub(crate) fn decode_membership(blob: Option<&[u8]>) -> Result<StoredMembership>
     }
 }
 
+/// Refuses a stored membership that does not decode; the writer runs it on
+/// an installed snapshot before publishing anything of it.
+pub(crate) fn check_membership_blob(blob: Option<&[u8]>) -> Result<()> {
+    decode_membership(blob).map(drop)
+}
+
 /// The last applied log id as the store recorded it.
 fn last_applied(state: &ApplyState) -> Option<LogId> {
     (state.applied_index > 0).then(|| LogId::new(state.applied_term.into(), state.applied_index))
@@ -321,11 +327,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 return Err(io_err("cannot install this member's own store"))
             }
         };
-        let result = self.writer.install(path.clone()).await.and_then(|()| {
-            // A membership the snapshot carried that does not decode fails
-            // the install, so that openraft stops this member.
-            decode_membership(self.membership.borrow().as_deref()).map(drop)
-        });
+        // A membership the snapshot carries that does not decode fails the
+        // install (`check_membership_blob`), so that openraft stops this member.
+        let result = self.writer.install(path.clone()).await;
         // Installed rows live in the store now, which serves later snapshots.
         let _ = std::fs::remove_file(&path);
         result.map_err(io_err)
