@@ -19,6 +19,8 @@ mod error;
 mod mvcc;
 mod replication;
 mod store;
+#[cfg(test)]
+mod testing;
 mod txn;
 
 pub use command::{AppliedBatch, Command, CommandOutput, ImportRevision, RevisionEvents};

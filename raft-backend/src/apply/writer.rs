@@ -408,15 +408,7 @@ fn apply_batch(
 mod tests {
     use super::*;
     use crate::mvcc::schema;
-    use cairn_proto::etcdserverpb::PutRequest;
-
-    fn put(k: &str, v: &str) -> Command {
-        Command::Put(PutRequest {
-            key: k.into(),
-            value: v.into(),
-            ..Default::default()
-        })
-    }
+    use crate::testing::put;
 
     fn entry(index: u64, payload: Payload) -> LogEntry {
         LogEntry {

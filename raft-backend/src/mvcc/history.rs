@@ -147,7 +147,7 @@ pub(crate) fn first_row_from(conn: &Connection, rev: i64) -> Result<Option<i64>>
 mod tests {
     use super::*;
     use crate::command::Command;
-    use crate::mvcc::testing::TestStore;
+    use crate::testing::TestStore;
     use cairn_proto::etcdserverpb::{
         request_op, CompactionRequest, PutRequest, RequestOp, TxnRequest,
     };

@@ -21,8 +21,6 @@ pub(crate) mod read_txn;
 pub(crate) mod readers;
 pub(crate) mod schema;
 pub(crate) mod snapshot;
-#[cfg(test)]
-pub(crate) mod testing;
 pub(crate) mod txn_read;
 pub(crate) mod write_txn;
 

@@ -85,7 +85,7 @@ impl TxnRead for ReadTxn<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mvcc::testing::TestStore;
+    use crate::testing::TestStore;
 
     #[test]
     fn a_read_begun_before_an_index_reload_is_told_to_start_again() {

@@ -159,15 +159,8 @@ mod tests {
     use crate::mvcc::key_index::KeyIndex;
     use crate::mvcc::read_txn::ReadTxn;
     use crate::mvcc::TxnRead;
-    use cairn_proto::etcdserverpb::{DeleteRangeRequest, PutRequest, RangeRequest};
-
-    fn put(k: &str, v: &str) -> Command {
-        Command::Put(PutRequest {
-            key: k.into(),
-            value: v.into(),
-            ..Default::default()
-        })
-    }
+    use crate::testing::put;
+    use cairn_proto::etcdserverpb::{DeleteRangeRequest, RangeRequest};
 
     /// Writes put a=1, b=1, a=2, delete b (revisions 2 to 5) to `path`.
     fn fill(path: &Path) -> Connection {

@@ -222,7 +222,7 @@ impl TxnRead for WriteTxn<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mvcc::testing::{read_with, TestStore};
+    use crate::testing::{read_with, TestStore};
 
     #[test]
     fn a_write_sees_its_own_changes_and_a_reader_none_before_the_commit() {

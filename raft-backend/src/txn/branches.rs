@@ -215,7 +215,7 @@ pub fn txn_has_put(t: &TxnRequest) -> bool {
 mod tests {
     use super::*;
     use crate::command::Command;
-    use crate::mvcc::testing::TestStore;
+    use crate::testing::TestStore;
     use cairn_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
     use cairn_proto::etcdserverpb::{Compare, RangeRequest};
 

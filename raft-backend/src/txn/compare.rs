@@ -61,7 +61,7 @@ fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mvcc::testing::TestStore;
+    use crate::testing::TestStore;
 
     fn cmp(
         key: &str,

@@ -29,7 +29,7 @@ pub fn lease_revoke(txn: &mut WriteTxn<'_>, id: i64) -> Result<()> {
 mod tests {
     use super::*;
     use crate::command::{Command, CommandOutput};
-    use crate::mvcc::testing::TestStore;
+    use crate::testing::TestStore;
     use cairn_proto::etcdserverpb::{LeaseGrantRequest, LeaseRevokeRequest, PutRequest};
 
     #[test]

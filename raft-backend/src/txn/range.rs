@@ -106,7 +106,7 @@ fn sort_kvs(kvs: &mut [KeyValue], order: i32, target: i32) {
 mod tests {
     use super::*;
     use crate::command::Command;
-    use crate::mvcc::testing::{pairs, range_req, TestStore};
+    use crate::testing::{pairs, range_req, TestStore};
     use cairn_proto::etcdserverpb::CompactionRequest;
 
     /// a=3 (rev 2), b=1 (3), c=2 (4), then b=5 (5).

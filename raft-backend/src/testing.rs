@@ -1,5 +1,6 @@
-//! A store on a temporary file for unit tests: commands applied as the
-//! writer applies them, reads through a reader connection of its own.
+//! A store on a temporary file for the store wing's unit tests (`mvcc`,
+//! `txn`, `apply`): commands applied as the writer applies them, reads
+//! through a reader connection of its own.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,6 +16,15 @@ use crate::mvcc::key_index::KeyIndex;
 use crate::mvcc::read_txn::ReadTxn;
 use crate::mvcc::schema;
 use crate::mvcc::write_txn::WriteTxn;
+
+/// A put of `value` at `key`, as a log command.
+pub fn put(key: &str, value: &str) -> Command {
+    Command::Put(PutRequest {
+        key: key.into(),
+        value: value.into(),
+        ..Default::default()
+    })
+}
 
 pub struct TestStore {
     _dir: tempfile::TempDir,
@@ -50,12 +60,7 @@ impl TestStore {
     }
 
     pub fn put(&mut self, key: &str, value: &str) {
-        self.apply(Command::Put(PutRequest {
-            key: key.into(),
-            value: value.into(),
-            ..Default::default()
-        }))
-        .unwrap();
+        self.apply(put(key, value)).unwrap();
     }
 
     /// Runs `f` in a write transaction on the writer's connection, then
