@@ -31,8 +31,8 @@ pub use mvcc::{
     prefix_end, HistoryRead, KeyRange, KvHash, PrevKvInterest, PrevKvWanted, StoreMetrics,
 };
 pub use replication::{
-    Bootstrap, LeaseAuthority, MemberInfo, MemberList, MembershipError, Peer, PeerService,
-    PeerTransport, RaftStatus, RaftTiming, ReplicaOptions, LOG_DIR,
+    Bootstrap, LeaseAuthority, MemberInfo, MemberList, MembershipError, PeerService, PeerTransport,
+    RaftStatus, RaftTiming, ReplicaOptions, LOG_DIR,
 };
 pub use store::{Store, StoreStatus, DB_FILE};
 pub use txn::{is_txn_readonly, txn_has_put};

@@ -22,7 +22,7 @@ use crate::mvcc::readers::Readers;
 use crate::mvcc::schema;
 use crate::mvcc::TxnRead;
 use crate::replication::{
-    Bootstrap, LeaseAuthority, LogStore, MemberInfo, MemberList, Peer, PeerService, PeerTransport,
+    Bootstrap, LeaseAuthority, LogStore, MemberInfo, MemberList, PeerService, PeerTransport,
     RaftStatus, Replica, ReplicaOptions, StateMachine,
 };
 use crate::txn;
@@ -205,8 +205,12 @@ impl Store {
     }
 
     /// A client for the current leader, or `NoLeader`.
-    pub fn leader_peer(&self) -> Result<Peer> {
-        self.replica.leader_peer()
+    pub async fn renew_lease_at_leader(&self, id: i64) -> Result<Option<i64>> {
+        self.replica.renew_lease_at_leader(id).await
+    }
+
+    pub async fn lease_ttl_at_leader(&self, id: i64) -> Result<Option<(i64, i64)>> {
+        self.replica.lease_ttl_at_leader(id).await
     }
 
     /// Applies a membership change on the leader, or forwards it there;

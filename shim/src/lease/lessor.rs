@@ -25,8 +25,6 @@ pub const MIN_TTL: i64 = 2;
 /// etcd's maximum TTL.
 pub const MAX_TTL: i64 = 9_000_000_000;
 const EXPIRY_CHECK: Duration = Duration::from_millis(500);
-/// How long a follower waits for the leader to renew or report a lease.
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct Deadline {
     ttl: i64,
@@ -123,28 +121,16 @@ impl Lessor {
         Ok(())
     }
 
-    /// The leader, for keep-alives and TTL queries that reach a follower.
-    fn leader_peer(&self) -> Result<cairn_raft_backend::Peer, Status> {
-        self.node.store.leader_peer().map_err(store_status)
-    }
-
     /// Keep-alive from a client of this member: renewed by the leader.
     pub async fn renew_anywhere(&self, id: i64) -> Result<Option<i64>, Status> {
         if self.is_leader() {
             return self.renew(id).await;
         }
-        let peer = self.leader_peer()?;
-        let resp = peer
-            .client
-            .clone()
-            .lease_renew(peer.request(
-                cairn_proto::peer::LeaseRenewRequest { id },
-                Some(FORWARD_TIMEOUT),
-            ))
+        self.node
+            .store
+            .renew_lease_at_leader(id)
             .await
-            .map_err(|_| Status::from(EtcdError::NoLeader))?
-            .into_inner();
-        Ok((resp.ttl > 0).then_some(resp.ttl))
+            .map_err(store_status)
     }
 
     /// (remaining seconds, granted TTL) from the leader's deadlines.
@@ -152,18 +138,11 @@ impl Lessor {
         if self.is_leader() {
             return self.ttl(id).await;
         }
-        let peer = self.leader_peer()?;
-        let resp = peer
-            .client
-            .clone()
-            .lease_time_to_live(peer.request(
-                cairn_proto::peer::LeaseTimeToLiveRequest { id },
-                Some(FORWARD_TIMEOUT),
-            ))
+        self.node
+            .store
+            .lease_ttl_at_leader(id)
             .await
-            .map_err(|_| Status::from(EtcdError::NoLeader))?
-            .into_inner();
-        Ok((resp.ttl >= 0).then_some((resp.ttl, resp.granted_ttl)))
+            .map_err(store_status)
     }
 
     fn deadlines(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Deadline>> {
