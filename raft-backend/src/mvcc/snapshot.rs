@@ -24,7 +24,7 @@ const SNAP_DIR: &str = "snap";
 #[derive(Debug)]
 pub enum SnapshotData {
     Pinned(PinnedStore),
-    Received(PathBuf),
+    Received(SnapshotFile),
 }
 
 /// A read transaction on the store, held open so the view cannot move.
@@ -46,12 +46,16 @@ pub struct PinnedPoint {
     pub membership: Option<Vec<u8>>,
 }
 
-/// A copy of a pinned store, removed when dropped.
-pub struct SnapshotCopy {
+/// A snapshot file in the snap dir (a pinned store's copy being sent, or a
+/// transfer that arrived), removed when dropped: once sent, once installed,
+/// or when openraft lets a received snapshot go without installing it (one
+/// that is no newer than what this member already has).
+#[derive(Debug)]
+pub struct SnapshotFile {
     pub path: PathBuf,
 }
 
-impl Drop for SnapshotCopy {
+impl Drop for SnapshotFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
@@ -103,8 +107,8 @@ impl PinnedStore {
 
     /// Copies the pinned view into a new file (blocking; the store's writer
     /// goes on meanwhile, since a WAL reader does not hold it up).
-    pub fn copy_to_file(&self) -> io::Result<SnapshotCopy> {
-        let copy = SnapshotCopy {
+    pub fn copy_to_file(&self) -> io::Result<SnapshotFile> {
+        let copy = SnapshotFile {
             path: unique(&self.snap_dir, "send"),
         };
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
@@ -161,6 +165,20 @@ mod tests {
     use crate::mvcc::TxnRead;
     use crate::testing::put;
     use cairn_proto::etcdserverpb::{DeleteRangeRequest, RangeRequest};
+
+    /// A received snapshot that is never installed (openraft drops one no
+    /// newer than what the member has) leaves no file behind.
+    #[test]
+    fn a_received_snapshot_dropped_uninstalled_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let snap_dir = snapshot_dir(dir.path()).unwrap();
+        let path = unique(&snap_dir, "recv");
+        std::fs::write(&path, b"snapshot").unwrap();
+        let data = SnapshotData::Received(SnapshotFile { path: path.clone() });
+        assert!(path.exists());
+        drop(data);
+        assert!(!path.exists(), "{} left behind", path.display());
+    }
 
     /// Writes put a=1, b=1, a=2, delete b (revisions 2 to 5) to `path`.
     fn fill(path: &Path) -> Connection {

@@ -3,7 +3,6 @@
 //! ReadIndex, membership changes, lease renewals).
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +22,7 @@ use tokio::io::AsyncReadExt;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use super::codec;
-use super::state_machine::{SnapshotCopy, SnapshotData};
+use super::state_machine::{SnapshotData, SnapshotFile};
 use super::types::{MemberInfo, Snapshot, TypeConfig, Vote};
 
 /// Metadata names every peer request carries.
@@ -336,18 +335,19 @@ impl RaftNetworkV2<TypeConfig> for Network {
             })),
         };
         let unreachable = |e: std::io::Error| StreamingError::Unreachable(Unreachable::new(&e));
-        // The copy is removed when `_copy` drops, after the transfer.
-        let (path, _copy): (PathBuf, Option<SnapshotCopy>) = match snapshot.snapshot {
-            SnapshotData::Received(path) => (path, None),
+        // The file is removed when `sent` drops, after the transfer.
+        let sent: SnapshotFile = match snapshot.snapshot {
+            SnapshotData::Received(file) => file,
             SnapshotData::Pinned(pinned) => {
-                let copy = tokio::task::spawn_blocking(move || pinned.copy_to_file())
+                tokio::task::spawn_blocking(move || pinned.copy_to_file())
                     .await
                     .map_err(|e| unreachable(std::io::Error::other(e)))?
-                    .map_err(unreachable)?;
-                (copy.path.clone(), Some(copy))
+                    .map_err(unreachable)?
             }
         };
-        let mut file = tokio::fs::File::open(&path).await.map_err(unreachable)?;
+        let mut file = tokio::fs::File::open(&sent.path)
+            .await
+            .map_err(unreachable)?;
         let (tx, rx) = tokio::sync::mpsc::channel::<pb::SnapshotChunk>(4);
         let feeder = async move {
             if tx.send(head).await.is_err() {

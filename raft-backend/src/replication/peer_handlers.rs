@@ -12,7 +12,7 @@ use openraft::raft::{
 use super::codec;
 use super::error_map::{client_write_error, fatal, to_status};
 use super::replica::Replica;
-use super::state_machine::SnapshotData;
+use super::state_machine::{SnapshotData, SnapshotFile};
 use super::types::{Snapshot, StoredMembership, TypeConfig};
 use crate::error::StoreError;
 
@@ -169,7 +169,7 @@ impl Replica {
                 last_log_id,
                 last_membership,
             },
-            snapshot: SnapshotData::Received(path),
+            snapshot: SnapshotData::Received(SnapshotFile { path }),
         };
         let resp = self
             .raft

@@ -39,7 +39,7 @@ use crate::mvcc::snapshot::{self, PinnedPoint, PinnedStore};
 use crate::mvcc::ApplyState;
 
 // The snapshot types openraft carries are the store's (see `mvcc::snapshot`).
-pub use crate::mvcc::snapshot::{SnapshotCopy, SnapshotData};
+pub use crate::mvcc::snapshot::{SnapshotData, SnapshotFile};
 
 /// The Raft core over this state machine.
 pub type Raft = openraft::Raft<TypeConfig, StateMachine>;
@@ -320,8 +320,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: SnapshotData,
     ) -> io::Result<()> {
         tracing::info!(last_log_id = ?meta.last_log_id, "installing snapshot from the leader");
-        let path = match snapshot {
-            SnapshotData::Received(path) => path,
+        let file = match snapshot {
+            SnapshotData::Received(file) => file,
             // openraft installs only what arrived from a leader.
             SnapshotData::Pinned(_) => {
                 return Err(io_err("cannot install this member's own store"))
@@ -329,10 +329,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         // A membership the snapshot carries that does not decode fails the
         // install (`check_membership_blob`), so that openraft stops this member.
-        let result = self.writer.install(path.clone()).await;
-        // Installed rows live in the store now, which serves later snapshots.
-        let _ = std::fs::remove_file(&path);
-        result.map_err(io_err)
+        // Installed rows live in the store now, which serves later snapshots;
+        // the file goes when `file` drops.
+        self.writer.install(file.path.clone()).await.map_err(io_err)
     }
 
     /// The store as it is now, pinned: sent to a member that needs a snapshot.
