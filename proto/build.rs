@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/authpb/auth.proto",
         "proto/cairnpb/peer.proto",
         "proto/cairnpb/watch_wire.proto",
+        "proto/cairnpb/migrate.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

@@ -30,6 +30,13 @@ pub mod cairnpb {
         }
     }
 
+    /// Cairn's migration service on the client port (live import from etcd).
+    pub mod migrate {
+        pub mod v1 {
+            tonic::include_proto!("cairnpb.migrate.v1");
+        }
+    }
+
     /// Server-side encodings of etcd messages (see `watch_wire.proto`).
     pub mod wire {
         tonic::include_proto!("cairnpb.wire");
@@ -45,6 +52,7 @@ pub mod encoded_watch {
     include!(concat!(env!("OUT_DIR"), "/etcdserverpb.Watch.rs"));
 }
 
+pub use cairnpb::migrate::v1 as migrate;
 pub use cairnpb::peer::v1 as peer;
 
 #[cfg(test)]
