@@ -18,6 +18,11 @@
 //! * [`failpoints`]: the `FAILPOINTS` a test sets to make Cairn inject faults.
 //! * [`raw`]: raw tonic channels and clients, for wire details `etcd-client`
 //!   hides.
+//! * [`migrator`]: `cairn migrate` as a user runs it (a `start` process to
+//!   kill -9 and rerun; one-shot status, verify, cutover and abort).
+//! * [`source_load`]: a kube-shaped writer that keeps a source busy.
+//! * [`compare`]: two stores at one revision (key-values, HashKV) and the
+//!   events between two revisions.
 //! * [`watch`]: [`watch::RawWatch`], one Watch stream on the raw wire, and
 //!   [`watch::Create`], the requests it carries.
 //! * [`events`]: comparable forms of watch events and responses, and
@@ -52,6 +57,7 @@
 pub mod binaries;
 pub mod client;
 pub mod cluster;
+pub mod compare;
 pub mod dump;
 pub mod etcdctl;
 pub mod events;
@@ -60,10 +66,12 @@ pub mod grpc;
 pub mod http;
 pub mod linearizability;
 pub mod member;
+pub mod migrator;
 pub mod model;
 pub mod ports;
 pub mod proxy;
 pub mod raw;
+pub mod source_load;
 pub mod wait;
 pub mod watch;
 

@@ -19,6 +19,7 @@ mod etcdctl;
 mod etcdctl_watch_lease;
 mod kube_patterns;
 mod lease;
+mod migrate;
 mod peer_traffic;
 mod watch_differential;
 mod watch_semantics;
