@@ -119,6 +119,11 @@ impl Migrator {
         }
     }
 
+    /// The process id while it runs (the benchmark reads its memory).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// Whether the process still runs.
     pub fn is_running(&mut self) -> bool {
         self.child

@@ -1,0 +1,390 @@
+//! The migration benchmark (issue 15's targets), with real processes on
+//! this machine:
+//!
+//! 1. fills an etcd 3.5.1 with `--keys` keys of `--value-size` bytes and
+//!    compacts it, so that the copy starts at the current revision;
+//! 2. starts a Cairn target of `--members` members (release build, no test
+//!    proxies) and `cairn migrate start`, and times the copy (keys/s) while
+//!    sampling the migrator's peak RSS (VmHWM);
+//! 3. while following, drives `--rate` kube-shaped writes/s on the source and
+//!    measures the lag: every 100 ms a probe put on the source, timed from its
+//!    acknowledgement to its event arriving from the target's watch;
+//! 4. runs `cairn migrate cutover` while a writer puts every 5 ms, first to
+//!    the source and, once the source refuses, to the target: the write
+//!    unavailability is from the last write the source took to the first the
+//!    target took, and is printed beside the cutover's own figure.
+//!
+//! Run: `cargo build --release -p cairn-shim && CAIRN_BIN=target/release/cairn
+//! cargo run --release -p cairn-e2e --bin migrate_bench -- --keys 1000000`.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use cairn_e2e::binaries::cairn_bin;
+use cairn_e2e::migrator::{self, field, wait_status, Migrator};
+use cairn_e2e::ports::free_port;
+use cairn_e2e::{Kind, Member, MemberOptions};
+use etcd_client::{Client, Compare, CompareOp, EventType, Txn, TxnOp, WatchOptions};
+
+struct Args {
+    keys: usize,
+    value_size: usize,
+    members: usize,
+    rate: u64,
+    follow: Duration,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut a = Args {
+        keys: 1_000_000,
+        value_size: 1024,
+        members: 3,
+        rate: 1000,
+        follow: Duration::from_secs(30),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let (name, value) = match flag.split_once('=') {
+            Some((n, v)) => (n.to_string(), v.to_string()),
+            None => (flag.clone(), it.next().context("a flag without its value")?),
+        };
+        match name.as_str() {
+            "--keys" => a.keys = value.parse()?,
+            "--value-size" => a.value_size = value.parse()?,
+            "--members" => a.members = value.parse()?,
+            "--rate" => a.rate = value.parse()?,
+            "--follow-secs" => a.follow = Duration::from_secs(value.parse()?),
+            other => bail!(
+                "unknown flag {other}; flags: --keys --value-size --members --rate --follow-secs"
+            ),
+        }
+    }
+    Ok(a)
+}
+
+/// A Cairn cluster started as an operator would (README's flags), with no
+/// test proxy between the members.
+struct Target {
+    dir: tempfile::TempDir,
+    children: Vec<Child>,
+    endpoints: Vec<String>,
+}
+
+impl Target {
+    async fn start(n: usize) -> Result<Target> {
+        let dir = tempfile::Builder::new()
+            .prefix("cairn-migrate-bench-")
+            .tempdir()?;
+        let ports: Vec<(u16, u16)> = (0..n)
+            .map(|_| Ok((free_port()?, free_port()?)))
+            .collect::<Result<_>>()?;
+        let initial = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut t = Target {
+            children: Vec::new(),
+            endpoints: Vec::new(),
+            dir,
+        };
+        for (i, (c, p)) in ports.iter().enumerate() {
+            let client = format!("http://127.0.0.1:{c}");
+            let peer = format!("http://127.0.0.1:{p}");
+            let log = std::fs::File::create(t.dir.path().join(format!("m{i}.log")))?;
+            let child = Command::new(cairn_bin()?)
+                .args([
+                    format!("--name=m{i}"),
+                    format!("--data-dir={}", t.dir.path().join(format!("m{i}")).display()),
+                    format!("--listen-client-urls={client}"),
+                    format!("--advertise-client-urls={client}"),
+                    format!("--listen-peer-urls={peer}"),
+                    format!("--initial-advertise-peer-urls={peer}"),
+                    format!("--initial-cluster={initial}"),
+                    "--initial-cluster-state=new".to_string(),
+                    "--quota-backend-bytes=17179869184".to_string(),
+                ])
+                .stdin(Stdio::null())
+                .stdout(Stdio::from(log.try_clone()?))
+                .stderr(Stdio::from(log))
+                .spawn()?;
+            t.children.push(child);
+            t.endpoints.push(client);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for e in &t.endpoints {
+            loop {
+                ensure!(Instant::now() < deadline, "{e} did not become ready");
+                if let Ok(mut c) = Client::connect([e.as_str()], None).await {
+                    if c.get("ready", None).await.is_ok() {
+                        break;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(t)
+    }
+
+    fn to(&self) -> String {
+        self.endpoints.join(",")
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+async fn fill(source: &Client, keys: usize, value_size: usize) -> Result<i64> {
+    const PER_TXN: usize = 100;
+    const WORKERS: usize = 16;
+    let value = vec![b'v'; value_size];
+    let txns = keys.div_ceil(PER_TXN);
+    let mut tasks = Vec::new();
+    for w in 0..WORKERS {
+        let mut c = source.clone();
+        let value = value.clone();
+        tasks.push(tokio::spawn(async move {
+            for t in (w..txns).step_by(WORKERS) {
+                let ops: Vec<TxnOp> = (t * PER_TXN..((t + 1) * PER_TXN).min(keys))
+                    .map(|i| TxnOp::put(format!("/registry/bench/{i:08}"), value.clone(), None))
+                    .collect();
+                c.txn(Txn::new().and_then(ops)).await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let mut c = source.clone();
+    let rev = c.get("x", None).await?.header().context("header")?.revision();
+    c.compact(rev, None).await?;
+    Ok(rev)
+}
+
+/// VmHWM (peak resident set) of a process, in KiB.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Kube-shaped updates (a Txn on the mod_revision just read) at `rate`/s.
+async fn paced_load(source: Client, rate: u64, stop: Arc<AtomicBool>) -> Result<u64> {
+    const WORKERS: u64 = 8;
+    let mut tasks = Vec::new();
+    for w in 0..WORKERS {
+        let mut c = source.clone();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick =
+                tokio::time::interval(Duration::from_micros(1_000_000 * WORKERS / rate.max(1)));
+            let mut n = 0u64;
+            while !stop.load(Ordering::SeqCst) && n < 10_000_000 {
+                tick.tick().await;
+                let key = format!("/registry/load/{w}-{}", n % 500);
+                let m = c
+                    .get(key.as_str(), None)
+                    .await?
+                    .kvs()
+                    .first()
+                    .map_or(0, |kv| kv.mod_revision());
+                let t = Txn::new()
+                    .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, m)])
+                    .and_then([TxnOp::put(key.as_str(), format!("v{n}"), None)]);
+                c.txn(t).await?;
+                n += 1;
+            }
+            Ok::<_, anyhow::Error>(n)
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await??;
+    }
+    Ok(total)
+}
+
+/// Lag samples: a probe put on the source every 100 ms, timed until the
+/// target's watch delivers it.
+async fn measure_lag(source: &Client, target: &Client, span: Duration) -> Result<Vec<Duration>> {
+    let mut tc = target.clone();
+    let (_w, mut events) = tc
+        .watch(
+            "/bench/probe",
+            Some(WatchOptions::new().with_start_revision(0)),
+        )
+        .await?;
+    let mut sc = source.clone();
+    let mut samples = Vec::new();
+    let end = Instant::now() + span;
+    while Instant::now() < end {
+        let put = sc.put("/bench/probe", "p", None).await?;
+        let acked = Instant::now();
+        let rev = put.header().context("header")?.revision();
+        let deadline = acked + Duration::from_secs(30);
+        'wait: loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            ensure!(!left.is_zero(), "probe at {rev} never reached the target");
+            let Ok(msg) = tokio::time::timeout(left, events.message()).await else {
+                continue;
+            };
+            let Some(resp) = msg? else {
+                bail!("the target's watch ended");
+            };
+            for e in resp.events() {
+                if e.event_type() == EventType::Put
+                    && e.kv().is_some_and(|kv| kv.mod_revision() >= rev)
+                {
+                    samples.push(acked.elapsed());
+                    break 'wait;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(samples)
+}
+
+/// Puts every 5 ms to the source until it refuses, then to the target until
+/// it accepts: (last source success, first target success).
+async fn switch_writer(source: Client, target: Client) -> Result<Duration> {
+    let (mut s, mut t) = (source, target);
+    let mut last_ok = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut n = 0u64;
+    loop {
+        ensure!(Instant::now() < deadline, "the source was never fenced");
+        n += 1;
+        match s.put("/bench/switch", format!("{n}"), None).await {
+            Ok(_) => last_ok = Instant::now(),
+            Err(_) => break,
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    loop {
+        ensure!(Instant::now() < deadline, "the target never took a write");
+        if t.put("/bench/switch", format!("{n}"), None).await.is_ok() {
+            return Ok(last_ok.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = parse_args()?;
+    let opts = MemberOptions {
+        quota_backend_bytes: Some(16 << 30),
+        ready_timeout: Duration::from_secs(60),
+        ..Default::default()
+    };
+    let source_member = Member::start_with(Kind::Etcd, opts).await?;
+    let source = source_member.client().await?;
+    let filled = Instant::now();
+    let compact = fill(&source, args.keys, args.value_size).await?;
+    println!(
+        "source: {} keys of {} bytes in {:.1} s, compacted at {compact}",
+        args.keys,
+        args.value_size,
+        filled.elapsed().as_secs_f64()
+    );
+    let target = Target::start(args.members).await?;
+    let to = target.to();
+    let target_client = Client::connect(target.endpoints.clone(), None).await?;
+
+    let copy_start = Instant::now();
+    let mut m = Migrator::start(&source_member.endpoint(), &to, &[])?;
+    let pid = m.pid().context("migrator pid")?;
+    let mut peak = 0;
+    let following = {
+        let deadline = Instant::now() + Duration::from_secs(3600);
+        loop {
+            ensure!(Instant::now() < deadline, "the copy took over an hour");
+            peak = peak.max(peak_rss_kib(pid).unwrap_or(0));
+            ensure!(m.is_running(), "the migrator exited: {}", m.log());
+            let s = migrator::status(&to).await?;
+            if s["phase"] == "following" {
+                break s;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let copy = copy_start.elapsed();
+    let keys = field(&following, "keys_copied");
+    println!(
+        "copy: {keys} keys in {:.1} s = {:.0} keys/s; migrator peak RSS {:.1} MiB",
+        copy.as_secs_f64(),
+        keys as f64 / copy.as_secs_f64(),
+        peak as f64 / 1024.0
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(paced_load(source.clone(), args.rate, stop.clone()));
+    let load_start = Instant::now();
+    let mut lag = measure_lag(&source, &target_client, args.follow).await?;
+    stop.store(true, Ordering::SeqCst);
+    let writes = load.await??;
+    peak = peak.max(peak_rss_kib(pid).unwrap_or(0));
+    lag.sort();
+    println!(
+        "follow: {:.0} writes/s for {:.0} s; lag p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} probes); migrator peak RSS {:.1} MiB",
+        writes as f64 / load_start.elapsed().as_secs_f64(),
+        load_start.elapsed().as_secs_f64(),
+        percentile(&lag, 0.5).as_secs_f64() * 1e3,
+        percentile(&lag, 0.99).as_secs_f64() * 1e3,
+        lag.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+        lag.len(),
+        peak as f64 / 1024.0
+    );
+
+    let switch = tokio::spawn(switch_writer(source.clone(), target_client.clone()));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let cut = migrator::run(
+        &[
+            "cutover",
+            &format!("--from={}", source_member.endpoint()),
+            &format!("--to={to}"),
+        ],
+        Duration::from_secs(300),
+    )
+    .await?;
+    ensure!(cut.code == 0, "cutover failed: {}", cut.all());
+    let unavailable = switch.await??;
+    for line in cut.all().lines().filter(|l| l.contains("unavailable")) {
+        println!("cutover says: {}", line.trim());
+    }
+    println!(
+        "cutover: a client's writes were refused for {:.0} ms (last source write to first target write)",
+        unavailable.as_secs_f64() * 1e3
+    );
+    let _ = wait_status(&to, "cut-over", Duration::from_secs(30), |s| {
+        s["phase"] == "cut-over"
+    })
+    .await?;
+    let status = m.wait_exit(Duration::from_secs(60)).await?;
+    ensure!(status.success(), "migrate start ended {status}");
+    Ok(())
+}
