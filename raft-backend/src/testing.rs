@@ -59,6 +59,17 @@ impl TestStore {
         Ok(out.output)
     }
 
+    /// Applies `cmd` in a transaction of its own, with everything it gave
+    /// (events per revision, compaction, reset). A refused command rolls
+    /// back, as the writer's would have written nothing.
+    pub fn apply_full(&mut self, cmd: Command) -> Result<crate::apply::apply_command::Applied> {
+        let tx = self.conn.unchecked_transaction()?;
+        let out = apply(&tx, &self.index, &mut self.state, &cmd, true)?;
+        self.state.persist(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
     pub fn put(&mut self, key: &str, value: &str) {
         self.apply(put(key, value)).unwrap();
     }

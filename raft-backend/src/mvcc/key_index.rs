@@ -204,6 +204,15 @@ impl KeyIndex {
         }
     }
 
+    /// Forgets every version: a migration that starts again wipes the
+    /// store. A read begun before is told to start again, as after a reload.
+    pub fn clear(&self) {
+        let mut inner = self.write();
+        inner.keys.clear();
+        inner.pruned_to = 0;
+        inner.generation += 1;
+    }
+
     /// Forgets every version above `rev`: a batch that failed to commit.
     pub fn truncate_after(&self, rev: i64) {
         let mut inner = self.write();
