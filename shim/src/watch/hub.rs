@@ -165,6 +165,11 @@ impl Hub {
             // events to hand out, so every synced watcher reads the revisions
             // it has not seen from the new history.
             self.resync_from_history(batch.current_revision);
+            // A migration that started again wiped the store back to
+            // revision 1: the hub follows it down, so that the revisions
+            // imported again are fed (watchers go on from where they were:
+            // the same source numbers them alike).
+            self.rev = self.rev.min(batch.current_revision);
             return;
         }
         let mut closed = Vec::new();
