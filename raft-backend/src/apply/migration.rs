@@ -245,7 +245,7 @@ fn check_base(conn: &Connection, m: &MigrationState, b: &ImportBaseRequest) -> R
     let mut next_slot: HashMap<i64, i64> = HashMap::new();
     let mut slots = Vec::with_capacity(b.kvs.len());
     for kv in &b.kvs {
-        if kv.key.is_empty() || (kv.key.as_slice() <= last && !(last.is_empty())) {
+        if kv.key.is_empty() || (!last.is_empty() && kv.key.as_slice() <= last) {
             return Err(invalid(format!(
                 "{} is not after {} (a page is in ascending key order)",
                 describe_key(&kv.key),
