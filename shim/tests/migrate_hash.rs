@@ -123,7 +123,7 @@ async fn revisions(ch: &Channel, from: i64, to: i64) -> Vec<ImportRevision> {
         .unwrap()
         .into_inner();
     let mut out: Vec<ImportRevision> = Vec::new();
-    while out.last().map_or(true, |r| r.revision < to) {
+    while out.last().is_none_or(|r| r.revision < to) {
         let resp = stream.message().await.unwrap().unwrap();
         for ev in resp.events {
             let rev = ev.kv.as_ref().unwrap().mod_revision;
