@@ -428,6 +428,34 @@ async fn an_import_keeps_source_revisions_through_raft_and_a_reopen() {
     .unwrap();
     // Local writes continue from the imported numbering.
     assert_eq!(rev_of(&s.propose(put("c", "1")).await.unwrap()), 1003);
+    // Physical compaction over copied rows (ids mod_revision << 24 | n) and
+    // those after them: what stands at the compact revision stays.
+    s.propose(Command::Compact(
+        cairn_proto::etcdserverpb::CompactionRequest {
+            revision: 1002,
+            physical: true,
+        },
+    ))
+    .await
+    .unwrap();
+    s.wait_compacted(1002).await;
+    let rows: Vec<(i64, Vec<u8>)> = db(&dir)
+        .prepare("SELECT rev, key FROM history ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        rows,
+        vec![(1001, b"a".to_vec()), (1003, b"c".to_vec())],
+        "a's copy and b's tombstone and copy are gone"
+    );
+    assert_eq!(get(&s, "a", 1002).await.unwrap()[0].version, 4);
+    assert!(matches!(
+        get(&s, "a", 1001).await,
+        Err(StoreError::Compacted)
+    ));
 }
 
 #[tokio::test]
