@@ -18,8 +18,10 @@ use crate::errors::store_status;
 use crate::node::SharedNode;
 
 /// The largest request the service takes: an etcd revision that deletes a
-/// million keys is about 100 MB of events.
-pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
+/// million keys is about 100 MB of events. Each request becomes one Raft
+/// log record, and the log refuses to read back a record above 256 MiB
+/// (`replication::log_file`), so the bound stays well below that.
+pub const MAX_MESSAGE_BYTES: usize = 192 << 20;
 
 pub struct MigrationService {
     node: SharedNode,
