@@ -385,6 +385,10 @@ fn apply_batch(
         }
         return Err(e);
     }
+    if migration {
+        // A wipe in the batch held readers off until its commit.
+        out.index.release();
+    }
     let entries: usize = results.iter().map(Vec::len).sum();
     out.metrics.batch_size.observe(entries as f64);
     out.metrics
