@@ -9,6 +9,10 @@ use cairn_proto::etcdserverpb::{
     DeleteRangeResponse, LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest,
     LeaseRevokeResponse, PutRequest, PutResponse, TxnRequest, TxnResponse,
 };
+use cairn_proto::migrate::{
+    AbortRequest, BeginRequest, CutoverRequest, ImportBaseRequest, ImportRevisionsRequest,
+    MigrationState,
+};
 use cairn_proto::mvccpb::Event;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -24,19 +28,35 @@ pub enum Command {
     /// Deletes the lease and, in one revision, every key attached to it.
     /// Expiry uses this same command.
     LeaseRevoke(LeaseRevokeRequest),
-    /// Replays one revision recorded elsewhere (live migration from etcd),
-    /// keeping its revision number and every key's create revision and version.
-    Import(ImportRevision),
+    // Live migration from etcd (docs/design.md, "Live migration from etcd";
+    // `mvcc::migration`): each carries the migration service's request as
+    // the migrator sent it, and answers with the migration's state after it.
+    /// Starts importing into an empty store, confirms the import under way
+    /// from the same source, or (`restart`) wipes it and starts again.
+    MigrationBegin(BeginRequest),
+    /// One page of the copy of the source's state at its start revision.
+    ImportBase(ImportBaseRequest),
+    /// Whole source revisions after the copy, with their numbers, create
+    /// revisions and versions; then lease drops and the source's compaction.
+    ImportRevisions(ImportRevisionsRequest),
+    /// Ends the import at the expected revision; writes pass from then on.
+    MigrationCutover(CutoverRequest),
+    /// Gives the import up; writes stay refused.
+    MigrationAbort(AbortRequest),
 }
 
-/// All changes a source store made at one revision.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ImportRevision {
-    /// Must be greater than the store's current revision.
-    pub revision: i64,
-    /// PUT events carry complete key-values (create_revision, version, lease,
-    /// mod_revision == `revision`); DELETE events need only the key.
-    pub events: Vec<Event>,
+impl Command {
+    /// A migration command (refused or not, it never counts as a client write).
+    pub fn is_migration(&self) -> bool {
+        matches!(
+            self,
+            Command::MigrationBegin(_)
+                | Command::ImportBase(_)
+                | Command::ImportRevisions(_)
+                | Command::MigrationCutover(_)
+                | Command::MigrationAbort(_)
+        )
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -52,12 +72,12 @@ pub enum CommandOutput {
     Alarm(AlarmResponse),
     LeaseGrant(LeaseGrantResponse),
     LeaseRevoke(LeaseRevokeResponse),
-    Import {
-        revision: i64,
-    },
+    /// A migration command's answer: the migration's state after it, as
+    /// the service reports it (`target_revision` filled in).
+    Migration(MigrationState),
 }
 
-/// The events one applied command produced, all at one revision.
+/// The events of one revision.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RevisionEvents {
     pub revision: i64,

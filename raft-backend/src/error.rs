@@ -23,9 +23,33 @@ pub enum StoreError {
     LeaseExists,
     #[error("mvcc: database space exceeded")]
     NoSpace,
-    /// An import tried to write at or below the store's current revision.
-    #[error("import revision {got} is not after the current revision {current}")]
-    ImportOutOfOrder { got: i64, current: i64 },
+    /// A client write while a migration imports (phase COPYING or
+    /// FOLLOWING). The words after "etcdserver: " (see `mvcc::migration`).
+    #[error("cairn is importing from etcd cluster {source_cluster_id:x} (phase {phase}); writes are refused until cutover")]
+    MigrationImporting {
+        source_cluster_id: u64,
+        phase: &'static str,
+    },
+    /// A client write after the import was aborted.
+    #[error("cairn's import from etcd cluster {source_cluster_id:x} was aborted; this cluster holds a partial copy and refuses writes")]
+    MigrationAborted { source_cluster_id: u64 },
+    /// MigrationBegin on a store that holds data. The words after "cairn: ".
+    #[error("target is not empty (revision {revision}); a migration needs an empty Cairn cluster")]
+    MigrationNotEmpty { revision: i64 },
+    /// MigrationBegin from a source other than the one being imported.
+    #[error("target is importing from etcd cluster {importing:x}, not {requested:x}")]
+    MigrationOtherSource { importing: u64, requested: u64 },
+    /// An import call in a phase that does not take it.
+    #[error("no import in progress (phase {phase})")]
+    MigrationWrongPhase { phase: &'static str },
+    /// An import call whose position does not match the store's; it
+    /// changed nothing.
+    #[error("migration out of step: {holds}, request starts after {names}")]
+    MigrationOutOfStep { holds: String, names: String },
+    /// A migration request that no position makes valid (keys out of
+    /// order, a revision below the copy's, ...).
+    #[error("invalid migration request: {0}")]
+    MigrationInvalid(String),
     /// No leader is known (election in progress, or this member is cut off
     /// from a quorum).
     #[error("no leader")]

@@ -23,13 +23,13 @@ mod store;
 mod testing;
 mod txn;
 
-pub use command::{AppliedBatch, Command, CommandOutput, ImportRevision, RevisionEvents};
+pub use command::{AppliedBatch, Command, CommandOutput, RevisionEvents};
 pub use error::{Cause, Result, StoreError};
 pub use mvcc::schema::DOWNGRADE_TO_V1_FOR_TESTS;
-pub use mvcc::ApplyState;
 pub use mvcc::{
     prefix_end, HistoryRead, KeyRange, KvHash, PrevKvInterest, PrevKvWanted, StoreMetrics,
 };
+pub use mvcc::{ApplyState, MigrationGate};
 pub use replication::{
     Bootstrap, LeaseAuthority, MemberInfo, MemberList, MembershipError, PeerService, PeerTransport,
     RaftStatus, RaftTiming, ReplicaOptions, LOG_DIR,

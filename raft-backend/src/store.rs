@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use cairn_proto::etcdserverpb::{RangeRequest, RangeResponse, TxnRequest, TxnResponse};
+use cairn_proto::migrate::{self, MigrationState};
 use tokio::sync::{broadcast, watch};
 
 use crate::apply::writer::{Writer, WriterOutputs};
@@ -308,6 +309,60 @@ impl Store {
         self.readers
             .read(move |v| crate::mvcc::hash_kv::hash_kv(v, revision))
             .await
+    }
+
+    // ---- Live migration from etcd (docs/design.md; `apply::migration`) ----
+
+    /// Proposes a migration command and answers with the migration's state
+    /// after it was applied here.
+    async fn propose_migration(&self, cmd: Command) -> Result<MigrationState> {
+        match self.propose(cmd).await? {
+            CommandOutput::Migration(state) => Ok(state),
+            other => Err(StoreError::Storage(format!(
+                "a migration command answered {other:?}"
+            ))),
+        }
+    }
+
+    pub async fn migration_begin(&self, req: migrate::BeginRequest) -> Result<MigrationState> {
+        self.propose_migration(Command::MigrationBegin(req)).await
+    }
+
+    pub async fn import_base(&self, req: migrate::ImportBaseRequest) -> Result<MigrationState> {
+        self.propose_migration(Command::ImportBase(req)).await
+    }
+
+    pub async fn import_revisions(
+        &self,
+        req: migrate::ImportRevisionsRequest,
+    ) -> Result<MigrationState> {
+        self.propose_migration(Command::ImportRevisions(req)).await
+    }
+
+    pub async fn migration_cutover(&self, req: migrate::CutoverRequest) -> Result<MigrationState> {
+        self.propose_migration(Command::MigrationCutover(req)).await
+    }
+
+    pub async fn migration_abort(&self, req: migrate::AbortRequest) -> Result<MigrationState> {
+        self.propose_migration(Command::MigrationAbort(req)).await
+    }
+
+    /// This member's migration state as applied here (no Raft round), with
+    /// `target_revision` from the same snapshot.
+    pub async fn migration_state(&self) -> Result<MigrationState> {
+        self.readers
+            .read(|v| {
+                let mut state = crate::mvcc::migration::load(v.conn())?;
+                state.target_revision = v.current_rev();
+                Ok(state)
+            })
+            .await
+    }
+
+    /// The migration's phase as applied here, and the error a client write
+    /// gets now (`MigrationGate::check_write`): cheap, from memory.
+    pub fn migration_gate(&self) -> crate::MigrationGate {
+        self.state.borrow().migration
     }
 
     pub fn applied(&self) -> ApplyState {

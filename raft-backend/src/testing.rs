@@ -53,10 +53,26 @@ impl TestStore {
     /// Applies `cmd` in a transaction of its own, as one batch.
     pub fn apply(&mut self, cmd: Command) -> Result<CommandOutput> {
         let tx = self.conn.unchecked_transaction()?;
-        let out = apply(&tx, &self.index, &mut self.state, &cmd, true)?;
+        let out = apply(&tx, &self.index, &mut self.state, &cmd, true);
+        // As the writer does after every batch with a migration command.
+        self.index.release();
+        let out = out?;
         self.state.persist(&tx)?;
         tx.commit()?;
         Ok(out.output)
+    }
+
+    /// Applies `cmd` in a transaction of its own, with everything it gave
+    /// (events per revision, compaction, reset). A refused command rolls
+    /// back, as the writer's would have written nothing.
+    pub fn apply_full(&mut self, cmd: Command) -> Result<crate::apply::apply_command::Applied> {
+        let tx = self.conn.unchecked_transaction()?;
+        let out = apply(&tx, &self.index, &mut self.state, &cmd, true);
+        self.index.release();
+        let out = out?;
+        self.state.persist(&tx)?;
+        tx.commit()?;
+        Ok(out)
     }
 
     pub fn put(&mut self, key: &str, value: &str) {

@@ -7,7 +7,7 @@ use cairn_proto::etcdserverpb::{
     RequestOp, TxnRequest,
 };
 use cairn_proto::mvccpb::{event::EventType, Event, KeyValue};
-use cairn_raft_backend::{Command, CommandOutput, ImportRevision, Store, StoreError};
+use cairn_raft_backend::{Command, CommandOutput, Store, StoreError};
 
 async fn open(dir: &tempfile::TempDir) -> Store {
     Store::open_single(dir.path(), &prometheus::Registry::new())
@@ -330,54 +330,132 @@ async fn concurrent_proposals_share_commits() {
 }
 
 #[tokio::test]
-async fn import_keeps_source_revisions() {
+async fn an_import_keeps_source_revisions_through_raft_and_a_reopen() {
+    use cairn_proto::migrate::{
+        BeginRequest, CutoverRequest, ImportBaseRequest, ImportRevision, ImportRevisionsRequest,
+        Phase,
+    };
     let dir = tempfile::tempdir().unwrap();
-    let s = open(&dir).await;
-    let kv = |k: &str, create, ver| KeyValue {
+    let kv = |k: &str, create, modr, ver| KeyValue {
         key: k.into(),
         value: b"v".to_vec(),
         create_revision: create,
+        mod_revision: modr,
         version: ver,
         ..Default::default()
     };
-    let put_ev = |kv: KeyValue| Event {
-        r#type: EventType::Put as i32,
-        kv: Some(kv),
-        prev_kv: None,
-    };
-    s.propose(Command::Import(ImportRevision {
-        revision: 1000,
-        events: vec![put_ev(kv("a", 7, 3)), put_ev(kv("b", 1000, 1))],
-    }))
-    .await
-    .unwrap();
-    let a = &get(&s, "a", 0).await.unwrap()[0];
-    assert_eq!((a.create_revision, a.mod_revision, a.version), (7, 1000, 3));
-    assert_eq!(s.applied().current_rev, 1000);
-    // Revisions never go back.
-    let again = s
-        .propose(Command::Import(ImportRevision {
-            revision: 1000,
-            events: vec![],
-        }))
-        .await;
-    assert!(matches!(again, Err(StoreError::ImportOutOfOrder { .. })));
-    s.propose(Command::Import(ImportRevision {
-        revision: 1005,
-        events: vec![Event {
-            r#type: EventType::Delete as i32,
-            kv: Some(KeyValue {
-                key: "a".into(),
+    {
+        let s = open(&dir).await;
+        let mut events = s.subscribe();
+        s.migration_begin(BeginRequest {
+            source_cluster_id: 42,
+            start_revision: 1000,
+            compact_revision: 990,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        assert_eq!(s.migration_gate().phase(), Phase::Copying);
+        let refused = s.propose(put("x", "1")).await;
+        assert!(
+            matches!(refused, Err(StoreError::MigrationImporting { .. })),
+            "{refused:?}"
+        );
+        let st = s
+            .import_base(ImportBaseRequest {
+                kvs: vec![kv("a", 7, 999, 3), kv("b", 1000, 1000, 1)],
+                done: true,
                 ..Default::default()
-            }),
+            })
+            .await
+            .unwrap();
+        assert_eq!((st.phase(), st.target_revision), (Phase::Following, 1000));
+        // The copy's completion is a reset for watchers.
+        let batch = events.recv().await.unwrap();
+        assert!(batch.reset && batch.current_revision == 1000, "{batch:?}");
+        let a = &get(&s, "a", 0).await.unwrap()[0];
+        assert_eq!((a.create_revision, a.mod_revision, a.version), (7, 999, 3));
+        let put_ev = |kv: KeyValue| Event {
+            r#type: EventType::Put as i32,
+            kv: Some(kv),
             prev_kv: None,
-        }],
-    }))
+        };
+        s.import_revisions(ImportRevisionsRequest {
+            after_revision: 1000,
+            revisions: vec![
+                ImportRevision {
+                    revision: 1001,
+                    events: vec![put_ev(kv("a", 7, 0, 4))],
+                },
+                ImportRevision {
+                    revision: 1002,
+                    events: vec![Event {
+                        r#type: EventType::Delete as i32,
+                        kv: Some(KeyValue {
+                            key: "b".into(),
+                            ..Default::default()
+                        }),
+                        prev_kv: None,
+                    }],
+                },
+            ],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        // One revision's events each.
+        let batch = events.recv().await.unwrap();
+        let revs: Vec<i64> = batch.revisions.iter().map(|r| r.revision).collect();
+        assert_eq!(revs, vec![1001, 1002]);
+        let again = s
+            .import_revisions(ImportRevisionsRequest {
+                after_revision: 1000,
+                ..Default::default()
+            })
+            .await;
+        assert!(matches!(again, Err(StoreError::MigrationOutOfStep { .. })));
+        s.shutdown().await;
+    }
+    let s = open(&dir).await;
+    let st = s.migration_state().await.unwrap();
+    assert_eq!((st.phase(), st.target_revision), (Phase::Following, 1002));
+    assert!(get(&s, "b", 0).await.unwrap().is_empty());
+    s.migration_cutover(CutoverRequest {
+        expected_revision: 1002,
+        unix_ms: 1,
+    })
     .await
     .unwrap();
-    assert!(get(&s, "a", 0).await.unwrap().is_empty());
     // Local writes continue from the imported numbering.
-    assert_eq!(rev_of(&s.propose(put("c", "1")).await.unwrap()), 1006);
+    assert_eq!(rev_of(&s.propose(put("c", "1")).await.unwrap()), 1003);
+    // Physical compaction over copied rows (ids mod_revision << 24 | n) and
+    // those after them: what stands at the compact revision stays.
+    s.propose(Command::Compact(
+        cairn_proto::etcdserverpb::CompactionRequest {
+            revision: 1002,
+            physical: true,
+        },
+    ))
+    .await
+    .unwrap();
+    s.wait_compacted(1002).await;
+    let rows: Vec<(i64, Vec<u8>)> = db(&dir)
+        .prepare("SELECT rev, key FROM history ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        rows,
+        vec![(1001, b"a".to_vec()), (1003, b"c".to_vec())],
+        "a's copy and b's tombstone and copy are gone"
+    );
+    assert_eq!(get(&s, "a", 1002).await.unwrap()[0].version, 4);
+    assert!(matches!(
+        get(&s, "a", 1001).await,
+        Err(StoreError::Compacted)
+    ));
 }
 
 #[tokio::test]

@@ -88,7 +88,18 @@ pub fn store_status(e: StoreError) -> Status {
         StoreError::LeaseNotFound => EtcdError::LeaseNotFound.into(),
         StoreError::NoSpace => EtcdError::NoSpace.into(),
         StoreError::LeaseExists => EtcdError::LeaseExist.into(),
-        StoreError::ImportOutOfOrder { .. } => Status::failed_precondition(e.to_string()),
+        // Live migration (docs/design.md, "Messages"): client writes in
+        // etcd's words, the migration service's own refusals as "cairn: ".
+        StoreError::MigrationImporting { .. } | StoreError::MigrationAborted { .. } => {
+            Status::failed_precondition(format!("etcdserver: {e}"))
+        }
+        StoreError::MigrationNotEmpty { .. }
+        | StoreError::MigrationOtherSource { .. }
+        | StoreError::MigrationWrongPhase { .. } => {
+            Status::failed_precondition(format!("cairn: {e}"))
+        }
+        StoreError::MigrationOutOfStep { .. } => Status::aborted(format!("cairn: {e}")),
+        StoreError::MigrationInvalid(_) => Status::invalid_argument(format!("cairn: {e}")),
         StoreError::Stopped => EtcdError::Stopped.into(),
         // Retried by clients, as etcd's own Unavailable answers are.
         StoreError::Reopened => Status::unavailable(format!("etcdserver: {e}")),
@@ -142,6 +153,65 @@ mod tests {
             (
                 Code::FailedPrecondition,
                 "etcdserver: can only promote a learner member"
+            )
+        );
+        let s = store_status(StoreError::MigrationImporting {
+            source_cluster_id: 0xcdf818194e3a8c32,
+            phase: "FOLLOWING",
+        });
+        assert_eq!(
+            (s.code(), s.message()),
+            (
+                Code::FailedPrecondition,
+                "etcdserver: cairn is importing from etcd cluster cdf818194e3a8c32 (phase FOLLOWING); writes are refused until cutover"
+            )
+        );
+        let s = store_status(StoreError::MigrationAborted {
+            source_cluster_id: 0xab,
+        });
+        assert_eq!(
+            (s.code(), s.message()),
+            (
+                Code::FailedPrecondition,
+                "etcdserver: cairn's import from etcd cluster ab was aborted; this cluster holds a partial copy and refuses writes"
+            )
+        );
+        let s = store_status(StoreError::MigrationNotEmpty { revision: 12 });
+        assert_eq!(
+            (s.code(), s.message()),
+            (
+                Code::FailedPrecondition,
+                "cairn: target is not empty (revision 12); a migration needs an empty Cairn cluster"
+            )
+        );
+        let s = store_status(StoreError::MigrationOtherSource {
+            importing: 0xa,
+            requested: 0xb,
+        });
+        assert_eq!(
+            (s.code(), s.message()),
+            (
+                Code::FailedPrecondition,
+                "cairn: target is importing from etcd cluster a, not b"
+            )
+        );
+        let s = store_status(StoreError::MigrationWrongPhase { phase: "NONE" });
+        assert_eq!(
+            (s.code(), s.message()),
+            (
+                Code::FailedPrecondition,
+                "cairn: no import in progress (phase NONE)"
+            )
+        );
+        let s = store_status(StoreError::MigrationOutOfStep {
+            holds: "the target is at revision 10".into(),
+            names: "revision 12".into(),
+        });
+        assert_eq!(
+            (s.code(), s.message()),
+            (
+                Code::Aborted,
+                "cairn: migration out of step: the target is at revision 10, request starts after revision 12"
             )
         );
         let s: Status = EtcdError::RequestTooLarge.into();

@@ -27,11 +27,17 @@ pub fn routes(node: SharedNode, server_metrics: Arc<ServerMetrics>) -> Router {
         .with_state(node)
 }
 
-/// Healthy when there is a leader, no alarm is raised and a linearizable read
-/// succeeds; the reason says which check failed.
+/// Healthy when there is a leader, no migration keeps writes out, no alarm
+/// is raised and a linearizable read succeeds; the reason says which check
+/// failed. /livez answers 200 whatever these say.
 async fn check(node: &SharedNode) -> Result<(), String> {
     if !node.has_leader() {
         return Err("RAFT NO LEADER".into());
+    }
+    // Importing from etcd (or aborted): reads are served, writes are not,
+    // so this member is not ready for a client such as kube-apiserver.
+    if let Some(note) = node.migration_note() {
+        return Err(note);
     }
     match node.store.alarms().await {
         Ok(a) if !a.is_empty() => return Err("ALARM ".to_string() + &format!("{a:?}")),

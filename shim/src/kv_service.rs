@@ -85,6 +85,7 @@ impl Kv for KvService {
         let span = tracing::debug_span!("put", key_len = r.key.len(), value_len = r.value.len());
         async move {
             validate::put(&r)?;
+            self.node.check_writable()?;
             self.node.check_size(&r)?;
             quota::check(&self.node, (r.key.len() + r.value.len()) as i64).await?;
             match self.propose(Command::Put(r)).await? {
@@ -108,6 +109,7 @@ impl Kv for KvService {
         let span = tracing::debug_span!("delete_range", key_len = r.key.len());
         async move {
             validate::delete_range(&r)?;
+            self.node.check_writable()?;
             self.node.check_size(&r)?;
             match self.propose(Command::DeleteRange(r)).await? {
                 CommandOutput::DeleteRange(mut resp) => {
@@ -142,6 +144,7 @@ impl Kv for KvService {
                     .await
                     .map_err(store_status)?
             } else {
+                self.node.check_writable()?;
                 self.node.check_size(&r)?;
                 quota::check(&self.node, txn_cost(&r)).await?;
                 match self.propose(Command::Txn(r)).await? {
@@ -164,6 +167,7 @@ impl Kv for KvService {
         let r = req.into_inner();
         let span = tracing::info_span!("compact", revision = r.revision, physical = r.physical);
         async move {
+            self.node.check_writable()?;
             let physical = r.physical;
             match self.propose(Command::Compact(r)).await? {
                 CommandOutput::Compact {

@@ -24,6 +24,7 @@ mod cluster_service;
 mod kv_service;
 mod lease;
 mod maintenance_service;
+mod migrate_service;
 mod quota;
 mod validate;
 mod watch;

@@ -75,6 +75,7 @@ impl Maintenance for MaintenanceService {
             errors: alarms
                 .iter()
                 .map(|a| alarm_text(a.member_id, a.alarm))
+                .chain(self.node.migration_note())
                 .collect(),
             db_size_in_use: st.db_size_in_use,
             is_learner: raft.is_learner,

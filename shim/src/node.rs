@@ -76,6 +76,36 @@ impl Node {
         Ok(wants)
     }
 
+    /// Refuses a client write while a migration imports into this cluster,
+    /// or after it was aborted, before anything is proposed (apply refuses
+    /// it too, with the same words, should the phase change meanwhile).
+    pub fn check_writable(&self) -> Result<(), Status> {
+        self.store
+            .migration_gate()
+            .check_write()
+            .map_err(crate::errors::store_status)
+    }
+
+    /// What this member says of a migration that keeps it from taking
+    /// writes, for Status's errors and the health endpoints; `None` when
+    /// writes pass.
+    pub fn migration_note(&self) -> Option<String> {
+        use cairn_proto::migrate::Phase;
+        let gate = self.store.migration_gate();
+        match gate.phase() {
+            Phase::Copying | Phase::Following => Some(format!(
+                "IMPORTING from etcd cluster {:x} (phase {}); writes are refused until cutover",
+                gate.source_cluster_id,
+                gate.phase().as_str_name()
+            )),
+            Phase::Aborted => Some(format!(
+                "IMPORT ABORTED from etcd cluster {:x}; this cluster holds a partial copy and refuses writes",
+                gate.source_cluster_id
+            )),
+            Phase::None | Phase::CutOver => None,
+        }
+    }
+
     /// etcd refuses a write whose encoded size exceeds --max-request-bytes.
     pub fn check_size(&self, m: &impl prost::Message) -> Result<(), Status> {
         if m.encoded_len() > self.max_request_bytes {

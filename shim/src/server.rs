@@ -10,6 +10,7 @@ use cairn_proto::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer,
 };
+use cairn_proto::migrate::migration_server::MigrationServer;
 use cairn_proto::peer::peer_server::PeerServer;
 use cairn_raft_backend::{Bootstrap, MemberInfo, PeerTransport, RaftTiming, ReplicaOptions, Store};
 use futures::{StreamExt, TryStreamExt};
@@ -28,6 +29,7 @@ use crate::kv_service::KvService;
 use crate::lease::{LeaseService, Lessor};
 use crate::maintenance_service::MaintenanceService;
 use crate::metrics::{track, ServerMetrics};
+use crate::migrate_service::MigrationService;
 use crate::node::{Node, SharedNode};
 use crate::stream_end::StreamEnd;
 use crate::watch::{WatchHub, WatchService};
@@ -380,6 +382,12 @@ pub async fn serve(
             .add_service(
                 LeaseServer::new(LeaseService::new(node.clone(), lessor, stream_end.clone()))
                     .max_decoding_message_size(limit),
+            )
+            // Live migration from etcd: one import call may carry a revision
+            // far above --max-request-bytes (a delete of a million keys).
+            .add_service(
+                MigrationServer::new(MigrationService::new(node.clone()))
+                    .max_decoding_message_size(crate::migrate_service::MAX_MESSAGE_BYTES),
             );
     let app = grpc
         .into_axum_router()

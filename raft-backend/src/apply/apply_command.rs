@@ -3,25 +3,44 @@
 use cairn_proto::etcdserverpb::{
     CompactionResponse, LeaseGrantResponse, LeaseRevokeResponse, ResponseHeader,
 };
-use cairn_proto::mvccpb::event::EventType;
 use rusqlite::Connection;
 
-use crate::command::{Command, CommandOutput, ImportRevision};
+use crate::command::{Command, CommandOutput, RevisionEvents};
 use crate::error::{Result, StoreError};
 use crate::mvcc::alarms::{apply_alarm, nospace};
 use crate::mvcc::apply_state::ApplyState;
 use crate::mvcc::key_index::KeyIndex;
 use crate::mvcc::txn_read::TxnRead;
 use crate::mvcc::write_txn::WriteTxn;
-use crate::txn::{self, txn_has_put};
+use crate::txn::{self, is_txn_readonly, txn_has_put};
 
 /// What applying one command produced.
 pub struct Applied {
     pub output: CommandOutput,
-    /// Set when the command created a new revision.
-    pub events: Option<(i64, Vec<cairn_proto::mvccpb::Event>)>,
+    /// The revisions the command created, oldest first, each with its
+    /// events: one for a client write that changed something, none for
+    /// one that did not, any number for an import.
+    pub events: Vec<RevisionEvents>,
     /// Set when the command scheduled a compaction.
     pub compacted_to: Option<i64>,
+    /// The command changed history other than by appending revisions (a
+    /// migration wiped the store, or its copy completed): watchers must
+    /// re-read what they need, as after a snapshot install.
+    pub reset: bool,
+}
+
+/// A client write, refused while a migration imports or after it was
+/// aborted (`MigrationGate::check_write`).
+fn is_client_write(cmd: &Command) -> bool {
+    match cmd {
+        Command::Put(_)
+        | Command::DeleteRange(_)
+        | Command::Compact(_)
+        | Command::LeaseGrant(_)
+        | Command::LeaseRevoke(_) => true,
+        Command::Txn(t) => !is_txn_readonly(t),
+        _ => false,
+    }
 }
 
 /// Applies `cmd` to `conn`, updating `state` only on success.
@@ -40,6 +59,12 @@ pub fn apply(
     cmd: &Command,
     prev_values: bool,
 ) -> Result<Applied> {
+    if cmd.is_migration() {
+        return crate::apply::migration::apply(conn, index, state, cmd, prev_values);
+    }
+    if is_client_write(cmd) {
+        state.migration.check_write()?;
+    }
     let mut next = *state;
     let mut wtx = WriteTxn::new(conn, index, next.current_rev, next.compact_rev);
     if !prev_values {
@@ -57,23 +82,22 @@ pub fn apply(
             )))
         }
     };
-    if let Command::Import(imp) = cmd {
-        // An imported revision moves the counter even if it changed nothing
-        // here, so that later imports keep the source's numbering.
-        next.current_rev = imp.revision;
-    }
     let events = if wtx.has_changes() {
-        let rev = wtx.current_rev();
-        next.current_rev = rev;
-        Some((rev, wtx.into_events()))
+        let revision = wtx.current_rev();
+        next.current_rev = revision;
+        vec![RevisionEvents {
+            revision,
+            events: wtx.into_events(),
+        }]
     } else {
-        None
+        Vec::new()
     };
     *state = next;
     Ok(Applied {
         output,
         events,
         compacted_to,
+        reset: false,
     })
 }
 
@@ -139,40 +163,16 @@ fn apply_to<'c>(
                 }),
             })
         }
-        Command::Import(imp) => {
-            if imp.revision <= state.current_rev {
-                return Err(StoreError::ImportOutOfOrder {
-                    got: imp.revision,
-                    current: state.current_rev,
-                });
-            }
-            // Writes through a write txn land one above its base revision, so base
-            // it just below the revision being imported.
-            *wtx = WriteTxn::new(conn, wtx.index(), imp.revision - 1, state.compact_rev);
-            import(wtx, imp)?;
-            CommandOutput::Import {
-                revision: imp.revision,
-            }
+        // Applied by `apply` before this.
+        Command::MigrationBegin(_)
+        | Command::ImportBase(_)
+        | Command::ImportRevisions(_)
+        | Command::MigrationCutover(_)
+        | Command::MigrationAbort(_) => {
+            return Err(StoreError::Storage(
+                "a migration command reached client apply".into(),
+            ))
         }
     };
     Ok((output, compacted_to))
-}
-
-fn import(wtx: &mut WriteTxn<'_>, imp: &ImportRevision) -> Result<()> {
-    for ev in &imp.events {
-        let kv = ev.kv.clone().unwrap_or_default();
-        let prev = wtx.get(&kv.key)?;
-        if ev.r#type == EventType::Delete as i32 {
-            if let Some(prev) = prev {
-                wtx.record_delete(prev, imp.revision)?;
-            }
-        } else {
-            let kv = cairn_proto::mvccpb::KeyValue {
-                mod_revision: imp.revision,
-                ..kv
-            };
-            wtx.record_put(kv, prev)?;
-        }
-    }
-    Ok(())
 }

@@ -4,4 +4,5 @@
 //! as plain (index, term, payload); nothing here knows about Raft.
 
 pub(crate) mod apply_command;
+pub(crate) mod migration;
 pub(crate) mod writer;

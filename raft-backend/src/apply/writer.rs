@@ -27,7 +27,7 @@ use rusqlite::Connection;
 use tokio::sync::{broadcast, oneshot, watch};
 
 use crate::apply::apply_command::apply;
-use crate::command::{AppliedBatch, Command, CommandOutput, RevisionEvents};
+use crate::command::{AppliedBatch, Command, CommandOutput};
 use crate::error::{Result, StoreError};
 use crate::mvcc::apply_state::ApplyState;
 use crate::mvcc::checkpointer::WalRestart;
@@ -317,6 +317,9 @@ fn apply_batch(
     let mut compacted_to = None;
     let mut new_membership = None;
     let mut lease_changes = 0u64;
+    // A migration command writes rows below the current revision, or wipes
+    // them: the key index cannot be rolled back by revision then.
+    let mut migration = false;
     let outcome = (|| -> Result<()> {
         // IMMEDIATE takes the write lock up front and waits for the compactor if
         // it holds it; a deferred transaction would fail on the upgrade instead.
@@ -335,14 +338,19 @@ fn apply_batch(
                         these.push(None);
                     }
                     Payload::Command(cmd) => {
-                        if matches!(cmd, Command::LeaseGrant(_) | Command::LeaseRevoke(_)) {
+                        // A migration command may grant, drop or wipe leases,
+                        // or end the import (the lessor takes over then).
+                        if cmd.is_migration()
+                            || matches!(cmd, Command::LeaseGrant(_) | Command::LeaseRevoke(_))
+                        {
                             lease_changes += 1;
                         }
+                        migration |= cmd.is_migration();
                         let result = match apply(&tx, &out.index, state, &cmd, prev_values) {
                             Ok(a) => {
-                                if let Some((revision, events)) = a.events {
-                                    applied.revisions.push(RevisionEvents { revision, events });
-                                }
+                                // One RevisionEvents per revision, an import's several too.
+                                applied.revisions.extend(a.events);
+                                applied.reset |= a.reset;
                                 compacted_to = a.compacted_to.or(compacted_to);
                                 Ok(a.output)
                             }
@@ -368,8 +376,18 @@ fn apply_batch(
     if let Err(e) = outcome {
         tracing::error!(error = %e, "applying committed entries failed");
         *state = before;
-        out.index.truncate_after(before.current_rev);
+        if migration {
+            if let Err(reload) = out.index.exclusive().reload(conn) {
+                tracing::error!(error = %reload, "rebuilding the key index after a failed batch failed");
+            }
+        } else {
+            out.index.truncate_after(before.current_rev);
+        }
         return Err(e);
+    }
+    if migration {
+        // A wipe in the batch held readers off until its commit.
+        out.index.release();
     }
     let entries: usize = results.iter().map(Vec::len).sum();
     out.metrics.batch_size.observe(entries as f64);
@@ -388,7 +406,12 @@ fn apply_batch(
     if let Some(rev) = compacted_to {
         out.compactor.schedule(rev);
     }
-    if !applied.revisions.is_empty() {
+    if applied.reset {
+        // Watchers cannot be told event by event (see `Applied::reset`):
+        // the hub re-reads their history, as after a snapshot install.
+        applied.revisions.clear();
+    }
+    if !applied.revisions.is_empty() || applied.reset {
         // No subscriber is not an error: the watch hub may not be running.
         let _ = out.events.send(Arc::new(applied));
     }

@@ -5,6 +5,7 @@
 use rusqlite::Connection;
 
 use crate::error::Result;
+use crate::mvcc::migration::{self, MigrationGate};
 use crate::mvcc::schema::{get_meta, meta, set_meta};
 
 /// The counters the apply loop keeps in memory and persists with every batch.
@@ -14,6 +15,10 @@ pub struct ApplyState {
     pub compact_rev: i64,
     pub applied_index: u64,
     pub applied_term: u64,
+    /// The migration's phase (`migration` table), which client writes are
+    /// checked against; written by the migration commands themselves, not
+    /// by `persist`.
+    pub migration: MigrationGate,
 }
 
 impl ApplyState {
@@ -23,6 +28,7 @@ impl ApplyState {
             compact_rev: get_meta(conn, meta::COMPACT_REV)?,
             applied_index: get_meta(conn, meta::APPLIED_INDEX)? as u64,
             applied_term: get_meta(conn, meta::APPLIED_TERM)? as u64,
+            migration: migration::gate(conn)?,
         })
     }
 

@@ -42,6 +42,10 @@ struct Inner {
     /// Reads below this revision may miss pruned versions.
     pruned_to: i64,
     generation: u64,
+    /// Set by `clear` until the wipe's transaction is over (`release`):
+    /// a read that starts meanwhile would pair the old rows with the empty
+    /// index, so it is told to start again.
+    held: bool,
 }
 
 #[derive(Default)]
@@ -93,6 +97,9 @@ impl KeyIndex {
     /// can come between it and the generation it returns with.
     pub fn begin<T>(&self, start: impl FnOnce() -> Result<T>) -> Result<(T, Generation)> {
         let inner = self.read();
+        if inner.held {
+            return Err(StoreError::Reopened);
+        }
         let t = start()?;
         Ok((t, inner.generation))
     }
@@ -204,6 +211,23 @@ impl KeyIndex {
         }
     }
 
+    /// Forgets every version: a migration that starts again wipes the
+    /// store, in the writer's transaction. A read begun before is told to
+    /// start again, as after a reload, and so is one that starts before the
+    /// writer calls `release` (its snapshot would still hold the rows).
+    pub fn clear(&self) {
+        let mut inner = self.write();
+        inner.keys.clear();
+        inner.pruned_to = 0;
+        inner.generation += 1;
+        inner.held = true;
+    }
+
+    /// The transaction that called `clear` is over: reads may start again.
+    pub fn release(&self) {
+        self.write().held = false;
+    }
+
     /// Forgets every version above `rev`: a batch that failed to commit.
     pub fn truncate_after(&self, rev: i64) {
         let mut inner = self.write();
@@ -280,6 +304,7 @@ impl Exclusive<'_> {
         self.0.keys = keys;
         self.0.pruned_to = 0;
         self.0.generation += 1;
+        self.0.held = false;
         Ok(())
     }
 }
@@ -384,6 +409,23 @@ mod tests {
         assert_eq!(ix.newest(b"b"), None);
         assert_eq!(ix.at(None, b"a", 5).unwrap(), Some(v(3, 2, false)));
         assert!(matches!(ix.at(None, b"a", 4), Err(StoreError::Compacted)));
+    }
+
+    #[test]
+    fn reads_wait_out_a_wipe_until_its_transaction_is_over() {
+        let ix = KeyIndex::default();
+        ix.push(b"a", v(2, 1, false));
+        let ((), before) = ix.begin(|| Ok(())).unwrap();
+        ix.clear();
+        assert!(matches!(
+            ix.at(Some(before), b"a", 2),
+            Err(StoreError::Reopened)
+        ));
+        // A read starting now would see the old rows with the empty index.
+        assert!(matches!(ix.begin(|| Ok(())), Err(StoreError::Reopened)));
+        ix.release();
+        let ((), after) = ix.begin(|| Ok(())).unwrap();
+        assert_eq!(ix.at(Some(after), b"a", 2).unwrap(), None);
     }
 
     #[test]

@@ -17,6 +17,13 @@
 //! before reads a store without the index (and creates it again at its next
 //! open), and this one reads a store with it.
 //!
+//! The `migration` table (one row, live migration from etcd: see
+//! `mvcc::migration`) came later, also without a new version: it is created
+//! at open if missing, and a binary from before never reads it. Rows a
+//! migration copied have ids `mod_revision << 24 | n` rather than the next
+//! id, which keeps ids in revision order; a binary from before reads them
+//! alike.
+//!
 //! Version 1 also indexed history by `(key, rev)`, and versions 1 and 2 kept
 //! a `live` table (key -> newest row): each cost every write a B-tree leaf
 //! rewritten at a random place, which the checkpoints then wrote back and the
@@ -57,6 +64,21 @@ CREATE TABLE IF NOT EXISTS raft_state (
     name  TEXT PRIMARY KEY,
     value BLOB NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS migration (
+    id                  INTEGER PRIMARY KEY CHECK (id = 1),
+    phase               INTEGER NOT NULL,
+    source_cluster_id   INTEGER NOT NULL,
+    source_version      TEXT    NOT NULL,
+    start_revision      INTEGER NOT NULL,
+    compact_revision    INTEGER NOT NULL,
+    keys_copied         INTEGER NOT NULL,
+    bytes_copied        INTEGER NOT NULL,
+    copy_resume_after   BLOB    NOT NULL,
+    source_revision     INTEGER NOT NULL,
+    source_seen_unix_ms INTEGER NOT NULL,
+    phase_since_unix_ms INTEGER NOT NULL,
+    history_none        INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS alarms (
     member_id INTEGER NOT NULL,
     alarm     INTEGER NOT NULL,

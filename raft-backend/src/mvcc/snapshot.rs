@@ -136,7 +136,14 @@ pub fn install(conn: &mut Connection, snapshot: &Path) -> Result<()> {
     conn.execute("ATTACH DATABASE ?1 AS snap", [path])?;
     let copy = (|| -> Result<()> {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        for table in ["history", "meta", "leases", "alarms", "raft_state"] {
+        for table in [
+            "history",
+            "meta",
+            "leases",
+            "alarms",
+            "raft_state",
+            "migration",
+        ] {
             tx.execute_batch(&format!(
                 "DELETE FROM main.{table}; INSERT INTO main.{table} SELECT * FROM snap.{table};"
             ))?;
@@ -259,6 +266,14 @@ mod tests {
         let db = from.path().join("store.db");
         let conn = fill(&db);
         membership_blob::save(&conn, b"members").unwrap();
+        // A member that joins mid-migration learns its phase with the rows.
+        let importing = cairn_proto::migrate::MigrationState {
+            phase: cairn_proto::migrate::Phase::Following as i32,
+            source_cluster_id: 5,
+            copy_resume_after: b"z".to_vec(),
+            ..Default::default()
+        };
+        crate::mvcc::migration::save(&conn, &importing).unwrap();
         let snap_dir = snapshot_dir(from.path()).unwrap();
         let (pinned, point) = PinnedStore::pin(&db, &snap_dir).unwrap();
         // Writes after the pin are not in the copy.
@@ -277,6 +292,8 @@ mod tests {
             membership_blob::load(&installed).unwrap().as_deref(),
             Some(&b"members"[..])
         );
+        assert_eq!(crate::mvcc::migration::load(&installed).unwrap(), importing);
+        assert!(ApplyState::load(&installed).unwrap().migration.importing());
         let path = copy.path.clone();
         drop(copy);
         assert!(!path.exists(), "a copy is removed once sent");

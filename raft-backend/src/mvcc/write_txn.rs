@@ -52,10 +52,6 @@ impl<'c> WriteTxn<'c> {
         self.prev_values = false;
     }
 
-    pub fn index(&self) -> &'c KeyIndex {
-        self.index
-    }
-
     /// The revision this transaction started on.
     pub fn begin_rev(&self) -> i64 {
         self.begin_rev

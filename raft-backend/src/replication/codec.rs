@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use cairn_proto::migrate;
 use cairn_proto::peer as pb;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, StreamAppendError, StreamAppendResult,
@@ -16,7 +17,7 @@ use super::types::{
     Entry, EntryPayload, LogCommand, LogId, MemberInfo, Membership, StoredMembership, TypeConfig,
     Vote,
 };
-use crate::command::{Command, ImportRevision};
+use crate::command::Command;
 
 /// A peer message or stored record that could not be decoded.
 #[derive(Debug, thiserror::Error)]
@@ -152,10 +153,11 @@ pub fn command_to_pb(c: &LogCommand) -> pb::Command {
         Command::Alarm(x) => Op::Alarm(*x),
         Command::LeaseGrant(x) => Op::LeaseGrant(*x),
         Command::LeaseRevoke(x) => Op::LeaseRevoke(*x),
-        Command::Import(x) => Op::Import(pb::ImportRevision {
-            revision: x.revision,
-            events: x.events.clone(),
-        }),
+        Command::MigrationBegin(x) => Op::MigrationBegin(x.clone()),
+        Command::ImportBase(x) => Op::ImportBase(x.clone()),
+        Command::ImportRevisions(x) => Op::ImportRevisions(x.clone()),
+        Command::MigrationCutover(x) => Op::MigrationCutover(*x),
+        Command::MigrationAbort(x) => Op::MigrationAbort(*x),
     };
     pb::Command {
         origin: c.origin,
@@ -174,10 +176,21 @@ pub fn command_from_pb(c: pb::Command) -> Result<LogCommand, DecodeError> {
         Op::Alarm(x) => Command::Alarm(x),
         Op::LeaseGrant(x) => Command::LeaseGrant(x),
         Op::LeaseRevoke(x) => Command::LeaseRevoke(x),
-        Op::Import(x) => Command::Import(ImportRevision {
-            revision: x.revision,
-            events: x.events,
+        // The one-revision import of earlier builds (never proposed by
+        // them): the same thing as a one-revision ImportRevisions.
+        Op::Import(x) => Command::ImportRevisions(migrate::ImportRevisionsRequest {
+            after_revision: x.revision - 1,
+            revisions: vec![migrate::ImportRevision {
+                revision: x.revision,
+                events: x.events,
+            }],
+            ..Default::default()
         }),
+        Op::MigrationBegin(x) => Command::MigrationBegin(x),
+        Op::ImportBase(x) => Command::ImportBase(x),
+        Op::ImportRevisions(x) => Command::ImportRevisions(x),
+        Op::MigrationCutover(x) => Command::MigrationCutover(x),
+        Op::MigrationAbort(x) => Command::MigrationAbort(x),
     };
     Ok(LogCommand {
         origin: c.origin,
@@ -353,11 +366,64 @@ mod tests {
                 log_id: LogId::new(4.into(), 12),
                 payload: EntryPayload::Membership(m),
             },
+            Entry {
+                log_id: LogId::new(4.into(), 13),
+                payload: EntryPayload::Normal(LogCommand {
+                    origin: 7,
+                    request_id: 43,
+                    cmd: Command::ImportRevisions(migrate::ImportRevisionsRequest {
+                        after_revision: 5,
+                        revisions: vec![migrate::ImportRevision {
+                            revision: 6,
+                            events: vec![Default::default()],
+                        }],
+                        lease_drops: vec![3],
+                        compact_to: 4,
+                        ..Default::default()
+                    }),
+                }),
+            },
+            Entry {
+                log_id: LogId::new(4.into(), 14),
+                payload: EntryPayload::Normal(LogCommand {
+                    origin: 7,
+                    request_id: 44,
+                    cmd: Command::MigrationBegin(migrate::BeginRequest {
+                        source_cluster_id: u64::MAX,
+                        restart: true,
+                        ..Default::default()
+                    }),
+                }),
+            },
         ];
         for e in entries {
             let back = decode_entry(&encode_entry(&e)).unwrap();
             assert_eq!(back, e);
         }
+    }
+
+    #[test]
+    fn an_import_of_earlier_builds_decodes_as_a_one_revision_import() {
+        let old = pb::Command {
+            origin: 1,
+            request_id: 2,
+            op: Some(pb::command::Op::Import(pb::ImportRevision {
+                revision: 9,
+                events: vec![],
+            })),
+        };
+        let cmd = command_from_pb(old).unwrap().cmd;
+        assert_eq!(
+            cmd,
+            Command::ImportRevisions(migrate::ImportRevisionsRequest {
+                after_revision: 8,
+                revisions: vec![migrate::ImportRevision {
+                    revision: 9,
+                    events: vec![],
+                }],
+                ..Default::default()
+            })
+        );
     }
 
     #[test]

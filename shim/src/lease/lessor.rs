@@ -8,6 +8,12 @@
 //! promotion, so neither a restart nor a failover expires a lease whose holder
 //! had no chance to renew it. Keep-alives and TTL queries that reach a
 //! follower are answered by the leader.
+//!
+//! While a migration imports into this cluster (or after it was aborted) the
+//! lessor expires nothing and refuses grants and keep-alives: the source
+//! decides expiry, and its DELETE events arrive as revisions. At cutover the
+//! leader takes the deadlines over as on a promotion (full TTL plus one
+//! election timeout from then).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -84,6 +90,12 @@ impl Lessor {
         self.node.store.is_leader()
     }
 
+    /// Whether this lessor keeps deadlines and expires leases: on the
+    /// leader, unless a migration is importing (or was aborted).
+    fn in_charge(&self) -> bool {
+        self.is_leader() && self.node.store.migration_gate().check_write().is_ok()
+    }
+
     /// Brings the deadlines in line with the leases in the store: leases
     /// granted through other members are tracked from when they are seen,
     /// revoked ones are dropped. On promotion every lease starts afresh.
@@ -123,6 +135,7 @@ impl Lessor {
 
     /// Keep-alive from a client of this member: renewed by the leader.
     pub async fn renew_anywhere(&self, id: i64) -> Result<Option<i64>, Status> {
+        self.node.check_writable()?;
         if self.is_leader() {
             return self.renew(id).await;
         }
@@ -155,6 +168,7 @@ impl Lessor {
         if req.ttl > MAX_TTL {
             return Err(EtcdError::LeaseTtlTooLarge.into());
         }
+        self.node.check_writable()?;
         let ttl = req.ttl.max(MIN_TTL);
         let id = if req.id == 0 {
             self.ids.lock().unwrap_or_else(|e| e.into_inner()).next()
@@ -172,7 +186,7 @@ impl Lessor {
                 "etcdserver: unexpected apply result for lease grant",
             ));
         }
-        if self.is_leader() {
+        if self.in_charge() {
             self.deadlines().insert(
                 id,
                 Deadline {
@@ -205,7 +219,7 @@ impl Lessor {
     /// etcd's leader does before a renew. A keep-alive for a lease that is
     /// gone costs no store read.
     async fn track(&self, id: i64) -> Result<(), Status> {
-        if !self.deadlines().contains_key(&id) && self.is_leader() {
+        if !self.deadlines().contains_key(&id) && self.in_charge() {
             self.node
                 .store
                 .catch_up_apply()
@@ -219,6 +233,7 @@ impl Lessor {
     /// On the leader: extends a live lease by its TTL; None if it is unknown
     /// or already expired.
     pub async fn renew(&self, id: i64) -> Result<Option<i64>, Status> {
+        self.node.check_writable()?;
         self.track(id).await?;
         let mut d = self.deadlines();
         let Some(lease) = d.get_mut(&id) else {
@@ -234,6 +249,15 @@ impl Lessor {
 
     /// On the leader: (remaining seconds, granted TTL), as etcd reports them.
     pub async fn ttl(&self, id: i64) -> Result<Option<(i64, i64)>, Status> {
+        if !self.in_charge() && self.is_leader() {
+            // Importing: no deadlines here; the lease as the store has it,
+            // its whole TTL left (the source keeps the real deadline).
+            let leases = self.node.store.leases().await.map_err(store_status)?;
+            return Ok(leases
+                .into_iter()
+                .find(|(l, _)| *l == id)
+                .map(|(_, ttl)| (ttl, ttl)));
+        }
         self.track(id).await?;
         let d = self.deadlines();
         Ok(d.get(&id).map(|lease| {
@@ -251,7 +275,7 @@ impl Lessor {
         let mut leading = false;
         loop {
             tick.tick().await;
-            if !self.is_leader() {
+            if !self.in_charge() {
                 if leading {
                     self.deadlines().clear();
                 }
@@ -398,5 +422,66 @@ mod tests {
         let leases = t.node.store.leases().await.expect("leases");
         assert_eq!(leases, [(id, MIN_TTL)]);
         assert!(has_key(&t.node, "held").await);
+    }
+
+    /// While a migration imports, the source decides expiry: an imported
+    /// lease outlives its TTL here. At cutover the leader takes over, with
+    /// the full TTL from then.
+    #[tokio::test]
+    async fn an_imported_lease_expires_only_after_cutover() {
+        use cairn_proto::migrate::{BeginRequest, CutoverRequest, ImportBaseRequest, ImportLease};
+        use cairn_proto::mvccpb::KeyValue;
+        let t = testing::leader().await;
+        let lessor = Lessor::start(t.node.clone(), EXTEND).await.expect("lessor");
+        let store = &t.node.store;
+        store
+            .migration_begin(BeginRequest {
+                source_cluster_id: 1,
+                start_revision: 3,
+                compact_revision: -1,
+                ..Default::default()
+            })
+            .await
+            .expect("begin");
+        let id = 0x77;
+        store
+            .import_base(ImportBaseRequest {
+                kvs: vec![KeyValue {
+                    key: b"held".to_vec(),
+                    value: b"v".to_vec(),
+                    create_revision: 3,
+                    mod_revision: 3,
+                    version: 1,
+                    lease: id,
+                }],
+                leases: vec![ImportLease {
+                    id,
+                    granted_ttl: 1,
+                    remaining_ttl: 1,
+                }],
+                done: true,
+                ..Default::default()
+            })
+            .await
+            .expect("import");
+        assert_eq!(lessor.ttl(id).await.expect("ttl"), Some((1, 1)));
+        let refused = lessor.renew_anywhere(id).await.expect_err("importing");
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+        tokio::time::sleep(Duration::from_secs(1) + EXTEND + 3 * EXPIRY_CHECK).await;
+        assert!(
+            has_key(&t.node, "held").await,
+            "nothing expires while importing"
+        );
+        store
+            .migration_cutover(CutoverRequest {
+                expected_revision: 3,
+                unix_ms: 0,
+            })
+            .await
+            .expect("cutover");
+        testing::eventually("the lease expires after cutover", || async {
+            (!has_key(&t.node, "held").await).then_some(())
+        })
+        .await;
     }
 }

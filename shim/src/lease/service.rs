@@ -59,6 +59,7 @@ impl Lease for LeaseService {
         req: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
         self.node.check_leader(&req)?;
+        self.node.check_writable()?;
         let id = req.into_inner().id;
         let out = self
             .lessor
