@@ -223,21 +223,28 @@ pub async fn connect(side: Side, cfg: &EndpointConfig) -> Result<Conn> {
     for u in &urls {
         endpoints.push(endpoint(side, cfg, u)?);
     }
-    let mut first_err: Option<(String, String)> = None;
-    let mut reachable = 0;
+    let mut errors: Vec<(String, String)> = Vec::new();
     for (ep, url) in endpoints.iter().zip(&urls) {
-        match ep.connect().await {
-            Ok(_) => reachable += 1,
-            Err(e) => {
-                let detail = chain(&e);
-                tracing::warn!(%side, url = %url, error = %detail, "endpoint not reachable");
-                first_err.get_or_insert((url.clone(), detail));
-            }
+        if let Err(e) = ep.connect().await {
+            let detail = chain(&e);
+            let detail = detail
+                .strip_prefix("transport error: ")
+                .unwrap_or(&detail)
+                .to_string();
+            errors.push((url.clone(), detail));
         }
     }
-    if reachable == 0 {
-        let (url, detail) = first_err.unwrap_or_default();
-        let detail = format!("{url}: {detail}");
+    if errors.len() < urls.len() {
+        for (url, detail) in &errors {
+            tracing::warn!(%side, %url, error = %detail, "endpoint not reachable; using the others");
+        }
+    } else {
+        let (url, detail) = errors.into_iter().next().unwrap_or_default();
+        let detail = if urls.len() > 1 {
+            format!("{url}: {detail}")
+        } else {
+            detail
+        };
         return Err(if looks_like_tls(&detail) {
             Error::Tls {
                 side,
