@@ -11,13 +11,14 @@ use clap::{Args, Subcommand, ValueEnum};
 
 use crate::abort::run_abort;
 use crate::connect::EndpointConfig;
-use crate::cutover::{etcd_servers_line, run_cutover, writes_after_fence};
+use crate::cutover::{etcd_servers_line, run_cutover, writes_after_fence, VerifyMode};
 use crate::error::{Error, Result};
 use crate::source::{Credentials, Source};
 use crate::start::{check_target_for, run_start};
 use crate::status::StatusReport;
-use crate::target::Target;
+use crate::target::{phase_name, Target};
 use crate::verify::{default_revision, verify};
+use cairn_proto::migrate::Phase;
 
 /// `cairn migrate`: live migration from a running etcd (3.4 or newer) into an empty Cairn cluster.
 #[derive(Args, Debug)]
@@ -171,6 +172,9 @@ pub struct CutoverArgs {
     /// How long the fenced part may take before the cutover gives up (and lifts the fence).
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// What to verify at the source's last revision before switching: `full` (HashKV and key by key), `hash` (HashKV only), `none`.
+    #[arg(long, value_enum, default_value = "full")]
+    pub verify: VerifyMode,
     /// How long to watch the source for writes it accepted after the fence.
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
     pub watch_after: Duration,
@@ -304,6 +308,16 @@ async fn status(a: StatusArgs) -> Result<()> {
 
 async fn verify_cmd(a: VerifyArgs) -> Result<bool> {
     let (src, tgt, state, _) = connect_both(&a.source, &a.target).await?;
+    match Phase::try_from(state.phase) {
+        Ok(Phase::Following | Phase::CutOver) => {}
+        _ => {
+            return Err(Error::BadInput(format!(
+                "the target at {} holds no complete copy to verify (phase {})",
+                tgt.urls(),
+                phase_name(state.phase)
+            )))
+        }
+    }
     let revision = match a.revision {
         Some(r) => r,
         None => default_revision(&src, &tgt).await?,
@@ -317,7 +331,7 @@ async fn verify_cmd(a: VerifyArgs) -> Result<bool> {
 
 async fn cutover(a: CutoverArgs) -> Result<()> {
     let (src, tgt, _, _) = connect_both(&a.source, &a.target).await?;
-    let done = run_cutover(&src, &tgt, a.timeout).await?;
+    let done = run_cutover(&src, &tgt, a.timeout, a.verify).await?;
     println!("{}", done.verified.summary());
     println!(
         "cutover complete: the target took over at revision {}",

@@ -274,14 +274,22 @@ pub async fn timed<T, F>(conn: &Conn, call: &'static str, fut: F) -> Result<T>
 where
     F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
-    match tokio::time::timeout(CALL_TIMEOUT, fut).await {
+    timed_for(conn, call, CALL_TIMEOUT, fut).await
+}
+
+/// Runs one unary call that may take up to `limit`.
+pub async fn timed_for<T, F>(conn: &Conn, call: &'static str, limit: Duration, fut: F) -> Result<T>
+where
+    F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    match tokio::time::timeout(limit, fut).await {
         Ok(Ok(resp)) => Ok(resp.into_inner()),
         Ok(Err(status)) => Err(conn.err(call, status)),
         Err(_) => Err(Error::Call {
             side: conn.side,
             call,
             code: tonic::Code::DeadlineExceeded,
-            message: format!("no answer within {CALL_TIMEOUT:?}"),
+            message: format!("no answer within {limit:?}"),
         }),
     }
 }

@@ -7,7 +7,7 @@ use cairn_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 use cairn_proto::etcdserverpb::{HashKvRequest, HashKvResponse, RangeRequest};
 use cairn_proto::mvccpb::KeyValue;
 
-use crate::connect::{timed, Conn, MAX_DECODE, MAX_ENCODE};
+use crate::connect::{timed, timed_for, Conn, MAX_DECODE, MAX_ENCODE};
 use crate::error::Result;
 
 /// Keys per page at most.
@@ -135,9 +135,11 @@ pub async fn readable_at(conn: &Conn, revision: i64) -> Result<bool> {
 
 /// HashKV at `revision` from whichever member answers.
 pub async fn hash_kv(conn: &Conn, revision: i64) -> Result<HashKvResponse> {
-    timed(
+    // HashKV reads every key and revision the member holds: minutes on a big store.
+    timed_for(
         conn,
         "HashKV",
+        std::time::Duration::from_secs(600),
         maintenance_client(conn).hash_kv(HashKvRequest { revision }),
     )
     .await

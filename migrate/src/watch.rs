@@ -100,8 +100,28 @@ pub struct SourceWatch {
 
 impl SourceWatch {
     /// Opens a watch on `[key, range_end)` from `start_revision` (all keys:
-    /// key `\0`, range_end `\0`) and waits until etcd confirms it.
+    /// key `\0`, range_end `\0`) and waits until etcd confirms it; again
+    /// while that fails for a passing reason (an expired auth token too).
     pub async fn open(
+        src: &Source,
+        key: Vec<u8>,
+        range_end: Vec<u8>,
+        start_revision: i64,
+        progress_notify: bool,
+    ) -> Result<SourceWatch> {
+        src.retry("opening a watch on the source", || {
+            Self::open_once(
+                src,
+                key.clone(),
+                range_end.clone(),
+                start_revision,
+                progress_notify,
+            )
+        })
+        .await
+    }
+
+    async fn open_once(
         src: &Source,
         key: Vec<u8>,
         range_end: Vec<u8>,
@@ -205,10 +225,11 @@ impl SourceWatch {
             return Ok(WatchItem::Compacted(resp.compact_revision));
         }
         if resp.canceled {
+            // Not for compaction (a leader change, an overloaded member): watching again may do.
             return Err(Error::Call {
                 side: crate::connect::Side::Source,
                 call: "Watch",
-                code: tonic::Code::Unknown,
+                code: tonic::Code::Unavailable,
                 message: format!("the source canceled the watch: {}", resp.cancel_reason),
             });
         }

@@ -224,7 +224,13 @@ async fn migrates_a_live_source_and_cuts_over() -> Result<()> {
         })
         .await?;
 
-        let done = cairn_migrate::cutover::run_cutover(&src, &tgt, Duration::from_secs(30)).await?;
+        let done = cairn_migrate::cutover::run_cutover(
+            &src,
+            &tgt,
+            Duration::from_secs(30),
+            cairn_migrate::cutover::VerifyMode::Full,
+        )
+        .await?;
         assert_eq!(done.revision, last);
         assert!(done.verified.ok(), "{:?}", done.verified.lines());
         let st = tokio::time::timeout(Duration::from_secs(15), start).await???;
@@ -317,7 +323,13 @@ async fn interrupted_runs_resume_where_the_target_stands() -> Result<()> {
             let _ = run.await;
         }
         let run = spawn_start(&src, &info, &tgt, false);
-        let done = cairn_migrate::cutover::run_cutover(&src, &tgt, Duration::from_secs(30)).await?;
+        let done = cairn_migrate::cutover::run_cutover(
+            &src,
+            &tgt,
+            Duration::from_secs(30),
+            cairn_migrate::cutover::VerifyMode::Full,
+        )
+        .await?;
         tokio::time::timeout(Duration::from_secs(15), run).await???;
         let st = fake.fake.state();
         assert_eq!(st.keys_copied, 3000, "no page was imported twice");
@@ -367,7 +379,13 @@ async fn a_compaction_during_the_copy_restarts_it() -> Result<()> {
             st.keys_copied, 2510,
             "the restart copied everything once, from scratch"
         );
-        let done = cairn_migrate::cutover::run_cutover(&src, &tgt, Duration::from_secs(30)).await?;
+        let done = cairn_migrate::cutover::run_cutover(
+            &src,
+            &tgt,
+            Duration::from_secs(30),
+            cairn_migrate::cutover::VerifyMode::Full,
+        )
+        .await?;
         tokio::time::timeout(Duration::from_secs(15), run).await???;
         same_at(&src, &fake, done.revision).await?;
         Ok(())
@@ -404,7 +422,13 @@ async fn history_none_starts_at_the_current_revision() -> Result<()> {
             (now, now, true)
         );
         c.put("/registry/after", "v", None).await?;
-        let done = cairn_migrate::cutover::run_cutover(&src, &tgt, Duration::from_secs(30)).await?;
+        let done = cairn_migrate::cutover::run_cutover(
+            &src,
+            &tgt,
+            Duration::from_secs(30),
+            cairn_migrate::cutover::VerifyMode::Full,
+        )
+        .await?;
         assert_eq!(done.revision, now + 1);
         tokio::time::timeout(Duration::from_secs(15), run).await???;
         same_at(&src, &fake, now + 1).await?;
