@@ -97,6 +97,14 @@ impl Fake {
         self.lock().at(rev)
     }
 
+    /// Changes the value of `key`'s latest version in place (a corrupt copy).
+    pub fn corrupt(&self, key: &[u8]) {
+        let mut g = self.lock();
+        if let Some(v) = g.history.get_mut(key).and_then(|vs| vs.last_mut()) {
+            v.kv.value = b"corrupted".to_vec();
+        }
+    }
+
     /// Its state.
     pub fn state(&self) -> MigrationState {
         self.lock().state.clone()

@@ -1,0 +1,149 @@
+//! `cairn migrate` as a user runs it: the `cairn` binary (build it first:
+//! `cargo build -p cairn-shim`), its output and exit codes, from a real etcd
+//! 3.5 into the fake target of tests/common.
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use cairn_e2e::binaries::cairn_bin;
+use cairn_e2e::{Kind, Member};
+use cairn_proto::migrate::Phase;
+use common::FakeTarget;
+
+/// Runs `cairn migrate <args>` to completion (bounded).
+async fn migrate(args: &[&str]) -> Result<Output> {
+    let bin = cairn_bin()?;
+    let mut cmd = tokio::process::Command::new(bin);
+    cmd.arg("migrate")
+        .args(args)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .context("cairn migrate did not finish in 60s")??;
+    Ok(out)
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[tokio::test]
+async fn the_whole_migration_from_the_command_line() -> Result<()> {
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let etcd = Member::start(Kind::Etcd).await?;
+        let mut c = etcd.client().await?;
+        for i in 0..200 {
+            c.put(format!("/registry/k{i:03}"), format!("v{i}"), None).await?;
+        }
+        let rev = c.get("x", None).await?.header().map(|h| h.revision()).unwrap_or_default();
+        c.compact(rev - 50, None).await?;
+        let fake = FakeTarget::start(&etcd.endpoint()).await?;
+        let (from, to) = (etcd.endpoint(), fake.url());
+
+        // Before anything: status of an untouched target; verify refuses.
+        let out = migrate(&["status", "--to", &to, "-w", "json"]).await?;
+        ensure!(out.status.success(), "{}", text(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        assert_eq!(v["phase"], "none");
+
+        let mut start = Command::new(cairn_bin()?)
+            .args(["migrate", "start", "--from", &from, "--to", &to])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while fake.fake.state().phase != Phase::Following as i32 {
+            if Instant::now() > deadline {
+                let _ = start.kill();
+                bail!("the copy did not complete");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        c.put("/registry/later", "v", None).await?;
+        let last = rev + 1;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while fake.fake.state().target_revision < last {
+            ensure!(Instant::now() < deadline, "not caught up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        let out = migrate(&["status", "--to", &to, "-w", "json"]).await?;
+        let stdout = text(&out.stdout);
+        println!("{stdout}");
+        assert_eq!(stdout.lines().count(), 1, "one JSON object: {stdout}");
+        let v: serde_json::Value = serde_json::from_str(&stdout)?;
+        assert_eq!(v["phase"], "following");
+        assert_eq!(v["target_revision"], last);
+        assert_eq!(v["start_revision"], rev - 50);
+        assert_eq!(v["compact_revision"], rev - 50);
+        assert_eq!(v["history"], "full");
+        let out = migrate(&["status", "--to", &to]).await?;
+        let table = text(&out.stdout);
+        println!("{table}");
+        assert!(table.lines().any(|l| l == "phase              following"), "{table}");
+        assert_eq!(table.lines().count(), 11);
+
+        let out = migrate(&["verify", "--from", &from, "--to", &to]).await?;
+        let stdout = text(&out.stdout);
+        println!("{stdout}");
+        assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+        assert_eq!(
+            stdout.lines().last().unwrap_or_default(),
+            format!("verify at revision {last}: 201 keys on the source, 201 on the target, 0 differences, hashkv equal: OK")
+        );
+
+        let out = migrate(&["cutover", "--from", &from, "--to", &to, "--timeout", "30s"]).await?;
+        let stdout = text(&out.stdout);
+        println!("{stdout}");
+        println!("{}", text(&out.stderr));
+        assert_eq!(out.status.code(), Some(0));
+        assert!(stdout.contains(&format!("cutover complete: the target took over at revision {last}\n")));
+        assert!(stdout.contains("write unavailability (fence to switch): "));
+        assert!(stdout.lines().any(|l| l == format!("--etcd-servers={to}")), "{stdout}");
+        assert!(stdout.contains(&format!("no write reached the source after revision {last}")));
+
+        // The running migrator sees the cutover and ends.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let status = loop {
+            if let Some(s) = start.try_wait()? {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = start.kill();
+                bail!("start did not end after the cutover");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let out = start.wait_with_output()?;
+        println!("{}", text(&out.stdout));
+        assert!(status.success(), "{}", text(&out.stderr));
+        assert_eq!(
+            text(&out.stdout).trim(),
+            format!("the target at {to} was cut over at revision {last}; the migration is complete")
+        );
+
+        // A difference: exit 1, named.
+        fake.fake.corrupt(b"/registry/k007");
+        let out = migrate(&["verify", "--from", &from, "--to", &to, "--revision", &last.to_string()]).await?;
+        let stdout = text(&out.stdout);
+        println!("{stdout}");
+        assert_eq!(out.status.code(), Some(1));
+        assert!(stdout.lines().any(|l| l == "differs: /registry/k007: value: source 2 bytes, target 9 bytes"), "{stdout}");
+        // Could not tell: exit 2.
+        let out = migrate(&["verify", "--from", "http://127.0.0.1:1", "--to", &to]).await?;
+        assert_eq!(out.status.code(), Some(2));
+        assert!(text(&out.stderr).starts_with("error: cannot reach the source at http://127.0.0.1:1: "), "{}", text(&out.stderr));
+        // Nothing to abort after a cutover.
+        let out = migrate(&["abort", "--to", &to]).await?;
+        assert_eq!(out.status.code(), Some(1));
+        println!("{}", text(&out.stderr));
+        Ok(())
+    })
+    .await
+    .context("test timed out")?
+}
