@@ -21,7 +21,7 @@ use crate::watch::{SourceWatch, WatchItem};
 /// Rounds of "the source moved after R: import, verify again" before giving up.
 const MAX_ROUNDS: u32 = 5;
 /// How long the target may make no progress before cutover imports itself.
-const STALL: Duration = Duration::from_secs(2);
+const STALL: Duration = Duration::from_secs(1);
 
 /// How much the cutover verifies at R, inside the write-unavailability window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

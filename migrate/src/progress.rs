@@ -12,6 +12,12 @@ use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
 /// The bar being drawn, so that log lines are written around it.
 static ACTIVE_BAR: Mutex<Option<ProgressBar>> = Mutex::new(None);
 
+/// The bar while copying.
+const COPY_TEMPLATE: &str =
+    "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} keys {msg} ({per_sec}, ETA {eta})";
+/// The line while following.
+const FOLLOW_TEMPLATE: &str = "{spinner} {prefix} {msg}";
+
 /// How often log lines report progress when there is no terminal.
 const LOG_EVERY: Duration = Duration::from_secs(5);
 
@@ -75,10 +81,8 @@ impl Progress {
             if bar.length() != Some(total.max(keys) as u64) {
                 bar.set_length(total.max(keys) as u64);
                 bar.set_style(
-                    ProgressStyle::with_template(
-                        "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} keys {msg} ({per_sec}, ETA {eta})",
-                    )
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                    ProgressStyle::with_template(COPY_TEMPLATE)
+                        .unwrap_or_else(|_| ProgressStyle::default_bar()),
                 );
                 bar.set_prefix(format!("copying at revision {start_revision}"));
             }
@@ -117,7 +121,7 @@ impl Progress {
                 bar.set_length(0);
                 bar.unset_length();
                 bar.set_style(
-                    ProgressStyle::with_template("{spinner} {prefix} {msg}")
+                    ProgressStyle::with_template(FOLLOW_TEMPLATE)
                         .unwrap_or_else(|_| ProgressStyle::default_spinner()),
                 );
                 bar.set_prefix("following the source");
@@ -168,5 +172,16 @@ impl Default for Progress {
 impl Drop for Progress {
     fn drop(&mut self) {
         self.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_parse() {
+        assert!(ProgressStyle::with_template(COPY_TEMPLATE).is_ok());
+        assert!(ProgressStyle::with_template(FOLLOW_TEMPLATE).is_ok());
     }
 }

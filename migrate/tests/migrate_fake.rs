@@ -502,3 +502,50 @@ async fn a_target_importing_another_source_is_refused_before_anything_is_written
     .await
     .context("test timed out")?
 }
+
+#[tokio::test]
+async fn a_compaction_past_the_target_while_stopped_restarts_the_import() -> Result<()> {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let etcd = Member::start(Kind::Etcd).await?;
+        let mut c = etcd.client().await?;
+        seed(&mut c, 100, 10).await?;
+        let c0 = src_rev(&mut c).await?;
+        c.compact(c0, None).await?;
+        let fake = FakeTarget::start(&etcd.endpoint()).await?;
+        let (src, info, tgt) = sides(&etcd, &fake).await?;
+        let run = spawn_start(&src, &info, &tgt, false);
+        wait_for("following", Duration::from_secs(20), || {
+            fake.fake.state().phase == Phase::Following as i32
+        })
+        .await?;
+        run.abort();
+        let _ = run.await;
+        // While no migrator runs, the source moves on and compacts past
+        // what the target needs next.
+        for i in 0..20 {
+            c.put(format!("/registry/while-down/k{i}"), "v", None)
+                .await?;
+        }
+        let c1 = src_rev(&mut c).await?;
+        c.compact(c1, None).await?;
+        let run = spawn_start(&src, &info, &tgt, false);
+        wait_for("the restarted import", Duration::from_secs(20), || {
+            let s = fake.fake.state();
+            s.phase == Phase::Following as i32 && s.start_revision == c1
+        })
+        .await?;
+        assert_eq!(fake.fake.state().keys_copied, 120);
+        let done = cairn_migrate::cutover::run_cutover(
+            &src,
+            &tgt,
+            Duration::from_secs(30),
+            cairn_migrate::cutover::VerifyMode::Full,
+        )
+        .await?;
+        tokio::time::timeout(Duration::from_secs(15), run).await???;
+        same_at(&src, &fake, done.revision).await?;
+        Ok(())
+    })
+    .await
+    .context("test timed out")?
+}
