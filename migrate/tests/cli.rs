@@ -147,3 +147,88 @@ async fn the_whole_migration_from_the_command_line() -> Result<()> {
     .await
     .context("test timed out")?
 }
+
+/// Not a test: the copy rate and the migrator's peak RSS for
+/// `CAIRN_MIGRATE_BENCH_KEYS` (default 100,000) keys of 1 KiB, from etcd into
+/// the in-memory fake (so it measures the migrator and etcd, not Cairn).
+/// `cargo test -p cairn-migrate --release --test cli -- --ignored --nocapture`
+#[tokio::test]
+#[ignore]
+async fn copy_rate_and_rss() -> Result<()> {
+    let n: usize = std::env::var("CAIRN_MIGRATE_BENCH_KEYS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let etcd = cairn_e2e::Member::start_with(
+        Kind::Etcd,
+        cairn_e2e::MemberOptions {
+            quota_backend_bytes: Some(8 << 30),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let value = "x".repeat(1024);
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..32 {
+        let mut c = etcd.client().await?;
+        let value = value.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (w..n).step_by(32) {
+                c.put(format!("/registry/bench/k{i:08}"), value.clone(), None)
+                    .await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    println!("seeded {n} keys in {:?}", t.elapsed());
+    let mut c = etcd.client().await?;
+    let rev = c
+        .get("x", None)
+        .await?
+        .header()
+        .map(|h| h.revision())
+        .unwrap_or_default();
+    c.compact(rev, None).await?;
+    let fake = FakeTarget::start(&etcd.endpoint()).await?;
+    let t = Instant::now();
+    let mut start = Command::new(cairn_bin()?)
+        .args([
+            "migrate",
+            "start",
+            "--from",
+            &etcd.endpoint(),
+            "--to",
+            &fake.url(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let pid = start.id();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while fake.fake.state().phase != Phase::Following as i32 {
+        if Instant::now() > deadline {
+            let _ = start.kill();
+            bail!("the copy did not complete in 600s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM"))
+        .unwrap_or("VmHWM: ?")
+        .to_string();
+    let _ = start.kill();
+    let _ = start.wait();
+    println!(
+        "copied {n} keys of 1 KiB in {secs:.2}s: {:.0} keys/s; migrator peak RSS {hwm}",
+        n as f64 / secs
+    );
+    Ok(())
+}
