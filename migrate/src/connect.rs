@@ -182,24 +182,40 @@ pub fn looks_like_tls(text: &str) -> bool {
     .any(|w| t.contains(w))
 }
 
+/// Whether an error's text says no connection could be made (as opposed
+/// to one that was made and broke, or spoke another protocol).
+pub fn is_connect_failure(text: &str) -> bool {
+    let t = text.to_ascii_lowercase();
+    [
+        "tcp connect error",
+        "connection refused",
+        "dns error",
+        "no route to host",
+        "network is unreachable",
+        "connect timed out",
+    ]
+    .iter()
+    .any(|w| t.contains(w))
+}
+
 /// Turns a failed call into the clearest error: unreachable, TLS, or the call's own.
 pub fn classify_status(side: Side, urls: &str, call: &'static str, status: tonic::Status) -> Error {
     let detail = chain(&status);
-    match status.code() {
+    let code = match status.code() {
+        tonic::Code::Unknown if detail.contains("transport error") => tonic::Code::Unavailable,
+        c => c,
+    };
+    match code {
         tonic::Code::Unavailable if looks_like_tls(&detail) => Error::Tls {
             side,
             urls: urls.to_string(),
             detail,
         },
-        tonic::Code::Unavailable
-            if detail.contains("connect") || detail.contains("transport error") =>
-        {
-            Error::Unreachable {
-                side,
-                urls: urls.to_string(),
-                detail,
-            }
-        }
+        tonic::Code::Unavailable if is_connect_failure(&detail) => Error::Unreachable {
+            side,
+            urls: urls.to_string(),
+            detail,
+        },
         _ => Error::call(side, call, status),
     }
 }

@@ -77,10 +77,18 @@ pub const ETCD_FUTURE_REV: &str = "required revision is a future revision";
 impl Error {
     /// Wraps a failed call to `side`.
     pub fn call(side: Side, call: &'static str, status: tonic::Status) -> Error {
+        // tonic reports a broken connection as Unknown "transport error":
+        // it is a side being unavailable, worth a retry.
+        let code = match status.code() {
+            tonic::Code::Unknown if status.message().contains("transport error") => {
+                tonic::Code::Unavailable
+            }
+            c => c,
+        };
         Error::Call {
             side,
             call,
-            code: status.code(),
+            code,
             message: status.message().to_string(),
         }
     }
@@ -91,14 +99,16 @@ impl Error {
             || matches!(self, Error::Call { message, .. } if message.contains(ETCD_COMPACTED))
     }
 
-    /// Whether a retry may succeed (the side was unavailable, or a call timed out).
+    /// Whether a retry may succeed (the side was unavailable, a connection
+    /// broke, or a call timed out). A side that no endpoint of answers at
+    /// the start is told apart before any call, by [`crate::connect::connect`].
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
             Error::Call {
                 code: tonic::Code::Unavailable | tonic::Code::DeadlineExceeded,
                 ..
-            }
+            } | Error::Unreachable { .. }
         )
     }
 }
@@ -121,4 +131,34 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broken_connection_is_worth_a_retry() {
+        let e = crate::connect::classify_status(
+            Side::Source,
+            "http://a",
+            "Range",
+            tonic::Status::unavailable("transport error: tcp connect error"),
+        );
+        assert!(matches!(e, Error::Unreachable { .. }));
+        assert!(e.is_transient());
+        let compacted = Error::call(
+            Side::Source,
+            "Range",
+            tonic::Status::out_of_range("etcdserver: mvcc: required revision has been compacted"),
+        );
+        assert!(compacted.is_compacted());
+        assert!(!compacted.is_transient());
+        let broken = Error::call(
+            Side::Source,
+            "Watch",
+            tonic::Status::unknown("transport error"),
+        );
+        assert!(broken.is_transient());
+    }
 }

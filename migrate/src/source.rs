@@ -161,23 +161,48 @@ impl Source {
 
     /// Maintenance.Status of whichever member answers.
     pub async fn status(&self) -> Result<SourceInfo> {
-        let resp = timed(
-            &self.conn,
-            "Status",
-            maintenance_client(&self.conn).status(StatusRequest {}),
-        )
-        .await
-        .map_err(|e| match e {
-            Error::Call {
-                code: tonic::Code::Unimplemented | tonic::Code::Internal | tonic::Code::Unknown,
-                message,
-                ..
-            } => Error::NotEtcd {
-                urls: self.conn.urls.clone(),
-                detail: message,
-            },
-            other => other,
-        })?;
+        let mut last = None;
+        for attempt in 0..3 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            match timed(
+                &self.conn,
+                "Status",
+                maintenance_client(&self.conn).status(StatusRequest {}),
+            )
+            .await
+            {
+                Ok(resp) => {
+                    last = Some(Ok(resp));
+                    break;
+                }
+                Err(e) if e.is_transient() => last = Some(Err(e)),
+                Err(e) => {
+                    last = Some(Err(e));
+                    break;
+                }
+            }
+        }
+        let resp = last
+            .unwrap_or_else(|| Err(Error::Timeout("Status".into())))
+            .map_err(|e| match e {
+                // A connection was made (connect checked that) but the
+                // answer is no gRPC: another protocol, or no etcd service.
+                Error::Call {
+                    code:
+                        tonic::Code::Unimplemented
+                        | tonic::Code::Internal
+                        | tonic::Code::Unknown
+                        | tonic::Code::Unavailable,
+                    message,
+                    ..
+                } => Error::NotEtcd {
+                    urls: self.conn.urls.clone(),
+                    detail: message,
+                },
+                other => other,
+            })?;
         let header = resp.header.unwrap_or_default();
         if resp.version.is_empty() {
             return Err(Error::NotEtcd {

@@ -46,8 +46,30 @@ impl Target {
     pub async fn connect(cfg: &EndpointConfig) -> Result<(Target, MigrationState)> {
         let conn = connect(Side::Target, cfg).await?;
         let t = Target { conn };
-        let state = t.state().await?;
-        Ok((t, state))
+        // The first contact, briefly retried: a connection was made
+        // (connect checked that), so an answer that is no gRPC means a
+        // server that is not Cairn.
+        let mut last = None;
+        for attempt in 0..3 {
+            if attempt > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            match timed(&t.conn, "State", t.client().state(StateRequest {})).await {
+                Ok(state) => return Ok((t, state)),
+                Err(e) if e.is_transient() => last = Some(e),
+                Err(e) => return Err(t.map("State", e)),
+            }
+        }
+        Err(match last {
+            Some(Error::Call {
+                code: tonic::Code::Unavailable,
+                ..
+            })
+            | None => Error::NotCairn {
+                urls: t.conn.urls.clone(),
+            },
+            Some(e) => e,
+        })
     }
 
     /// The URLs as given.

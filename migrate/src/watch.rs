@@ -213,7 +213,17 @@ impl SourceWatch {
             .stream
             .message()
             .await
-            .map_err(|s| Error::call(crate::connect::Side::Source, "Watch", s))?
+            .map_err(|s| {
+                // An established stream that breaks (the member restarted, a
+                // connection reset: "h2 protocol error: error reading a body
+                // from connection") is worth watching again.
+                let s = if s.code() == tonic::Code::Unknown {
+                    tonic::Status::unavailable(s.message().to_string())
+                } else {
+                    s
+                };
+                Error::call(crate::connect::Side::Source, "Watch", s)
+            })?
             .ok_or_else(|| Error::Call {
                 side: crate::connect::Side::Source,
                 call: "Watch",

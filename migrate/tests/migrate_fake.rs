@@ -549,3 +549,52 @@ async fn a_compaction_past_the_target_while_stopped_restarts_the_import() -> Res
     .await
     .context("test timed out")?
 }
+
+#[tokio::test]
+async fn a_source_restart_while_following_is_ridden_out() -> Result<()> {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let mut etcd = Member::start(Kind::Etcd).await?;
+        let mut c = etcd.client().await?;
+        seed(&mut c, 50, 10).await?;
+        let fake = FakeTarget::start(&etcd.endpoint()).await?;
+        let (src, info, tgt) = sides(&etcd, &fake).await?;
+        let run = spawn_start(&src, &info, &tgt, false);
+        wait_for("following", Duration::from_secs(20), || {
+            fake.fake.state().phase == Phase::Following as i32
+        })
+        .await?;
+        etcd.kill9()?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        etcd.restart().await?;
+        let mut c = etcd.client().await?;
+        for i in 0..20 {
+            c.put(format!("/registry/after-restart/k{i}"), "v", None)
+                .await?;
+        }
+        let last = src_rev(&mut c).await?;
+        let caught_up = wait_for(
+            "catching up after the restart",
+            Duration::from_secs(30),
+            || fake.fake.state().target_revision >= last,
+        )
+        .await;
+        if let Err(e) = caught_up {
+            if run.is_finished() {
+                bail!("{e}; the migrator ended: {:?}", run.await?);
+            }
+            return Err(e);
+        }
+        let done = cairn_migrate::cutover::run_cutover(
+            &src,
+            &tgt,
+            Duration::from_secs(30),
+            cairn_migrate::cutover::VerifyMode::Full,
+        )
+        .await?;
+        tokio::time::timeout(Duration::from_secs(15), run).await???;
+        same_at(&src, &fake, done.revision).await?;
+        Ok(())
+    })
+    .await
+    .context("test timed out")?
+}

@@ -251,7 +251,8 @@ impl Migration for Fake {
         for id in r.lease_drops {
             g.leases.remove(&id);
         }
-        if r.compact_to > g.state.compact_revision {
+        // 0: the source did not compact (a never-compacted target stays at -1).
+        if r.compact_to != 0 && r.compact_to > g.state.compact_revision {
             g.state.compact_revision = r.compact_to;
         }
         g.state.source_revision = r.source_revision;
