@@ -13,8 +13,7 @@ use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
 static ACTIVE_BAR: Mutex<Option<ProgressBar>> = Mutex::new(None);
 
 /// The bar while copying.
-const COPY_TEMPLATE: &str =
-    "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} keys {msg} ({per_sec}, ETA {eta})";
+const COPY_TEMPLATE: &str = "{prefix} {bar:20} {human_pos}/{human_len} keys, {msg}, ETA {eta}";
 /// The line while following.
 const FOLLOW_TEMPLATE: &str = "{spinner} {prefix} {msg}";
 
@@ -51,13 +50,17 @@ pub struct Progress {
     last_log: Instant,
     copy_started: Option<(Instant, i64, i64)>,
     quiet: bool,
+    follow_style: bool,
 }
 
 impl Progress {
     /// A bar when stderr is a terminal, log lines otherwise.
     pub fn new() -> Progress {
         let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden()).with_style(
+                ProgressStyle::with_template(COPY_TEMPLATE)
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
             *ACTIVE_BAR.lock().unwrap_or_else(|e| e.into_inner()) = Some(bar.clone());
             bar
         });
@@ -66,6 +69,7 @@ impl Progress {
             last_log: Instant::now() - LOG_EVERY,
             copy_started: None,
             quiet: false,
+            follow_style: false,
         }
     }
 
@@ -78,20 +82,17 @@ impl Progress {
         let rate = (keys - k0) as f64 / secs;
         let byte_rate = (bytes - b0) as f64 / secs;
         if let Some(bar) = &self.bar {
-            if bar.length() != Some(total.max(keys) as u64) {
-                bar.set_length(total.max(keys) as u64);
-                bar.set_style(
-                    ProgressStyle::with_template(COPY_TEMPLATE)
-                        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-                );
-                bar.set_prefix(format!("copying at revision {start_revision}"));
-            }
+            bar.set_length(total.max(keys).max(0) as u64);
+            bar.set_prefix(format!("copy@{start_revision}"));
             bar.set_position(keys.max(0) as u64);
             bar.set_message(format!(
-                "{} ({}/s)",
+                "{}, {} keys/s",
                 HumanBytes(bytes.max(0) as u64),
-                HumanBytes(byte_rate.max(0.0) as u64)
+                rate.round() as i64
             ));
+            if bar.is_hidden() {
+                bar.set_draw_target(ProgressDrawTarget::stderr());
+            }
         } else if !self.quiet && self.last_log.elapsed() >= LOG_EVERY {
             self.last_log = Instant::now();
             let eta_secs = if rate > 0.0 {
@@ -117,18 +118,21 @@ impl Progress {
     pub fn following(&mut self, target_revision: i64, source_revision: i64, lag: Duration) {
         let lag_revisions = (source_revision - target_revision).max(0);
         if let Some(bar) = &self.bar {
-            if bar.length().is_some() {
-                bar.set_length(0);
-                bar.unset_length();
+            if !self.follow_style {
+                self.follow_style = true;
                 bar.set_style(
                     ProgressStyle::with_template(FOLLOW_TEMPLATE)
                         .unwrap_or_else(|_| ProgressStyle::default_spinner()),
                 );
-                bar.set_prefix("following the source");
+                bar.unset_length();
+                bar.set_prefix("following:");
+                if bar.is_hidden() {
+                    bar.set_draw_target(ProgressDrawTarget::stderr());
+                }
                 bar.enable_steady_tick(Duration::from_millis(200));
             }
             bar.set_message(format!(
-                "target at revision {target_revision}, source at {source_revision}: lag {lag_revisions} revisions, {:.1}s",
+                "target {target_revision}, source {source_revision}, lag {lag_revisions} rev {:.1}s",
                 lag.as_secs_f64()
             ));
         } else if !self.quiet && self.last_log.elapsed() >= LOG_EVERY {
@@ -151,6 +155,7 @@ impl Progress {
             last_log: Instant::now(),
             copy_started: None,
             quiet: true,
+            follow_style: false,
         }
     }
 

@@ -232,3 +232,79 @@ async fn copy_rate_and_rss() -> Result<()> {
     );
     Ok(())
 }
+
+/// Not a test: shows what `cairn migrate start` draws on a terminal (runs it
+/// under `script`, a pseudo-terminal), for a look by eye.
+/// `cargo test -p cairn-migrate --test cli -- --ignored --nocapture terminal`
+#[tokio::test]
+#[ignore]
+async fn terminal_progress_bar() -> Result<()> {
+    let etcd = Member::start(Kind::Etcd).await?;
+    let mut c = etcd.client().await?;
+    for i in 0..3000 {
+        c.put(format!("/registry/k{i:05}"), "x".repeat(1024), None)
+            .await?;
+    }
+    let rev = c
+        .get("x", None)
+        .await?
+        .header()
+        .map(|h| h.revision())
+        .unwrap_or_default();
+    c.compact(rev, None).await?;
+    let fake = FakeTarget::start(&etcd.endpoint()).await?;
+    *fake.fake.delay.lock().unwrap_or_else(|e| e.into_inner()) = Duration::from_millis(300);
+    let cmd = format!(
+        "{} migrate start --from {} --to {}",
+        cairn_bin()?.display(),
+        etcd.endpoint(),
+        fake.url()
+    );
+    let child = tokio::process::Command::new("script")
+        .args(["-qfec", &cmd, "/dev/null"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while fake.fake.state().phase != Phase::Following as i32 {
+        ensure!(Instant::now() < deadline, "no copy");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    *fake.fake.delay.lock().unwrap_or_else(|e| e.into_inner()) = Duration::ZERO;
+    for i in 0..50 {
+        c.put(format!("/registry/later{i}"), "v", None).await?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (src, _) = cairn_migrate::source::Source::connect(
+        &cairn_migrate::connect::EndpointConfig {
+            urls: etcd.endpoint(),
+            dial_timeout: Duration::from_secs(2),
+            ..Default::default()
+        },
+        None,
+    )
+    .await?;
+    let (tgt, _) =
+        cairn_migrate::target::Target::connect(&cairn_migrate::connect::EndpointConfig {
+            urls: fake.url(),
+            dial_timeout: Duration::from_secs(2),
+            ..Default::default()
+        })
+        .await?;
+    cairn_migrate::cutover::run_cutover(
+        &src,
+        &tgt,
+        Duration::from_secs(30),
+        cairn_migrate::cutover::VerifyMode::Full,
+    )
+    .await?;
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output()).await??;
+    let shown = text(&out.stdout)
+        .replace('\r', "\n")
+        .replace('\u{1b}', "<ESC>");
+    println!("{shown}");
+    Ok(())
+}

@@ -339,3 +339,33 @@ async fn a_server_that_is_not_etcd_is_refused() -> Result<()> {
     })
     .await
 }
+
+#[tokio::test]
+async fn calls_are_balanced_over_the_endpoints_that_answer() -> Result<()> {
+    bounded(async {
+        let etcd = Member::start(Kind::Etcd).await?;
+        let mut c = etcd.client().await?;
+        c.put("k", "v", None).await?;
+        let dead = format!("http://127.0.0.1:{}", cairn_e2e::ports::free_port()?);
+        let urls = format!("{dead},{}", etcd.endpoint());
+        let (src, _) = Source::connect(&cfg(&urls), None).await?;
+        for _ in 0..20 {
+            let page = src.range_page(None, 0, 10).await?;
+            assert_eq!(page.kvs.len(), 1);
+        }
+        // Every endpoint down: named, with the first one's reason.
+        let dead2 = format!("http://127.0.0.1:{}", cairn_e2e::ports::free_port()?);
+        let both = format!("{dead},{dead2}");
+        let e = Source::connect(&cfg(&both), None)
+            .await
+            .err()
+            .context("connected to nothing")?;
+        assert!(
+            e.to_string()
+                .starts_with(&format!("cannot reach the source at {both}: {dead}: ")),
+            "{e}"
+        );
+        Ok(())
+    })
+    .await
+}
