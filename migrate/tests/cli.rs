@@ -308,3 +308,101 @@ async fn terminal_progress_bar() -> Result<()> {
     println!("{shown}");
     Ok(())
 }
+
+/// Not a test: the lag of `cairn migrate start` (release build) behind a
+/// source taking ~1,000 kube-shaped Txns/s for 10 s, from each write's
+/// acknowledgement to the fake target applying that revision.
+/// `cargo test -p cairn-migrate --release --test cli -- --ignored --nocapture lag`
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore]
+async fn follow_lag() -> Result<()> {
+    use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+    let etcd = Member::start(Kind::Etcd).await?;
+    let mut c = etcd.client().await?;
+    for i in 0..1000 {
+        c.put(format!("/registry/pods/ns/p{i:04}"), "x".repeat(1000), None)
+            .await?;
+    }
+    let fake = FakeTarget::start(&etcd.endpoint()).await?;
+    let mut start = tokio::process::Command::new(cairn_bin()?)
+        .args([
+            "migrate",
+            "start",
+            "--from",
+            &etcd.endpoint(),
+            "--to",
+            &fake.url(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while fake.fake.state().phase != Phase::Following as i32 {
+        ensure!(Instant::now() < deadline, "no copy");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // 10 writers, each 100 Txns/s, for 10 s.
+    let mut tasks = Vec::new();
+    for w in 0..10u64 {
+        let mut c = etcd.client().await?;
+        tasks.push(tokio::spawn(async move {
+            let mut acks = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            for i in 0..1000u64 {
+                tick.tick().await;
+                let key = format!("/registry/pods/ns/p{:04}", (w * 100 + i) % 1000);
+                let txn = Txn::new()
+                    .when(vec![Compare::mod_revision(
+                        key.clone(),
+                        CompareOp::NotEqual,
+                        -1,
+                    )])
+                    .and_then(vec![TxnOp::put(key, "y".repeat(1000), None)]);
+                let r = c.txn(txn).await?;
+                let rev = r.header().map(|h| h.revision()).unwrap_or_default();
+                acks.push((rev, Instant::now()));
+            }
+            anyhow::Ok(acks)
+        }));
+    }
+    let mut acks = Vec::new();
+    for t in tasks {
+        acks.extend(t.await??);
+    }
+    let last = acks.iter().map(|a| a.0).max().unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fake.fake.state().target_revision < last {
+        ensure!(Instant::now() < deadline, "never caught up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let imported: std::collections::HashMap<i64, Instant> = fake
+        .fake
+        .inner
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .imported_at
+        .iter()
+        .copied()
+        .collect();
+    let mut lags: Vec<f64> = acks
+        .iter()
+        .filter_map(|(rev, at)| {
+            imported
+                .get(rev)
+                .map(|i| i.saturating_duration_since(*at).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    lags.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| lags[((lags.len() as f64 - 1.0) * p) as usize];
+    println!(
+        "{} writes: lag p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        lags.len(),
+        pct(0.5),
+        pct(0.99),
+        pct(1.0)
+    );
+    let _ = start.kill().await;
+    Ok(())
+}

@@ -40,6 +40,8 @@ pub struct Inner {
     history: BTreeMap<Vec<u8>, Vec<Version>>,
     pub leases: BTreeMap<i64, ImportLease>,
     pub calls: u64,
+    /// When each imported revision was applied (for lag measurements).
+    pub imported_at: Vec<(i64, std::time::Instant)>,
 }
 
 impl Inner {
@@ -247,6 +249,8 @@ impl Migration for Fake {
                     .push(Version { kv, deleted });
             }
             g.state.target_revision = rev.revision;
+            g.imported_at
+                .push((rev.revision, std::time::Instant::now()));
         }
         for id in r.lease_drops {
             g.leases.remove(&id);
