@@ -25,6 +25,8 @@ struct Cli {
 enum Cmd {
     /// Run a load against any etcd-v3 endpoint (Cairn or etcd) and report throughput and latency.
     Bench(cairn_bench::BenchArgs),
+    /// Live migration from a running etcd into this (empty) Cairn cluster, keeping every revision.
+    Migrate(cairn_migrate::MigrateArgs),
 }
 
 /// Resolves on Ctrl-C or SIGTERM: the process's stop signals, which the
@@ -58,6 +60,16 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Cmd::Bench(args)) => cairn_bench::run(args).await,
+        Some(Cmd::Migrate(args)) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    EnvFilter::try_new(&args.log_level).unwrap_or_else(|_| EnvFilter::new("info")),
+                )
+                .with_writer(cairn_migrate::log_writer)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .init();
+            std::process::exit(cairn_migrate::run(args).await)
+        }
         None => {
             tracing_subscriber::fmt()
                 .with_env_filter(
