@@ -138,6 +138,10 @@ pub struct StartArgs {
     /// `full`: keep the source's history from its compact revision on; `none`: start at its current revision.
     #[arg(long, value_enum, default_value = "full")]
     pub history: History,
+    /// Keys per source page, at most (pages also stay near 4 MiB); smaller
+    /// pages hold the source's and the target's Raft less long each.
+    #[arg(long, default_value_t = crate::kvread::PAGE_KEYS, value_parser = clap::value_parser!(i64).range(1..=10_000))]
+    pub page_keys: i64,
 }
 
 /// `cairn migrate status`.
@@ -287,7 +291,7 @@ async fn connect_both(
 
 async fn start(a: StartArgs) -> Result<()> {
     let (src, tgt, _, info) = connect_both(&a.source, &a.target).await?;
-    let st = run_start(&src, &info, &tgt, a.history == History::None).await?;
+    let st = run_start(&src, &info, &tgt, a.history == History::None, a.page_keys).await?;
     println!(
         "the target at {} was cut over at revision {}; the migration is complete",
         tgt.urls(),

@@ -13,7 +13,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
-use crate::kvread::{kv_bytes, next_limit, Page, PAGE_KEYS};
+use crate::kvread::{kv_bytes, next_limit, Page};
 use crate::progress::Progress;
 use crate::source::Source;
 use crate::target::{phase_name, unix_ms, Target};
@@ -69,16 +69,17 @@ fn spawn_reader(
     src: Source,
     after: Vec<u8>,
     revision: i64,
+    page_keys: i64,
 ) -> (mpsc::Receiver<Result<Page>>, AbortOnDrop) {
     let (tx, rx) = mpsc::channel(1);
     let task = tokio::spawn(async move {
         let mut after = after;
-        let mut limit = PAGE_KEYS;
+        let mut limit = page_keys;
         for _ in 0..u32::MAX {
             let key = (!after.is_empty()).then_some(after.as_slice());
             match src.range_page(key, revision, limit).await {
                 Ok(page) => {
-                    limit = next_limit(page.kvs.len(), page.bytes());
+                    limit = next_limit(page.kvs.len(), page.bytes(), page_keys);
                     let more = page.more;
                     match page.kvs.last() {
                         Some(last) => after = last.key.clone(),
@@ -148,6 +149,7 @@ pub async fn copy(
     tgt: &Target,
     mut state: MigrationState,
     progress: &mut Progress,
+    page_keys: i64,
 ) -> Result<CopyEnd> {
     let start = state.start_revision;
     let total = match src.count(start).await {
@@ -171,7 +173,7 @@ pub async fn copy(
             "resuming the copy"
         );
     }
-    let (mut pages, _reader) = spawn_reader(src.clone(), after.clone(), start);
+    let (mut pages, _reader) = spawn_reader(src.clone(), after.clone(), start, page_keys);
     progress.copying(start, state.keys_copied, state.bytes_copied, total);
     loop {
         let page = match pages.recv().await {

@@ -46,13 +46,15 @@ pub fn key_after(after: &[u8]) -> Vec<u8> {
 }
 
 /// How many keys to ask for next, from the last page's size: at most
-/// [`PAGE_KEYS`], about [`PAGE_BYTES`] of keys and values, at least 1.
-pub fn next_limit(last_keys: usize, last_bytes: usize) -> i64 {
+/// `max_keys` (by default [`PAGE_KEYS`]), about [`PAGE_BYTES`] of keys and
+/// values, at least 1.
+pub fn next_limit(last_keys: usize, last_bytes: usize, max_keys: i64) -> i64 {
+    let max_keys = max_keys.max(1);
     if last_keys == 0 || last_bytes == 0 {
-        return PAGE_KEYS;
+        return max_keys;
     }
     let avg = (last_bytes / last_keys).max(1);
-    ((PAGE_BYTES / avg) as i64).clamp(1, PAGE_KEYS)
+    ((PAGE_BYTES / avg) as i64).clamp(1, max_keys)
 }
 
 /// A KV client on `conn` with generous message sizes.
@@ -169,11 +171,11 @@ mod tests {
 
     #[test]
     fn limits_follow_value_sizes() {
-        assert_eq!(next_limit(0, 0), PAGE_KEYS);
-        assert_eq!(next_limit(1000, 100_000), PAGE_KEYS);
+        assert_eq!(next_limit(0, 0, PAGE_KEYS), PAGE_KEYS);
+        assert_eq!(next_limit(1000, 100_000, PAGE_KEYS), PAGE_KEYS);
         // 1 MiB values: four a page.
-        assert_eq!(next_limit(10, 10 << 20), 4);
+        assert_eq!(next_limit(10, 10 << 20, PAGE_KEYS), 4);
         // Huge values: still one at a time.
-        assert_eq!(next_limit(1, 64 << 20), 1);
+        assert_eq!(next_limit(1, 64 << 20, PAGE_KEYS), 1);
     }
 }

@@ -81,6 +81,7 @@ pub async fn run_start(
     info: &SourceInfo,
     tgt: &Target,
     history_none: bool,
+    page_keys: i64,
 ) -> Result<MigrationState> {
     let mut progress = Progress::new();
     let mut restarts = 0;
@@ -110,7 +111,7 @@ pub async fn run_start(
                 begin(src, tgt, info, history_none, false).await?;
                 continue;
             }
-            Ok(Phase::Copying) => match copy(src, tgt, state, &mut progress).await? {
+            Ok(Phase::Copying) => match copy(src, tgt, state, &mut progress, page_keys).await? {
                 CopyEnd::Done(_) => continue,
                 CopyEnd::Resync => None,
                 CopyEnd::Compacted(c) => Some(c),

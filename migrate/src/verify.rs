@@ -168,7 +168,7 @@ impl Pager {
     }
 
     fn take(&mut self, page: Page) {
-        self.limit = next_limit(page.kvs.len(), page.bytes());
+        self.limit = next_limit(page.kvs.len(), page.bytes(), PAGE_KEYS);
         if let Some(last) = page.kvs.last() {
             self.after = Some(last.key.clone());
         }

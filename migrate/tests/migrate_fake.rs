@@ -47,7 +47,7 @@ fn spawn_start(
 ) -> tokio::task::JoinHandle<cairn_migrate::Result<MigrationState>> {
     let (src, info, tgt) = (src.clone(), info.clone(), tgt.clone());
     tokio::spawn(
-        async move { cairn_migrate::start::run_start(&src, &info, &tgt, history_none).await },
+        async move { cairn_migrate::start::run_start(&src, &info, &tgt, history_none, cairn_migrate::kvread::PAGE_KEYS).await },
     )
 }
 
