@@ -25,6 +25,7 @@ mod kv_service;
 mod lease;
 mod maintenance_service;
 mod quota;
+mod snapshot_stream;
 mod validate;
 mod watch;
 
