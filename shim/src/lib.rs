@@ -12,6 +12,7 @@ mod cluster_config;
 pub mod config;
 mod identity;
 pub mod server;
+pub mod snapshot_cli;
 mod tls;
 
 // What every service shares, and how errors reach clients.

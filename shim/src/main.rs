@@ -25,6 +25,8 @@ struct Cli {
 enum Cmd {
     /// Run a load against any etcd-v3 endpoint (Cairn or etcd) and report throughput and latency.
     Bench(cairn_bench::BenchArgs),
+    /// Restore a data dir from an etcd snapshot, or report on a snapshot file (as etcdutl).
+    Snapshot(cairn_shim::snapshot_cli::SnapshotArgs),
 }
 
 /// Resolves on Ctrl-C or SIGTERM: the process's stop signals, which the
@@ -58,6 +60,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Cmd::Bench(args)) => cairn_bench::run(args).await,
+        Some(Cmd::Snapshot(args)) => cairn_shim::snapshot_cli::run(args),
         None => {
             tracing_subscriber::fmt()
                 .with_env_filter(

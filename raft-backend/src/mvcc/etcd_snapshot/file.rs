@@ -19,12 +19,9 @@ pub const HASH_LEN: u64 = 32;
 /// the file and what an operator can do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
-    #[error("{path}: not an etcd snapshot: {source}")]
-    Bolt {
-        path: PathBuf,
-        #[source]
-        source: BoltError,
-    },
+    /// Not bbolt, truncated, bad meta checksums, a corrupt page: bbolt's words.
+    #[error("{path}: {error}")]
+    Bolt { path: PathBuf, error: BoltError },
     #[error("{path}: snapshot hash mismatch (the file's SHA-256 is {actual}, its trailer says {expected}): the file is damaged")]
     HashMismatch {
         path: PathBuf,
@@ -43,11 +40,10 @@ pub enum SnapshotError {
         what: &'static str,
         detail: String,
     },
-    #[error("{context}: {source}")]
+    #[error("{context}: {error}")]
     Io {
         context: String,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -68,20 +64,22 @@ impl SnapshotFile {
     pub fn open(path: &Path, skip_hash_check: bool) -> Result<SnapshotFile, SnapshotError> {
         let io = |context: &str| {
             let context = format!("{context} {}", path.display());
-            move |source| SnapshotError::Io { context, source }
+            move |error| SnapshotError::Io { context, error }
         };
         let file = File::open(path).map_err(io("open"))?;
         let len = file.metadata().map_err(io("stat"))?.len();
         let had_hash = len >= HASH_LEN && len % 512 == HASH_LEN;
         let db_len = if had_hash { len - HASH_LEN } else { len };
-        let bolt = |source| SnapshotError::Bolt {
+        let bolt = |error| SnapshotError::Bolt {
             path: path.to_path_buf(),
-            source,
+            error,
         };
+        // bbolt's own checks first: a file cut short names that, rather
+        // than a hash mismatch, even when its length looks like a trailer's.
+        let db = Db::from_file(file, db_len).map_err(bolt)?;
         if had_hash && !skip_hash_check {
             verify_hash(path, db_len)?;
         }
-        let db = Db::from_file(file, db_len).map_err(bolt)?;
         if !had_hash && !skip_hash_check {
             return Err(SnapshotError::MissingHash {
                 path: path.to_path_buf(),
@@ -116,10 +114,10 @@ impl SnapshotFile {
         Ok(this)
     }
 
-    pub fn bolt_error(&self, source: BoltError) -> SnapshotError {
+    pub fn bolt_error(&self, error: BoltError) -> SnapshotError {
         SnapshotError::Bolt {
             path: self.path.clone(),
-            source,
+            error,
         }
     }
 
@@ -163,9 +161,9 @@ impl SnapshotFile {
 
 /// Checks the SHA-256 of the first `db_len` bytes against the 32 after them.
 fn verify_hash(path: &Path, db_len: u64) -> Result<(), SnapshotError> {
-    let io = |source| SnapshotError::Io {
+    let io = |error| SnapshotError::Io {
         context: format!("read {}", path.display()),
-        source,
+        error,
     };
     let mut file = File::open(path).map_err(io)?;
     let mut hasher = Sha256::new();

@@ -159,9 +159,9 @@ pub fn import(
     tx.commit().map_err(sql)?;
     checkpoint(&conn)?;
     drop(conn);
-    schema::sync_to_disk(db_path).map_err(|e| SnapshotError::Io {
+    schema::sync_to_disk(db_path).map_err(|error| SnapshotError::Io {
         context: format!("sync {}", db_path.display()),
-        source: e,
+        error,
     })?;
     Ok(Imported {
         revision: current,
