@@ -78,7 +78,7 @@ async fn send(
         hasher.update(&buf);
         sent += n as u64;
         let resp = SnapshotResponse {
-            header: header.clone(),
+            header,
             remaining_bytes: total - sent,
             blob: buf,
             version: VERSION.to_string(),
