@@ -172,6 +172,12 @@ fn restore(a: RestoreArgs) -> anyhow::Result<()> {
             return Err(e);
         }
     };
+    if imported.auth_was_enabled {
+        eprintln!(
+            "warning: auth was enabled in {}; Cairn has no auth yet, so its users and roles were not restored",
+            a.file.display()
+        );
+    }
     println!(
         "restored snapshot {} into {} (member {:x} of cluster {:x}): revision {}, compact revision {}, {} revisions, {} leases",
         a.file.display(),

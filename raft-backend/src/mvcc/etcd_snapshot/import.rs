@@ -48,6 +48,9 @@ pub struct Imported {
     /// History rows (the `key` bucket's entries).
     pub revisions: u64,
     pub leases: u64,
+    /// The source had auth enabled: its users and roles are not carried
+    /// over (Cairn has no auth yet), so the restored store has none.
+    pub auth_was_enabled: bool,
 }
 
 /// Writes the snapshot's state into a new store at `db_path`.
@@ -138,6 +141,10 @@ pub fn import(
         }
     }
 
+    let auth_was_enabled = snap
+        .value(layout::AUTH, layout::AUTH_ENABLED)?
+        .is_some_and(|v| v.first() == Some(&1));
+
     // etcd's rule: the revision is the newest stored one, or the compact
     // revision if compaction removed everything after it.
     let mut current = last_rev.max(compact).max(1);
@@ -168,6 +175,7 @@ pub fn import(
         compact_revision: compact,
         revisions: rows,
         leases,
+        auth_was_enabled,
     })
 }
 

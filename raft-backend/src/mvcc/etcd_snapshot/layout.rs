@@ -40,6 +40,8 @@ pub const CONF_STATE: &[u8] = b"confState";
 pub const STORAGE_VERSION: &[u8] = b"storageVersion";
 pub const CLUSTER_VERSION: &[u8] = b"clusterVersion";
 pub const AUTH_REVISION: &[u8] = b"authRevision";
+/// One byte, 1 while auth is enabled.
+pub const AUTH_ENABLED: &[u8] = b"authEnabled";
 
 /// The storage version a Cairn snapshot declares, and the newest one a
 /// restore accepts: etcd 3.6's layout, which is 3.5's plus `storageVersion`.
