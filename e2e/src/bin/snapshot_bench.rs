@@ -50,21 +50,34 @@ async fn fill(c: &Client, keys: usize, value_size: usize) -> Result<i64> {
         .revision())
 }
 
-fn rss_kib(pid: u32) -> Option<u64> {
+/// (RssAnon, RssFile) in KiB: memory the process allocated, and pages of
+/// files it maps (bbolt's and SQLite's mmap of their database), which the
+/// kernel can drop.
+fn rss_kib(pid: u32) -> Option<(u64, u64)> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    let field = |name: &str| -> Option<u64> {
+        s.lines()
+            .find(|l| l.starts_with(name))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    Some((field("RssAnon:")?, field("RssFile:")?))
 }
 
-/// Times `etcdctl snapshot save` against `m` into `to`; (seconds, RSS
-/// before in MiB, peak RSS during in MiB).
-async fn save(m: &Member, to: &Path) -> Result<(f64, u64, u64)> {
+/// What a save cost: seconds, and the server's (anonymous, file-mapped)
+/// resident memory before and at its peak during the save, in MiB.
+struct Saved {
+    secs: f64,
+    before: (u64, u64),
+    peak: (u64, u64),
+}
+
+/// Times `etcdctl snapshot save` against `m` into `to`.
+async fn save(m: &Member, to: &Path) -> Result<Saved> {
     let pid = m.pid().context("member not running")?;
-    let before = rss_kib(pid).unwrap_or(0);
+    let before = rss_kib(pid).unwrap_or_default();
     let mut child = tokio::process::Command::new(etcdctl_bin()?)
         .env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={}", m.endpoint()))
@@ -79,7 +92,8 @@ async fn save(m: &Member, to: &Path) -> Result<(f64, u64, u64)> {
         if let Some(s) = child.try_wait()? {
             break s;
         }
-        peak = peak.max(rss_kib(pid).unwrap_or(0));
+        let now = rss_kib(pid).unwrap_or_default();
+        peak = (peak.0.max(now.0), peak.1.max(now.1));
         ensure!(
             started.elapsed() < Duration::from_secs(900),
             "save took too long"
@@ -91,7 +105,12 @@ async fn save(m: &Member, to: &Path) -> Result<(f64, u64, u64)> {
         "snapshot save against {} failed",
         m.kind()
     );
-    Ok((started.elapsed().as_secs_f64(), before / 1024, peak / 1024))
+    let mib = |(a, f): (u64, u64)| (a / 1024, f / 1024);
+    Ok(Saved {
+        secs: started.elapsed().as_secs_f64(),
+        before: mib(before),
+        peak: mib(peak),
+    })
 }
 
 fn restore(tool: &Path, snap: &Path, data_dir: &Path) -> Result<f64> {
@@ -146,21 +165,18 @@ async fn main() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let etcd_snap = dir.path().join("etcd.snap");
     let cairn_snap = dir.path().join("cairn.snap");
-    let (te, be, pe) = save(&etcd, &etcd_snap).await?;
-    let (tc, bc, pc) = save(&cairn, &cairn_snap).await?;
-    let size = |p: &Path| {
-        std::fs::metadata(p)
-            .map(|m| m.len() / (1 << 20))
-            .unwrap_or(0)
-    };
-    println!(
-        "snapshot save: etcd {te:.2}s ({} MiB file; server RSS {be} → peak {pe} MiB)",
-        size(&etcd_snap)
-    );
-    println!(
-        "snapshot save: cairn {tc:.2}s ({} MiB file; server RSS {bc} → peak {pc} MiB)",
-        size(&cairn_snap)
-    );
+    for (name, m, snap) in [("etcd", &etcd, &etcd_snap), ("cairn", &cairn, &cairn_snap)] {
+        let s = save(m, snap).await?;
+        println!(
+            "snapshot save: {name} {:.2}s ({} MiB file); server RSS anon {} → peak {} MiB, file-mapped {} → peak {} MiB",
+            s.secs,
+            std::fs::metadata(snap).map(|m| m.len() >> 20).unwrap_or(0),
+            s.before.0,
+            s.peak.0,
+            s.before.1,
+            s.peak.1
+        );
+    }
     drop((etcd, cairn));
 
     let etcdutl = etcdctl_bin()?.with_file_name("etcdutl");

@@ -94,6 +94,12 @@ pub fn import(
             return Err(snap.malformed("key bucket", "revisions out of order"));
         }
         last_rev = main;
+        if kv.key.is_empty() {
+            // Not a key's revision: the marker etcdutl's --bump-revision
+            // leaves at the bumped revision. It still counts as the
+            // newest revision (above), as it does for etcd.
+            continue;
+        }
         let prev = newest.get(&kv.key).copied();
         let (create_rev, version, lease) = if tombstone {
             (0, 0, 0)
