@@ -113,21 +113,32 @@ async fn save(m: &Member, to: &Path) -> Result<Saved> {
     })
 }
 
-fn restore(tool: &Path, snap: &Path, data_dir: &Path) -> Result<f64> {
+/// Times a restore with `tool`; (seconds, the tool's peak RSS in MiB, as
+/// GNU time reports it).
+fn restore(tool: &Path, snap: &Path, data_dir: &Path) -> Result<(f64, u64)> {
     let started = Instant::now();
-    let out = std::process::Command::new(tool)
+    let out = std::process::Command::new("/usr/bin/time")
+        .args(["-f", "maxrss_kib=%M"])
+        .arg(tool)
         .args(["snapshot", "restore"])
         .arg(snap)
         .arg("--data-dir")
         .arg(data_dir)
         .output()?;
+    let secs = started.elapsed().as_secs_f64();
+    let stderr = String::from_utf8_lossy(&out.stderr);
     ensure!(
         out.status.success(),
-        "{} restore failed: {}",
-        tool.display(),
-        String::from_utf8_lossy(&out.stderr)
+        "{} restore failed: {stderr}",
+        tool.display()
     );
-    Ok(started.elapsed().as_secs_f64())
+    let rss = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("maxrss_kib="))
+        .next_back()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    Ok((secs, rss / 1024))
 }
 
 #[tokio::main]
@@ -185,6 +196,9 @@ async fn main() -> Result<()> {
     let r2 = restore(&cairn_bin()?, &etcd_snap, &dir.path().join("r-cairn"))?;
     std::fs::remove_dir_all(dir.path().join("r-cairn"))?;
     let r3 = restore(&etcdutl, &cairn_snap, &dir.path().join("r-etcdutl-cairn"))?;
-    println!("restore of etcd's snapshot: etcdutl {r1:.2}s, cairn {r2:.2}s; etcdutl of cairn's snapshot {r3:.2}s");
+    println!(
+        "restore of etcd's snapshot: etcdutl {:.2}s (peak RSS {} MiB), cairn {:.2}s (peak RSS {} MiB); etcdutl of cairn's snapshot {:.2}s",
+        r1.0, r1.1, r2.0, r2.1, r3.0
+    );
     Ok(())
 }
