@@ -294,6 +294,24 @@ async fn cairn_to_etcd_rollback_keeps_history_leases_and_hashes() -> Result<()> 
     let dir = tempfile::tempdir()?;
     let snap = dir.path().join("cairn.snapshot");
     save(&cairn.endpoint(), &snap).await?;
+    // The file the server wrote to stream goes once sent.
+    let snap_dir = cairn.data_dir().join("snap");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<String> = std::fs::read_dir(&snap_dir)?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("etcd-"))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "snapshot files left behind: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let snap_arg = snap.display().to_string();
     let theirs = status_fields(&run_ok(
         &etcdutl_bin()?,
