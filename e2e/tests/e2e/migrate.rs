@@ -26,9 +26,7 @@ async fn seed_history(source: &mut Client, keys: usize) -> Result<i64> {
         let key = format!("/registry/pods/ns{}/p{i:05}", i % 7);
         source.put(key.as_str(), format!("spec-{i}"), None).await?;
         if i % 3 == 0 {
-            source
-                .put(key.as_str(), format!("spec-{i}-b"), None)
-                .await?;
+            source.put(key.as_str(), format!("spec-{i}-b"), None).await?;
         }
         if i % 11 == 0 {
             source.delete(key.as_str(), None).await?;
@@ -52,20 +50,13 @@ async fn seed_history(source: &mut Client, keys: usize) -> Result<i64> {
                 .await?;
         }
     }
-    let rev = source
-        .get("x", None)
-        .await?
-        .header()
-        .context("header")?
-        .revision();
+    let rev = source.get("x", None).await?.header().context("header")?.revision();
     let compact = rev - (keys as i64) / 2;
     source.compact(compact, None).await?;
     // History after the compaction: updates of keys copied at the start.
     for i in 0..keys / 4 {
         let key = format!("/registry/pods/ns{}/p{i:05}", i % 7);
-        source
-            .put(key.as_str(), format!("spec-{i}-c"), None)
-            .await?;
+        source.put(key.as_str(), format!("spec-{i}-c"), None).await?;
     }
     Ok(compact)
 }
@@ -90,11 +81,7 @@ async fn alarms(c: &mut Client) -> Result<usize> {
 }
 
 async fn current_revision(c: &mut Client) -> Result<i64> {
-    Ok(c.get("x", None)
-        .await?
-        .header()
-        .context("header")?
-        .revision())
+    Ok(c.get("x", None).await?.header().context("header")?.revision())
 }
 
 /// Waits until the source has no lease left but `keep`: a lease the load
@@ -153,11 +140,8 @@ async fn check_migrated(
             async move {
                 expect_grpc_error(
                     "range below the compact revision",
-                    c.get(
-                        "x",
-                        Some(etcd_client::GetOptions::new().with_revision(start - 1)),
-                    )
-                    .await,
+                    c.get("x", Some(etcd_client::GetOptions::new().with_revision(start - 1)))
+                        .await,
                 )
             }
         };
@@ -165,20 +149,8 @@ async fn check_migrated(
         ensure!(s == t, "a read below the compact revision: {s} vs {t}");
     }
     let (mut sl, mut tl): (Vec<i64>, Vec<i64>) = (
-        source
-            .leases()
-            .await?
-            .leases()
-            .iter()
-            .map(|l| l.id())
-            .collect(),
-        target
-            .leases()
-            .await?
-            .leases()
-            .iter()
-            .map(|l| l.id())
-            .collect(),
+        source.leases().await?.leases().iter().map(|l| l.id()).collect(),
+        target.leases().await?.leases().iter().map(|l| l.id()).collect(),
     );
     sl.sort();
     tl.sort();
@@ -263,18 +235,12 @@ async fn one_member_target_keeps_every_revision() -> Result<()> {
     .await?;
     ensure!(cut.code == 0, "cutover failed: {}", cut.all());
     ensure!(
-        cut.stdout
-            .lines()
-            .any(|l| l.trim() == format!("--etcd-servers={to}")),
+        cut.stdout.lines().any(|l| l.trim() == format!("--etcd-servers={to}")),
         "cutover did not print the kube-apiserver flag: {}",
         cut.all()
     );
     let status = m.wait_exit(STEP).await?;
-    ensure!(
-        status.success(),
-        "migrate start ended {status}: {}",
-        m.log()
-    );
+    ensure!(status.success(), "migrate start ended {status}: {}", m.log());
     let delete_rev = fence_watch.await??;
 
     // A put on the fenced source fails.
@@ -292,10 +258,7 @@ async fn one_member_target_keeps_every_revision() -> Result<()> {
             cut.all()
         );
     } else {
-        ensure!(
-            target_rev == source_rev,
-            "target {target_rev}, source {source_rev}"
-        );
+        ensure!(target_rev == source_rev, "target {target_rev}, source {source_rev}");
     }
     check_migrated(&mut source, &mut target, compact, target_rev).await?;
 
@@ -347,10 +310,7 @@ async fn migrator_and_target_member_killed_the_result_is_the_same() -> Result<()
         m.restart()?;
     }
     let load = start_load(source.clone(), 11);
-    wait_status(&to, "the copy to finish", STEP, |s| {
-        s["phase"] == "following"
-    })
-    .await?;
+    wait_status(&to, "the copy to finish", STEP, |s| s["phase"] == "following").await?;
     cluster.restart(2)?;
     for _ in 0..2 {
         let at = migrator::status(&to).await?;
@@ -377,11 +337,7 @@ async fn migrator_and_target_member_killed_the_result_is_the_same() -> Result<()
     .await?;
     ensure!(cut.code == 0, "cutover failed: {}", cut.all());
     let status = m.wait_exit(STEP).await?;
-    ensure!(
-        status.success(),
-        "migrate start ended {status}: {}",
-        m.log()
-    );
+    ensure!(status.success(), "migrate start ended {status}: {}", m.log());
     cluster.wait_all_ready(STEP).await?;
     let mut leader = cluster.client(0).await?;
     check_migrated(&mut source, &mut leader, compact, end).await?;
@@ -423,21 +379,14 @@ async fn verify_while_the_source_writes_then_abort() -> Result<()> {
         STEP,
     )
     .await?;
-    ensure!(
-        out.code == 0,
-        "verify at {rev} found differences: {}",
-        out.all()
-    );
+    ensure!(out.code == 0, "verify at {rev} found differences: {}", out.all());
     expect_same_at(&mut source, &mut target, rev, "at the verified revision").await?;
     load.stop().await?;
 
     let out = migrator::run(&["abort", &format!("--to={to}")], STEP).await?;
     ensure!(out.code == 0, "abort failed: {}", out.all());
     let status = m.wait_exit(STEP).await?;
-    ensure!(
-        !status.success(),
-        "migrate start should fail after an abort"
-    );
+    ensure!(!status.success(), "migrate start should fail after an abort");
     let s = migrator::status(&to).await?;
     ensure!(s["phase"] == "aborted", "after abort: {s}");
     let refused = expect_grpc_error("put after abort", target.put("k", "v", None).await)?;
@@ -470,24 +419,9 @@ async fn bad_inputs_are_refused_with_nothing_done() -> Result<()> {
     };
     let none = |s: &serde_json::Value| s["phase"] == "none";
     let cases: Vec<(&str, String, String, &str)> = vec![
-        (
-            "unreachable source",
-            nowhere.clone(),
-            to.clone(),
-            "cannot reach the source",
-        ),
-        (
-            "unreachable target",
-            source_a.endpoint(),
-            nowhere.clone(),
-            "cannot reach the target",
-        ),
-        (
-            "target is etcd",
-            source_a.endpoint(),
-            source_b.endpoint(),
-            "is not Cairn",
-        ),
+        ("unreachable source", nowhere.clone(), to.clone(), "cannot reach the source"),
+        ("unreachable target", source_a.endpoint(), nowhere.clone(), "cannot reach the target"),
+        ("target is etcd", source_a.endpoint(), source_b.endpoint(), "is not Cairn"),
         (
             "source is not etcd v3",
             target_cluster.members[0].peer_url(),
