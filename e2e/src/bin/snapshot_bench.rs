@@ -10,7 +10,8 @@
 //!    same etcd snapshot, and `etcdutl snapshot restore` of Cairn's.
 //!
 //! Run: `cargo build --release -p cairn-shim && CAIRN_BIN=target/release/cairn
-//! cargo run -p cairn-e2e --bin snapshot_bench -- --keys 1000000`.
+//! cargo run -p cairn-e2e --bin snapshot_bench -- --keys 1000000` (`--keep DIR`
+//! keeps both snapshot files there).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -145,12 +146,15 @@ fn restore(tool: &Path, snap: &Path, data_dir: &Path) -> Result<(f64, u64)> {
 async fn main() -> Result<()> {
     let mut keys = 1_000_000usize;
     let mut value_size = 1024usize;
+    let mut keep: Option<std::path::PathBuf> = None;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let v = it.next().context("a flag without its value")?;
         match flag.as_str() {
             "--keys" => keys = v.parse()?,
             "--value-size" => value_size = v.parse()?,
+            // Keep both snapshot files here (for restore experiments).
+            "--keep" => keep = Some(v.into()),
             other => anyhow::bail!("unknown flag {other}"),
         }
     }
@@ -196,6 +200,11 @@ async fn main() -> Result<()> {
     let r2 = restore(&cairn_bin()?, &etcd_snap, &dir.path().join("r-cairn"))?;
     std::fs::remove_dir_all(dir.path().join("r-cairn"))?;
     let r3 = restore(&etcdutl, &cairn_snap, &dir.path().join("r-etcdutl-cairn"))?;
+    if let Some(keep) = keep {
+        std::fs::create_dir_all(&keep)?;
+        std::fs::rename(&etcd_snap, keep.join("etcd.snap"))?;
+        std::fs::rename(&cairn_snap, keep.join("cairn.snap"))?;
+    }
     println!(
         "restore of etcd's snapshot: etcdutl {:.2}s (peak RSS {} MiB), cairn {:.2}s (peak RSS {} MiB); etcdutl of cairn's snapshot {:.2}s",
         r1.0, r1.1, r2.0, r2.1, r3.0

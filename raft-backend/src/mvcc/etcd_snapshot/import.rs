@@ -25,8 +25,7 @@ use crate::mvcc::etcd_snapshot::file::{SnapshotError, SnapshotFile};
 use crate::mvcc::etcd_snapshot::layout::{self, Lease};
 use crate::mvcc::schema::{self, meta};
 
-/// Rows per SQLite transaction; the WAL is checkpointed after each, so it
-/// stays small whatever the snapshot's size.
+/// Rows per SQLite transaction (bounds the page cache's dirty pages).
 const BATCH: u64 = 50_000;
 
 /// etcdutl's `--bump-revision` and `--mark-compacted`.
@@ -68,6 +67,11 @@ pub fn import(
     let mut conn = schema::open_writer(db_path)?;
     let bolt = |e| snap.bolt_error(e);
     let sql = |e: rusqlite::Error| SnapshotError::Store(e.into());
+    // A new file nobody else opens, whose atomicity is the caller's (a
+    // staging directory renamed into place once complete, after a sync):
+    // no journal and no syncs while it fills; WAL mode again at the end.
+    conn.execute_batch("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;")
+        .map_err(sql)?;
 
     let finished = snap.compact_mark(layout::FINISHED_COMPACT)?;
     let scheduled = snap.compact_mark(layout::SCHEDULED_COMPACT)?;
@@ -128,7 +132,6 @@ pub fn import(
         rows += 1;
         if rows % BATCH == 0 {
             tx.commit().map_err(sql)?;
-            checkpoint(&conn)?;
             tx = conn.transaction().map_err(sql)?;
         }
     }
@@ -170,6 +173,8 @@ pub fn import(
         schema::set_meta(&tx, name, value)?;
     }
     tx.commit().map_err(sql)?;
+    conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
+        .map_err(sql)?;
     checkpoint(&conn)?;
     drop(conn);
     schema::sync_to_disk(db_path).map_err(|error| SnapshotError::Io {
