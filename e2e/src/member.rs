@@ -58,6 +58,11 @@ pub struct MemberOptions {
     pub failpoints: Vec<String>,
     /// How long to wait for readiness after each (re)start.
     pub ready_timeout: Duration,
+    /// A fixed peer port (default: a free one), so that the members of a
+    /// cluster can be named in each other's flags before they start.
+    pub peer_port: Option<u16>,
+    /// `--initial-cluster` (default: this member alone).
+    pub initial_cluster: Option<String>,
 }
 
 impl Default for MemberOptions {
@@ -69,6 +74,8 @@ impl Default for MemberOptions {
             extra_args: Vec::new(),
             failpoints: Vec::new(),
             ready_timeout: Duration::from_secs(20),
+            peer_port: None,
+            initial_cluster: None,
         }
     }
 }
@@ -99,6 +106,18 @@ impl Member {
     /// Starts a member with `opts` on fresh free ports and a fresh temp dir, and
     /// waits until it is ready (or fails with its log).
     pub async fn start_with(kind: Kind, opts: MemberOptions) -> Result<Member> {
+        Member::start_prepared(kind, opts, |_, _| Ok(())).await
+    }
+
+    /// Like [`Member::start_with`], but first lets `prepare` fill the data
+    /// dir (which does not exist yet) from this member's peer URL: a restore
+    /// from a snapshot. Called again, on a fresh data dir, if a start loses
+    /// a port race.
+    pub async fn start_prepared(
+        kind: Kind,
+        opts: MemberOptions,
+        mut prepare: impl FnMut(&Path, &str) -> Result<()>,
+    ) -> Result<Member> {
         let binary = match kind {
             Kind::Etcd => etcd_bin()?,
             Kind::Cairn => cairn_bin()?,
@@ -121,7 +140,16 @@ impl Member {
         let mut last_err = None;
         for _ in 0..BIND_ATTEMPTS {
             member.client_port = free_port()?;
-            member.peer_port = free_port()?;
+            member.peer_port = match member.opts.peer_port {
+                Some(p) => p,
+                None => free_port()?,
+            };
+            let data_dir = member.data_dir();
+            if data_dir.exists() {
+                std::fs::remove_dir_all(&data_dir)
+                    .with_context(|| format!("removing {}", data_dir.display()))?;
+            }
+            prepare(&data_dir, &member.peer_url()).context("preparing the data dir")?;
             member.spawn()?;
             match member.wait_ready().await {
                 Ok(()) => {
@@ -161,6 +189,11 @@ impl Member {
     /// The client port.
     pub fn client_port(&self) -> u16 {
         self.client_port
+    }
+
+    /// The peer URL this member advertises.
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
     }
 
     /// The data directory (kept across restarts).
@@ -314,14 +347,17 @@ impl Member {
             url,
         ];
         // Cairn takes etcd's cluster flags too, and listens for peers.
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let peer = self.peer_url();
         args.extend([
             "--listen-peer-urls".to_string(),
             peer.clone(),
             "--initial-advertise-peer-urls".to_string(),
             peer.clone(),
             "--initial-cluster".to_string(),
-            format!("{}={peer}", self.opts.name),
+            self.opts
+                .initial_cluster
+                .clone()
+                .unwrap_or_else(|| format!("{}={peer}", self.opts.name)),
         ]);
         if let Some(b) = self.opts.max_request_bytes {
             args.extend(["--max-request-bytes".to_string(), b.to_string()]);

@@ -35,4 +35,15 @@ pub use replication::{
     RaftStatus, RaftTiming, ReplicaOptions, LOG_DIR,
 };
 pub use store::{Store, StoreStatus, DB_FILE};
+
+/// etcd's snapshot format, both ways (see `mvcc::etcd_snapshot`): the
+/// offline side (`cairn snapshot restore` and `status`) uses these; the
+/// online side is [`Store::write_etcd_snapshot`].
+pub mod etcd_snapshot {
+    pub use crate::mvcc::etcd_snapshot::export::{EtcdSnapshotFile, Exported};
+    pub use crate::mvcc::etcd_snapshot::file::{SnapshotError, SnapshotFile, HASH_LEN};
+    pub use crate::mvcc::etcd_snapshot::import::{import, ImportOptions, Imported};
+    pub use crate::mvcc::etcd_snapshot::layout::EtcdMember;
+    pub use crate::mvcc::etcd_snapshot::status::{status, SnapshotStatus};
+}
 pub use txn::{is_txn_readonly, txn_has_put};

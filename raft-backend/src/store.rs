@@ -416,6 +416,52 @@ impl Store {
         self.events.subscribe()
     }
 
+    /// Writes the store as one read transaction sees it to a new file in
+    /// etcd's backend format (bbolt), in the data dir's snapshot directory,
+    /// while writes go on. The file goes when the returned handle is dropped.
+    pub async fn write_etcd_snapshot(&self) -> Result<crate::etcd_snapshot::EtcdSnapshotFile> {
+        let dir = self
+            .path
+            .parent()
+            .map(|d| d.join("snap"))
+            .unwrap_or_else(|| PathBuf::from("snap"));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| StoreError::io(format!("create {}", dir.display()), e))?;
+        let path = crate::mvcc::snapshot::unique(&dir, "etcd");
+        self.readers
+            .read(move |txn| {
+                let conn = txn.conn();
+                // In the read transaction txn began: the same view as its rows.
+                let state = ApplyState::load(conn)?;
+                let done = schema::get_meta(conn, schema::meta::COMPACT_DONE_REV)?;
+                let blob = crate::mvcc::membership_blob::load(conn)?;
+                let members: Vec<crate::etcd_snapshot::EtcdMember> =
+                    crate::replication::member_list_of_blob(blob.as_deref())?
+                        .into_iter()
+                        .map(|(id, info, is_learner)| crate::etcd_snapshot::EtcdMember {
+                            id,
+                            name: info.name,
+                            peer_urls: info.peer_urls,
+                            is_learner,
+                        })
+                        .collect();
+                // Made first so that a failed export leaves no partial file.
+                let mut file = crate::etcd_snapshot::EtcdSnapshotFile {
+                    path: path.clone(),
+                    exported: crate::etcd_snapshot::Exported {
+                        revision: 0,
+                        compact_revision: 0,
+                        revisions: 0,
+                        size: 0,
+                    },
+                };
+                file.exported =
+                    crate::mvcc::etcd_snapshot::export::export(txn, &state, done, &members, &path)?;
+                Ok(file)
+            })
+            .await
+    }
+
     pub fn metrics(&self) -> &StoreMetrics {
         &self.metrics
     }

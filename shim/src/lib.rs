@@ -12,6 +12,7 @@ mod cluster_config;
 pub mod config;
 mod identity;
 pub mod server;
+pub mod snapshot_cli;
 mod tls;
 
 // What every service shares, and how errors reach clients.
@@ -26,6 +27,7 @@ mod lease;
 mod maintenance_service;
 mod migrate_service;
 mod quota;
+mod snapshot_stream;
 mod validate;
 mod watch;
 

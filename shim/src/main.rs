@@ -27,6 +27,8 @@ enum Cmd {
     Bench(cairn_bench::BenchArgs),
     /// Live migration from a running etcd into this (empty) Cairn cluster, keeping every revision.
     Migrate(cairn_migrate::MigrateArgs),
+    /// Restore a data dir from an etcd snapshot, or report on a snapshot file (as etcdutl).
+    Snapshot(cairn_shim::snapshot_cli::SnapshotArgs),
 }
 
 /// Resolves on Ctrl-C or SIGTERM: the process's stop signals, which the
@@ -70,6 +72,7 @@ async fn main() -> anyhow::Result<()> {
                 .init();
             std::process::exit(cairn_migrate::run(args).await)
         }
+        Some(Cmd::Snapshot(args)) => cairn_shim::snapshot_cli::run(args),
         None => {
             tracing_subscriber::fmt()
                 .with_env_filter(

@@ -130,11 +130,16 @@ impl Maintenance for MaintenanceService {
 
     type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
 
+    /// The store in etcd's backend format, streamed as etcd streams its own
+    /// (see `snapshot_stream`); from this member's state, as etcd does.
     async fn snapshot(
         &self,
         _req: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        Err(Status::unimplemented("Snapshot is not implemented yet"))
+        let rx = crate::snapshot_stream::start(self.node.clone());
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     /// Like etcd, only the leader hands leadership over; etcdctl finds it.

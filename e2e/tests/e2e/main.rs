@@ -21,5 +21,6 @@ mod kube_patterns;
 mod lease;
 mod migrate;
 mod peer_traffic;
+mod snapshot;
 mod watch_differential;
 mod watch_semantics;

@@ -9,6 +9,7 @@ pub(crate) mod apply_state;
 pub(crate) mod checkpointer;
 pub(crate) mod compactor;
 pub(crate) mod defragment;
+pub mod etcd_snapshot;
 pub(crate) mod file_size;
 pub(crate) mod hash_kv;
 pub(crate) mod history;

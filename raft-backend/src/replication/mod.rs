@@ -35,6 +35,6 @@ pub use network::PeerTransport;
 pub use options::{Bootstrap, MemberList, RaftStatus, RaftTiming, ReplicaOptions};
 pub use peer_server::{LeaseAuthority, PeerService};
 pub(crate) use replica::Replica;
-pub(crate) use state_machine::{check_membership_blob, StateMachine};
+pub(crate) use state_machine::{check_membership_blob, member_list_of_blob, StateMachine};
 pub use types::MemberInfo;
 pub(crate) use waiters::Waiters;

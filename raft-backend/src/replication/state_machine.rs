@@ -85,6 +85,14 @@ pub(crate) fn decode_membership(blob: Option<&[u8]>) -> Result<StoredMembership>
     }
 }
 
+/// The members a stored membership names, as (id, info, is_learner): what
+/// an etcd-format snapshot records as the cluster it was taken from.
+pub(crate) fn member_list_of_blob(blob: Option<&[u8]>) -> Result<super::MemberList> {
+    Ok(super::options::member_list(
+        decode_membership(blob)?.membership(),
+    ))
+}
+
 /// Refuses a stored membership that does not decode; the writer runs it on
 /// an installed snapshot before publishing anything of it.
 pub(crate) fn check_membership_blob(blob: Option<&[u8]>) -> Result<()> {
