@@ -138,6 +138,10 @@ impl Drop for Migrator {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // The test harness shows a test's output only when it fails.
+        let log = self.log();
+        let tail = &log[log.floor_char_boundary(log.len().saturating_sub(6000))..];
+        eprintln!("----- migrator log tail -----\n{tail}\n-----------------------------");
     }
 }
 

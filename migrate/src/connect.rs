@@ -222,7 +222,7 @@ pub fn classify_status(side: Side, urls: &str, call: &'static str, status: tonic
 
 /// Connects to `cfg.urls`: checks that at least one endpoint accepts a
 /// connection (so an unreachable side or a failed TLS handshake is one clear
-/// error), then balances calls over all of them.
+/// error), then balances calls over those that answered.
 pub async fn connect(side: Side, cfg: &EndpointConfig) -> Result<Conn> {
     let urls = split_urls(&cfg.urls);
     if urls.is_empty() {
@@ -240,7 +240,8 @@ pub async fn connect(side: Side, cfg: &EndpointConfig) -> Result<Conn> {
         endpoints.push(endpoint(side, cfg, u)?);
     }
     let mut errors: Vec<(String, String)> = Vec::new();
-    for (ep, url) in endpoints.iter().zip(&urls) {
+    let mut live = Vec::with_capacity(endpoints.len());
+    for (ep, url) in endpoints.into_iter().zip(&urls) {
         if let Err(e) = ep.connect().await {
             let detail = chain(&e);
             let detail = detail
@@ -248,6 +249,8 @@ pub async fn connect(side: Side, cfg: &EndpointConfig) -> Result<Conn> {
                 .unwrap_or(&detail)
                 .to_string();
             errors.push((url.clone(), detail));
+        } else {
+            live.push(ep);
         }
     }
     if errors.len() < urls.len() {
@@ -275,7 +278,10 @@ pub async fn connect(side: Side, cfg: &EndpointConfig) -> Result<Conn> {
             }
         });
     }
-    let channel = Channel::balance_list(endpoints.into_iter());
+    // Only the endpoints that answered: tonic's balancer keeps sending calls
+    // to one that refuses connections (each fails Unavailable). One that
+    // goes down later is ridden out by the calls' retries.
+    let channel = Channel::balance_list(live.into_iter());
     let token = Token::default();
     Ok(Conn {
         side,

@@ -191,15 +191,19 @@ impl Source {
                 // answer is no gRPC: another protocol, or no etcd service.
                 Error::Call {
                     code:
-                        tonic::Code::Unimplemented
+                        code @ (tonic::Code::Unimplemented
                         | tonic::Code::Internal
                         | tonic::Code::Unknown
-                        | tonic::Code::Unavailable,
+                        | tonic::Code::Unavailable),
                     message,
                     ..
                 } => Error::NotEtcd {
                     urls: self.conn.urls.clone(),
-                    detail: message,
+                    detail: if message.is_empty() {
+                        format!("Maintenance.Status answered {code:?} with no message")
+                    } else {
+                        format!("Maintenance.Status answered {code:?}: {message}")
+                    },
                 },
                 other => other,
             })?;

@@ -46,9 +46,16 @@ fn spawn_start(
     history_none: bool,
 ) -> tokio::task::JoinHandle<cairn_migrate::Result<MigrationState>> {
     let (src, info, tgt) = (src.clone(), info.clone(), tgt.clone());
-    tokio::spawn(
-        async move { cairn_migrate::start::run_start(&src, &info, &tgt, history_none, cairn_migrate::kvread::PAGE_KEYS).await },
-    )
+    tokio::spawn(async move {
+        cairn_migrate::start::run_start(
+            &src,
+            &info,
+            &tgt,
+            history_none,
+            cairn_migrate::kvread::PAGE_KEYS,
+        )
+        .await
+    })
 }
 
 async fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Result<()> {

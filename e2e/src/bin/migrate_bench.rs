@@ -99,7 +99,10 @@ impl Target {
             let child = Command::new(cairn_bin()?)
                 .args([
                     format!("--name=m{i}"),
-                    format!("--data-dir={}", t.dir.path().join(format!("m{i}")).display()),
+                    format!(
+                        "--data-dir={}",
+                        t.dir.path().join(format!("m{i}")).display()
+                    ),
                     format!("--listen-client-urls={client}"),
                     format!("--advertise-client-urls={client}"),
                     format!("--listen-peer-urls={peer}"),
@@ -167,7 +170,12 @@ async fn fill(source: &Client, keys: usize, value_size: usize) -> Result<i64> {
         t.await??;
     }
     let mut c = source.clone();
-    let rev = c.get("x", None).await?.header().context("header")?.revision();
+    let rev = c
+        .get("x", None)
+        .await?
+        .header()
+        .context("header")?
+        .revision();
     c.compact(rev, None).await?;
     Ok(rev)
 }

@@ -450,7 +450,9 @@ fn write_revisions(
     for id in &r.lease_drops {
         migration::drop_lease(conn, *id)?;
     }
-    if r.compact_to > state.compact_rev {
+    // 0 says the source did not move; a store never compacted (-1) stays so,
+    // as the source does.
+    if r.compact_to > 0 && r.compact_to > state.compact_rev {
         state.compact_rev = r.compact_to;
         applied.compacted_to = Some(r.compact_to);
     }
@@ -904,6 +906,23 @@ mod tests {
             }))
             .unwrap();
         assert_eq!(same.compacted_to, None);
+    }
+
+    /// The migrator sends `compact_to: 0` when the source did not move; a
+    /// source that never compacted reports -1, and so must the target.
+    #[test]
+    fn a_never_compacted_source_leaves_the_target_uncompacted() {
+        let mut s = TestStore::new();
+        s.apply(begin(1, -1)).unwrap();
+        s.apply(page("", vec![], true)).unwrap();
+        let a = s
+            .apply_full(Command::ImportRevisions(ImportRevisionsRequest {
+                compact_to: 0,
+                ..revs(1, vec![(2, vec![put_ev(kv("a", "1", 2, 2, 1))])])
+            }))
+            .unwrap();
+        assert_eq!(a.compacted_to, None);
+        assert_eq!((s.state.current_rev, s.state.compact_rev), (2, -1));
     }
 
     #[test]
