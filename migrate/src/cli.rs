@@ -326,7 +326,14 @@ async fn verify_cmd(a: VerifyArgs) -> Result<bool> {
         Some(r) => r,
         None => default_revision(&src, &tgt).await?,
     };
-    let report = verify(&src, &tgt, revision, state.history_none).await?;
+    let report = verify(
+        &src,
+        &tgt,
+        revision,
+        state.history_none,
+        state.shared_revision_keys,
+    )
+    .await?;
     for l in report.lines() {
         println!("{l}");
     }

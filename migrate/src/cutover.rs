@@ -191,7 +191,17 @@ async fn fenced_part(
                 hash_line: format!("hashkv at revision {r}: not compared (--verify none)"),
                 ..Default::default()
             },
-            _ => verify_with(src, tgt, r, st.history_none, mode == VerifyMode::Full).await?,
+            _ => {
+                verify_with(
+                    src,
+                    tgt,
+                    r,
+                    st.history_none,
+                    st.shared_revision_keys,
+                    mode == VerifyMode::Full,
+                )
+                .await?
+            }
         };
         if !report.ok() {
             for l in report.lines() {

@@ -251,7 +251,7 @@ async fn migrates_a_live_source_and_cuts_over() -> Result<()> {
         );
         for rev in [now - 5, now, (now + last) / 2, last] {
             same_at(&src, &fake, rev).await?;
-            let report = cairn_migrate::verify::verify(&src, &tgt, rev, false).await?;
+            let report = cairn_migrate::verify::verify(&src, &tgt, rev, false, 0).await?;
             assert!(report.ok(), "{:?}", report.lines());
         }
         // Leases: the long one is there, the short ones expired with the source's.

@@ -217,6 +217,7 @@ fn begun(b: &BeginRequest) -> MigrationState {
         source_seen_unix_ms: b.unix_ms,
         phase_since_unix_ms: b.unix_ms,
         history_none: b.history_none,
+        shared_revision_keys: 0,
     }
 }
 
@@ -307,6 +308,13 @@ fn write_base(
     }
     for (kv, n) in b.kvs.iter().zip(slots) {
         migration::insert_base_row(conn, index, kv, *n)?;
+        // The second key at a revision makes two that share it; each later
+        // one adds itself.
+        m.shared_revision_keys += match *n {
+            0 => 0,
+            1 => 2,
+            _ => 1,
+        };
         m.keys_copied += 1;
         m.bytes_copied += (kv.key.len() + kv.value.len()) as i64;
     }
@@ -754,6 +762,8 @@ mod tests {
         assert_eq!(done.compacted_to, Some(10));
         let st = state_of(done.output);
         assert_eq!((st.phase(), st.target_revision), (Phase::Following, 10));
+        // b and c share a revision: their order within it is a guess.
+        assert_eq!(st.shared_revision_keys, 2);
         assert_eq!((s.state.current_rev, s.state.compact_rev), (10, 10));
         // b and c share revision 10: sub-revisions in key order, ids in
         // revision order.

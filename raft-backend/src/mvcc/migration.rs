@@ -66,7 +66,7 @@ impl MigrationGate {
 
 const COLUMNS: &str = "phase, source_cluster_id, source_version, start_revision, compact_revision,
     keys_copied, bytes_copied, copy_resume_after, source_revision, source_seen_unix_ms,
-    phase_since_unix_ms, history_none";
+    phase_since_unix_ms, history_none, shared_revision_keys";
 
 /// The stored state; phase NONE (and zeros) if no migration was ever begun.
 /// `target_revision` is left 0: it is the store's current revision, the
@@ -90,6 +90,7 @@ pub fn load(conn: &Connection) -> Result<MigrationState> {
                 source_seen_unix_ms: r.get(9)?,
                 phase_since_unix_ms: r.get(10)?,
                 history_none: r.get(11)?,
+                shared_revision_keys: r.get(12)?,
             })
         })
         .optional()?;
@@ -99,7 +100,7 @@ pub fn load(conn: &Connection) -> Result<MigrationState> {
 pub fn save(conn: &Connection, s: &MigrationState) -> Result<()> {
     conn.prepare_cached(&format!(
         "INSERT OR REPLACE INTO migration (id, {COLUMNS})
-         VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+         VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
     ))?
     .execute(params![
         s.phase,
@@ -114,6 +115,7 @@ pub fn save(conn: &Connection, s: &MigrationState) -> Result<()> {
         s.source_seen_unix_ms,
         s.phase_since_unix_ms,
         s.history_none,
+        s.shared_revision_keys,
     ])?;
     Ok(())
 }

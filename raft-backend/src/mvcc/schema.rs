@@ -77,7 +77,8 @@ CREATE TABLE IF NOT EXISTS migration (
     source_revision     INTEGER NOT NULL,
     source_seen_unix_ms INTEGER NOT NULL,
     phase_since_unix_ms INTEGER NOT NULL,
-    history_none        INTEGER NOT NULL
+    history_none        INTEGER NOT NULL,
+    shared_revision_keys INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS alarms (
     member_id INTEGER NOT NULL,
