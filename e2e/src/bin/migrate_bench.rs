@@ -381,7 +381,7 @@ async fn main() -> Result<()> {
     .await?;
     ensure!(cut.code == 0, "cutover failed: {}", cut.all());
     let unavailable = switch.await??;
-    for line in cut.all().lines().filter(|l| l.contains("unavailable")) {
+    for line in cut.all().lines().filter(|l| l.contains("unavailab")) {
         println!("cutover says: {}", line.trim());
     }
     println!(
