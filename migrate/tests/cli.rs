@@ -1,17 +1,19 @@
 //! `cairn migrate` as a user runs it: the `cairn` binary (build it first:
-//! `cargo build -p cairn-shim`), its output and exit codes, from a real etcd
-//! 3.5 into the fake target of tests/common.
+//! `cargo build --bins --features cairn-shim/failpoints`), its output and
+//! exit codes, from a real etcd 3.5 into a real Cairn (both started by the
+//! e2e harness).
 
 mod common;
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use cairn_e2e::binaries::cairn_bin;
+use cairn_e2e::migrator::{field, wait_status};
 use cairn_e2e::{Kind, Member};
 use cairn_proto::migrate::Phase;
-use common::FakeTarget;
+use common::{cfg, current_revision, start_target, target_client, wait_state};
 
 /// Runs `cairn migrate <args>` to completion (bounded).
 async fn migrate(args: &[&str]) -> Result<Output> {
@@ -35,14 +37,15 @@ fn text(b: &[u8]) -> String {
 async fn the_whole_migration_from_the_command_line() -> Result<()> {
     tokio::time::timeout(Duration::from_secs(120), async {
         let etcd = Member::start(Kind::Etcd).await?;
+        let cairn = start_target().await?;
         let mut c = etcd.client().await?;
+        let mut t = cairn.client().await?;
         for i in 0..200 {
             c.put(format!("/registry/k{i:03}"), format!("v{i}"), None).await?;
         }
-        let rev = c.get("x", None).await?.header().map(|h| h.revision()).unwrap_or_default();
+        let rev = current_revision(&mut c).await?;
         c.compact(rev - 50, None).await?;
-        let fake = FakeTarget::start(&etcd.endpoint()).await?;
-        let (from, to) = (etcd.endpoint(), fake.url());
+        let (from, to) = (etcd.endpoint(), cairn.endpoint());
 
         // Before anything: status of an untouched target; verify refuses.
         let out = migrate(&["status", "--to", &to, "-w", "json"]).await?;
@@ -50,27 +53,23 @@ async fn the_whole_migration_from_the_command_line() -> Result<()> {
         let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
         assert_eq!(v["phase"], "none");
 
-        let mut start = Command::new(cairn_bin()?)
+        let mut start = tokio::process::Command::new(cairn_bin()?)
             .args(["migrate", "start", "--from", &from, "--to", &to])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            .kill_on_drop(true)
             .spawn()?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while fake.fake.state().phase != Phase::Following as i32 {
-            if Instant::now() > deadline {
-                let _ = start.kill();
-                bail!("the copy did not complete");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_status(&to, "the copy to complete", Duration::from_secs(30), |s| {
+            s["phase"] == "following"
+        })
+        .await?;
         c.put("/registry/later", "v", None).await?;
         let last = rev + 1;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while fake.fake.state().target_revision < last {
-            ensure!(Instant::now() < deadline, "not caught up");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_status(&to, "the target to catch up", Duration::from_secs(30), |s| {
+            field(s, "target_revision") >= last
+        })
+        .await?;
 
         let out = migrate(&["status", "--to", &to, "-w", "json"]).await?;
         let stdout = text(&out.stdout);
@@ -114,12 +113,12 @@ async fn the_whole_migration_from_the_command_line() -> Result<()> {
                 break s;
             }
             if Instant::now() > deadline {
-                let _ = start.kill();
+                let _ = start.kill().await;
                 bail!("start did not end after the cutover");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
-        let out = start.wait_with_output()?;
+        let out = start.wait_with_output().await?;
         println!("{}", text(&out.stdout));
         assert!(status.success(), "{}", text(&out.stderr));
         assert_eq!(
@@ -127,9 +126,15 @@ async fn the_whole_migration_from_the_command_line() -> Result<()> {
             format!("the target at {to} was cut over at revision {last}; the migration is complete")
         );
 
-        // A difference: exit 1, named.
-        fake.fake.corrupt(b"/registry/k007");
-        let out = migrate(&["verify", "--from", &from, "--to", &to, "--revision", &last.to_string()]).await?;
+        // A difference: exit 1, named. The two sides part after the switch:
+        // with the fence lifted, each takes a different value of one key at
+        // the next revision.
+        let (src, _) = cairn_migrate::source::Source::connect(&cfg(&from), None).await?;
+        src.unfence_all().await?;
+        c.put("/registry/k007", "v7", None).await?;
+        t.put("/registry/k007", "corrupted", None).await?;
+        let next = (last + 1).to_string();
+        let out = migrate(&["verify", "--from", &from, "--to", &to, "--revision", &next]).await?;
         let stdout = text(&out.stdout);
         println!("{stdout}");
         assert_eq!(out.status.code(), Some(1));
@@ -150,8 +155,9 @@ async fn the_whole_migration_from_the_command_line() -> Result<()> {
 
 /// Not a test: the copy rate and the migrator's peak RSS for
 /// `CAIRN_MIGRATE_BENCH_KEYS` (default 100,000) keys of 1 KiB, from etcd into
-/// the in-memory fake (so it measures the migrator and etcd, not Cairn).
+/// a one-member Cairn (so it measures the migrator, etcd and Cairn together).
 /// `cargo test -p cairn-migrate --release --test cli -- --ignored --nocapture`
+/// (with a release `cairn`: `cargo build --release --bins`).
 #[tokio::test]
 #[ignore]
 async fn copy_rate_and_rss() -> Result<()> {
@@ -161,6 +167,14 @@ async fn copy_rate_and_rss() -> Result<()> {
         .unwrap_or(100_000);
     let etcd = cairn_e2e::Member::start_with(
         Kind::Etcd,
+        cairn_e2e::MemberOptions {
+            quota_backend_bytes: Some(8 << 30),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let cairn = cairn_e2e::Member::start_with(
+        Kind::Cairn,
         cairn_e2e::MemberOptions {
             quota_backend_bytes: Some(8 << 30),
             ..Default::default()
@@ -186,37 +200,33 @@ async fn copy_rate_and_rss() -> Result<()> {
     }
     println!("seeded {n} keys in {:?}", t.elapsed());
     let mut c = etcd.client().await?;
-    let rev = c
-        .get("x", None)
-        .await?
-        .header()
-        .map(|h| h.revision())
-        .unwrap_or_default();
+    let rev = current_revision(&mut c).await?;
     c.compact(rev, None).await?;
-    let fake = FakeTarget::start(&etcd.endpoint()).await?;
+    let (tgt, _) = target_client(&cairn).await?;
     let t = Instant::now();
-    let mut start = Command::new(cairn_bin()?)
+    let mut start = tokio::process::Command::new(cairn_bin()?)
         .args([
             "migrate",
             "start",
             "--from",
             &etcd.endpoint(),
             "--to",
-            &fake.url(),
+            &cairn.endpoint(),
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
+        .kill_on_drop(true)
         .spawn()?;
-    let pid = start.id();
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while fake.fake.state().phase != Phase::Following as i32 {
-        if Instant::now() > deadline {
-            let _ = start.kill();
-            bail!("the copy did not complete in 600s");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let pid = start.id().context("no pid")?;
+    wait_state::<()>(
+        &tgt,
+        None,
+        "the copy to complete",
+        Duration::from_secs(600),
+        |s| s.phase == Phase::Following as i32,
+    )
+    .await?;
     let secs = t.elapsed().as_secs_f64();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let hwm = status
@@ -224,8 +234,7 @@ async fn copy_rate_and_rss() -> Result<()> {
         .find(|l| l.starts_with("VmHWM"))
         .unwrap_or("VmHWM: ?")
         .to_string();
-    let _ = start.kill();
-    let _ = start.wait();
+    let _ = start.kill().await;
     println!(
         "copied {n} keys of 1 KiB in {secs:.2}s: {:.0} keys/s; migrator peak RSS {hwm}",
         n as f64 / secs
@@ -234,31 +243,27 @@ async fn copy_rate_and_rss() -> Result<()> {
 }
 
 /// Not a test: shows what `cairn migrate start` draws on a terminal (runs it
-/// under `script`, a pseudo-terminal), for a look by eye.
+/// under `script`, a pseudo-terminal), for a look by eye. Small pages
+/// (`--page-keys 20`) make the copy last long enough to watch.
 /// `cargo test -p cairn-migrate --test cli -- --ignored --nocapture terminal`
 #[tokio::test]
 #[ignore]
 async fn terminal_progress_bar() -> Result<()> {
     let etcd = Member::start(Kind::Etcd).await?;
+    let cairn = start_target().await?;
     let mut c = etcd.client().await?;
     for i in 0..3000 {
         c.put(format!("/registry/k{i:05}"), "x".repeat(1024), None)
             .await?;
     }
-    let rev = c
-        .get("x", None)
-        .await?
-        .header()
-        .map(|h| h.revision())
-        .unwrap_or_default();
+    let rev = current_revision(&mut c).await?;
     c.compact(rev, None).await?;
-    let fake = FakeTarget::start(&etcd.endpoint()).await?;
-    *fake.fake.delay.lock().unwrap_or_else(|e| e.into_inner()) = Duration::from_millis(300);
+    let (tgt, _) = target_client(&cairn).await?;
     let cmd = format!(
-        "{} migrate start --from {} --to {}",
+        "{} migrate start --from {} --to {} --page-keys 20",
         cairn_bin()?.display(),
         etcd.endpoint(),
-        fake.url()
+        cairn.endpoint()
     );
     let child = tokio::process::Command::new("script")
         .args(["-qfec", &cmd, "/dev/null"])
@@ -267,33 +272,16 @@ async fn terminal_progress_bar() -> Result<()> {
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while fake.fake.state().phase != Phase::Following as i32 {
-        ensure!(Instant::now() < deadline, "no copy");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    *fake.fake.delay.lock().unwrap_or_else(|e| e.into_inner()) = Duration::ZERO;
+    wait_state::<()>(&tgt, None, "the copy", Duration::from_secs(60), |s| {
+        s.phase == Phase::Following as i32
+    })
+    .await?;
     for i in 0..50 {
         c.put(format!("/registry/later{i}"), "v", None).await?;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (src, _) = cairn_migrate::source::Source::connect(
-        &cairn_migrate::connect::EndpointConfig {
-            urls: etcd.endpoint(),
-            dial_timeout: Duration::from_secs(2),
-            ..Default::default()
-        },
-        None,
-    )
-    .await?;
-    let (tgt, _) =
-        cairn_migrate::target::Target::connect(&cairn_migrate::connect::EndpointConfig {
-            urls: fake.url(),
-            dial_timeout: Duration::from_secs(2),
-            ..Default::default()
-        })
-        .await?;
+    let (src, _) = cairn_migrate::source::Source::connect(&cfg(&etcd.endpoint()), None).await?;
     cairn_migrate::cutover::run_cutover(
         &src,
         &tgt,
@@ -311,19 +299,21 @@ async fn terminal_progress_bar() -> Result<()> {
 
 /// Not a test: the lag of `cairn migrate start` (release build) behind a
 /// source taking ~1,000 kube-shaped Txns/s for 10 s, from each write's
-/// acknowledgement to the fake target applying that revision.
+/// acknowledgement by etcd to a watcher of the target receiving that
+/// revision (what a kube-apiserver switched to Cairn would see).
 /// `cargo test -p cairn-migrate --release --test cli -- --ignored --nocapture lag`
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore]
 async fn follow_lag() -> Result<()> {
-    use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+    use etcd_client::{Compare, CompareOp, Txn, TxnOp, WatchOptions};
     let etcd = Member::start(Kind::Etcd).await?;
+    let cairn = start_target().await?;
     let mut c = etcd.client().await?;
     for i in 0..1000 {
         c.put(format!("/registry/pods/ns/p{i:04}"), "x".repeat(1000), None)
             .await?;
     }
-    let fake = FakeTarget::start(&etcd.endpoint()).await?;
+    let (tgt, _) = target_client(&cairn).await?;
     let mut start = tokio::process::Command::new(cairn_bin()?)
         .args([
             "migrate",
@@ -331,18 +321,40 @@ async fn follow_lag() -> Result<()> {
             "--from",
             &etcd.endpoint(),
             "--to",
-            &fake.url(),
+            &cairn.endpoint(),
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while fake.fake.state().phase != Phase::Following as i32 {
-        ensure!(Instant::now() < deadline, "no copy");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let st = wait_state::<()>(&tgt, None, "the copy", Duration::from_secs(60), |s| {
+        s.phase == Phase::Following as i32
+    })
+    .await?;
+    // A watcher of the target's whole keyspace records when each revision arrives.
+    let mut t = cairn.client().await?;
+    let (_watcher, mut stream) = t
+        .watch(
+            vec![0u8],
+            Some(
+                WatchOptions::new()
+                    .with_range(vec![0u8])
+                    .with_start_revision(st.target_revision + 1),
+            ),
+        )
+        .await?;
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<(i64, Instant)>();
+    let watching = tokio::spawn(async move {
+        while let Ok(Some(resp)) = stream.message().await {
+            let at = Instant::now();
+            for e in resp.events() {
+                if let Some(kv) = e.kv() {
+                    let _ = seen_tx.send((kv.mod_revision(), at));
+                }
+            }
+        }
+    });
     // 10 writers, each 100 Txns/s, for 10 s.
     let mut tasks = Vec::new();
     for w in 0..10u64 {
@@ -372,26 +384,32 @@ async fn follow_lag() -> Result<()> {
         acks.extend(t.await??);
     }
     let last = acks.iter().map(|a| a.0).max().unwrap_or_default();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while fake.fake.state().target_revision < last {
-        ensure!(Instant::now() < deadline, "never caught up");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    wait_state::<()>(&tgt, None, "catching up", Duration::from_secs(30), |s| {
+        s.target_revision >= last
+    })
+    .await?;
+    let mut seen = std::collections::HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !seen.contains_key(&last) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        ensure!(
+            !left.is_zero(),
+            "the target's watcher never saw revision {last}"
+        );
+        match tokio::time::timeout(left, seen_rx.recv()).await {
+            Ok(Some((rev, at))) => {
+                seen.entry(rev).or_insert(at);
+            }
+            Ok(None) => bail!("the target's watch ended"),
+            Err(_) => {}
+        }
     }
-    let imported: std::collections::HashMap<i64, Instant> = fake
-        .fake
-        .inner
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .imported_at
-        .iter()
-        .copied()
-        .collect();
+    watching.abort();
     let mut lags: Vec<f64> = acks
         .iter()
         .filter_map(|(rev, at)| {
-            imported
-                .get(rev)
-                .map(|i| i.saturating_duration_since(*at).as_secs_f64() * 1000.0)
+            seen.get(rev)
+                .map(|i: &Instant| i.saturating_duration_since(*at).as_secs_f64() * 1000.0)
         })
         .collect();
     lags.sort_by(|a, b| a.total_cmp(b));

@@ -462,6 +462,9 @@ fn write_revisions(
     // as the source does.
     if r.compact_to > 0 && r.compact_to > state.compact_rev {
         state.compact_rev = r.compact_to;
+        // The state names the compact revision the target holds: a migrator
+        // resuming, and `cairn migrate status`, read it from here.
+        m.compact_revision = r.compact_to;
         applied.compacted_to = Some(r.compact_to);
     }
     m.source_revision = r.source_revision;
@@ -905,6 +908,10 @@ mod tests {
         let a = s.apply_full(Command::ImportRevisions(req)).unwrap();
         assert_eq!(a.compacted_to, Some(11));
         assert_eq!((s.state.current_rev, s.state.compact_rev), (12, 11));
+        // The migration state names the compaction too, in the answer and
+        // in the stored row.
+        assert_eq!(state_of(a.output).compact_revision, 11);
+        assert_eq!(migration::load(&s.reader()).unwrap().compact_revision, 11);
         assert_eq!(s.read(|r| r.leases()).unwrap(), vec![(77, 30)]);
         assert_eq!(get(&s, "m", 0)[0].lease, 88);
         assert_eq!(s.read(|r| r.lease_keys(77)).unwrap(), vec![b"l".to_vec()]);

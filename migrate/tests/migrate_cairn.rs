@@ -1,93 +1,90 @@
 //! The whole migrator (start: copy and follow; cutover; verify; abort)
-//! from a real etcd 3.5 into a fake target that keeps the migration
-//! contract (tests/common), while a writer keeps changing the source:
-//! puts, deletes, multi-op Txns, leases that expire, compactions.
-//! Interrupted runs resume where the target stands.
+//! from a real etcd 3.5 into a real Cairn (one member, started by the e2e
+//! harness), while a writer keeps changing the source: puts, deletes,
+//! multi-op Txns, leases that expire, compactions. Interrupted runs resume
+//! where the target stands. The target is read through its public APIs
+//! only: the Migration service's State, etcd's KV, Lease and HashKV.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
+use cairn_e2e::proxy::Proxy;
 use cairn_e2e::{Kind, Member};
-use cairn_migrate::connect::EndpointConfig;
+use cairn_migrate::kvread::PAGE_KEYS;
 use cairn_migrate::source::{Source, SourceInfo};
 use cairn_migrate::target::Target;
 use cairn_proto::migrate::{MigrationState, Phase};
-use cairn_proto::mvccpb::KeyValue;
-use common::FakeTarget;
+use common::{
+    cfg, current_revision as src_rev, same_at, same_kvs_at, show, start_target, wait_state,
+};
 use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(120);
 
-fn cfg(urls: &str) -> EndpointConfig {
-    EndpointConfig {
-        urls: urls.to_string(),
-        dial_timeout: Duration::from_secs(2),
-        ..Default::default()
-    }
-}
+/// Small pages: a copy of a few thousand keys takes a hundred calls or more,
+/// long enough to be interrupted.
+const SMALL_PAGES: i64 = 20;
 
-async fn sides(etcd: &Member, fake: &FakeTarget) -> Result<(Source, SourceInfo, Target)> {
-    // RUST_LOG=cairn_migrate=debug shows what the migrator did.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    let (tgt, _) = Target::connect(&cfg(&fake.url())).await?;
+async fn sides(etcd: &Member, cairn: &Member) -> Result<(Source, SourceInfo, Target)> {
+    common::init_tracing();
+    let (tgt, _) = Target::connect(&cfg(&cairn.endpoint())).await?;
     let (src, info) = Source::connect(&cfg(&etcd.endpoint()), None).await?;
     Ok((src, info, tgt))
 }
+
+type Run = tokio::task::JoinHandle<cairn_migrate::Result<MigrationState>>;
 
 fn spawn_start(
     src: &Source,
     info: &SourceInfo,
     tgt: &Target,
     history_none: bool,
-) -> tokio::task::JoinHandle<cairn_migrate::Result<MigrationState>> {
+    page_keys: i64,
+) -> Run {
     let (src, info, tgt) = (src.clone(), info.clone(), tgt.clone());
     tokio::spawn(async move {
-        cairn_migrate::start::run_start(
-            &src,
-            &info,
-            &tgt,
-            history_none,
-            cairn_migrate::kvread::PAGE_KEYS,
-        )
-        .await
+        cairn_migrate::start::run_start(&src, &info, &tgt, history_none, page_keys).await
     })
 }
 
-async fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Result<()> {
-    let start = Instant::now();
-    while !f() {
-        if start.elapsed() > timeout {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
+fn following(s: &MigrationState) -> bool {
+    s.phase == Phase::Following as i32
 }
 
-async fn etcd_kvs_at(src: &Source, rev: i64) -> Result<Vec<KeyValue>> {
-    let mut out = Vec::new();
-    let mut after: Option<Vec<u8>> = None;
-    for _ in 0..10_000 {
-        let page = src.range_page(after.as_deref(), rev, 1000).await?;
-        after = page.kvs.last().map(|kv| kv.key.clone());
-        out.extend(page.kvs);
-        if !page.more {
-            return Ok(out);
-        }
-    }
-    bail!("too many pages")
+async fn cutover(src: &Source, tgt: &Target) -> Result<cairn_migrate::cutover::CutoverDone> {
+    Ok(cairn_migrate::cutover::run_cutover(
+        src,
+        tgt,
+        Duration::from_secs(30),
+        cairn_migrate::cutover::VerifyMode::Full,
+    )
+    .await?)
 }
 
+/// `keys` keys of `value_len` bytes, one put each.
 async fn seed(c: &mut Client, keys: usize, value_len: usize) -> Result<()> {
     let value = "x".repeat(value_len);
     for i in 0..keys {
         c.put(format!("/registry/pods/ns/p{i:05}"), value.clone(), None)
             .await?;
+    }
+    Ok(())
+}
+
+/// The same keys as [`seed`], 100 to a Txn (fast). A Txn's keys share its
+/// revision, and the copy (which sees no sub-revisions) orders them by key:
+/// these Txns put them in key order, so HashKVs still compare.
+async fn seed_txns(c: &mut Client, keys: usize, value_len: usize) -> Result<()> {
+    let value = "x".repeat(value_len);
+    let mut i = 0;
+    while i < keys {
+        let ops: Vec<TxnOp> = (i..keys.min(i + 100))
+            .map(|j| TxnOp::put(format!("/registry/pods/ns/p{j:05}"), value.clone(), None))
+            .collect();
+        i += ops.len();
+        c.txn(Txn::new().and_then(ops)).await?;
     }
     Ok(())
 }
@@ -144,27 +141,13 @@ async fn writer(mut c: Client, stop: tokio::sync::watch::Receiver<bool>) -> Resu
     Ok(n)
 }
 
-/// Compares the fake and etcd at `rev`, key by key.
-async fn same_at(src: &Source, fake: &FakeTarget, rev: i64) -> Result<()> {
-    let want = etcd_kvs_at(src, rev).await?;
-    let got = fake.fake.kvs_at(rev);
-    ensure!(
-        got.len() == want.len(),
-        "at {rev}: fake holds {} keys, etcd {}",
-        got.len(),
-        want.len()
-    );
-    for (g, w) in got.iter().zip(&want) {
-        ensure!(g == w, "at {rev}: fake {g:?} != etcd {w:?}");
-    }
-    Ok(())
-}
-
 #[tokio::test]
 async fn migrates_a_live_source_and_cuts_over() -> Result<()> {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let etcd = Member::start(Kind::Etcd).await?;
+        let cairn = start_target().await?;
         let mut c = etcd.client().await?;
+        let mut t = cairn.client().await?;
         seed(&mut c, 500, 200).await?;
         let long = c.lease_grant(600, None).await?.id();
         for i in 0..20 {
@@ -182,27 +165,24 @@ async fn migrates_a_live_source_and_cuts_over() -> Result<()> {
         for i in 100..150 {
             c.delete(format!("/registry/pods/ns/p{i:05}"), None).await?;
         }
-        let rev = c
-            .get("x", None)
-            .await?
-            .header()
-            .map(|h| h.revision())
-            .unwrap_or_default();
+        let rev = src_rev(&mut c).await?;
         c.compact(rev - 100, None).await?;
         let compact = rev - 100;
 
-        let fake = FakeTarget::start(&etcd.endpoint()).await?;
-        let (src, info, tgt) = sides(&etcd, &fake).await?;
+        let (src, info, tgt) = sides(&etcd, &cairn).await?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let writer = tokio::spawn(writer(etcd.client().await?, stop_rx));
-        let start = spawn_start(&src, &info, &tgt, false);
-        wait_for("the copy to complete", Duration::from_secs(30), || {
-            fake.fake.state().phase == Phase::Following as i32
-        })
+        let mut start = spawn_start(&src, &info, &tgt, false, PAGE_KEYS);
+        let st = wait_state(
+            &tgt,
+            Some(&mut start),
+            "the copy to complete",
+            Duration::from_secs(30),
+            following,
+        )
         .await?;
         assert_eq!(
-            fake.fake.state().start_revision,
-            compact,
+            st.start_revision, compact,
             "the copy starts at the compact revision"
         );
         tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -226,50 +206,55 @@ async fn migrates_a_live_source_and_cuts_over() -> Result<()> {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let last = src.current_revision().await?;
-        wait_for("the target to catch up", Duration::from_secs(20), || {
-            fake.fake.state().target_revision >= last
-        })
-        .await?;
-
-        let done = cairn_migrate::cutover::run_cutover(
-            &src,
+        wait_state(
             &tgt,
-            Duration::from_secs(30),
-            cairn_migrate::cutover::VerifyMode::Full,
+            Some(&mut start),
+            "the target to catch up",
+            Duration::from_secs(20),
+            |s| s.target_revision >= last,
         )
         .await?;
+
+        let done = cutover(&src, &tgt).await?;
         assert_eq!(done.revision, last);
         assert!(done.verified.ok(), "{:?}", done.verified.lines());
         let st = tokio::time::timeout(Duration::from_secs(15), start).await???;
         assert_eq!(st.phase, Phase::CutOver as i32);
-        let st = fake.fake.state();
+        let st = tgt.state().await?;
+        assert_eq!(st.phase, Phase::CutOver as i32, "{}", show(&st));
         assert_eq!(st.target_revision, last);
+        assert_eq!(src_rev(&mut t).await?, last, "the target's own revision");
         assert_eq!(
             st.compact_revision,
             now - 5,
             "the source's compaction is mirrored"
         );
+        // Key by key at the compact revision (etcd answers no HashKV there),
+        // key by key and by HashKV above it.
+        same_kvs_at(&mut c, &mut t, now - 5).await?;
+        for rev in [now, (now + last) / 2, last] {
+            same_at(&mut c, &mut t, rev).await?;
+        }
         for rev in [now - 5, now, (now + last) / 2, last] {
-            same_at(&src, &fake, rev).await?;
-            let report = cairn_migrate::verify::verify(&src, &tgt, rev, false, 0).await?;
+            let report = cairn_migrate::verify::verify(
+                &src,
+                &tgt,
+                rev,
+                false,
+                tgt.state().await?.shared_revision_keys,
+            )
+            .await?;
             assert!(report.ok(), "{:?}", report.lines());
         }
         // Leases: the long one is there, the short ones expired with the source's.
         let (mut ids, _) = src.leases().await?;
         ids.sort_unstable();
-        let held: Vec<i64> = fake
-            .fake
-            .inner
-            .lock()
-            .unwrap()
-            .leases
-            .keys()
-            .copied()
-            .collect();
+        let mut held = tgt.leases().await?;
+        held.sort_unstable();
         assert_eq!(held, ids);
         assert!(held.contains(&long));
-        let l = fake.fake.inner.lock().unwrap().leases[&long];
-        assert_eq!(l.granted_ttl, 600);
+        let l = t.lease_time_to_live(long, None).await?;
+        assert_eq!(l.granted_ttl(), 600);
         // The fence stays after success.
         assert_eq!(src.alarms().await?.len(), 1);
         Ok(())
@@ -282,66 +267,85 @@ async fn migrates_a_live_source_and_cuts_over() -> Result<()> {
 async fn interrupted_runs_resume_where_the_target_stands() -> Result<()> {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let etcd = Member::start(Kind::Etcd).await?;
+        let cairn = start_target().await?;
         let mut c = etcd.client().await?;
-        seed(&mut c, 3000, 1024).await?;
+        let mut t = cairn.client().await?;
+        seed_txns(&mut c, 3000, 1024).await?;
         // Compacted: the copy has a base to copy (an uncompacted source is all history).
         let now = src_rev(&mut c).await?;
         c.compact(now, None).await?;
-        let fake = FakeTarget::start(&etcd.endpoint()).await?;
-        *fake.fake.delay.lock().unwrap() = Duration::from_millis(150);
-        let (src, info, tgt) = sides(&etcd, &fake).await?;
+        let (src, info, tgt) = sides(&etcd, &cairn).await?;
 
-        // Killed during the copy, twice.
+        // Killed during the copy, twice (small pages: the copy lasts).
         for _ in 0..2 {
-            let before = fake.fake.state().keys_copied;
-            let run = spawn_start(&src, &info, &tgt, false);
-            wait_for("a page to be copied", Duration::from_secs(20), || {
-                fake.fake.state().keys_copied > before
-            })
+            let before = tgt.state().await?.keys_copied;
+            let mut run = spawn_start(&src, &info, &tgt, false, SMALL_PAGES);
+            wait_state(
+                &tgt,
+                Some(&mut run),
+                "a page to be copied",
+                Duration::from_secs(20),
+                |s| s.keys_copied > before,
+            )
             .await?;
             run.abort();
             let _ = run.await;
+            let st = tgt.state().await?;
             assert_eq!(
-                fake.fake.state().phase,
+                st.phase,
                 Phase::Copying as i32,
-                "the copy is not done yet"
+                "the copy is not done yet: {}",
+                show(&st)
             );
         }
-        *fake.fake.delay.lock().unwrap() = Duration::ZERO;
         // Killed while following, twice, with writes in between.
+        let mut compacted = now;
         for round in 0..2 {
-            let run = spawn_start(&src, &info, &tgt, false);
-            wait_for("following", Duration::from_secs(20), || {
-                fake.fake.state().phase == Phase::Following as i32
-            })
+            let mut run = spawn_start(&src, &info, &tgt, false, PAGE_KEYS);
+            wait_state(
+                &tgt,
+                Some(&mut run),
+                "following",
+                Duration::from_secs(20),
+                following,
+            )
             .await?;
             for i in 0..30 {
                 c.put(format!("/registry/r{round}/k{i}"), "v", None).await?;
             }
             let last = src.current_revision().await?;
-            wait_for("catching up", Duration::from_secs(20), || {
-                fake.fake.state().target_revision >= last
-            })
+            wait_state(
+                &tgt,
+                Some(&mut run),
+                "catching up",
+                Duration::from_secs(20),
+                |s| s.target_revision >= last,
+            )
             .await?;
             for i in 0..10 {
                 c.delete(format!("/registry/r{round}/k{i}"), None).await?;
             }
             run.abort();
             let _ = run.await;
+            if round == 0 {
+                // While no migrator runs, the source compacts, but not past
+                // what the target holds: the next run mirrors it and goes on.
+                c.compact(last, None).await?;
+                compacted = last;
+            }
         }
-        let run = spawn_start(&src, &info, &tgt, false);
-        let done = cairn_migrate::cutover::run_cutover(
-            &src,
-            &tgt,
-            Duration::from_secs(30),
-            cairn_migrate::cutover::VerifyMode::Full,
-        )
-        .await?;
+        let run = spawn_start(&src, &info, &tgt, false, PAGE_KEYS);
+        let done = cutover(&src, &tgt).await?;
         tokio::time::timeout(Duration::from_secs(15), run).await???;
-        let st = fake.fake.state();
+        let st = tgt.state().await?;
         assert_eq!(st.keys_copied, 3000, "no page was imported twice");
         assert_eq!(st.target_revision, done.revision);
-        same_at(&src, &fake, done.revision).await?;
+        assert_eq!(st.start_revision, now, "the import was not restarted");
+        assert_eq!(
+            st.compact_revision, compacted,
+            "the source's compaction is mirrored"
+        );
+        same_at(&mut c, &mut t, done.revision).await?;
         Ok(())
     })
     .await
@@ -352,93 +356,108 @@ async fn interrupted_runs_resume_where_the_target_stands() -> Result<()> {
 async fn a_compaction_during_the_copy_restarts_it() -> Result<()> {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let etcd = Member::start(Kind::Etcd).await?;
+        let cairn = start_target().await?;
         let mut c = etcd.client().await?;
-        seed(&mut c, 2500, 1024).await?;
+        let mut t = cairn.client().await?;
+        seed_txns(&mut c, 2500, 1024).await?;
         let c0 = src_rev(&mut c).await?;
         c.compact(c0, None).await?;
-        let fake = FakeTarget::start(&etcd.endpoint()).await?;
-        *fake.fake.delay.lock().unwrap() = Duration::from_millis(300);
-        let (src, info, tgt) = sides(&etcd, &fake).await?;
-        let run = spawn_start(&src, &info, &tgt, false);
-        wait_for("a page to be copied", Duration::from_secs(20), || {
-            fake.fake.state().keys_copied > 0
-        })
+        let (src, info, tgt) = sides(&etcd, &cairn).await?;
+        // The migrator reads the source through a proxy, which the test cuts
+        // during the copy: the copy stalls (the migrator retries its read)
+        // until the source has compacted past the copy's start.
+        let proxy = Proxy::start(([127, 0, 0, 1], etcd.client_port()).into())?;
+        let (via_proxy, _) =
+            Source::connect(&cfg(&format!("http://{}", proxy.addr())), None).await?;
+        let mut run = spawn_start(&via_proxy, &info, &tgt, false, SMALL_PAGES);
+        wait_state(
+            &tgt,
+            Some(&mut run),
+            "a page to be copied",
+            Duration::from_secs(20),
+            |s| s.keys_copied > 0,
+        )
         .await?;
-        assert_eq!(fake.fake.state().start_revision, c0);
+        proxy.partition();
+        let st = tgt.state().await?;
+        assert_eq!(st.start_revision, c0);
+        assert_eq!(
+            st.phase,
+            Phase::Copying as i32,
+            "the copy ended before the source could be cut off: {}",
+            show(&st)
+        );
         for i in 0..10 {
             c.put(format!("/registry/new/k{i}"), "v", None).await?;
         }
         let c1 = src_rev(&mut c).await?;
         c.compact(c1, None).await?;
-        *fake.fake.delay.lock().unwrap() = Duration::ZERO;
-        wait_for(
+        proxy.heal();
+        let st = wait_state(
+            &tgt,
+            Some(&mut run),
             "the restarted copy to complete",
             Duration::from_secs(30),
-            || {
-                let s = fake.fake.state();
-                s.phase == Phase::Following as i32 && s.start_revision == c1
-            },
+            |s| following(s) && s.start_revision == c1,
         )
         .await?;
-        let st = fake.fake.state();
         assert_eq!(st.compact_revision, c1);
         assert_eq!(
             st.keys_copied, 2510,
             "the restart copied everything once, from scratch"
         );
-        let done = cairn_migrate::cutover::run_cutover(
-            &src,
-            &tgt,
-            Duration::from_secs(30),
-            cairn_migrate::cutover::VerifyMode::Full,
-        )
-        .await?;
+        // One revision after the copy, so that HashKVs compare (not at the
+        // compact revision).
+        c.put("/registry/after-copy", "v", None).await?;
+        let done = cutover(&src, &tgt).await?;
+        assert_eq!(done.revision, c1 + 1);
         tokio::time::timeout(Duration::from_secs(15), run).await???;
-        same_at(&src, &fake, done.revision).await?;
+        same_at(&mut c, &mut t, done.revision).await?;
         Ok(())
     })
     .await
     .context("test timed out")?
 }
 
-async fn src_rev(c: &mut Client) -> Result<i64> {
-    Ok(c.get("x", None)
-        .await?
-        .header()
-        .map(|h| h.revision())
-        .unwrap_or_default())
-}
-
 #[tokio::test]
 async fn history_none_starts_at_the_current_revision() -> Result<()> {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let etcd = Member::start(Kind::Etcd).await?;
+        let cairn = start_target().await?;
         let mut c = etcd.client().await?;
+        let mut t = cairn.client().await?;
         seed(&mut c, 100, 10).await?;
         let now = src_rev(&mut c).await?;
-        let fake = FakeTarget::start(&etcd.endpoint()).await?;
-        let (src, info, tgt) = sides(&etcd, &fake).await?;
-        let run = spawn_start(&src, &info, &tgt, true);
-        wait_for("following", Duration::from_secs(20), || {
-            fake.fake.state().phase == Phase::Following as i32
-        })
+        let (src, info, tgt) = sides(&etcd, &cairn).await?;
+        let mut run = spawn_start(&src, &info, &tgt, true, PAGE_KEYS);
+        let st = wait_state(
+            &tgt,
+            Some(&mut run),
+            "following",
+            Duration::from_secs(20),
+            following,
+        )
         .await?;
-        let st = fake.fake.state();
         assert_eq!(
             (st.start_revision, st.compact_revision, st.history_none),
             (now, now, true)
         );
         c.put("/registry/after", "v", None).await?;
-        let done = cairn_migrate::cutover::run_cutover(
-            &src,
-            &tgt,
-            Duration::from_secs(30),
-            cairn_migrate::cutover::VerifyMode::Full,
-        )
-        .await?;
+        let done = cutover(&src, &tgt).await?;
         assert_eq!(done.revision, now + 1);
         tokio::time::timeout(Duration::from_secs(15), run).await???;
-        same_at(&src, &fake, now + 1).await?;
+        // Key by key only: the target's history starts at `now`, the
+        // source's at 1, so their HashKVs cover different revisions.
+        same_kvs_at(&mut c, &mut t, now + 1).await?;
+        // The target refuses what it does not hold, as a compacted etcd does.
+        let below = t
+            .get(
+                "/registry/after",
+                Some(etcd_client::GetOptions::new().with_revision(now - 1)),
+            )
+            .await;
+        let e = cairn_e2e::expect_grpc_error("a read below the copy", below)?;
+        assert_eq!(e.code, "OutOfRange", "{e}");
         Ok(())
     })
     .await
@@ -449,22 +468,41 @@ async fn history_none_starts_at_the_current_revision() -> Result<()> {
 async fn abort_gives_up_and_lifts_the_fence() -> Result<()> {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let etcd = Member::start(Kind::Etcd).await?;
+        let cairn = start_target().await?;
         let mut c = etcd.client().await?;
         seed(&mut c, 10, 10).await?;
-        let fake = FakeTarget::start(&etcd.endpoint()).await?;
-        let (src, info, tgt) = sides(&etcd, &fake).await?;
-        let run = spawn_start(&src, &info, &tgt, false);
-        wait_for("following", Duration::from_secs(20), || fake.fake.state().phase == Phase::Following as i32).await?;
+        let (src, info, tgt) = sides(&etcd, &cairn).await?;
+        let mut run = spawn_start(&src, &info, &tgt, false, PAGE_KEYS);
+        wait_state(
+            &tgt,
+            Some(&mut run),
+            "following",
+            Duration::from_secs(20),
+            following,
+        )
+        .await?;
         // A fence left behind by a cutover that was killed.
         let member = src.status().await?.member_id;
         src.fence(member).await?;
         let lines = cairn_migrate::abort::run_abort(&tgt, Some(&src)).await?;
-        assert!(lines[0].starts_with(&format!("aborted the import on the target at {}", fake.url())), "{lines:?}");
-        assert_eq!(lines[1], format!("lifted the NOSPACE alarm (the fence) on source member {member:x}"));
+        assert!(
+            lines[0].starts_with(&format!(
+                "aborted the import on the target at {}",
+                cairn.endpoint()
+            )),
+            "{lines:?}"
+        );
+        assert_eq!(
+            lines[1],
+            format!("lifted the NOSPACE alarm (the fence) on source member {member:x}")
+        );
         assert!(src.alarms().await?.is_empty());
-        assert_eq!(fake.fake.state().phase, Phase::Aborted as i32);
+        assert_eq!(tgt.state().await?.phase, Phase::Aborted as i32);
         // The running migrator stops with an error.
-        let e = tokio::time::timeout(Duration::from_secs(15), run).await??.err().context("start went on after abort")?;
+        let e = tokio::time::timeout(Duration::from_secs(15), run)
+            .await??
+            .err()
+            .context("start went on after abort")?;
         assert_eq!(
             e.to_string(),
             "the target's import was aborted; it holds a partial copy and refuses writes until it is wiped"
@@ -480,8 +518,9 @@ async fn abort_gives_up_and_lifts_the_fence() -> Result<()> {
 async fn a_target_importing_another_source_is_refused_before_anything_is_written() -> Result<()> {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let etcd = Member::start(Kind::Etcd).await?;
-        let fake = FakeTarget::start(&etcd.endpoint()).await?;
-        let (tgt, _) = Target::connect(&cfg(&fake.url())).await?;
+        let cairn = start_target().await?;
+        let mut t = cairn.client().await?;
+        let (tgt, _) = Target::connect(&cfg(&cairn.endpoint())).await?;
         tgt.begin(cairn_proto::migrate::BeginRequest {
             source_cluster_id: 0xabc,
             source_version: "3.5.1".into(),
@@ -490,20 +529,24 @@ async fn a_target_importing_another_source_is_refused_before_anything_is_written
             ..Default::default()
         })
         .await?;
-        let calls = fake.fake.inner.lock().unwrap().calls;
+        let before = (tgt.state().await?, src_rev(&mut t).await?);
         let (src, info) = Source::connect(&cfg(&etcd.endpoint()), None).await?;
         let state = tgt.state().await?;
-        let e = cairn_migrate::start::check_target_for(&state, &info, tgt.urls()).err().context("accepted")?;
+        let e = cairn_migrate::start::check_target_for(&state, &info, tgt.urls())
+            .err()
+            .context("accepted")?;
         assert_eq!(
             e.to_string(),
             format!(
                 "the target at {} is importing from etcd cluster abc, not from {:x} (the given source)",
-                fake.url(),
+                cairn.endpoint(),
                 info.cluster_id
             )
         );
         drop(src);
-        assert_eq!(fake.fake.inner.lock().unwrap().calls, calls);
+        // Nothing was written: the same state (its phase time too) and revision.
+        let after = (tgt.state().await?, src_rev(&mut t).await?);
+        assert_eq!(after, before);
         Ok(())
     })
     .await
@@ -514,16 +557,21 @@ async fn a_target_importing_another_source_is_refused_before_anything_is_written
 async fn a_compaction_past_the_target_while_stopped_restarts_the_import() -> Result<()> {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let etcd = Member::start(Kind::Etcd).await?;
+        let cairn = start_target().await?;
         let mut c = etcd.client().await?;
+        let mut t = cairn.client().await?;
         seed(&mut c, 100, 10).await?;
         let c0 = src_rev(&mut c).await?;
         c.compact(c0, None).await?;
-        let fake = FakeTarget::start(&etcd.endpoint()).await?;
-        let (src, info, tgt) = sides(&etcd, &fake).await?;
-        let run = spawn_start(&src, &info, &tgt, false);
-        wait_for("following", Duration::from_secs(20), || {
-            fake.fake.state().phase == Phase::Following as i32
-        })
+        let (src, info, tgt) = sides(&etcd, &cairn).await?;
+        let mut run = spawn_start(&src, &info, &tgt, false, PAGE_KEYS);
+        wait_state(
+            &tgt,
+            Some(&mut run),
+            "following",
+            Duration::from_secs(20),
+            following,
+        )
         .await?;
         run.abort();
         let _ = run.await;
@@ -535,22 +583,22 @@ async fn a_compaction_past_the_target_while_stopped_restarts_the_import() -> Res
         }
         let c1 = src_rev(&mut c).await?;
         c.compact(c1, None).await?;
-        let run = spawn_start(&src, &info, &tgt, false);
-        wait_for("the restarted import", Duration::from_secs(20), || {
-            let s = fake.fake.state();
-            s.phase == Phase::Following as i32 && s.start_revision == c1
-        })
-        .await?;
-        assert_eq!(fake.fake.state().keys_copied, 120);
-        let done = cairn_migrate::cutover::run_cutover(
-            &src,
+        let mut run = spawn_start(&src, &info, &tgt, false, PAGE_KEYS);
+        let st = wait_state(
             &tgt,
-            Duration::from_secs(30),
-            cairn_migrate::cutover::VerifyMode::Full,
+            Some(&mut run),
+            "the restarted import",
+            Duration::from_secs(20),
+            |s| following(s) && s.start_revision == c1,
         )
         .await?;
+        assert_eq!(st.keys_copied, 120);
+        // One revision after the copy, so that HashKVs compare.
+        c.put("/registry/after-restart", "v", None).await?;
+        let done = cutover(&src, &tgt).await?;
+        assert_eq!(done.revision, c1 + 1);
         tokio::time::timeout(Duration::from_secs(15), run).await???;
-        same_at(&src, &fake, done.revision).await?;
+        same_at(&mut c, &mut t, done.revision).await?;
         Ok(())
     })
     .await
@@ -561,14 +609,19 @@ async fn a_compaction_past_the_target_while_stopped_restarts_the_import() -> Res
 async fn a_source_restart_while_following_is_ridden_out() -> Result<()> {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let mut etcd = Member::start(Kind::Etcd).await?;
+        let cairn = start_target().await?;
         let mut c = etcd.client().await?;
+        let mut t = cairn.client().await?;
         seed(&mut c, 50, 10).await?;
-        let fake = FakeTarget::start(&etcd.endpoint()).await?;
-        let (src, info, tgt) = sides(&etcd, &fake).await?;
-        let run = spawn_start(&src, &info, &tgt, false);
-        wait_for("following", Duration::from_secs(20), || {
-            fake.fake.state().phase == Phase::Following as i32
-        })
+        let (src, info, tgt) = sides(&etcd, &cairn).await?;
+        let mut run = spawn_start(&src, &info, &tgt, false, PAGE_KEYS);
+        wait_state(
+            &tgt,
+            Some(&mut run),
+            "following",
+            Duration::from_secs(20),
+            following,
+        )
         .await?;
         etcd.kill9()?;
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -579,27 +632,19 @@ async fn a_source_restart_while_following_is_ridden_out() -> Result<()> {
                 .await?;
         }
         let last = src_rev(&mut c).await?;
-        let caught_up = wait_for(
+        wait_state(
+            &tgt,
+            Some(&mut run),
             "catching up after the restart",
             Duration::from_secs(30),
-            || fake.fake.state().target_revision >= last,
-        )
-        .await;
-        if let Err(e) = caught_up {
-            if run.is_finished() {
-                bail!("{e}; the migrator ended: {:?}", run.await?);
-            }
-            return Err(e);
-        }
-        let done = cairn_migrate::cutover::run_cutover(
-            &src,
-            &tgt,
-            Duration::from_secs(30),
-            cairn_migrate::cutover::VerifyMode::Full,
+            |s| s.target_revision >= last,
         )
         .await?;
+        let done = cutover(&src, &tgt).await?;
         tokio::time::timeout(Duration::from_secs(15), run).await???;
-        same_at(&src, &fake, done.revision).await?;
+        // Never compacted: the whole history came as revisions, and the
+        // HashKVs of both cover all of it.
+        same_at(&mut c, &mut t, done.revision).await?;
         Ok(())
     })
     .await
