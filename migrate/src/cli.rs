@@ -176,8 +176,12 @@ pub struct CutoverArgs {
     /// How long the fenced part may take before the cutover gives up (and lifts the fence).
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub timeout: Duration,
-    /// What to verify at the source's last revision before switching: `full` (HashKV and key by key), `hash` (HashKV only), `none`.
-    #[arg(long, value_enum, default_value = "full")]
+    /// What to verify at the source's last revision before switching, while
+    /// writes wait: `hash` (HashKV; key by key too where HashKV cannot
+    /// tell), `full` (HashKV and key by key: on a large store that takes
+    /// minutes; run `cairn migrate verify` before the cutover instead),
+    /// `none`.
+    #[arg(long, value_enum, default_value = "hash")]
     pub verify: VerifyMode,
     /// How long to watch the source for writes it accepted after the fence.
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]

@@ -13,7 +13,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
-use crate::kvread::{kv_bytes, next_limit, Page};
+use crate::kvread::{kv_bytes, next_limit, Cursor, Page};
 use crate::progress::Progress;
 use crate::source::Source;
 use crate::target::{phase_name, unix_ms, Target};
@@ -73,27 +73,18 @@ fn spawn_reader(
 ) -> (mpsc::Receiver<Result<Page>>, AbortOnDrop) {
     let (tx, rx) = mpsc::channel(1);
     let task = tokio::spawn(async move {
-        let mut after = after;
+        let mut cursor = Cursor::after((!after.is_empty()).then_some(after));
         let mut limit = page_keys;
         for _ in 0..u32::MAX {
-            let key = (!after.is_empty()).then_some(after.as_slice());
-            match src.range_page(key, revision, limit).await {
-                Ok(page) => {
-                    limit = next_limit(page.kvs.len(), page.bytes(), page_keys);
+            match src.range_window(&cursor, revision, limit).await {
+                Ok((page, next)) => {
+                    cursor = next;
                     let more = page.more;
-                    match page.kvs.last() {
-                        Some(last) => after = last.key.clone(),
-                        None if more => {
-                            let _ = tx
-                                .send(Err(Error::Inconsistent(
-                                    "the source returned an empty page that says more keys follow"
-                                        .into(),
-                                )))
-                                .await;
-                            return;
-                        }
-                        None => {}
+                    if page.kvs.is_empty() && more {
+                        // A run of empty windows: read on.
+                        continue;
                     }
+                    limit = next_limit(page.kvs.len(), page.bytes(), page_keys);
                     if tx.send(Ok(page)).await.is_err() || !more {
                         return;
                     }

@@ -238,6 +238,19 @@ impl Source {
         .await
     }
 
+    /// The next page of a windowed read at `revision` (see [`kvread::Cursor`]).
+    pub async fn range_window(
+        &self,
+        cursor: &kvread::Cursor,
+        revision: i64,
+        limit: i64,
+    ) -> Result<(Page, kvread::Cursor)> {
+        self.retry("reading a page of the source", || {
+            kvread::range_window(&self.conn, cursor, revision, limit)
+        })
+        .await
+    }
+
     /// One page of keys after `after` at `revision`.
     pub async fn range_page(
         &self,

@@ -9,7 +9,7 @@ use cairn_proto::mvccpb::KeyValue;
 
 use crate::connect::Conn;
 use crate::error::{Error, Result, ETCD_FUTURE_REV};
-use crate::kvread::{self, next_limit, Page, PAGE_KEYS};
+use crate::kvread::{self, next_limit, Cursor, Page, PAGE_KEYS};
 use crate::source::Source;
 use crate::target::Target;
 
@@ -149,7 +149,7 @@ pub fn merge(
 
 /// One side's paginated Range at R.
 struct Pager {
-    after: Option<Vec<u8>>,
+    cursor: Cursor,
     done: bool,
     limit: i64,
     buf: VecDeque<KeyValue>,
@@ -159,7 +159,7 @@ struct Pager {
 impl Pager {
     fn new() -> Pager {
         Pager {
-            after: None,
+            cursor: Cursor::default(),
             done: false,
             limit: PAGE_KEYS,
             buf: VecDeque::new(),
@@ -167,12 +167,12 @@ impl Pager {
         }
     }
 
-    fn take(&mut self, page: Page) {
-        self.limit = next_limit(page.kvs.len(), page.bytes(), PAGE_KEYS);
-        if let Some(last) = page.kvs.last() {
-            self.after = Some(last.key.clone());
+    fn take(&mut self, (page, cursor): (Page, Cursor)) {
+        self.cursor = cursor;
+        if !page.kvs.is_empty() {
+            self.limit = next_limit(page.kvs.len(), page.bytes(), PAGE_KEYS);
         }
-        self.done = !page.more || page.kvs.is_empty();
+        self.done = !page.more;
         self.count += page.kvs.len() as u64;
         self.buf.extend(page.kvs);
     }
@@ -296,7 +296,7 @@ async fn diff(src: &Source, tgt: &Target, mut report: VerifyReport) -> Result<Ve
         let (ps, pt) = tokio::join!(
             async {
                 if s.needs_page() {
-                    src.range_page(s.after.as_deref(), revision, s.limit)
+                    src.range_window(&s.cursor, revision, s.limit)
                         .await
                         .map(Some)
                 } else {
@@ -305,7 +305,7 @@ async fn diff(src: &Source, tgt: &Target, mut report: VerifyReport) -> Result<Ve
             },
             async {
                 if t.needs_page() {
-                    kvread::range_page(&tgt.conn, t.after.as_deref(), revision, t.limit)
+                    kvread::range_window(&tgt.conn, &t.cursor, revision, t.limit)
                         .await
                         .map(Some)
                 } else {

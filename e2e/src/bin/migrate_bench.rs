@@ -27,7 +27,9 @@ use cairn_e2e::binaries::cairn_bin;
 use cairn_e2e::migrator::{self, field, wait_status, Migrator};
 use cairn_e2e::ports::free_port;
 use cairn_e2e::{Kind, Member, MemberOptions};
-use etcd_client::{Client, Compare, CompareOp, EventType, Txn, TxnOp, WatchOptions};
+use etcd_client::{
+    Client, CompactionOptions, Compare, CompareOp, EventType, Txn, TxnOp, WatchOptions,
+};
 
 struct Args {
     keys: usize,
@@ -35,6 +37,8 @@ struct Args {
     members: usize,
     rate: u64,
     follow: Duration,
+    /// `cairn migrate cutover --verify` (hash, full or none).
+    cutover_verify: String,
 }
 
 fn parse_args() -> Result<Args> {
@@ -44,6 +48,7 @@ fn parse_args() -> Result<Args> {
         members: 3,
         rate: 1000,
         follow: Duration::from_secs(30),
+        cutover_verify: "hash".to_string(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -57,8 +62,9 @@ fn parse_args() -> Result<Args> {
             "--members" => a.members = value.parse()?,
             "--rate" => a.rate = value.parse()?,
             "--follow-secs" => a.follow = Duration::from_secs(value.parse()?),
+            "--cutover-verify" => a.cutover_verify = value,
             other => bail!(
-                "unknown flag {other}; flags: --keys --value-size --members --rate --follow-secs"
+                "unknown flag {other}; flags: --keys --value-size --members --rate --follow-secs --cutover-verify"
             ),
         }
     }
@@ -176,7 +182,10 @@ async fn fill(source: &Client, keys: usize, value_size: usize) -> Result<i64> {
         .header()
         .context("header")?
         .revision();
-    c.compact(rev, None).await?;
+    // Physical: etcd's compaction of a million keys runs in the background
+    // for a while and slows its reads; the copy is timed on a settled source.
+    c.compact(rev, Some(CompactionOptions::new().with_physical()))
+        .await?;
     Ok(rev)
 }
 
@@ -375,6 +384,7 @@ async fn main() -> Result<()> {
             "cutover",
             &format!("--from={}", source_member.endpoint()),
             &format!("--to={to}"),
+            &format!("--verify={}", args.cutover_verify),
         ],
         Duration::from_secs(300),
     )
