@@ -177,3 +177,33 @@ async fn run(mut client: Client, opts: LoadOptions, stop: Arc<AtomicBool>) -> Lo
     }
     report
 }
+
+/// Fills a store with `keys` keys of `value_size` bytes under
+/// `/registry/bench/` (Txns of 100 puts from 16 clients), for benchmarks;
+/// returns the revision after the last.
+pub async fn fill_keys(client: &Client, keys: usize, value_size: usize) -> Result<i64> {
+    const PER_TXN: usize = 100;
+    const WORKERS: usize = 16;
+    let value = vec![b'v'; value_size];
+    let txns = keys.div_ceil(PER_TXN);
+    let mut tasks = Vec::new();
+    for w in 0..WORKERS {
+        let mut c = client.clone();
+        let value = value.clone();
+        tasks.push(tokio::spawn(async move {
+            for t in (w..txns).step_by(WORKERS) {
+                let ops: Vec<TxnOp> = (t * PER_TXN..((t + 1) * PER_TXN).min(keys))
+                    .map(|i| TxnOp::put(format!("/registry/bench/{i:08}"), value.clone(), None))
+                    .collect();
+                c.txn(Txn::new().and_then(ops)).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let mut c = client.clone();
+    let resp = c.get("x", None).await?;
+    Ok(resp.header().map_or(0, |h| h.revision()))
+}

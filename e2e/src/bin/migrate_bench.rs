@@ -26,6 +26,7 @@ use anyhow::{bail, ensure, Context, Result};
 use cairn_e2e::binaries::cairn_bin;
 use cairn_e2e::migrator::{self, field, wait_status, Migrator};
 use cairn_e2e::ports::free_port;
+use cairn_e2e::source_load::fill_keys;
 use cairn_e2e::{Kind, Member, MemberOptions};
 use etcd_client::{
     Client, CompactionOptions, Compare, CompareOp, EventType, Txn, TxnOp, WatchOptions,
@@ -154,34 +155,8 @@ impl Drop for Target {
 }
 
 async fn fill(source: &Client, keys: usize, value_size: usize) -> Result<i64> {
-    const PER_TXN: usize = 100;
-    const WORKERS: usize = 16;
-    let value = vec![b'v'; value_size];
-    let txns = keys.div_ceil(PER_TXN);
-    let mut tasks = Vec::new();
-    for w in 0..WORKERS {
-        let mut c = source.clone();
-        let value = value.clone();
-        tasks.push(tokio::spawn(async move {
-            for t in (w..txns).step_by(WORKERS) {
-                let ops: Vec<TxnOp> = (t * PER_TXN..((t + 1) * PER_TXN).min(keys))
-                    .map(|i| TxnOp::put(format!("/registry/bench/{i:08}"), value.clone(), None))
-                    .collect();
-                c.txn(Txn::new().and_then(ops)).await?;
-            }
-            Ok::<_, anyhow::Error>(())
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
+    let rev = fill_keys(source, keys, value_size).await?;
     let mut c = source.clone();
-    let rev = c
-        .get("x", None)
-        .await?
-        .header()
-        .context("header")?
-        .revision();
     // Physical: etcd's compaction of a million keys runs in the background
     // for a while and slows its reads; the copy is timed on a settled source.
     c.compact(rev, Some(CompactionOptions::new().with_physical()))

@@ -18,38 +18,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use cairn_e2e::binaries::{cairn_bin, etcdctl_bin};
+use cairn_e2e::source_load::fill_keys;
 use cairn_e2e::{Kind, Member, MemberOptions};
-use etcd_client::{Client, Txn, TxnOp};
-
-async fn fill(c: &Client, keys: usize, value_size: usize) -> Result<i64> {
-    const PER_TXN: usize = 100;
-    const WORKERS: usize = 16;
-    let value = vec![b'v'; value_size];
-    let txns = keys.div_ceil(PER_TXN);
-    let mut tasks = Vec::new();
-    for w in 0..WORKERS {
-        let mut c = c.clone();
-        let value = value.clone();
-        tasks.push(tokio::spawn(async move {
-            for t in (w..txns).step_by(WORKERS) {
-                let ops: Vec<TxnOp> = (t * PER_TXN..((t + 1) * PER_TXN).min(keys))
-                    .map(|i| TxnOp::put(format!("/registry/bench/{i:08}"), value.clone(), None))
-                    .collect();
-                c.txn(Txn::new().and_then(ops)).await?;
-            }
-            anyhow::Ok(())
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
-    let mut c = c.clone();
-    Ok(c.get("x", None)
-        .await?
-        .header()
-        .context("header")?
-        .revision())
-}
 
 /// (RssAnon, RssFile) in KiB: memory the process allocated, and pages of
 /// files it maps (bbolt's and SQLite's mmap of their database), which the
@@ -170,7 +140,10 @@ async fn main() -> Result<()> {
     let (etcd, cairn) = (etcd?, cairn?);
     let (ce, cc) = (etcd.client().await?, cairn.client().await?);
     let t = Instant::now();
-    let (re, rc) = tokio::join!(fill(&ce, keys, value_size), fill(&cc, keys, value_size));
+    let (re, rc) = tokio::join!(
+        fill_keys(&ce, keys, value_size),
+        fill_keys(&cc, keys, value_size)
+    );
     let (re, rc) = (re?, rc?);
     println!(
         "filled {keys} keys of {value_size} B in {:.1}s (revisions: etcd {re}, cairn {rc})",
