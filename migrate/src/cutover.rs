@@ -28,7 +28,8 @@ const STALL: Duration = Duration::from_secs(1);
 pub enum VerifyMode {
     /// HashKV and the key-by-key diff (as `cairn migrate verify`).
     Full,
-    /// HashKV only (a shorter window on a big store).
+    /// HashKV; key by key where HashKV cannot be compared (a shorter
+    /// window on a big store).
     Hash,
     /// Nothing (the window is only fence, catch-up and switch).
     None,

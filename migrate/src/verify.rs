@@ -248,11 +248,8 @@ pub async fn verify_with(
             report.hash_line = format!(
                 "hashkv at revision {revision}: not compared (etcd refuses HashKV at its compact revision)"
             );
-            return if keys {
-                diff(src, tgt, report).await
-            } else {
-                Ok(report)
-            };
+            // Whatever the caller asked: nothing else was compared.
+            return diff(src, tgt, report).await;
         }
         (Err(e), _) | (_, Err(e)) => return Err(e),
     };
@@ -262,6 +259,8 @@ pub async fn verify_with(
     );
     if hs.compact_revision != ht.compact_revision && history_none {
         report.hash_line = format!("{hash_text}: not compared (the target's history starts at its compact revision: --history none)");
+        // Whatever the caller asked: nothing else was compared.
+        return diff(src, tgt, report).await;
     } else if hs.hash == ht.hash && hs.compact_revision == ht.compact_revision {
         report.hash_line = format!("{hash_text}: equal");
     } else if hs.compact_revision != ht.compact_revision {
