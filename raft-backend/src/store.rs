@@ -420,13 +420,12 @@ impl Store {
     /// etcd's backend format (bbolt), in the data dir's snapshot directory,
     /// while writes go on. The file goes when the returned handle is dropped.
     pub async fn write_etcd_snapshot(&self) -> Result<crate::etcd_snapshot::EtcdSnapshotFile> {
+        // Created (and emptied of crash leftovers) at open: snapshot_dir.
         let dir = self
             .path
             .parent()
-            .map(|d| d.join("snap"))
-            .unwrap_or_else(|| PathBuf::from("snap"));
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| StoreError::io(format!("create {}", dir.display()), e))?;
+            .map(|d| d.join(crate::mvcc::snapshot::SNAP_DIR))
+            .unwrap_or_else(|| PathBuf::from(crate::mvcc::snapshot::SNAP_DIR));
         let path = crate::mvcc::snapshot::unique(&dir, "etcd");
         self.readers
             .read(move |txn| {

@@ -62,8 +62,11 @@ pub fn apply(
     if cmd.is_migration() {
         return crate::apply::migration::apply(conn, index, state, cmd, prev_values);
     }
-    if is_client_write(cmd) {
-        state.migration.check_write()?;
+    // The gate first: it is in memory, and a Txn's kind is a walk of it.
+    if let Err(refused) = state.migration.check_write() {
+        if is_client_write(cmd) {
+            return Err(refused);
+        }
     }
     let mut next = *state;
     let mut wtx = WriteTxn::new(conn, index, next.current_rev, next.compact_rev);

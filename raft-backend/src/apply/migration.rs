@@ -364,15 +364,13 @@ fn check_revisions(
             });
         }
         for ev in &rev.events {
-            let key_ok = ev.kv.as_ref().is_some_and(|kv| !kv.key.is_empty());
-            if !key_ok {
+            let Some(kv) = ev.kv.as_ref().filter(|kv| !kv.key.is_empty()) else {
                 return Err(invalid(format!(
                     "an event of revision {} has no key",
                     rev.revision
                 )));
-            }
+            };
             if ev.r#type == EventType::Put as i32 {
-                let kv = ev.kv.as_ref().map_or(&DEFAULT_KV, |kv| kv);
                 if kv.create_revision < 2 || kv.create_revision > rev.revision || kv.version < 1 {
                     return Err(invalid(format!(
                         "the put of {} at revision {} has create_revision {} and version {}",
@@ -404,15 +402,6 @@ fn check_revisions(
     Ok(Write::Revisions)
 }
 
-static DEFAULT_KV: KeyValue = KeyValue {
-    key: Vec::new(),
-    create_revision: 0,
-    mod_revision: 0,
-    version: 0,
-    value: Vec::new(),
-    lease: 0,
-};
-
 fn write_revisions(
     conn: &Connection,
     index: &KeyIndex,
@@ -428,7 +417,8 @@ fn write_revisions(
     for rev in &r.revisions {
         let mut wtx = WriteTxn::new(conn, index, rev.revision - 1, state.compact_rev);
         for ev in &rev.events {
-            let kv = ev.kv.clone().unwrap_or_default();
+            // check_revisions refused events without a kv.
+            let Some(kv) = ev.kv.as_ref() else { continue };
             if ev.r#type == EventType::Delete as i32 {
                 // A key the target does not hold has nothing to delete.
                 if let Some(prev) = wtx.get(&kv.key)? {
@@ -440,7 +430,7 @@ fn write_revisions(
                 // the source is the authority.
                 let kv = KeyValue {
                     mod_revision: rev.revision,
-                    ..kv
+                    ..kv.clone()
                 };
                 wtx.record_put(kv, prev)?;
             }

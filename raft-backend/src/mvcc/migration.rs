@@ -178,14 +178,14 @@ pub fn insert_base_row(conn: &Connection, index: &KeyIndex, kv: &KeyValue, n: i6
     Ok(())
 }
 
-/// Removes every key version and lease and puts the counters back to an
-/// empty store's (revision 1, never compacted), in the caller's
-/// transaction; the key index is emptied at once (readers under way are
-/// told to start again). Alarms and the membership stay.
+/// Removes every key version and lease, in the caller's transaction; the
+/// key index is emptied at once (readers under way are told to start
+/// again). The caller puts the revision counters back to an empty store's
+/// (`ApplyState`, persisted with the transaction); physical compaction's
+/// progress, which `ApplyState` does not hold, is reset here. Alarms and the
+/// membership stay.
 pub fn wipe(conn: &Connection, index: &KeyIndex) -> Result<()> {
     conn.execute_batch("DELETE FROM history; DELETE FROM leases;")?;
-    set_meta(conn, meta::CURRENT_REV, 1)?;
-    set_meta(conn, meta::COMPACT_REV, -1)?;
     set_meta(conn, meta::COMPACT_DONE_REV, -1)?;
     index.clear();
     Ok(())

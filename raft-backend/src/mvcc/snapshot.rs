@@ -17,7 +17,7 @@ use crate::error::{Result, StoreError};
 use crate::mvcc::apply_state::ApplyState;
 use crate::mvcc::{membership_blob, schema};
 
-const SNAP_DIR: &str = "snap";
+pub(crate) const SNAP_DIR: &str = "snap";
 
 /// A snapshot's data: on the sending member, the live store pinned at the
 /// snapshot's point; on the receiving member, the file that arrived.

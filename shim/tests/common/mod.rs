@@ -22,11 +22,9 @@ pub fn etcdctl() -> PathBuf {
     })
 }
 
+/// A free port outside the kernel's ephemeral range (the e2e harness's).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
+    cairn_e2e::ports::free_port().unwrap()
 }
 
 /// A `cairn` process, killed on drop.
