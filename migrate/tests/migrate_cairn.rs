@@ -185,11 +185,26 @@ async fn migrates_a_live_source_and_cuts_over() -> Result<()> {
             st.start_revision, compact,
             "the copy starts at the compact revision"
         );
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        // The source compacts while the migrator follows.
+        // The source compacts while the migrator follows past that point,
+        // and the target mirrors it while the writer still runs.
         let now = src.current_revision().await?;
+        wait_state(
+            &tgt,
+            Some(&mut start),
+            "the target to follow past the compaction point",
+            Duration::from_secs(30),
+            |s| s.target_revision >= now,
+        )
+        .await?;
         c.compact(now - 5, None).await?;
-        tokio::time::sleep(Duration::from_millis(4500)).await;
+        wait_state(
+            &tgt,
+            Some(&mut start),
+            "the compaction to be mirrored",
+            Duration::from_secs(30),
+            |s| s.compact_revision == now - 5,
+        )
+        .await?;
         stop_tx.send(true)?;
         let writes = writer.await??;
         ensure!(writes > 100, "the writer wrote only {writes} times");

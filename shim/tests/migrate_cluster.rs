@@ -156,6 +156,8 @@ async fn every_member_applies_the_import() {
     assert_eq!(hashes[0].1, 21);
     let refused = etcdctl_run(&["--endpoints", &endpoints[2], "put", "x", "1"], None);
     assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("is importing from etcd cluster"), "{said}");
     clients[1]
         .cutover(CutoverRequest {
             expected_revision: 22,

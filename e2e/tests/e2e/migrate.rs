@@ -265,13 +265,13 @@ async fn one_member_target_keeps_every_revision() -> Result<()> {
     // A delete sent as soon as the fence is up: it passes a NOSPACE fence,
     // so the cutover must either import it or report it.
     let mut deleter = source.clone();
-    let victim = "/registry/pods/ns1/p00001".to_string();
+    let victim = "/registry/pods/ns1/p00001";
     let fence_watch = tokio::spawn(async move {
         let deadline = Instant::now() + STEP;
         while Instant::now() < deadline {
             if alarms(&mut deleter).await? > 0 {
-                let r = deleter.delete(victim.as_str(), None).await?;
-                return Ok::<_, anyhow::Error>(r.header().map_or(0, |h| h.revision()));
+                let r = deleter.delete(victim, None).await?;
+                return Ok::<_, anyhow::Error>(r.header().context("header")?.revision());
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -311,6 +311,14 @@ async fn one_member_target_keeps_every_revision() -> Result<()> {
             cut.all().contains(&format!("at revision {delete_rev}")),
             "a delete at {delete_rev}, after the switch at {target_rev}, was not reported: {}",
             cut.all()
+        );
+        ensure!(
+            source_rev == delete_rev && target_rev == delete_rev - 1,
+            "reported delete at {delete_rev}: source at {source_rev}, target at {target_rev}"
+        );
+        ensure!(
+            target.get(victim, None).await?.kvs().len() == 1,
+            "the target lost a key whose delete came after the switch"
         );
     } else {
         ensure!(
