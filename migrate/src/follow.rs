@@ -145,11 +145,6 @@ impl<'a> Follower<'a> {
         })
     }
 
-    /// The target's state as of the last call.
-    pub fn state(&self) -> &MigrationState {
-        &self.state
-    }
-
     /// Follows until the target is cut over, or reaches `until` (if given).
     pub async fn run(&mut self, until: Option<i64>, progress: &mut Progress) -> Result<FollowEnd> {
         let from = self.state.target_revision + 1;

@@ -184,25 +184,6 @@ pub async fn range_window(
     ))
 }
 
-/// Keys after `after` (all keys when None) at `revision` (0: the current
-/// one), at most `limit`, sorted by key, linearizable.
-pub async fn range_page(
-    conn: &Conn,
-    after: Option<&[u8]>,
-    revision: i64,
-    limit: i64,
-) -> Result<Page> {
-    Ok(range_between(
-        conn,
-        key_after(after.unwrap_or_default()),
-        vec![0],
-        revision,
-        limit,
-    )
-    .await?
-    .0)
-}
-
 /// Keys in `[key, range_end)` at `revision`, at most `limit`, in key order;
 /// with the count etcd gives of the whole interval.
 async fn range_between(

@@ -251,19 +251,6 @@ impl Source {
         .await
     }
 
-    /// One page of keys after `after` at `revision`.
-    pub async fn range_page(
-        &self,
-        after: Option<&[u8]>,
-        revision: i64,
-        limit: i64,
-    ) -> Result<Page> {
-        self.retry("reading a page of the source", || {
-            kvread::range_page(&self.conn, after, revision, limit)
-        })
-        .await
-    }
-
     /// The source's compact revision, -1 if it never compacted. `known` is
     /// one the source is known to have reached (-1: none): a cheap Range at
     /// it tells whether the source compacted since; only then does a Watch

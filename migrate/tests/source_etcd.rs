@@ -155,10 +155,11 @@ async fn pages_at_a_fixed_revision() -> Result<()> {
         c.delete("k049", None).await?;
         c.put("k500", "new", None).await?;
         assert_eq!(src.count(at).await?, 50);
-        let mut after: Option<Vec<u8>> = None;
+        let mut cursor = cairn_migrate::kvread::Cursor::default();
         let mut keys = Vec::new();
         for _ in 0..100 {
-            let page = src.range_page(after.as_deref(), at, 7).await?;
+            let (page, next) = src.range_window(&cursor, at, 7).await?;
+            cursor = next;
             ensure!(page.kvs.len() <= 7);
             for kv in &page.kvs {
                 let i: usize = std::str::from_utf8(&kv.key[1..])?.parse()?;
@@ -172,7 +173,6 @@ async fn pages_at_a_fixed_revision() -> Result<()> {
                 assert_eq!(kv.version, 1);
                 keys.push(kv.key.clone());
             }
-            after = page.kvs.last().map(|kv| kv.key.clone());
             if !page.more {
                 break;
             }
@@ -405,7 +405,7 @@ async fn calls_are_balanced_over_the_endpoints_that_answer() -> Result<()> {
         let urls = format!("{dead},{}", etcd.endpoint());
         let (src, _) = Source::connect(&cfg(&urls), None).await?;
         for _ in 0..20 {
-            let page = src.range_page(None, 0, 10).await?;
+            let (page, _) = src.range_window(&Default::default(), 0, 10).await?;
             assert_eq!(page.kvs.len(), 1);
         }
         // Every endpoint down: named, with the first one's reason.

@@ -208,11 +208,11 @@ async fn auth_token_is_sent_and_renewed() -> Result<()> {
             .with_test_writer()
             .try_init();
         let (src, _) = Source::connect(&cfg, creds("secret")).await?;
-        let page = src.range_page(None, 0, 10).await?;
+        let (page, _) = src.range_window(&Default::default(), 0, 10).await?;
         assert_eq!(page.kvs.len(), 1);
         // The token expires; the next read authenticates again.
         tokio::time::sleep(Duration::from_millis(2500)).await;
-        let page = src.range_page(None, 0, 10).await?;
+        let (page, _) = src.range_window(&Default::default(), 0, 10).await?;
         assert_eq!(page.kvs.len(), 1);
         assert_eq!(src.compact_revision(-1).await?, -1);
         let e = Source::connect(&cfg, creds("wrong"))
@@ -230,7 +230,7 @@ async fn auth_token_is_sent_and_renewed() -> Result<()> {
         // Without credentials, reads are refused by etcd.
         let (anon, _) = Source::connect(&cfg, None).await?;
         let e = anon
-            .range_page(None, 0, 10)
+            .range_window(&Default::default(), 0, 10)
             .await
             .err()
             .context("anonymous read")?;
