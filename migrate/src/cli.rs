@@ -22,6 +22,11 @@ use cairn_proto::migrate::Phase;
 
 /// `cairn migrate`: live migration from a running etcd (3.4 or newer) into an empty Cairn cluster.
 #[derive(Args, Debug)]
+#[command(
+    after_help = "Exit codes: 0 done; 1 failed (verify: the sides differ); 2 verify could not \
+tell. cutover exits 0 when the switch is made, and lists any write the source still accepted \
+after the fence. Guide: README.md, \"Migrating a live etcd cluster to Cairn\"."
+)]
 pub struct MigrateArgs {
     #[command(subcommand)]
     pub command: MigrateCommand,
