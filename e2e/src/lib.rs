@@ -20,6 +20,7 @@
 //!   hides.
 //! * [`migrator`]: `cairn migrate` as a user runs it (a `start` process to
 //!   kill -9 and rerun; one-shot status, verify, cutover and abort).
+//! * [`kine`]: kine's database (SQLite or PostgreSQL) written as kine writes it.
 //! * [`source_load`]: a kube-shaped writer that keeps a source busy.
 //! * [`compare`]: two stores at one revision (key-values, HashKV) and the
 //!   events between two revisions.
@@ -64,6 +65,7 @@ pub mod events;
 pub mod failpoints;
 pub mod grpc;
 pub mod http;
+pub mod kine;
 pub mod linearizability;
 pub mod member;
 pub mod migrator;

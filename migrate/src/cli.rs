@@ -13,6 +13,7 @@ use crate::abort::run_abort;
 use crate::connect::EndpointConfig;
 use crate::cutover::{etcd_servers_line, run_cutover, writes_after_fence, VerifyMode};
 use crate::error::{Error, Result};
+use crate::kine::{KineDb, KineUrl};
 use crate::source::{Credentials, Source};
 use crate::start::{check_target_for, run_start};
 use crate::status::StatusReport;
@@ -20,12 +21,12 @@ use crate::target::{phase_name, Target};
 use crate::verify::{default_revision, verify};
 use cairn_proto::migrate::Phase;
 
-/// `cairn migrate`: live migration from a running etcd (3.4 or newer) into an empty Cairn cluster.
+/// `cairn migrate`: live migration from a running etcd (3.4 or newer), or from kine (k3s's datastore, over SQLite or PostgreSQL), into an empty Cairn cluster.
 #[derive(Args, Debug)]
 #[command(
     after_help = "Exit codes: 0 done; 1 failed (verify: the sides differ); 2 verify could not \
 tell. cutover exits 0 when the switch is made, and lists any write the source still accepted \
-after the fence. Guide: README.md, \"Migrating a live etcd cluster to Cairn\"."
+after the fence. Guides: README.md, \"Migrating a live etcd cluster to Cairn\" and \"Migrating from k3s (kine)\"."
 )]
 pub struct MigrateArgs {
     #[command(subcommand)]
@@ -68,10 +69,12 @@ pub enum Output {
     Json,
 }
 
-/// The source etcd cluster (etcdctl's flags, prefixed `from-`).
+/// The source: an etcd cluster (etcdctl's flags, prefixed `from-`) or a kine database.
 #[derive(Args, Debug, Clone)]
 pub struct SourceArgs {
-    /// The source's client URLs, comma-separated (http:// or https://).
+    /// The source: etcd's client URLs, comma-separated (http:// or
+    /// https://), or kine's database: sqlite:///path/to/state.db or
+    /// postgres://user:password@host:port/database?sslmode=...
     #[arg(long = "from", value_name = "URLS")]
     pub from: String,
     #[command(flatten)]
@@ -191,6 +194,10 @@ pub struct CutoverArgs {
     /// How long to watch the source for writes it accepted after the fence.
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
     pub watch_after: Duration,
+    /// kine sources: how long kine's table must stay unchanged (k3s
+    /// stopped) before the cutover goes on.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
+    pub still: Duration,
 }
 
 /// `cairn migrate abort`.
@@ -280,6 +287,38 @@ impl SourceTls {
     }
 }
 
+impl SourceTls {
+    /// Refuses etcd's TLS and auth flags for a kine source, whose URL says it all.
+    fn refuse_for_kine(&self) -> Result<()> {
+        let given = [
+            ("--from-cacert", self.from_cacert.is_some()),
+            ("--from-cert", self.from_cert.is_some()),
+            ("--from-key", self.from_key.is_some()),
+            ("--from-user", self.from_user.is_some()),
+            ("--from-password", self.from_password.is_some()),
+        ];
+        match given.iter().find(|(_, set)| *set) {
+            Some((flag, _)) => Err(Error::BadInput(format!(
+                "{flag} is for an etcd source; for kine, put the user, password and TLS settings in the URL (postgres://user:password@host/db?sslmode=verify-full&sslrootcert=ca.pem)"
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The target and a kine source, checked against each other.
+async fn connect_kine(
+    source: &SourceArgs,
+    target: &TargetArgs,
+) -> Result<(KineDb, Target, cairn_proto::migrate::MigrationState)> {
+    source.tls.refuse_for_kine()?;
+    let url = KineUrl::parse(&source.from)?;
+    let (tgt, state) = Target::connect(&target.config()).await?;
+    let db = KineDb::open(&url).await?;
+    crate::kine::start::check_target_for(&state, &db, tgt.urls())?;
+    Ok((db, tgt, state))
+}
+
 async fn connect_both(
     source: &SourceArgs,
     target: &TargetArgs,
@@ -299,8 +338,16 @@ async fn connect_both(
 }
 
 async fn start(a: StartArgs) -> Result<()> {
-    let (src, tgt, _, info) = connect_both(&a.source, &a.target).await?;
-    let st = run_start(&src, &info, &tgt, a.history == History::None, a.page_keys).await?;
+    let history_none = a.history == History::None;
+    let (st, tgt) = if KineUrl::is_kine(&a.source.from) {
+        let (db, tgt, _) = connect_kine(&a.source, &a.target).await?;
+        let st = crate::kine::start::run_start(&db, &tgt, history_none, a.page_keys).await?;
+        (st, tgt)
+    } else {
+        let (src, tgt, _, info) = connect_both(&a.source, &a.target).await?;
+        let st = run_start(&src, &info, &tgt, history_none, a.page_keys).await?;
+        (st, tgt)
+    };
     println!(
         "the target at {} was cut over at revision {}; the migration is complete",
         tgt.urls(),
@@ -319,18 +366,37 @@ async fn status(a: StatusArgs) -> Result<()> {
     Ok(())
 }
 
-async fn verify_cmd(a: VerifyArgs) -> Result<bool> {
-    let (src, tgt, state, _) = connect_both(&a.source, &a.target).await?;
+/// Refuses to verify a target that holds no complete copy.
+fn check_verifiable(tgt: &Target, state: &cairn_proto::migrate::MigrationState) -> Result<()> {
     match Phase::try_from(state.phase) {
-        Ok(Phase::Following | Phase::CutOver) => {}
-        _ => {
-            return Err(Error::BadInput(format!(
-                "the target at {} holds no complete copy to verify (phase {})",
-                tgt.urls(),
-                phase_name(state.phase)
-            )))
-        }
+        Ok(Phase::Following | Phase::CutOver) => Ok(()),
+        _ => Err(Error::BadInput(format!(
+            "the target at {} holds no complete copy to verify (phase {})",
+            tgt.urls(),
+            phase_name(state.phase)
+        ))),
     }
+}
+
+async fn verify_cmd(a: VerifyArgs) -> Result<bool> {
+    if KineUrl::is_kine(&a.source.from) {
+        let (db, tgt, state) = connect_kine(&a.source, &a.target).await?;
+        check_verifiable(&tgt, &state)?;
+        let revision = match a.revision {
+            Some(r) => r,
+            None => {
+                let t = crate::kvread::current_revision(&tgt.conn).await?;
+                db.heads().await?.current.min(t)
+            }
+        };
+        let report = crate::kine::verify::verify(&db, &tgt, revision).await?;
+        for l in report.lines() {
+            println!("{l}");
+        }
+        return Ok(report.ok());
+    }
+    let (src, tgt, state, _) = connect_both(&a.source, &a.target).await?;
+    check_verifiable(&tgt, &state)?;
     let revision = match a.revision {
         Some(r) => r,
         None => default_revision(&src, &tgt).await?,
@@ -349,7 +415,39 @@ async fn verify_cmd(a: VerifyArgs) -> Result<bool> {
     Ok(report.ok())
 }
 
+async fn cutover_kine(a: CutoverArgs) -> Result<()> {
+    let (db, tgt, _) = connect_kine(&a.source, &a.target).await?;
+    let done = crate::kine::cutover::run_cutover(&db, &tgt, a.timeout, a.verify, a.still).await?;
+    println!("{}", done.verified.summary());
+    println!(
+        "cutover complete: the target took over at revision {}, kine's last",
+        done.revision
+    );
+    println!(
+        "catch-up, verification and switch took {:.3}s; keep k3s stopped, and point kube-apiserver at the target:",
+        done.took.as_secs_f64()
+    );
+    println!("{}", etcd_servers_line(tgt.urls()));
+    match crate::kine::cutover::rows_after_cutover(&db, done.revision, a.watch_after).await {
+        Ok(lines) if lines.is_empty() => println!(
+            "no row reached kine after revision {} (watched {:.1}s)",
+            done.revision,
+            a.watch_after.as_secs_f64()
+        ),
+        Ok(lines) => {
+            for l in lines {
+                println!("{l}");
+            }
+        }
+        Err(e) => eprintln!("warning: could not read kine after the cutover: {e}"),
+    }
+    Ok(())
+}
+
 async fn cutover(a: CutoverArgs) -> Result<()> {
+    if KineUrl::is_kine(&a.source.from) {
+        return cutover_kine(a).await;
+    }
     let (src, tgt, _, _) = connect_both(&a.source, &a.target).await?;
     let done = run_cutover(&src, &tgt, a.timeout, a.verify).await?;
     println!("{}", done.verified.summary());
@@ -386,6 +484,12 @@ async fn abort(a: AbortArgs) -> Result<()> {
     let creds = a.source.tls.credentials()?;
     let (tgt, _) = Target::connect(&a.target.config()).await?;
     let src = match &a.source.from {
+        Some(from) if KineUrl::is_kine(from) => {
+            println!(
+                "kine is not fenced by the migrator: nothing to lift there; start k3s again to go back to it"
+            );
+            None
+        }
         Some(urls) => Some(
             Source::connect(&a.source.tls.config(urls, a.target.dial_timeout), creds)
                 .await?

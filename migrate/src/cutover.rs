@@ -56,9 +56,30 @@ pub fn etcd_servers_line(target_urls: &str) -> String {
 /// Waits for a running `cairn migrate start` to bring the target to `r`;
 /// imports itself if the target makes no progress for [`STALL`].
 async fn bring_to(src: &Source, tgt: &Target, r: i64, deadline: Instant) -> Result<MigrationState> {
+    bring_to_with(tgt, r, deadline, |st, until| async move {
+        let mut progress = Progress::hidden();
+        Follower::new(src, tgt, st)
+            .await?
+            .run(Some(until), &mut progress)
+            .await
+    })
+    .await
+}
+
+/// [`bring_to`] for any source: `follow(state, r)` imports from the
+/// target's `state` until revision `r`.
+pub async fn bring_to_with<F, Fut>(
+    tgt: &Target,
+    r: i64,
+    deadline: Instant,
+    mut follow: F,
+) -> Result<MigrationState>
+where
+    F: FnMut(MigrationState, i64) -> Fut,
+    Fut: std::future::Future<Output = Result<FollowEnd>>,
+{
     let mut last = -1;
     let mut since = Instant::now();
-    let mut progress = Progress::hidden();
     loop {
         if Instant::now() >= deadline {
             return Err(Error::Timeout(format!(
@@ -91,9 +112,8 @@ async fn bring_to(src: &Source, tgt: &Target, r: i64, deadline: Instant) -> Resu
             until = r,
             "the target is not moving; cutover imports itself"
         );
-        let mut f = Follower::new(src, tgt, st).await?;
         let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, f.run(Some(r), &mut progress)).await {
+        match tokio::time::timeout(left, follow(st, r)).await {
             Err(_) => {
                 return Err(Error::Timeout(format!(
                     "importing up to the source's revision {r}"

@@ -64,6 +64,14 @@ pub enum Error {
     /// A bounded wait ran out.
     #[error("timed out: {0}")]
     Timeout(String),
+    /// A kine database cannot be read as kine's (not a database, not kine's
+    /// table, a schema this migrator does not know, a refused login).
+    #[error("kine database {db}: {detail}")]
+    Kine { db: String, detail: String },
+    /// A kine database failed a read for a passing reason (locked, a
+    /// connection lost); worth a retry.
+    #[error("kine database {db}: {detail}")]
+    KineBusy { db: String, detail: String },
 }
 
 /// The migrator's result type.
@@ -109,6 +117,7 @@ impl Error {
                 code: tonic::Code::Unavailable | tonic::Code::DeadlineExceeded,
                 ..
             } | Error::Unreachable { .. }
+                | Error::KineBusy { .. }
         )
     }
 }

@@ -22,6 +22,7 @@ pub mod copy;
 pub mod cutover;
 pub mod error;
 pub mod follow;
+pub mod kine;
 pub mod kvread;
 pub mod progress;
 pub mod source;

@@ -75,10 +75,88 @@ async fn begin(
     .await
 }
 
-/// Runs the migration until the target is cut over.
+/// One kind of source, as the start loop drives it: etcd, or kine's database.
+#[allow(async_fn_in_trait)]
+pub trait Steps {
+    /// Begins the import (or restarts it, the source having compacted past it).
+    async fn begin(
+        &self,
+        tgt: &Target,
+        history_none: bool,
+        restart: bool,
+    ) -> Result<MigrationState>;
+    /// Copies the state at the start revision.
+    async fn copy(
+        &self,
+        tgt: &Target,
+        state: MigrationState,
+        progress: &mut Progress,
+        page_keys: i64,
+    ) -> Result<CopyEnd>;
+    /// Follows the source until the cutover (or something to re-read the target for).
+    async fn follow(
+        &self,
+        tgt: &Target,
+        state: MigrationState,
+        progress: &mut Progress,
+    ) -> Result<FollowEnd>;
+}
+
+/// An etcd source.
+struct EtcdSteps<'a> {
+    src: &'a Source,
+    info: &'a SourceInfo,
+}
+
+impl Steps for EtcdSteps<'_> {
+    async fn begin(
+        &self,
+        tgt: &Target,
+        history_none: bool,
+        restart: bool,
+    ) -> Result<MigrationState> {
+        begin(self.src, tgt, self.info, history_none, restart).await
+    }
+
+    async fn copy(
+        &self,
+        tgt: &Target,
+        state: MigrationState,
+        progress: &mut Progress,
+        page_keys: i64,
+    ) -> Result<CopyEnd> {
+        copy(self.src, tgt, state, progress, page_keys).await
+    }
+
+    async fn follow(
+        &self,
+        tgt: &Target,
+        state: MigrationState,
+        progress: &mut Progress,
+    ) -> Result<FollowEnd> {
+        Follower::new(self.src, tgt, state)
+            .await?
+            .run(None, progress)
+            .await
+    }
+}
+
+/// Runs the migration from an etcd source until the target is cut over.
 pub async fn run_start(
     src: &Source,
     info: &SourceInfo,
+    tgt: &Target,
+    history_none: bool,
+    page_keys: i64,
+) -> Result<MigrationState> {
+    run_steps(&EtcdSteps { src, info }, tgt, history_none, page_keys).await
+}
+
+/// Runs the migration until the target is cut over: begins, copies,
+/// follows, restarts when the source compacted past what the import needs,
+/// and re-reads the target's state whenever it is not where a step thought.
+pub async fn run_steps<S: Steps>(
+    steps: &S,
     tgt: &Target,
     history_none: bool,
     page_keys: i64,
@@ -108,29 +186,26 @@ pub async fn run_start(
         }
         let compacted = match Phase::try_from(state.phase) {
             Ok(Phase::None) => {
-                begin(src, tgt, info, history_none, false).await?;
+                steps.begin(tgt, history_none, false).await?;
                 continue;
             }
-            Ok(Phase::Copying) => match copy(src, tgt, state, &mut progress, page_keys).await? {
+            Ok(Phase::Copying) => match steps.copy(tgt, state, &mut progress, page_keys).await? {
                 CopyEnd::Done(_) => continue,
                 CopyEnd::Resync => None,
                 CopyEnd::Compacted(c) => Some(c),
             },
-            Ok(Phase::Following) => {
-                let mut f = Follower::new(src, tgt, state).await?;
-                match f.run(None, &mut progress).await? {
-                    FollowEnd::CutOver(st) => {
-                        progress.finish();
-                        tracing::info!(
-                            revision = st.target_revision,
-                            "the target was cut over; the migration is complete"
-                        );
-                        return Ok(st);
-                    }
-                    FollowEnd::Reached(_) | FollowEnd::Resync => None,
-                    FollowEnd::Compacted(c) => Some(c),
+            Ok(Phase::Following) => match steps.follow(tgt, state, &mut progress).await? {
+                FollowEnd::CutOver(st) => {
+                    progress.finish();
+                    tracing::info!(
+                        revision = st.target_revision,
+                        "the target was cut over; the migration is complete"
+                    );
+                    return Ok(st);
                 }
-            }
+                FollowEnd::Reached(_) | FollowEnd::Resync => None,
+                FollowEnd::Compacted(c) => Some(c),
+            },
             Ok(Phase::CutOver) => {
                 progress.finish();
                 tracing::info!(
@@ -156,7 +231,7 @@ pub async fn run_start(
                         compact_revision: c,
                     });
                 }
-                begin(src, tgt, info, history_none, true).await?;
+                steps.begin(tgt, history_none, true).await?;
             }
             None => {
                 resyncs += 1;

@@ -25,7 +25,7 @@ struct Cli {
 enum Cmd {
     /// Run a load against any etcd-v3 endpoint (Cairn or etcd) and report throughput and latency.
     Bench(cairn_bench::BenchArgs),
-    /// Live migration from a running etcd into this (empty) Cairn cluster, keeping every revision.
+    /// Live migration from a running etcd, or from kine (k3s: SQLite or PostgreSQL), into this (empty) Cairn cluster, keeping every revision.
     Migrate(cairn_migrate::MigrateArgs),
     /// Restore a data dir from an etcd snapshot, or report on a snapshot file (as etcdutl).
     Snapshot(cairn_shim::snapshot_cli::SnapshotArgs),

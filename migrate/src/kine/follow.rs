@@ -1,0 +1,346 @@
+//! Following kine: rows with an id above the target's revision, polled in
+//! id order as kine's own watch polls them (`sqllog.poll`), replayed one
+//! revision per row (ImportRevisions).
+//!
+//! Kine's ids can have a hole for a moment: a transaction that took an id
+//! (a PostgreSQL sequence) commits after a later one. The follower imports
+//! only the unbroken run after the target's revision and waits at a hole
+//! until the row appears or kine writes its fill record there; it never
+//! skips one.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use cairn_proto::etcdserverpb::RangeRequest;
+use cairn_proto::migrate::{
+    ImportLease, ImportRevision, ImportRevisionsRequest, MigrationState, Phase,
+};
+
+use crate::connect::timed;
+use crate::error::{Error, Result};
+use crate::follow::{FollowEnd, HOUSEKEEPING};
+use crate::kine::db::KineDb;
+use crate::kine::row::{event, lease_for, Change, Row};
+use crate::kvread::kv_client;
+use crate::progress::Progress;
+use crate::target::{phase_name, unix_ms, Target};
+use crate::verify::show_key;
+
+/// Rows one poll reads, and one ImportRevisions call carries, at most.
+pub const BATCH_ROWS: i64 = 1000;
+/// How long the follower waits before polling again when it is caught up.
+pub const POLL: Duration = Duration::from_millis(50);
+/// How long a hole may stay before the follower says it is waiting on it.
+pub const HOLE_REPORT: Duration = Duration::from_secs(2);
+/// Versions remembered for keys the follower imported (a cache: a miss
+/// reads the target).
+const VERSIONS_KEPT: usize = 200_000;
+
+/// The rows that continue `after` without a gap, in order.
+pub fn unbroken_run(after: i64, rows: Vec<Row>) -> Vec<Row> {
+    (after + 1..)
+        .zip(rows)
+        .take_while(|(next, r)| r.id == *next)
+        .map(|(_, r)| r)
+        .collect()
+}
+
+/// The follower's state between polls.
+pub struct KineFollower<'a> {
+    db: &'a KineDb,
+    tgt: &'a Target,
+    state: MigrationState,
+    /// Leases the target holds (each named by the revision of its put).
+    known: HashSet<i64>,
+    /// key → (mod_revision, version) of keys seen since the follower began.
+    versions: HashMap<Vec<u8>, (i64, i64)>,
+    mirrored_compact: i64,
+    source_revision: i64,
+    hole: Option<(i64, Instant)>,
+    behind_since: Option<Instant>,
+}
+
+impl<'a> KineFollower<'a> {
+    /// A follower for a target in phase FOLLOWING at `state`.
+    pub async fn new(
+        db: &'a KineDb,
+        tgt: &'a Target,
+        state: MigrationState,
+    ) -> Result<KineFollower<'a>> {
+        let known = tgt.leases().await?.into_iter().collect();
+        Ok(KineFollower {
+            db,
+            tgt,
+            mirrored_compact: state.compact_revision,
+            source_revision: state.source_revision.max(state.target_revision),
+            state,
+            known,
+            versions: HashMap::new(),
+            hole: None,
+            behind_since: None,
+        })
+    }
+
+    /// Follows until the target is cut over, or reaches `until` (if given).
+    pub async fn run(&mut self, until: Option<i64>, progress: &mut Progress) -> Result<FollowEnd> {
+        tracing::info!(
+            from_revision = self.state.target_revision + 1,
+            "following kine"
+        );
+        let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
+        for _ in 0..u64::MAX {
+            if let Some(r) = until {
+                if self.state.target_revision >= r {
+                    return Ok(FollowEnd::Reached(self.state.clone()));
+                }
+            }
+            let after = self.state.target_revision;
+            let page = self.db.rows_after(after, BATCH_ROWS).await?;
+            self.source_revision = self.source_revision.max(page.heads.current);
+            if page.heads.compact > after {
+                tracing::error!(
+                    target_revision = after,
+                    compact_revision = page.heads.compact,
+                    "kine compacted to revision {}, past revision {} that the target needs next: \
+                     the import restarts from kine's new compact revision",
+                    page.heads.compact,
+                    after + 1
+                );
+                return Ok(FollowEnd::Compacted(page.heads.compact));
+            }
+            let seen = page.rows.len();
+            let rows = unbroken_run(after, page.rows);
+            self.note_hole(after, seen, rows.len());
+            let compact_to = if page.heads.compact > 0 && page.heads.compact > self.mirrored_compact
+            {
+                page.heads.compact
+            } else {
+                0
+            };
+            let full = rows.len() as i64 >= BATCH_ROWS;
+            if !rows.is_empty() || compact_to > 0 {
+                if self.behind_since.is_none() {
+                    self.behind_since = Some(Instant::now());
+                }
+                if let Some(end) = self.import(rows, compact_to).await? {
+                    return Ok(end);
+                }
+            }
+            if self.source_revision <= self.state.target_revision {
+                self.behind_since = None;
+            }
+            let lag = self.behind_since.map(|t| t.elapsed()).unwrap_or_default();
+            progress.following(self.state.target_revision, self.source_revision, lag);
+            if Instant::now() >= next_housekeeping {
+                if let Some(end) = self.housekeeping().await? {
+                    return Ok(end);
+                }
+                next_housekeeping = Instant::now() + HOUSEKEEPING;
+            }
+            if !full {
+                tokio::time::sleep(POLL).await;
+            }
+        }
+        Err(Error::Inconsistent("following never ended".into()))
+    }
+
+    /// Notes a hole at `after + 1` (rows beyond it, none at it), and says so
+    /// once it has lasted [`HOLE_REPORT`].
+    fn note_hole(&mut self, after: i64, seen: usize, taken: usize) {
+        if taken > 0 || seen == 0 {
+            self.hole = None;
+            return;
+        }
+        let missing = after + 1;
+        match self.hole {
+            Some((id, since)) if id == missing => {
+                if since.elapsed() >= HOLE_REPORT {
+                    tracing::warn!(
+                        revision = missing,
+                        waited_ms = since.elapsed().as_millis() as u64,
+                        "waiting for kine's row {missing}: later rows are written, this one is not yet \
+                         (a transaction still open, or a fill record kine has not written yet); never skipped"
+                    );
+                    self.hole = Some((missing, Instant::now()));
+                }
+            }
+            _ => self.hole = Some((missing, Instant::now())),
+        }
+    }
+
+    /// The version a put row leaves its key at.
+    async fn version_of(&mut self, row: &Row) -> Result<i64> {
+        if row.created {
+            return Ok(1);
+        }
+        if let Some((m, v)) = self.versions.get(&row.name) {
+            if *m == row.prev_revision {
+                return Ok(v + 1);
+            }
+        }
+        // A key the follower has not seen change: the target holds it as
+        // of the row before.
+        let req = RangeRequest {
+            key: row.name.clone(),
+            ..Default::default()
+        };
+        let resp = timed(
+            &self.tgt.conn,
+            "Range",
+            kv_client(&self.tgt.conn).range(req),
+        )
+        .await?;
+        match resp.kvs.first() {
+            Some(kv) if kv.mod_revision == row.prev_revision => Ok(kv.version + 1),
+            other => Err(Error::Inconsistent(format!(
+                "kine's row {} updates {} from revision {}, but the target holds it {}",
+                row.id,
+                show_key(&row.name),
+                row.prev_revision,
+                match other {
+                    Some(kv) => format!("at revision {}", kv.mod_revision),
+                    None => "not at all".to_string(),
+                }
+            ))),
+        }
+    }
+
+    /// Imports `rows` (an unbroken run after the target's revision).
+    async fn import(&mut self, rows: Vec<Row>, compact_to: i64) -> Result<Option<FollowEnd>> {
+        let after = self.state.target_revision;
+        let mut revisions = Vec::with_capacity(rows.len());
+        let mut grants: Vec<ImportLease> = Vec::new();
+        let mut drops: Vec<i64> = Vec::new();
+        let mut seen: Vec<Vec<u8>> = Vec::new();
+        for row in &rows {
+            let change = row.change();
+            if change != Change::Nothing
+                && row.prev_revision > 0
+                && self.known.contains(&row.prev_revision)
+            {
+                // The key's previous put held the lease: the key moves on from it.
+                drops.push(row.prev_revision);
+            }
+            let version = match change {
+                Change::Put => {
+                    let v = self.version_of(row).await?;
+                    self.versions.insert(row.name.clone(), (row.id, v));
+                    seen.push(row.name.clone());
+                    if let Some(l) = lease_for(row.id, row.lease) {
+                        grants.push(l);
+                    }
+                    v
+                }
+                Change::Delete => {
+                    self.versions.remove(&row.name);
+                    0
+                }
+                Change::Nothing => 0,
+            };
+            revisions.push(ImportRevision {
+                revision: row.id,
+                events: event(row, version).into_iter().collect(),
+            });
+        }
+        let reaches = rows.last().map(|r| r.id).unwrap_or(after);
+        let req = ImportRevisionsRequest {
+            after_revision: after,
+            revisions,
+            lease_grants: grants.clone(),
+            lease_drops: drops.clone(),
+            source_revision: self.source_revision.max(reaches),
+            unix_ms: unix_ms(),
+            compact_to: compact_to.min(reaches),
+        };
+        let sent_compact = req.compact_to;
+        match self.tgt.import_revisions(req).await {
+            Ok(st) => {
+                for g in &grants {
+                    self.known.insert(g.id);
+                }
+                for d in &drops {
+                    self.known.remove(d);
+                }
+                if sent_compact > 0 {
+                    self.mirrored_compact = sent_compact;
+                }
+                if self.versions.len() > VERSIONS_KEPT {
+                    self.versions.clear();
+                }
+                self.state = st;
+                match Phase::try_from(self.state.phase) {
+                    Ok(Phase::Following) => Ok(None),
+                    _ => self.end_for(self.state.clone()).map(Some),
+                }
+            }
+            Err(e) => {
+                // What this call meant to record did not happen.
+                for k in seen {
+                    self.versions.remove(&k);
+                }
+                match e {
+                    Error::OutOfStep { message, .. } => {
+                        tracing::warn!(%message, "the target is out of step with this follower; reading its state");
+                        Ok(Some(FollowEnd::Resync))
+                    }
+                    Error::Refused { message, .. } => {
+                        tracing::warn!(%message, "the target refused an import; reading its state");
+                        let st = self.tgt.state().await?;
+                        self.end_for(st).map(Some)
+                    }
+                    e => Err(e),
+                }
+            }
+        }
+    }
+
+    async fn housekeeping(&mut self) -> Result<Option<FollowEnd>> {
+        let st = self.tgt.state().await?;
+        // State is one member's applied view, which may trail: only a target
+        // ahead of this follower means someone else imported.
+        if st.phase != Phase::Following as i32 || st.target_revision > self.state.target_revision {
+            return Ok(Some(self.end_for(st)?));
+        }
+        Ok(None)
+    }
+
+    fn end_for(&self, st: MigrationState) -> Result<FollowEnd> {
+        match Phase::try_from(st.phase) {
+            Ok(Phase::CutOver) => Ok(FollowEnd::CutOver(st)),
+            Ok(Phase::Aborted) => Err(Error::TargetAborted),
+            _ => {
+                tracing::info!(
+                    phase = phase_name(st.phase),
+                    target_revision = st.target_revision,
+                    "the target moved without this migrator; going on from where it is"
+                );
+                Ok(FollowEnd::Resync)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(id: i64) -> Row {
+        Row {
+            id,
+            name: format!("k{id}").into_bytes(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_hole_stops_the_run_and_is_never_skipped() {
+        let ids = |rows: Vec<Row>| rows.iter().map(|r| r.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(unbroken_run(10, vec![r(11), r(12), r(13)])),
+            vec![11, 12, 13]
+        );
+        assert_eq!(ids(unbroken_run(10, vec![r(11), r(13), r(14)])), vec![11]);
+        assert!(unbroken_run(10, vec![r(12), r(13)]).is_empty());
+        assert!(unbroken_run(10, Vec::new()).is_empty());
+    }
+}

@@ -1,0 +1,269 @@
+//! kine over PostgreSQL ("HA" k3s with `--datastore-endpoint=postgres://…`),
+//! read through tokio-postgres. Every read is one REPEATABLE READ, READ
+//! ONLY transaction: a snapshot, like SQLite's read transactions. Names
+//! compare and sort with `COLLATE "C"`, byte by byte as etcd orders keys
+//! (kine declares the column so since v0.11; older tables are not).
+
+use tokio::sync::Mutex;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, IsolationLevel};
+
+use crate::error::{Error, Result};
+use crate::kine::db::{
+    check_columns, live_entries, no_kine_table, BaseEntry, BasePage, Heads, RowsPage,
+};
+use crate::kine::row::Row;
+use crate::kine::source_url::redact_password;
+use crate::kine::tls::split_tls;
+
+const HEADS: &str = "SELECT (SELECT COALESCE(MAX(id), 0)::bigint FROM kine), \
+     (SELECT COALESCE(MAX(prev_revision), 0)::bigint FROM kine WHERE name = 'compact_rev_key')";
+
+const COLUMNS: &str =
+    "k.id::bigint, convert_to(k.name, 'UTF8'), k.created::bigint, k.deleted::bigint, \
+     k.create_revision::bigint, k.prev_revision::bigint, k.lease::bigint, k.value";
+
+fn base_page_sql() -> String {
+    format!(
+        "SELECT {COLUMNS},
+  (SELECT COUNT(*) FROM kine AS v
+     WHERE v.name = k.name
+       AND v.id >= (CASE WHEN k.created != 0 THEN k.id ELSE k.create_revision END)
+       AND v.id <= k.id)::bigint,
+  EXISTS (SELECT 1 FROM kine AS c
+     WHERE c.id = (CASE WHEN k.created != 0 THEN k.id ELSE k.create_revision END))
+FROM (SELECT MAX(id) AS id FROM kine
+      WHERE name COLLATE \"C\" > $1::text AND id <= $2::bigint
+      GROUP BY name ORDER BY name COLLATE \"C\" LIMIT $3::bigint) AS m
+JOIN kine AS k ON k.id = m.id
+ORDER BY k.name COLLATE \"C\""
+    )
+}
+
+fn rows_after_sql() -> String {
+    format!(
+        "SELECT {COLUMNS} FROM kine AS k WHERE k.id > $1::bigint ORDER BY k.id LIMIT $2::bigint"
+    )
+}
+
+const COUNT_AT: &str = "SELECT COUNT(*)::bigint FROM \
+     (SELECT MAX(id) AS id FROM kine WHERE id <= $1::bigint GROUP BY name) AS m \
+     JOIN kine AS k ON k.id = m.id WHERE k.deleted = 0 AND k.name != 'compact_rev_key'";
+
+/// A kine PostgreSQL database.
+pub struct PgKine {
+    client: Mutex<Client>,
+    /// The URL without its password.
+    pub db: String,
+    /// "kine on PostgreSQL 15.x".
+    pub version: String,
+}
+
+fn read_row(r: &tokio_postgres::Row) -> std::result::Result<Row, tokio_postgres::Error> {
+    Ok(Row {
+        id: r.try_get(0)?,
+        name: r.try_get(1)?,
+        created: r.try_get::<_, Option<i64>>(2)?.unwrap_or(0) != 0,
+        deleted: r.try_get::<_, Option<i64>>(3)?.unwrap_or(0) != 0,
+        create_revision: r.try_get::<_, Option<i64>>(4)?.unwrap_or(0),
+        prev_revision: r.try_get::<_, Option<i64>>(5)?.unwrap_or(0),
+        lease: r.try_get::<_, Option<i64>>(6)?.unwrap_or(0),
+        value: r.try_get::<_, Option<Vec<u8>>>(7)?.unwrap_or_default(),
+    })
+}
+
+impl PgKine {
+    /// Connects (TLS as the URL asks) and checks kine's table.
+    pub async fn connect(url: &str) -> Result<PgKine> {
+        let db = redact_password(url);
+        let wish = split_tls(url)?;
+        let mut config: tokio_postgres::Config = wish
+            .url
+            .parse()
+            .map_err(|e| Error::BadInput(format!("the PostgreSQL URL {db} does not parse: {e}")))?;
+        config.ssl_mode(wish.ssl_mode());
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(std::time::Duration::from_secs(5));
+        }
+        let user = config.get_user().unwrap_or("(none)").to_string();
+        let (client, connection) = config
+            .connect(wish.connector()?)
+            .await
+            .map_err(|e| connect_error(&db, &user, e))?;
+        let conn_db = db.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(db = %conn_db, error = %e, "the connection to kine's PostgreSQL ended");
+            }
+        });
+        let fail = |e: tokio_postgres::Error| classify(&db, e);
+        let tables: Vec<String> = client
+            .query(
+                "SELECT table_name::text FROM information_schema.tables \
+                 WHERE table_schema = current_schema() ORDER BY table_name",
+                &[],
+            )
+            .await
+            .map_err(fail)?
+            .iter()
+            .map(|r| r.try_get::<_, String>(0))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(fail)?;
+        if !tables.iter().any(|t| t == "kine") {
+            return Err(no_kine_table(&db, &tables));
+        }
+        let columns: Vec<String> = client
+            .query(
+                "SELECT column_name::text FROM information_schema.columns \
+                 WHERE table_schema = current_schema() AND table_name = 'kine' ORDER BY ordinal_position",
+                &[],
+            )
+            .await
+            .map_err(fail)?
+            .iter()
+            .map(|r| r.try_get::<_, String>(0))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(fail)?;
+        check_columns(&db, &columns)?;
+        let server: String = client
+            .query_one("SHOW server_version", &[])
+            .await
+            .and_then(|r| r.try_get(0))
+            .map_err(fail)?;
+        Ok(PgKine {
+            client: Mutex::new(client),
+            version: format!("kine on PostgreSQL {server}"),
+            db,
+        })
+    }
+
+    pub async fn heads(&self) -> Result<Heads> {
+        let client = self.client.lock().await;
+        let r = client
+            .query_one(HEADS, &[])
+            .await
+            .map_err(|e| classify(&self.db, e))?;
+        heads_of(&r).map_err(|e| classify(&self.db, e))
+    }
+
+    pub async fn base_page(&self, at: i64, after: &[u8], limit: i64) -> Result<BasePage> {
+        let after = String::from_utf8_lossy(after).into_owned();
+        let mut client = self.client.lock().await;
+        let res: std::result::Result<BasePage, tokio_postgres::Error> = async {
+            let tx = snapshot(&mut client).await?;
+            let heads = heads_of(&tx.query_one(HEADS, &[]).await?)?;
+            let rows = tx.query(&base_page_sql(), &[&after, &at, &limit]).await?;
+            tx.commit().await?;
+            let scanned = rows
+                .iter()
+                .map(|r| {
+                    Ok(BaseEntry {
+                        row: read_row(r)?,
+                        puts: r.try_get(8)?,
+                        has_create: r.try_get(9)?,
+                    })
+                })
+                .collect::<std::result::Result<Vec<_>, tokio_postgres::Error>>()?;
+            let more = scanned.len() as i64 >= limit;
+            let scanned_to = scanned.last().map(|e| e.row.name.clone());
+            Ok(BasePage {
+                entries: live_entries(scanned),
+                scanned_to,
+                more,
+                heads,
+            })
+        }
+        .await;
+        res.map_err(|e| classify(&self.db, e))
+    }
+
+    pub async fn rows_after(&self, after: i64, limit: i64) -> Result<RowsPage> {
+        let mut client = self.client.lock().await;
+        let res: std::result::Result<RowsPage, tokio_postgres::Error> = async {
+            let tx = snapshot(&mut client).await?;
+            let heads = heads_of(&tx.query_one(HEADS, &[]).await?)?;
+            let rows = tx.query(&rows_after_sql(), &[&after, &limit]).await?;
+            tx.commit().await?;
+            let rows = rows
+                .iter()
+                .map(read_row)
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            Ok(RowsPage { rows, heads })
+        }
+        .await;
+        res.map_err(|e| classify(&self.db, e))
+    }
+
+    pub async fn count_at(&self, at: i64) -> Result<i64> {
+        let client = self.client.lock().await;
+        client
+            .query_one(COUNT_AT, &[&at])
+            .await
+            .and_then(|r| r.try_get(0))
+            .map_err(|e| classify(&self.db, e))
+    }
+}
+
+async fn snapshot(
+    client: &mut Client,
+) -> std::result::Result<tokio_postgres::Transaction<'_>, tokio_postgres::Error> {
+    client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+}
+
+fn heads_of(r: &tokio_postgres::Row) -> std::result::Result<Heads, tokio_postgres::Error> {
+    Ok(Heads {
+        current: r.try_get(0)?,
+        compact: r.try_get(1)?,
+    })
+}
+
+/// A lost connection or a serialization conflict is worth a retry; the rest is not.
+fn classify(db: &str, e: tokio_postgres::Error) -> Error {
+    let passing = e.is_closed()
+        || matches!(
+            e.code(),
+            Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE
+                || *c == SqlState::ADMIN_SHUTDOWN
+                || *c == SqlState::CANNOT_CONNECT_NOW
+        );
+    let detail = match e.as_db_error() {
+        Some(d) => format!("{}: {}", d.code().code(), d.message()),
+        None => crate::error::chain(&e),
+    };
+    if passing {
+        Error::KineBusy {
+            db: db.to_string(),
+            detail,
+        }
+    } else {
+        Error::Kine {
+            db: db.to_string(),
+            detail: format!("a read failed: {detail}"),
+        }
+    }
+}
+
+fn connect_error(db: &str, user: &str, e: tokio_postgres::Error) -> Error {
+    let detail = match e.as_db_error() {
+        Some(d)
+            if *d.code() == SqlState::INVALID_PASSWORD
+                || *d.code() == SqlState::INVALID_AUTHORIZATION_SPECIFICATION =>
+        {
+            format!("PostgreSQL refused user {user}: {}", d.message())
+        }
+        Some(d) if *d.code() == SqlState::INVALID_CATALOG_NAME => {
+            format!("no such database: {}", d.message())
+        }
+        Some(d) => format!("cannot connect: {}: {}", d.code().code(), d.message()),
+        None => format!("cannot connect: {}", crate::error::chain(&e)),
+    };
+    Error::Kine {
+        db: db.to_string(),
+        detail,
+    }
+}
