@@ -116,7 +116,8 @@ pub struct KineStore {
     /// What `cairn migrate --from` takes.
     pub url: String,
     log: Mutex<Vec<WrittenRow>>,
-    compacted_to: Mutex<i64>,
+    /// The last id [`KineStore::bulk_create`] wrote (its rows are not logged).
+    bulk_last: Mutex<i64>,
 }
 
 /// The test server's URL (a user that may create databases), from
@@ -156,7 +157,7 @@ impl KineStore {
             db: Db::Sqlite(Mutex::new(conn)),
             url: format!("sqlite://{}", path.display()),
             log: Mutex::new(Vec::new()),
-            compacted_to: Mutex::new(0),
+            bulk_last: Mutex::new(0),
         };
         store
             .insert("compact_rev_key", true, false, 0, 0, 0, Some(b""))
@@ -189,7 +190,7 @@ impl KineStore {
                 format!("{url}?{url_query}")
             },
             log: Mutex::new(Vec::new()),
-            compacted_to: Mutex::new(0),
+            bulk_last: Mutex::new(0),
         };
         store
             .insert("compact_rev_key", true, false, 0, 0, 0, Some(b""))
@@ -392,13 +393,79 @@ impl KineStore {
                 n
             }
         };
-        *lock(&self.compacted_to) = to;
         Ok(deleted)
+    }
+
+    /// Creates `n` keys `<prefix><i>` of `value_size` bytes fast (kine's
+    /// create rows, in large transactions; PostgreSQL through COPY), for
+    /// benchmarks. These rows are not kept in the writer's log: a test
+    /// reads them back from the table. Returns the last id.
+    pub async fn bulk_create(&self, prefix: &str, n: usize, value_size: usize) -> Result<i64> {
+        let value = vec![b'v'; value_size];
+        let last = match &self.db {
+            Db::Sqlite(c) => {
+                let mut c = lock(c);
+                for chunk in (0..n).collect::<Vec<_>>().chunks(50_000) {
+                    let tx = c.transaction()?;
+                    {
+                        let mut stmt = tx.prepare(SQLITE_INSERT)?;
+                        for i in chunk {
+                            stmt.execute(rusqlite::params![
+                                format!("{prefix}{i:08}"),
+                                1,
+                                0,
+                                0,
+                                0,
+                                0,
+                                value,
+                                0
+                            ])?;
+                        }
+                    }
+                    tx.commit()?;
+                }
+                c.last_insert_rowid()
+            }
+            Db::Postgres(c) => {
+                use tokio_postgres::types::Type;
+                let sink = c
+                    .copy_in("COPY kine (name, created, deleted, create_revision, prev_revision, lease, value) FROM STDIN BINARY")
+                    .await?;
+                let writer = tokio_postgres::binary_copy::BinaryCopyInWriter::new(
+                    sink,
+                    &[
+                        Type::TEXT,
+                        Type::INT4,
+                        Type::INT4,
+                        Type::INT8,
+                        Type::INT8,
+                        Type::INT4,
+                        Type::BYTEA,
+                    ],
+                );
+                let mut writer = std::pin::pin!(writer);
+                for i in 0..n {
+                    let name = format!("{prefix}{i:08}");
+                    writer
+                        .as_mut()
+                        .write(&[&name, &1i32, &0i32, &0i64, &0i64, &0i32, &value.as_slice()])
+                        .await?;
+                }
+                writer.as_mut().finish().await?;
+                c.query_one("SELECT MAX(id) FROM kine", &[])
+                    .await?
+                    .try_get(0)?
+            }
+        };
+        let mut bulk = lock(&self.bulk_last);
+        *bulk = (*bulk).max(last);
+        Ok(last)
     }
 
     /// The newest row's id.
     pub fn current(&self) -> i64 {
-        lock(&self.log).iter().map(|r| r.id).max().unwrap_or(0)
+        let logged = lock(&self.log).iter().map(|r| r.id).max().unwrap_or(0);
+        logged.max(*lock(&self.bulk_last))
     }
 
     /// Every row written, in id order.

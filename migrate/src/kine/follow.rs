@@ -11,6 +11,8 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
+
 use cairn_proto::etcdserverpb::RangeRequest;
 use cairn_proto::migrate::{
     ImportLease, ImportRevision, ImportRevisionsRequest, MigrationState, Phase,
@@ -44,6 +46,9 @@ pub fn unbroken_run(after: i64, rows: Vec<Row>) -> Vec<Row> {
         .map(|(_, r)| r)
         .collect()
 }
+
+/// A key the target holds: (key, mod_revision, version).
+type HeldKey = (Vec<u8>, i64, i64);
 
 /// The follower's state between polls.
 pub struct KineFollower<'a> {
@@ -168,37 +173,64 @@ impl<'a> KineFollower<'a> {
         }
     }
 
-    /// The version a put row leaves its key at.
-    async fn version_of(&mut self, row: &Row) -> Result<i64> {
+    /// Reads from the target, a few at a time, the keys that rows of this
+    /// batch update and that the follower has not seen change: the target
+    /// holds each as of its previous row.
+    async fn prefetch_versions(&mut self, rows: &[Row]) -> Result<()> {
+        let mut in_batch = HashSet::new();
+        let mut wanted = Vec::new();
+        for row in rows {
+            if row.change() != Change::Put {
+                continue;
+            }
+            let known = in_batch.contains(&row.name)
+                || self
+                    .versions
+                    .get(&row.name)
+                    .is_some_and(|(m, _)| *m == row.prev_revision);
+            if !row.created && !known {
+                wanted.push(row.name.clone());
+            }
+            in_batch.insert(row.name.clone());
+        }
+        let conn = &self.tgt.conn;
+        let found: Vec<Result<Option<HeldKey>>> = futures::stream::iter(wanted)
+            .map(|key| async move {
+                let req = RangeRequest {
+                    key: key.clone(),
+                    ..Default::default()
+                };
+                let resp = timed(conn, "Range", kv_client(conn).range(req)).await?;
+                Ok(resp
+                    .kvs
+                    .first()
+                    .map(|kv| (key, kv.mod_revision, kv.version)))
+            })
+            .buffer_unordered(32)
+            .collect()
+            .await;
+        for f in found {
+            if let Some((key, m, v)) = f? {
+                self.versions.insert(key, (m, v));
+            }
+        }
+        Ok(())
+    }
+
+    /// The version a put row leaves its key at (after [`Self::prefetch_versions`]).
+    fn version_of(&self, row: &Row) -> Result<i64> {
         if row.created {
             return Ok(1);
         }
-        if let Some((m, v)) = self.versions.get(&row.name) {
-            if *m == row.prev_revision {
-                return Ok(v + 1);
-            }
-        }
-        // A key the follower has not seen change: the target holds it as
-        // of the row before.
-        let req = RangeRequest {
-            key: row.name.clone(),
-            ..Default::default()
-        };
-        let resp = timed(
-            &self.tgt.conn,
-            "Range",
-            kv_client(&self.tgt.conn).range(req),
-        )
-        .await?;
-        match resp.kvs.first() {
-            Some(kv) if kv.mod_revision == row.prev_revision => Ok(kv.version + 1),
+        match self.versions.get(&row.name) {
+            Some((m, v)) if *m == row.prev_revision => Ok(v + 1),
             other => Err(Error::Inconsistent(format!(
                 "kine's row {} updates {} from revision {}, but the target holds it {}",
                 row.id,
                 show_key(&row.name),
                 row.prev_revision,
                 match other {
-                    Some(kv) => format!("at revision {}", kv.mod_revision),
+                    Some((m, _)) => format!("at revision {m}"),
                     None => "not at all".to_string(),
                 }
             ))),
@@ -212,6 +244,7 @@ impl<'a> KineFollower<'a> {
         let mut grants: Vec<ImportLease> = Vec::new();
         let mut drops: Vec<i64> = Vec::new();
         let mut seen: Vec<Vec<u8>> = Vec::new();
+        self.prefetch_versions(&rows).await?;
         for row in &rows {
             let change = row.change();
             if change != Change::Nothing
@@ -223,7 +256,7 @@ impl<'a> KineFollower<'a> {
             }
             let version = match change {
                 Change::Put => {
-                    let v = self.version_of(row).await?;
+                    let v = self.version_of(row)?;
                     self.versions.insert(row.name.clone(), (row.id, v));
                     seen.push(row.name.clone());
                     if let Some(l) = lease_for(row.id, row.lease) {
