@@ -244,6 +244,27 @@ async fn live_migration_keeps_every_revision(backend: Backend) -> Result<()> {
     .await
     .with_context(|| context(&m))?;
 
+    // status and verify, as for an etcd source, while following.
+    let st = migrator::status(&cairn.endpoint()).await?;
+    ensure!(st["phase"] == "following", "status: {st}");
+    let verified = migrator::run(
+        &[
+            "verify",
+            &format!("--from={}", store.url),
+            &format!("--to={}", cairn.endpoint()),
+        ],
+        Duration::from_secs(60),
+    )
+    .await?;
+    ensure!(
+        verified.code == 0
+            && verified.stdout.contains("0 differences")
+            && verified.stdout.contains(": OK"),
+        "verify exited {}: {}",
+        verified.code,
+        verified.all()
+    );
+
     // Keys with TTLs that must expire on Cairn after the cutover, as kine
     // would have expired them, and one that must not yet.
     store.create("/registry/leases/short", b"held", 2).await?;
@@ -506,5 +527,52 @@ async fn postgres_refusing_the_login_is_one_clear_error() -> Result<()> {
     refused(&target, &missing, "no such database").await?;
     let not_kine = cairn_e2e::kine::with_database(&admin, "postgres");
     refused(&target, &not_kine, "it is not kine's database").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_gives_the_import_up_and_leaves_kine_alone() -> Result<()> {
+    let target = start_target().await?;
+    let (tgt, _) = Target::connect(&cfg(&target.endpoint())).await?;
+    let (store, _dir) = kine_store(Backend::Sqlite).await?;
+    seed(&store, 50).await?;
+    let mut m = Migrator::start(&store.url, &target.endpoint(), &[])?;
+    wait_state(
+        &tgt,
+        None::<&mut tokio::task::JoinHandle<()>>,
+        "following",
+        Duration::from_secs(30),
+        |s| s.phase == Phase::Following as i32,
+    )
+    .await
+    .with_context(|| context(&m))?;
+    let rows_before = store.current();
+    let out = migrator::run(
+        &[
+            "abort",
+            &format!("--to={}", target.endpoint()),
+            &format!("--from={}", store.url),
+        ],
+        Duration::from_secs(30),
+    )
+    .await?;
+    ensure!(
+        out.code == 0 && out.stdout.contains("kine is not fenced by the migrator"),
+        "{}",
+        out.all()
+    );
+    let status = m.wait_exit(Duration::from_secs(30)).await?;
+    ensure!(
+        !status.success(),
+        "migrate start went on after the abort: {}",
+        context(&m)
+    );
+    ensure!(m.log().contains("aborted"), "{}", context(&m));
+    ensure!(target_state(&tgt).await?.phase == Phase::Aborted as i32);
+    // kine itself is untouched and still takes writes.
+    store
+        .update("/registry/pods/ns/p00001", b"after", 0)
+        .await?;
+    ensure!(store.current() == rows_before + 1);
     Ok(())
 }

@@ -23,7 +23,13 @@ const COLUMNS: &str =
     "k.id::bigint, convert_to(k.name, 'UTF8'), k.created::bigint, k.deleted::bigint, \
      k.create_revision::bigint, k.prev_revision::bigint, k.lease::bigint, k.value";
 
-fn base_page_sql() -> String {
+/// The latest row id of each name after $1 at revision $2, $3 names at most.
+const PAGE_IDS: &str = "SELECT MAX(id)::bigint FROM kine
+      WHERE name COLLATE \"C\" > $1::text AND id <= $2::bigint
+      GROUP BY name ORDER BY name COLLATE \"C\" LIMIT $3::bigint";
+
+/// Those rows, with the incarnation's remaining rows and whether its create row remains.
+fn page_rows_sql() -> String {
     format!(
         "SELECT {COLUMNS},
   (SELECT COUNT(*) FROM kine AS v
@@ -32,11 +38,7 @@ fn base_page_sql() -> String {
        AND v.id <= k.id)::bigint,
   EXISTS (SELECT 1 FROM kine AS c
      WHERE c.id = (CASE WHEN k.created != 0 THEN k.id ELSE k.create_revision END))
-FROM (SELECT MAX(id) AS id FROM kine
-      WHERE name COLLATE \"C\" > $1::text AND id <= $2::bigint
-      GROUP BY name ORDER BY name COLLATE \"C\" LIMIT $3::bigint) AS m
-JOIN kine AS k ON k.id = m.id
-ORDER BY k.name COLLATE \"C\""
+FROM kine AS k WHERE k.id = ANY($1::bigint[])"
     )
 }
 
@@ -152,9 +154,26 @@ impl PgKine {
         let res: std::result::Result<BasePage, tokio_postgres::Error> = async {
             let tx = snapshot(&mut client).await?;
             let heads = heads_of(&tx.query_one(HEADS, &[]).await?)?;
-            let rows = tx.query(&base_page_sql(), &[&after, &at, &limit]).await?;
+            // The planner estimates that a page needs every name after
+            // `after` and hashes or sorts them all (200 ms a page at 100k
+            // keys: a quadratic copy); walked in the (name, id) index's
+            // order, a page stops after `limit` names (2 ms). Only for
+            // this query: the rows' own query wants the defaults.
+            tx.batch_execute(
+                "SET LOCAL enable_hashagg = off; SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off",
+            )
+            .await?;
+            let ids: Vec<i64> = tx
+                .query(PAGE_IDS, &[&after, &at, &limit])
+                .await?
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<std::result::Result<_, _>>()?;
+            tx.batch_execute("RESET enable_hashagg; RESET enable_sort; RESET enable_bitmapscan")
+                .await?;
+            let rows = tx.query(&page_rows_sql(), &[&ids]).await?;
             tx.commit().await?;
-            let scanned = rows
+            let mut scanned = rows
                 .iter()
                 .map(|r| {
                     Ok(BaseEntry {
@@ -164,6 +183,7 @@ impl PgKine {
                     })
                 })
                 .collect::<std::result::Result<Vec<_>, tokio_postgres::Error>>()?;
+            scanned.sort_by(|a, b| a.row.name.cmp(&b.row.name));
             let more = scanned.len() as i64 >= limit;
             let scanned_to = scanned.last().map(|e| e.row.name.clone());
             Ok(BasePage {

@@ -50,7 +50,7 @@ pub struct SqliteKine {
     conn: Arc<Mutex<Connection>>,
     /// `sqlite://<path>`.
     pub db: String,
-    /// "kine on SQLite 3.x".
+    /// "kine on SQLite" (the file does not say which SQLite kine links).
     pub version: String,
 }
 
@@ -266,7 +266,7 @@ fn open_blocking(path: &PathBuf) -> Result<SqliteKine> {
             "kine's SQLite file is not in WAL mode (kine sets WAL): reads may wait on k3s's writes"
         );
     }
-    let version = format!("kine on SQLite {}", rusqlite::version());
+    let version = "kine on SQLite".to_string();
     Ok(SqliteKine {
         conn: Arc::new(Mutex::new(conn)),
         db,

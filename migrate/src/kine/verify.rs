@@ -56,8 +56,28 @@ pub async fn verify(db: &KineDb, tgt: &Target, revision: i64) -> Result<VerifyRe
     let (mut src_after, mut src_done) = (Vec::new(), false);
     let (mut cursor, mut tgt_done, mut limit) = (Cursor::default(), false, PAGE_KEYS);
     for _ in 0..u64::MAX {
-        if src.is_empty() && !src_done {
-            let page = db.base_page(revision, &src_after, PAGE_KEYS).await?;
+        // Both sides' next pages at once, where a side needs one.
+        let (sp, tp) = tokio::join!(
+            async {
+                if src.is_empty() && !src_done {
+                    db.base_page(revision, &src_after, PAGE_KEYS)
+                        .await
+                        .map(Some)
+                } else {
+                    Ok(None)
+                }
+            },
+            async {
+                if tgt_buf.is_empty() && !tgt_done {
+                    kvread::range_window(&tgt.conn, &cursor, revision, limit)
+                        .await
+                        .map(Some)
+                } else {
+                    Ok(None)
+                }
+            }
+        );
+        if let Some(page) = sp? {
             if let Some(n) = page.scanned_to {
                 src_after = n;
             }
@@ -71,8 +91,7 @@ pub async fn verify(db: &KineDb, tgt: &Target, revision: i64) -> Result<VerifyRe
             }
             report.source_keys += page.entries.len() as u64;
         }
-        if tgt_buf.is_empty() && !tgt_done {
-            let (page, next) = kvread::range_window(&tgt.conn, &cursor, revision, limit).await?;
+        if let Some((page, next)) = tp? {
             cursor = next;
             if !page.kvs.is_empty() {
                 limit = next_limit(page.kvs.len(), page.bytes(), PAGE_KEYS);
