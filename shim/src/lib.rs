@@ -11,6 +11,7 @@
 mod cluster_config;
 pub mod config;
 mod identity;
+pub mod release;
 pub mod server;
 pub mod snapshot_cli;
 mod tls;

@@ -13,7 +13,12 @@ use tracing_subscriber::EnvFilter;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser, Debug)]
-#[command(name = "cairn", version, about, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "cairn",
+    version = cairn_shim::release::LONG_VERSION.as_str(),
+    about,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Cmd>,

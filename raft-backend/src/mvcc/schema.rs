@@ -38,6 +38,9 @@ use crate::error::{Result, StoreError};
 /// Bumped whenever the layout changes; a data dir written by a newer layout is refused.
 pub const SCHEMA_VERSION: i64 = 3;
 
+/// The oldest schema this build opens (and upgrades in place, `migrate`).
+pub const OLDEST_SCHEMA_VERSION: i64 = 1;
+
 const DDL: &str = "
 CREATE TABLE IF NOT EXISTS history (
     id         INTEGER PRIMARY KEY,
