@@ -37,4 +37,4 @@ pub mod watch;
 pub use cli::{run, MigrateArgs};
 pub use error::{Error, Result};
 pub use progress::log_writer;
-
+pub use upgrade::UpgradeArgs;

@@ -34,6 +34,8 @@ enum Cmd {
     Migrate(cairn_migrate::MigrateArgs),
     /// Restore a data dir from an etcd snapshot, or report on a snapshot file (as etcdutl).
     Snapshot(cairn_shim::snapshot_cli::SnapshotArgs),
+    /// Before restarting or upgrading a member of an etcd or Cairn cluster: is it safe now, and in which order?
+    Upgrade(cairn_migrate::UpgradeArgs),
 }
 
 /// Resolves on Ctrl-C or SIGTERM: the process's stop signals, which the
@@ -78,6 +80,9 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(cairn_migrate::run(args).await)
         }
         Some(Cmd::Snapshot(args)) => cairn_shim::snapshot_cli::run(args),
+        Some(Cmd::Upgrade(args)) => std::process::exit(
+            cairn_migrate::upgrade::run(args, &cairn_shim::release::this_release()).await,
+        ),
         None => {
             tracing_subscriber::fmt()
                 .with_env_filter(
