@@ -22,5 +22,6 @@ mod lease;
 mod migrate;
 mod peer_traffic;
 mod snapshot;
+mod upgrade;
 mod watch_differential;
 mod watch_semantics;
