@@ -503,7 +503,7 @@ pub fn storage(facts: &ClusterFacts, q: &Question) -> Finding {
         "storage",
         Verdict::Pass,
         format!(
-            "storage version {} ; no downgrade in progress",
+            "storage version {}; no downgrade in progress",
             distinct.join(", ")
         ),
     )

@@ -136,13 +136,17 @@ fn member_conn(
     })
 }
 
+/// What one member answered, and the cluster's alarm list as it gave it
+/// (asked of every member, so that one that hangs does not hide the list).
+type Alarms = std::result::Result<Vec<(u64, String)>, String>;
+
 async fn observe(
     cfg: &ProbeConfig,
     http: &HttpGetter,
     token: &Token,
     m: Member,
     second_at: Instant,
-) -> MemberFacts {
+) -> (MemberFacts, Alarms) {
     let label = if m.name.is_empty() {
         format!("{:x}", m.id)
     } else {
@@ -159,21 +163,22 @@ async fn observe(
         cairn: None,
     };
     let Some(url) = m.client_ur_ls.first() else {
-        return facts;
+        return (facts, Err("not started".into()));
     };
     let conn = match member_conn(&cfg.endpoint, url, token) {
         Ok(c) => c,
         Err(e) => {
             facts.first = Err(e.clone());
-            facts.second = Err(e);
-            return facts;
+            facts.second = Err(e.clone());
+            return (facts, Err(e));
         }
     };
     let limit = cfg.command_timeout;
-    let (first, health, version) = tokio::join!(
+    let (first, health, version, alarms) = tokio::join!(
         status(&conn, limit),
         http.get(url, "/health"),
-        http.get(url, "/version")
+        http.get(url, "/version"),
+        alarms(&conn, limit)
     );
     facts.health = health.map(|r| health_of(&r));
     facts.cairn = version.ok().and_then(|r| cairn_of(&label, &r.body));
@@ -185,7 +190,7 @@ async fn observe(
         }
         Err(e) => Err(e.clone()),
     };
-    facts
+    (facts, alarms)
 }
 
 async fn alarms(conn: &Conn, limit: Duration) -> std::result::Result<Vec<(u64, String)>, String> {
@@ -250,10 +255,17 @@ pub async fn gather(cfg: &ProbeConfig) -> Result<ClusterFacts> {
         list.members
             .into_iter()
             .map(|m| observe(cfg, &http, &conn.token, m, second_at)),
-    );
-    let (members, alarms) = tokio::join!(observed, alarms(&conn, cfg.command_timeout));
+    )
+    .await;
+    let alarms = observed
+        .iter()
+        .map(|(_, a)| a)
+        .find(|a| a.is_ok())
+        .or_else(|| observed.first().map(|(_, a)| a))
+        .cloned()
+        .unwrap_or_else(|| Err("the member list is empty".into()));
     Ok(ClusterFacts {
-        members,
+        members: observed.into_iter().map(|(m, _)| m).collect(),
         alarms,
         window: cfg.window,
     })
