@@ -310,6 +310,41 @@ pub async fn connect(side: Side, cfg: &EndpointConfig) -> Result<Conn> {
     })
 }
 
+/// User and password from etcdctl-style flags: `user_flag` takes USER or
+/// USER:PASSWORD, `password_flag` the password (given once, one way or the
+/// other). `flags` names them for the messages: (`--user`, `--password`).
+pub fn credentials(
+    user: Option<&str>,
+    password: Option<&str>,
+    flags: (&str, &str),
+) -> Result<Option<(String, String)>> {
+    let (user_flag, password_flag) = flags;
+    let Some(u) = user else {
+        return match password {
+            Some(_) => Err(Error::BadInput(format!(
+                "{password_flag} needs {user_flag}"
+            ))),
+            None => Ok(None),
+        };
+    };
+    let (name, inline) = match u.split_once(':') {
+        Some((name, pw)) => (name, Some(pw)),
+        None => (u, None),
+    };
+    match (name.is_empty(), inline, password) {
+        (true, _, _) => Err(Error::BadInput(format!("{user_flag} names no user"))),
+        (false, Some(p), None) | (false, None, Some(p)) => {
+            Ok(Some((name.to_string(), p.to_string())))
+        }
+        (false, Some(_), Some(_)) => Err(Error::BadInput(format!(
+            "give the password once: in {user_flag} USER:PASSWORD or in {password_flag}"
+        ))),
+        (false, None, None) => Err(Error::BadInput(format!(
+            "{user_flag} needs a password: {user_flag} USER:PASSWORD or {password_flag}"
+        ))),
+    }
+}
+
 /// Authenticates as `user` (etcd's Auth.Authenticate) and makes every
 /// later call on `conn` carry the token.
 pub async fn authenticate(conn: &Conn, user: &str, password: &str) -> Result<()> {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
 
-use crate::connect::EndpointConfig;
+use crate::connect::{credentials, EndpointConfig};
 use crate::error::{Error, Result};
 use crate::upgrade::checks::{run_all, Question};
 use crate::upgrade::plan::{plan, text};
@@ -111,26 +111,11 @@ pub struct PlanArgs {
 impl ClusterArgs {
     /// User and password from --user (USER[:PASSWORD]) and --password.
     fn credentials(&self) -> Result<Option<(String, String)>> {
-        let Some(u) = &self.user else {
-            return match self.password {
-                Some(_) => Err(Error::BadInput("--password needs --user".into())),
-                None => Ok(None),
-            };
-        };
-        let (user, inline) = match u.split_once(':') {
-            Some((user, pw)) => (user.to_string(), Some(pw.to_string())),
-            None => (u.clone(), None),
-        };
-        match (user.is_empty(), inline, self.password.clone()) {
-            (true, _, _) => Err(Error::BadInput("--user names no user".into())),
-            (false, Some(p), None) | (false, None, Some(p)) => Ok(Some((user, p))),
-            (false, Some(_), Some(_)) => Err(Error::BadInput(
-                "give the password once: in --user USER:PASSWORD or in --password".into(),
-            )),
-            (false, None, None) => Err(Error::BadInput(
-                "--user needs a password: --user USER:PASSWORD or --password".into(),
-            )),
-        }
+        credentials(
+            self.user.as_deref(),
+            self.password.as_deref(),
+            ("--user", "--password"),
+        )
     }
 
     fn probe(&self, window: Duration) -> Result<ProbeConfig> {
@@ -292,6 +277,20 @@ mod tests {
         assert_eq!(
             c.cluster.check_command(Some("3.6.0")),
             "cairn upgrade check --endpoints https://e1:2379,https://e2:2379 --cacert ca.pem --user root --target-version 3.6.0"
+        );
+    }
+
+    #[test]
+    fn credentials_need_a_password_once() {
+        let c = |u: Option<&str>, p: Option<&str>| credentials(u, p, ("--user", "--password"));
+        assert_eq!(c(None, None).unwrap(), None);
+        assert!(c(Some("root"), None).is_err());
+        assert!(c(Some("root:a"), Some("b")).is_err());
+        assert!(c(None, Some("b")).is_err());
+        assert!(c(Some(":pw"), None).is_err());
+        assert_eq!(
+            c(Some("root"), Some("b")).unwrap(),
+            Some(("root".into(), "b".into()))
         );
     }
 
