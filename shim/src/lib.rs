@@ -10,6 +10,7 @@
 // Configuration and the assembly of a member.
 mod cluster_config;
 pub mod config;
+pub mod disk_check;
 mod identity;
 pub mod release;
 pub mod server;

@@ -34,6 +34,8 @@ enum Cmd {
     Migrate(cairn_migrate::MigrateArgs),
     /// Restore a data dir from an etcd snapshot, or report on a snapshot file (as etcdutl).
     Snapshot(cairn_shim::snapshot_cli::SnapshotArgs),
+    /// Check this machine for Cairn: `cairn check disk` times fdatasync on the data dir's disk.
+    Check(cairn_shim::disk_check::CheckArgs),
     /// Before restarting or upgrading a member of an etcd or Cairn cluster: is it safe now, and in which order?
     Upgrade(cairn_migrate::UpgradeArgs),
 }
@@ -80,6 +82,7 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(cairn_migrate::run(args).await)
         }
         Some(Cmd::Snapshot(args)) => cairn_shim::snapshot_cli::run(args),
+        Some(Cmd::Check(args)) => std::process::exit(cairn_shim::disk_check::run(args)),
         Some(Cmd::Upgrade(args)) => std::process::exit(
             cairn_migrate::upgrade::run(args, &cairn_shim::release::this_release()).await,
         ),

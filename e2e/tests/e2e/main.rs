@@ -11,6 +11,7 @@ mod macros;
 mod util;
 
 mod bad_input;
+mod check_disk;
 mod cluster;
 mod cluster_etcdctl;
 mod crash;
