@@ -481,7 +481,7 @@ pub fn storage(facts: &ClusterFacts, q: &Question) -> Finding {
         return Finding::new(
             "storage",
             Verdict::Pass,
-            "no storage version reported (etcd before 3.6): nothing to compare; no downgrade possible in progress",
+            "no storage version reported (etcd before 3.6): nothing to compare, and no downgrade can be under way",
         );
     }
     if let (Some(t), false) = (&q.target, facts.is_cairn()) {
