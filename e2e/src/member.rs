@@ -507,16 +507,21 @@ fn read_tail(path: &Path, max_bytes: u64) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
-/// Starts `n` members of `kind` as one new cluster (names `m0`..), all at
-/// once (none is ready before a quorum is up), and waits until each is ready.
-pub async fn start_cluster(kind: Kind, n: usize) -> Result<Vec<Member>> {
-    let ports = (0..n).map(|_| free_port()).collect::<Result<Vec<u16>>>()?;
-    let initial = ports
+/// `--initial-cluster` for members `m0`.. with peers on `ports` of 127.0.0.1.
+pub fn initial_cluster(ports: &[u16]) -> String {
+    ports
         .iter()
         .enumerate()
         .map(|(i, p)| format!("m{i}=http://127.0.0.1:{p}"))
         .collect::<Vec<_>>()
-        .join(",");
+        .join(",")
+}
+
+/// Starts `n` members of `kind` as one new cluster (names `m0`..), all at
+/// once (none is ready before a quorum is up), and waits until each is ready.
+pub async fn start_cluster(kind: Kind, n: usize) -> Result<Vec<Member>> {
+    let ports = (0..n).map(|_| free_port()).collect::<Result<Vec<u16>>>()?;
+    let initial = initial_cluster(&ports);
     let mut starts = tokio::task::JoinSet::new();
     for (i, p) in ports.into_iter().enumerate() {
         let opts = MemberOptions {
