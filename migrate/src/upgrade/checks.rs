@@ -82,10 +82,14 @@ pub fn reachability(facts: &ClusterFacts, q: &Question) -> Finding {
             ),
         );
     }
+    let who = match n {
+        1 => "the only member answers".to_string(),
+        n => format!("all {n} members answer"),
+    };
     Finding::new(
         "reachability",
         Verdict::Pass,
-        format!("all {n} members answer Status and /health without errors"),
+        format!("{who} Status and /health without errors"),
     )
 }
 

@@ -78,6 +78,11 @@ pub struct ClusterArgs {
 
 /// `cairn upgrade check`.
 #[derive(Args, Debug)]
+#[command(
+    after_help = "Exit codes: 0 safe (warnings allowed); 1 unsafe (a check failed); 2 could not \
+tell (unreachable, or something not measurable). Read-only: it changes nothing. Guide: README.md, \
+\"Before restarting a member\"."
+)]
 pub struct CheckArgs {
     #[command(flatten)]
     pub cluster: ClusterArgs,
