@@ -63,6 +63,11 @@ impl ClusterMember {
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }
+
+    /// The process id while running (to pause it with SIGSTOP).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
 }
 
 pub struct Cluster {

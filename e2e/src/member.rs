@@ -506,3 +506,40 @@ fn read_tail(path: &Path, max_bytes: u64) -> std::io::Result<String> {
     f.read_to_end(&mut buf)?;
     Ok(String::from_utf8_lossy(&buf).into_owned())
 }
+
+/// `--initial-cluster` for members `m0`.. with peers on `ports` of 127.0.0.1.
+pub fn initial_cluster(ports: &[u16]) -> String {
+    ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("m{i}=http://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Starts `n` members of `kind` as one new cluster (names `m0`..), all at
+/// once (none is ready before a quorum is up), and waits until each is ready.
+pub async fn start_cluster(kind: Kind, n: usize) -> Result<Vec<Member>> {
+    let ports = (0..n).map(|_| free_port()).collect::<Result<Vec<u16>>>()?;
+    let initial = initial_cluster(&ports);
+    let mut starts = tokio::task::JoinSet::new();
+    for (i, p) in ports.into_iter().enumerate() {
+        let opts = MemberOptions {
+            name: format!("m{i}"),
+            peer_port: Some(p),
+            initial_cluster: Some(initial.clone()),
+            ready_timeout: Duration::from_secs(30),
+            ..Default::default()
+        };
+        starts.spawn(async move { (i, Member::start_with(kind, opts).await) });
+    }
+    let mut members: Vec<Option<Member>> = (0..n).map(|_| None).collect();
+    while let Some(joined) = starts.join_next().await {
+        let (i, member) = joined.context("a member's start task failed")?;
+        members[i] = Some(member.with_context(|| format!("starting m{i} of {n}"))?);
+    }
+    members
+        .into_iter()
+        .map(|m| m.context("a member did not start"))
+        .collect()
+}

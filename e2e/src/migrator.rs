@@ -163,9 +163,15 @@ impl RunOutput {
 
 /// Runs `cairn migrate <args...>` to its end, killed after `timeout`.
 pub async fn run(args: &[&str], timeout: Duration) -> Result<RunOutput> {
-    let what = format!("cairn migrate {}", args.join(" "));
+    let mut all = vec!["migrate"];
+    all.extend_from_slice(args);
+    run_cairn(&all, timeout).await
+}
+
+/// Runs `cairn <args...>` (any one-shot subcommand) to its end, killed after `timeout`.
+pub async fn run_cairn(args: &[&str], timeout: Duration) -> Result<RunOutput> {
+    let what = format!("cairn {}", args.join(" "));
     let child = tokio::process::Command::new(cairn_bin()?)
-        .arg("migrate")
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

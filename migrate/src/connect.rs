@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use cairn_proto::etcdserverpb::auth_client::AuthClient;
+use cairn_proto::etcdserverpb::AuthenticateRequest;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -27,6 +29,20 @@ pub enum Side {
     Source,
     /// The Cairn cluster migrated to.
     Target,
+    /// The etcd or Cairn cluster `cairn upgrade` checks.
+    Cluster,
+}
+
+impl Side {
+    /// The command-line flag for `name` on this side: `--from-cert`,
+    /// `--to-cert`, or plain `--cert` (etcdctl's) for `cairn upgrade`.
+    pub fn flag(self, name: &str) -> String {
+        match self {
+            Side::Source => format!("--from-{name}"),
+            Side::Target => format!("--to-{name}"),
+            Side::Cluster => format!("--{name}"),
+        }
+    }
 }
 
 impl fmt::Display for Side {
@@ -34,6 +50,7 @@ impl fmt::Display for Side {
         f.write_str(match self {
             Side::Source => "source",
             Side::Target => "target",
+            Side::Cluster => "cluster",
         })
     }
 }
@@ -130,16 +147,18 @@ fn tls_config(side: Side, cfg: &EndpointConfig) -> Result<ClientTlsConfig> {
         }
         (None, None) => {}
         _ => {
-            let flag = if side == Side::Source { "from" } else { "to" };
             return Err(Error::BadInput(format!(
-                "--{flag}-cert and --{flag}-key go together: give both or neither"
+                "{} and {} go together: give both or neither",
+                side.flag("cert"),
+                side.flag("key")
             )));
         }
     }
     Ok(tls)
 }
 
-fn endpoint(side: Side, cfg: &EndpointConfig, url: &str) -> Result<Endpoint> {
+/// One URL's endpoint: its dial timeout, keep-alives and TLS (`cfg`'s files).
+pub fn endpoint(side: Side, cfg: &EndpointConfig, url: &str) -> Result<Endpoint> {
     let bad = |why: String| Error::BadInput(format!("bad {side} URL {url:?}: {why}"));
     if !(url.starts_with("http://") || url.starts_with("https://")) {
         return Err(bad("it must start with http:// or https://".into()));
@@ -226,10 +245,10 @@ pub fn classify_status(side: Side, urls: &str, call: &'static str, status: tonic
 pub async fn connect(side: Side, cfg: &EndpointConfig) -> Result<Conn> {
     let urls = split_urls(&cfg.urls);
     if urls.is_empty() {
-        let flag = if side == Side::Source {
-            "--from"
-        } else {
-            "--to"
+        let flag = match side {
+            Side::Source => "--from",
+            Side::Target => "--to",
+            Side::Cluster => "--endpoints",
         };
         return Err(Error::BadInput(format!(
             "no {side} endpoints: give {flag} URL[,URL...]"
@@ -289,6 +308,71 @@ pub async fn connect(side: Side, cfg: &EndpointConfig) -> Result<Conn> {
         svc: InterceptedService::new(channel, token.clone()),
         token,
     })
+}
+
+/// User and password from etcdctl-style flags: `user_flag` takes USER or
+/// USER:PASSWORD, `password_flag` the password (given once, one way or the
+/// other). `flags` names them for the messages: (`--user`, `--password`).
+pub fn credentials(
+    user: Option<&str>,
+    password: Option<&str>,
+    flags: (&str, &str),
+) -> Result<Option<(String, String)>> {
+    let (user_flag, password_flag) = flags;
+    let Some(u) = user else {
+        return match password {
+            Some(_) => Err(Error::BadInput(format!(
+                "{password_flag} needs {user_flag}"
+            ))),
+            None => Ok(None),
+        };
+    };
+    let (name, inline) = match u.split_once(':') {
+        Some((name, pw)) => (name, Some(pw)),
+        None => (u, None),
+    };
+    match (name.is_empty(), inline, password) {
+        (true, _, _) => Err(Error::BadInput(format!("{user_flag} names no user"))),
+        (false, Some(p), None) | (false, None, Some(p)) => {
+            Ok(Some((name.to_string(), p.to_string())))
+        }
+        (false, Some(_), Some(_)) => Err(Error::BadInput(format!(
+            "give the password once: in {user_flag} USER:PASSWORD or in {password_flag}"
+        ))),
+        (false, None, None) => Err(Error::BadInput(format!(
+            "{user_flag} needs a password: {user_flag} USER:PASSWORD or {password_flag}"
+        ))),
+    }
+}
+
+/// Authenticates as `user` (etcd's Auth.Authenticate) and makes every
+/// later call on `conn` carry the token.
+pub async fn authenticate(conn: &Conn, user: &str, password: &str) -> Result<()> {
+    conn.token.set(None);
+    let req = AuthenticateRequest {
+        name: user.to_string(),
+        password: password.to_string(),
+    };
+    let auth_error = |detail: String| Error::Auth {
+        side: conn.side,
+        urls: conn.urls.clone(),
+        user: user.to_string(),
+        detail,
+    };
+    let resp = timed(
+        conn,
+        "Authenticate",
+        AuthClient::new(conn.svc.clone()).authenticate(req),
+    )
+    .await
+    .map_err(|e| match e {
+        Error::Call { message, .. } => auth_error(message),
+        other => other,
+    })?;
+    let token = MetadataValue::try_from(resp.token.as_str())
+        .map_err(|e| auth_error(format!("the token is not valid metadata: {e}")))?;
+    conn.token.set(Some(token));
+    Ok(())
 }
 
 /// Runs one unary call with [`CALL_TIMEOUT`].

@@ -31,9 +31,10 @@ pub enum Error {
     /// The source's etcd is older than 3.4.
     #[error("the source runs etcd {version}; migration needs etcd 3.4 or newer")]
     SourceTooOld { version: String },
-    /// Authenticating to the source failed.
-    #[error("cannot authenticate to the source at {urls} as {user}: {detail}")]
+    /// Authenticating to a side failed.
+    #[error("cannot authenticate to the {side} at {urls} as {user}: {detail}")]
     Auth {
+        side: Side,
         urls: String,
         user: String,
         detail: String,

@@ -14,6 +14,8 @@
 //! * [`copy`], [`follow`], [`start`]: `cairn migrate start`.
 //! * [`status`], [`verify`], [`cutover`], [`abort`]: the other subcommands.
 //! * [`progress`]: the progress bar or log lines; [`cli`]: flags and exit codes.
+//! * [`upgrade`]: `cairn upgrade check|plan`, whether restarting a member
+//!   of an etcd or Cairn cluster is safe now.
 
 pub mod abort;
 pub mod cli;
@@ -29,9 +31,11 @@ pub mod source;
 pub mod start;
 pub mod status;
 pub mod target;
+pub mod upgrade;
 pub mod verify;
 pub mod watch;
 
 pub use cli::{run, MigrateArgs};
 pub use error::{Error, Result};
 pub use progress::log_writer;
+pub use upgrade::UpgradeArgs;

@@ -5,14 +5,11 @@
 use std::time::Duration;
 
 use cairn_proto::etcdserverpb::alarm_request::AlarmAction;
-use cairn_proto::etcdserverpb::auth_client::AuthClient;
 use cairn_proto::etcdserverpb::lease_client::LeaseClient;
 use cairn_proto::etcdserverpb::{
-    AlarmMember, AlarmRequest, AlarmType, AuthenticateRequest, LeaseLeasesRequest,
-    LeaseTimeToLiveRequest, StatusRequest,
+    AlarmMember, AlarmRequest, AlarmType, LeaseLeasesRequest, LeaseTimeToLiveRequest, StatusRequest,
 };
 use cairn_proto::migrate::ImportLease;
-use tonic::metadata::MetadataValue;
 
 use crate::connect::{connect, timed, Conn, EndpointConfig, Side, MAX_DECODE};
 use crate::error::{Error, Result};
@@ -97,35 +94,10 @@ impl Source {
     }
 
     async fn authenticate(&self) -> Result<()> {
-        let Some(c) = &self.creds else {
-            return Ok(());
-        };
-        self.conn.token.set(None);
-        let req = AuthenticateRequest {
-            name: c.user.clone(),
-            password: c.password.clone(),
-        };
-        let resp = timed(
-            &self.conn,
-            "Authenticate",
-            AuthClient::new(self.conn.svc.clone()).authenticate(req),
-        )
-        .await
-        .map_err(|e| match e {
-            Error::Call { message, .. } => Error::Auth {
-                urls: self.conn.urls.clone(),
-                user: c.user.clone(),
-                detail: message,
-            },
-            other => other,
-        })?;
-        let token = MetadataValue::try_from(resp.token.as_str()).map_err(|e| Error::Auth {
-            urls: self.conn.urls.clone(),
-            user: c.user.clone(),
-            detail: format!("the token is not valid metadata: {e}"),
-        })?;
-        self.conn.token.set(Some(token));
-        Ok(())
+        match &self.creds {
+            Some(c) => crate::connect::authenticate(&self.conn, &c.user, &c.password).await,
+            None => Ok(()),
+        }
     }
 
     /// Runs `call` again while it fails for a passing reason (unavailable,

@@ -240,3 +240,114 @@ async fn auth_token_is_sent_and_renewed() -> Result<()> {
     .await
     .context("test timed out")?
 }
+
+/// What `cairn upgrade check` finds (no `--member`) with `cfg` and `creds`.
+async fn upgrade_findings(
+    cfg: EndpointConfig,
+    creds: Option<(String, String)>,
+) -> Result<Vec<cairn_migrate::upgrade::verdict::Finding>> {
+    use cairn_migrate::upgrade::checks::{run_all, Question};
+    use cairn_migrate::upgrade::probe::{gather, ProbeConfig};
+    use cairn_migrate::upgrade::{CairnRelease, Version};
+    let facts = gather(&ProbeConfig {
+        endpoint: cfg,
+        credentials: creds,
+        window: Duration::from_millis(200),
+        command_timeout: Duration::from_secs(2),
+    })
+    .await?;
+    let this = CairnRelease {
+        version: Version::parse("0.1.0").context("version")?,
+        schema_min: 1,
+        schema: 3,
+        peer_min: 1,
+        peer: 1,
+    };
+    Ok(run_all(&facts, &Question::default(), &this))
+}
+
+fn result_of<'a>(
+    findings: &'a [cairn_migrate::upgrade::verdict::Finding],
+    check: &str,
+) -> Result<&'a cairn_migrate::upgrade::verdict::Finding> {
+    findings
+        .iter()
+        .find(|f| f.check == check)
+        .with_context(|| format!("no {check} in {findings:?}"))
+}
+
+/// `cairn upgrade check` reads Status, the member list and alarms over
+/// gRPC and `/health` over HTTPS, both with the client certificate.
+#[tokio::test]
+async fn upgrade_check_over_tls_with_client_certificates() -> Result<()> {
+    use cairn_migrate::upgrade::verdict::Verdict;
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let dir = tempfile::tempdir()?;
+        make_pki(dir.path())?;
+        let etcd = start_tls_etcd(dir.path())?;
+        let cfg = tls_cfg(&etcd.url, dir.path(), true, true);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let findings = loop {
+            match upgrade_findings(cfg.clone(), None).await {
+                Ok(f) if result_of(&f, "reachability")?.result == Verdict::Pass => break f,
+                Ok(_) | Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Ok(f) => bail!("etcd over TLS never passed: {f:?}"),
+                Err(e) => bail!("etcd over TLS never answered: {e}"),
+            }
+        };
+        // One member: losing it loses the cluster.
+        assert_eq!(result_of(&findings, "quorum")?.result, Verdict::Fail);
+        assert_eq!(result_of(&findings, "alarms")?.result, Verdict::Pass);
+        // Without the client certificate, /health and the calls are refused.
+        let refused = upgrade_findings(tls_cfg(&etcd.url, dir.path(), true, false), None).await;
+        assert!(
+            refused.is_err() || result_of(&refused?, "reachability")?.result == Verdict::Fail,
+            "no client certificate, yet the check passed"
+        );
+        Ok(())
+    })
+    .await
+    .context("test timed out")?
+}
+
+/// With auth enabled, `cairn upgrade check --user` authenticates once and
+/// every member's calls carry the token.
+#[tokio::test]
+async fn upgrade_check_with_auth() -> Result<()> {
+    use cairn_migrate::upgrade::verdict::Verdict;
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let etcd = Member::start(Kind::Etcd).await?;
+        let mut c = etcd.client().await?;
+        c.user_add("root", "secret", None).await?;
+        c.user_grant_role("root", "root").await?;
+        c.auth_enable().await?;
+        let cfg = EndpointConfig {
+            urls: etcd.endpoint(),
+            dial_timeout: Duration::from_secs(2),
+            ..Default::default()
+        };
+        let findings =
+            upgrade_findings(cfg.clone(), Some(("root".into(), "secret".into()))).await?;
+        for check in ["reachability", "leader", "alarms", "version"] {
+            assert_eq!(
+                result_of(&findings, check)?.result,
+                Verdict::Pass,
+                "{findings:?}"
+            );
+        }
+        let e = upgrade_findings(cfg, Some(("root".into(), "wrong".into())))
+            .await
+            .err()
+            .context("wrong password accepted")?;
+        assert!(
+            e.to_string()
+                .starts_with("cannot authenticate to the cluster at"),
+            "{e}"
+        );
+        Ok(())
+    })
+    .await
+    .context("test timed out")?
+}

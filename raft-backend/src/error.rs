@@ -82,6 +82,17 @@ pub enum StoreError {
     /// Written data could not be decoded: the data dir is damaged.
     #[error("corrupt data: {0}")]
     Corrupt(String),
+    /// A store (data dir or snapshot) a later release wrote, in a schema
+    /// this one cannot read: refused before anything is changed.
+    #[error(
+        "the store has schema version {found}, written by a newer Cairn; Cairn {release} reads schema versions {oldest}..={newest}: run a release that reads it (docs/design.md, \"Versions\")"
+    )]
+    NewerSchema {
+        found: i64,
+        release: &'static str,
+        oldest: i64,
+        newest: i64,
+    },
     /// A membership change was refused; its message is etcd's.
     #[error(transparent)]
     Membership(#[from] MembershipError),
@@ -101,6 +112,7 @@ impl StoreError {
                 | StoreError::Sqlite(_)
                 | StoreError::Io { .. }
                 | StoreError::Corrupt(_)
+                | StoreError::NewerSchema { .. }
                 | StoreError::Stopped
         )
     }
@@ -120,6 +132,7 @@ impl StoreError {
             StoreError::Storage(m) | StoreError::Corrupt(m) => Some(m.clone()),
             StoreError::Sqlite(e) => Some(e.to_string()),
             StoreError::Io { context, source } => Some(format!("{context}: {source}")),
+            StoreError::NewerSchema { .. } => Some(self.to_string()),
             _ => None,
         }
     }

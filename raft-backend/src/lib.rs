@@ -25,7 +25,7 @@ mod txn;
 
 pub use command::{AppliedBatch, Command, CommandOutput, RevisionEvents};
 pub use error::{Cause, Result, StoreError};
-pub use mvcc::schema::DOWNGRADE_TO_V1_FOR_TESTS;
+pub use mvcc::schema::{DOWNGRADE_TO_V1_FOR_TESTS, OLDEST_SCHEMA_VERSION, SCHEMA_VERSION};
 pub use mvcc::{
     prefix_end, HistoryRead, KeyRange, KvHash, PrevKvInterest, PrevKvWanted, StoreMetrics,
 };

@@ -783,6 +783,44 @@ async fn a_version_1_store_is_upgraded_in_place() {
     assert_eq!(events[1].prev_kv.as_ref().unwrap().value, b"1");
 }
 
+/// A store a newer release wrote (a later schema version) is refused at
+/// open, naming its version and the ones this release reads, and left as it was.
+#[tokio::test]
+async fn a_store_of_a_newer_schema_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let newer = cairn_raft_backend::SCHEMA_VERSION + 1;
+    drop(churned_and_closed(&dir).await);
+    db(&dir)
+        .execute(
+            "UPDATE meta SET value = ?1 WHERE name = 'schema_version'",
+            [newer],
+        )
+        .unwrap();
+    let err = match Store::open_single(dir.path(), &prometheus::Registry::new()).await {
+        Ok(_) => panic!("a store of schema {newer} was opened"),
+        Err(e) => e,
+    };
+    assert!(
+        matches!(err, StoreError::NewerSchema { found, .. } if found == newer),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("schema version {newer}"))
+            && text.contains(&format!("..={}", cairn_raft_backend::SCHEMA_VERSION))
+            && text.contains(env!("CARGO_PKG_VERSION")),
+        "{text}"
+    );
+    let kept: i64 = db(&dir)
+        .query_row(
+            "SELECT value FROM meta WHERE name = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(kept, newer);
+}
+
 /// Stores written before history reads bisected row ids carry an index on
 /// `history.rev`; opening one drops it and reads the same.
 #[tokio::test]

@@ -119,7 +119,8 @@ pub fn store_status(e: StoreError) -> Status {
         StoreError::Storage(_)
         | StoreError::Sqlite(_)
         | StoreError::Io { .. }
-        | StoreError::Corrupt(_) => {
+        | StoreError::Corrupt(_)
+        | StoreError::NewerSchema { .. } => {
             let msg = e.storage_detail().unwrap_or_default();
             tracing::error!(error = %msg, "storage error");
             Status::internal(format!("etcdserver: storage: {msg}"))

@@ -84,7 +84,11 @@ async fn readyz(State(node): State<SharedNode>) -> impl IntoResponse {
 }
 
 async fn version() -> impl IntoResponse {
-    axum::Json(json!({ "etcdserver": ETCD_VERSION, "etcdcluster": ETCD_VERSION }))
+    axum::Json(json!({
+        "etcdserver": ETCD_VERSION,
+        "etcdcluster": ETCD_VERSION,
+        "cairn": crate::release::version_json(),
+    }))
 }
 
 async fn metrics(State(node): State<SharedNode>, m: Arc<ServerMetrics>) -> impl IntoResponse {

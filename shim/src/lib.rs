@@ -10,7 +10,9 @@
 // Configuration and the assembly of a member.
 mod cluster_config;
 pub mod config;
+pub mod disk_check;
 mod identity;
+pub mod release;
 pub mod server;
 pub mod snapshot_cli;
 mod tls;

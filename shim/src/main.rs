@@ -13,7 +13,12 @@ use tracing_subscriber::EnvFilter;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser, Debug)]
-#[command(name = "cairn", version, about, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "cairn",
+    version = cairn_shim::release::LONG_VERSION.as_str(),
+    about,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Cmd>,
@@ -29,6 +34,10 @@ enum Cmd {
     Migrate(cairn_migrate::MigrateArgs),
     /// Restore a data dir from an etcd snapshot, or report on a snapshot file (as etcdutl).
     Snapshot(cairn_shim::snapshot_cli::SnapshotArgs),
+    /// Check this machine for Cairn: `cairn check disk` times fdatasync on the data dir's disk.
+    Check(cairn_shim::disk_check::CheckArgs),
+    /// Before restarting or upgrading a member of an etcd or Cairn cluster: is it safe now, and in which order?
+    Upgrade(cairn_migrate::UpgradeArgs),
 }
 
 /// Resolves on Ctrl-C or SIGTERM: the process's stop signals, which the
@@ -73,6 +82,10 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(cairn_migrate::run(args).await)
         }
         Some(Cmd::Snapshot(args)) => cairn_shim::snapshot_cli::run(args),
+        Some(Cmd::Check(args)) => std::process::exit(cairn_shim::disk_check::run(args)),
+        Some(Cmd::Upgrade(args)) => std::process::exit(
+            cairn_migrate::upgrade::run(args, &cairn_shim::release::this_release()).await,
+        ),
         None => {
             tracing_subscriber::fmt()
                 .with_env_filter(

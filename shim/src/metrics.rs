@@ -9,6 +9,26 @@ use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 
 use crate::node::Node;
 
+/// `cairn_build_info{version, store_schema, peer_protocol} 1`, as Go
+/// binaries export `*_build_info`: a dashboard sees a mixed-release
+/// cluster during a rolling upgrade, and which releases may mix.
+fn build_info() -> prometheus::Result<IntGauge> {
+    let g = IntGauge::with_opts(
+        Opts::new(
+            "cairn_build_info",
+            "Cairn's release, the store schema version it writes and the peer protocol it speaks; always 1.",
+        )
+        .const_label("version", crate::release::VERSION)
+        .const_label("store_schema", cairn_raft_backend::SCHEMA_VERSION.to_string())
+        .const_label(
+            "peer_protocol",
+            cairn_proto::cairnpb::peer::v1::PROTOCOL_VERSION.to_string(),
+        ),
+    )?;
+    g.set(1);
+    Ok(g)
+}
+
 #[derive(Clone)]
 pub struct ServerMetrics {
     has_leader: IntGauge,
@@ -75,6 +95,7 @@ impl ServerMetrics {
         registry.register(Box::new(m.compact_revision.clone()))?;
         registry.register(Box::new(m.grpc_started.clone()))?;
         registry.register(Box::new(m.grpc_handled.clone()))?;
+        registry.register(Box::new(build_info()?))?;
         Ok(m)
     }
 }

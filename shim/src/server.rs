@@ -166,6 +166,30 @@ async fn join_existing(
     anyhow::bail!("cannot join the running cluster: {last_err}")
 }
 
+/// Appends timed at start, and the longest that may take: a short
+/// `cairn check disk`, off the request path.
+const START_DISK_CHECK: (u32, Duration) = (32, Duration::from_secs(1));
+
+/// Times a few fdatasyncs in the data dir in the background and warns when
+/// their p99 is over etcd's 10 ms guidance: every write waits on the log's.
+fn warn_if_disk_is_slow(data_dir: std::path::PathBuf) {
+    tokio::task::spawn_blocking(move || {
+        let (count, limit) = START_DISK_CHECK;
+        match crate::disk_check::measure(&data_dir, count, limit) {
+            Ok(r) if r.fast_enough => tracing::info!(
+                p50_ms = r.p50_ms, p99_ms = r.p99_ms, samples = r.count,
+                "disk check: fdatasync is fast enough"
+            ),
+            Ok(r) => tracing::warn!(
+                p50_ms = r.p50_ms, p99_ms = r.p99_ms, max_ms = r.max_ms, samples = r.count,
+                "disk check: fdatasync p99 is over etcd's 10 ms guidance; writes will be slow (cairn check disk --data-dir {} measures longer)",
+                data_dir.display()
+            ),
+            Err(e) => tracing::warn!(error = %e, "disk check: could not measure fdatasync"),
+        }
+    });
+}
+
 /// Opens the store and identity in the configured data dir and starts Raft.
 pub(crate) async fn open_node(args: &ServeArgs) -> anyhow::Result<SharedNode> {
     args.validate()?;
@@ -189,6 +213,7 @@ pub(crate) async fn open_node(args: &ServeArgs) -> anyhow::Result<SharedNode> {
     let store = Store::open(&data_dir, &registry, opts)
         .await
         .with_context(|| format!("open store in {}", data_dir.display()))?;
+    warn_if_disk_is_slow(data_dir);
     Ok(Arc::new(Node {
         store,
         id,

@@ -11,6 +11,7 @@ mod macros;
 mod util;
 
 mod bad_input;
+mod check_disk;
 mod cluster;
 mod cluster_etcdctl;
 mod crash;
@@ -22,5 +23,6 @@ mod lease;
 mod migrate;
 mod peer_traffic;
 mod snapshot;
+mod upgrade;
 mod watch_differential;
 mod watch_semantics;

@@ -391,12 +391,7 @@ async fn a_three_member_cluster_restores_from_one_etcd_snapshot() -> Result<()> 
     save(&etcd.endpoint(), &snap).await?;
 
     let ports = [free_port()?, free_port()?, free_port()?];
-    let initial = ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("m{i}=http://127.0.0.1:{p}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let initial = cairn_e2e::member::initial_cluster(&ports);
     let start = |i: usize| {
         let (snap, initial) = (snap.clone(), initial.clone());
         let opts = MemberOptions {

@@ -38,6 +38,9 @@ use crate::error::{Result, StoreError};
 /// Bumped whenever the layout changes; a data dir written by a newer layout is refused.
 pub const SCHEMA_VERSION: i64 = 3;
 
+/// The oldest schema this build opens (and upgrades in place, `migrate`).
+pub const OLDEST_SCHEMA_VERSION: i64 = 1;
+
 const DDL: &str = "
 CREATE TABLE IF NOT EXISTS history (
     id         INTEGER PRIMARY KEY,
@@ -132,14 +135,32 @@ pub fn open_writer(path: &Path) -> Result<Connection> {
     // A WAL that grew (a long reader held its frames) is cut back to this
     // when it next starts over.
     conn.pragma_update(None, "journal_size_limit", 64i64 << 20)?;
-    conn.execute_batch(DDL)?;
-    let version: Option<i64> = conn
-        .query_row(
+    // The version first: a store a newer release wrote is refused before
+    // this one's DDL touches it.
+    let has_meta: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
+        [],
+        |r| r.get(0),
+    )?;
+    let version: Option<i64> = if has_meta {
+        conn.query_row(
             "SELECT value FROM meta WHERE name = ?1",
             [meta::SCHEMA_VERSION],
             |r| r.get(0),
         )
-        .optional()?;
+        .optional()?
+    } else {
+        None
+    };
+    if let Some(v) = version.filter(|v| *v > SCHEMA_VERSION) {
+        return Err(StoreError::NewerSchema {
+            found: v,
+            release: env!("CARGO_PKG_VERSION"),
+            oldest: OLDEST_SCHEMA_VERSION,
+            newest: SCHEMA_VERSION,
+        });
+    }
+    conn.execute_batch(DDL)?;
     match version {
         None => {
             let tx = conn.unchecked_transaction()?;
@@ -154,11 +175,6 @@ pub fn open_writer(path: &Path) -> Result<Connection> {
                 set_meta(&tx, name, value)?;
             }
             tx.commit()?;
-        }
-        Some(v) if v > SCHEMA_VERSION => {
-            return Err(StoreError::Corrupt(format!(
-                "data dir has schema version {v}, this binary understands up to {SCHEMA_VERSION}"
-            )))
         }
         Some(v) if v < SCHEMA_VERSION => migrate(&mut conn)?,
         Some(_) => {}
