@@ -257,33 +257,12 @@ impl SourceTls {
 
     /// User and password from --from-user (USER[:PASSWORD]) and --from-password.
     pub fn credentials(&self) -> Result<Option<Credentials>> {
-        let Some(u) = &self.from_user else {
-            if self.from_password.is_some() {
-                return Err(Error::BadInput("--from-password needs --from-user".into()));
-            }
-            return Ok(None);
-        };
-        let (user, inline) = match u.split_once(':') {
-            Some((user, pw)) => (user.to_string(), Some(pw.to_string())),
-            None => (u.clone(), None),
-        };
-        let password = match (inline, self.from_password.clone()) {
-            (Some(p), None) | (None, Some(p)) => p,
-            (Some(_), Some(_)) => {
-                return Err(Error::BadInput(
-                    "give the source's password once: in --from-user USER:PASSWORD or in --from-password".into(),
-                ))
-            }
-            (None, None) => {
-                return Err(Error::BadInput(
-                    "--from-user needs a password: --from-user USER:PASSWORD or --from-password".into(),
-                ))
-            }
-        };
-        if user.is_empty() {
-            return Err(Error::BadInput("--from-user names no user".into()));
-        }
-        Ok(Some(Credentials { user, password }))
+        Ok(crate::connect::credentials(
+            self.from_user.as_deref(),
+            self.from_password.as_deref(),
+            ("--from-user", "--from-password"),
+        )?
+        .map(|(user, password)| Credentials { user, password }))
     }
 }
 
