@@ -273,9 +273,9 @@ async fn main() -> Result<()> {
     .await?;
     ensure!(cut.code == 0, "cutover failed: {}", cut.all());
     for line in cut
-        .stdout
+        .all()
         .lines()
-        .filter(|l| l.contains("took") || l.contains("verify at"))
+        .filter(|l| l.contains("took") || l.contains("verify at") || l.contains(" INFO "))
     {
         println!("cutover says: {}", line.trim());
     }

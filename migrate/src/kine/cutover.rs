@@ -103,6 +103,12 @@ pub async fn run_cutover(
             st.target_revision
         )));
     }
+    tracing::info!(
+        revision = r,
+        took_ms = started.elapsed().as_millis() as u64,
+        "the target holds kine's last revision; verifying"
+    );
+    let verify_started = Instant::now();
     let verified = match mode {
         VerifyMode::None => VerifyReport {
             revision: r,
@@ -120,6 +126,12 @@ pub async fn run_cutover(
             verified.differences
         )));
     }
+    tracing::info!(
+        revision = r,
+        took_ms = verify_started.elapsed().as_millis() as u64,
+        keys = verified.source_keys,
+        "verified"
+    );
     let now = db.heads().await?.current;
     if now != r {
         return Err(Error::BadInput(format!(
