@@ -118,6 +118,9 @@ pub struct KineStore {
     log: Mutex<Vec<WrittenRow>>,
     /// The last id [`KineStore::bulk_create`] wrote (its rows are not logged).
     bulk_last: Mutex<i64>,
+    /// PostgreSQL: the server's admin URL and this store's database, dropped by
+    /// [`KineStore::drop_database`].
+    owned_db: Option<(String, String)>,
 }
 
 /// The test server's URL (a user that may create databases), from
@@ -158,6 +161,7 @@ impl KineStore {
             url: format!("sqlite://{}", path.display()),
             log: Mutex::new(Vec::new()),
             bulk_last: Mutex::new(0),
+            owned_db: None,
         };
         store
             .insert("compact_rev_key", true, false, 0, 0, 0, Some(b""))
@@ -191,11 +195,27 @@ impl KineStore {
             },
             log: Mutex::new(Vec::new()),
             bulk_last: Mutex::new(0),
+            owned_db: Some((admin_url.to_string(), name.to_string())),
         };
         store
             .insert("compact_rev_key", true, false, 0, 0, 0, Some(b""))
             .await?;
         Ok(store)
+    }
+
+    /// Drops a PostgreSQL store's database (a test that passed, a
+    /// benchmark that ended); a SQLite file goes with its temp dir.
+    pub async fn drop_database(self) -> Result<()> {
+        let Some((admin_url, name)) = self.owned_db.clone() else {
+            return Ok(());
+        };
+        drop(self);
+        let (admin, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+            .await?;
+        Ok(())
     }
 
     /// kine's Insert: one row, its id the new revision.

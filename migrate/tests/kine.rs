@@ -320,6 +320,10 @@ async fn live_migration_keeps_every_revision(backend: Backend) -> Result<()> {
     let mut client = cairn.client().await?;
     compare_every_revision(&mut client, &store, final_state.start_revision, c, end).await?;
     check_ttls(&mut client).await?;
+    drop(m);
+    if let Ok(store) = Arc::try_unwrap(store) {
+        store.drop_database().await?;
+    }
     Ok(())
 }
 
@@ -527,7 +531,7 @@ async fn postgres_refusing_the_login_is_one_clear_error() -> Result<()> {
     refused(&target, &missing, "no such database").await?;
     let not_kine = cairn_e2e::kine::with_database(&admin, "postgres");
     refused(&target, &not_kine, "it is not kine's database").await?;
-    Ok(())
+    store.drop_database().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -285,5 +285,9 @@ async fn main() -> Result<()> {
     );
     let status = m.wait_exit(Duration::from_secs(60)).await?;
     ensure!(status.success(), "migrate start ended {status}");
+    drop(m);
+    if let Ok(store) = Arc::try_unwrap(store) {
+        store.drop_database().await?;
+    }
     Ok(())
 }
