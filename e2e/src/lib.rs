@@ -21,6 +21,7 @@
 //! * [`migrator`]: `cairn migrate` as a user runs it (a `start` process to
 //!   kill -9 and rerun; one-shot status, verify, cutover and abort).
 //! * [`kine`]: kine's database (SQLite or PostgreSQL) written as kine writes it.
+//! * [`measure`]: what the benchmark binaries measure alike.
 //! * [`source_load`]: a kube-shaped writer that keeps a source busy.
 //! * [`compare`]: two stores at one revision (key-values, HashKV) and the
 //!   events between two revisions.
@@ -67,6 +68,7 @@ pub mod grpc;
 pub mod http;
 pub mod kine;
 pub mod linearizability;
+pub mod measure;
 pub mod member;
 pub mod migrator;
 pub mod model;

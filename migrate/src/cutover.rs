@@ -251,6 +251,24 @@ async fn fenced_part(
     )))
 }
 
+/// Refuses a cutover unless the target follows `source` (the copy complete).
+pub async fn ready_for_cutover(tgt: &Target, source: &str) -> Result<()> {
+    let st = tgt.state().await?;
+    match Phase::try_from(st.phase) {
+        Ok(Phase::Following) => Ok(()),
+        Ok(Phase::CutOver) => Err(Error::BadInput(format!(
+            "the target at {} is already cut over (at revision {})",
+            tgt.urls(),
+            st.target_revision
+        ))),
+        _ => Err(Error::BadInput(format!(
+            "the target at {} is not following {source} (phase {}): cutover needs the copy complete (cairn migrate start)",
+            tgt.urls(),
+            phase_name(st.phase)
+        ))),
+    }
+}
+
 /// Runs the cutover. On any failure before the switch the fence is lifted.
 pub async fn run_cutover(
     src: &Source,
@@ -258,24 +276,7 @@ pub async fn run_cutover(
     timeout: Duration,
     mode: VerifyMode,
 ) -> Result<CutoverDone> {
-    let st = tgt.state().await?;
-    match Phase::try_from(st.phase) {
-        Ok(Phase::Following) => {}
-        Ok(Phase::CutOver) => {
-            return Err(Error::BadInput(format!(
-                "the target at {} is already cut over (at revision {})",
-                tgt.urls(),
-                st.target_revision
-            )))
-        }
-        _ => {
-            return Err(Error::BadInput(format!(
-                "the target at {} is not following the source (phase {}): cutover needs the copy complete (cairn migrate start)",
-                tgt.urls(),
-                phase_name(st.phase)
-            )))
-        }
-    }
+    ready_for_cutover(tgt, "the source").await?;
     let member = src.status().await?.member_id;
     let fenced_at = Instant::now();
     src.fence(member).await?;

@@ -104,6 +104,35 @@ fn spawn_watch(mut watch: SourceWatch) -> (mpsc::Receiver<Item>, AbortOnDrop) {
     (rx, AbortOnDrop(task))
 }
 
+/// How following ends once the target is not where the follower left it:
+/// cut over, aborted, or moved by someone else.
+pub fn end_for(st: MigrationState) -> Result<FollowEnd> {
+    match Phase::try_from(st.phase) {
+        Ok(Phase::CutOver) => Ok(FollowEnd::CutOver(st)),
+        Ok(Phase::Aborted) => Err(Error::TargetAborted),
+        _ => {
+            tracing::info!(
+                phase = phase_name(st.phase),
+                target_revision = st.target_revision,
+                "the target moved without this migrator; going on from where it is"
+            );
+            Ok(FollowEnd::Resync)
+        }
+    }
+}
+
+/// Reads the target's state: an end for a follower at revision `at` if
+/// the target left phase FOLLOWING or moved past `at`. State is one
+/// member's applied view, which may trail: only a target ahead of the
+/// follower means someone else imported.
+pub async fn target_moved(tgt: &Target, at: i64) -> Result<Option<FollowEnd>> {
+    let st = tgt.state().await?;
+    if st.phase != Phase::Following as i32 || st.target_revision > at {
+        return end_for(st).map(Some);
+    }
+    Ok(None)
+}
+
 /// The follower's state between calls.
 pub struct Follower<'a> {
     src: &'a Source,
@@ -277,28 +306,7 @@ impl<'a> Follower<'a> {
         }
         // A compaction past what the watch still has to deliver cancels the
         // watch (WatchItem::Compacted); nothing to decide here.
-        let st = self.tgt.state().await?;
-        // State is one member's applied view, which may trail: only a target
-        // ahead of this follower means someone else imported.
-        if st.phase != Phase::Following as i32 || st.target_revision > self.state.target_revision {
-            return Ok(Some(self.end_for(st)?));
-        }
-        Ok(None)
-    }
-
-    fn end_for(&self, st: MigrationState) -> Result<FollowEnd> {
-        match Phase::try_from(st.phase) {
-            Ok(Phase::CutOver) => Ok(FollowEnd::CutOver(st)),
-            Ok(Phase::Aborted) => Err(Error::TargetAborted),
-            _ => {
-                tracing::info!(
-                    phase = phase_name(st.phase),
-                    target_revision = st.target_revision,
-                    "the target moved without this migrator; going on from where it is"
-                );
-                Ok(FollowEnd::Resync)
-            }
-        }
+        target_moved(self.tgt, self.state.target_revision).await
     }
 
     /// Sends one ImportRevisions call if there is anything to send.
@@ -363,7 +371,7 @@ impl<'a> Follower<'a> {
                 }
                 match Phase::try_from(self.state.phase) {
                     Ok(Phase::Following) => Ok(None),
-                    _ => self.end_for(self.state.clone()).map(Some),
+                    _ => end_for(self.state.clone()).map(Some),
                 }
             }
             Err(Error::OutOfStep { message, .. }) => {
@@ -373,7 +381,7 @@ impl<'a> Follower<'a> {
             Err(Error::Refused { message, .. }) => {
                 tracing::warn!(%message, "the target refused an import; reading its state");
                 let st = self.tgt.state().await?;
-                self.end_for(st).map(Some)
+                end_for(st).map(Some)
             }
             Err(e) => Err(e),
         }

@@ -22,9 +22,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use cairn_e2e::kine::{fresh_db_name, test_postgres, KineStore};
+use cairn_e2e::measure::{peak_rss_kib, percentile, put_arrives, until_following};
 use cairn_e2e::migrator::{self, field, Migrator};
 use cairn_e2e::{Kind, Member, MemberOptions};
-use etcd_client::{EventType, GetOptions, WatchOptions};
+use etcd_client::{GetOptions, WatchOptions};
 
 struct Args {
     source: String,
@@ -60,25 +61,6 @@ fn parse_args() -> Result<Args> {
         }
     }
     Ok(a)
-}
-
-/// VmHWM (peak resident set) of a process, in KiB.
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 /// Kine updates at `rate`/s over 500 keys, from 4 writers.
@@ -141,25 +123,8 @@ async fn measure_lag(
                 .await?
         };
         let committed = Instant::now();
-        let deadline = committed + Duration::from_secs(30);
-        'wait: loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            ensure!(!left.is_zero(), "probe at {rev} never reached the target");
-            let Ok(msg) = tokio::time::timeout(left, events.message()).await else {
-                continue;
-            };
-            let Some(resp) = msg? else {
-                bail!("the target's watch ended");
-            };
-            for e in resp.events() {
-                if e.event_type() == EventType::Put
-                    && e.kv().is_some_and(|kv| kv.mod_revision() >= rev)
-                {
-                    samples.push(committed.elapsed());
-                    break 'wait;
-                }
-            }
-        }
+        put_arrives(&mut events, rev).await?;
+        samples.push(committed.elapsed());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(samples)
@@ -204,20 +169,7 @@ async fn main() -> Result<()> {
     let copy_start = Instant::now();
     let mut m = Migrator::start(&store.url, &to, &[])?;
     let pid = m.pid().context("migrator pid")?;
-    let mut peak = 0;
-    let following = {
-        let deadline = Instant::now() + Duration::from_secs(3600);
-        loop {
-            ensure!(Instant::now() < deadline, "the copy took over an hour");
-            peak = peak.max(peak_rss_kib(pid).unwrap_or(0));
-            ensure!(m.is_running(), "the migrator exited: {}", m.log());
-            let s = migrator::status(&to).await?;
-            if s["phase"] == "following" {
-                break s;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    };
+    let (following, mut peak) = until_following(&mut m, &to).await?;
     let copy = copy_start.elapsed();
     let keys = field(&following, "keys_copied");
     let held = target_client

@@ -24,13 +24,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use cairn_e2e::binaries::cairn_bin;
+use cairn_e2e::measure::{peak_rss_kib, percentile, put_arrives, until_following};
 use cairn_e2e::migrator::{self, field, wait_status, Migrator};
 use cairn_e2e::ports::free_port;
 use cairn_e2e::source_load::fill_keys;
 use cairn_e2e::{Kind, Member, MemberOptions};
-use etcd_client::{
-    Client, CompactionOptions, Compare, CompareOp, EventType, Txn, TxnOp, WatchOptions,
-};
+use etcd_client::{Client, CompactionOptions, Compare, CompareOp, Txn, TxnOp, WatchOptions};
 
 struct Args {
     keys: usize,
@@ -164,25 +163,6 @@ async fn fill(source: &Client, keys: usize, value_size: usize) -> Result<i64> {
     Ok(rev)
 }
 
-/// VmHWM (peak resident set) of a process, in KiB.
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
 /// Kube-shaped updates (a Txn on the mod_revision just read) at `rate`/s.
 async fn paced_load(source: Client, rate: u64, stop: Arc<AtomicBool>) -> Result<u64> {
     const WORKERS: u64 = 8;
@@ -236,25 +216,8 @@ async fn measure_lag(source: &Client, target: &Client, span: Duration) -> Result
         let put = sc.put("/bench/probe", "p", None).await?;
         let acked = Instant::now();
         let rev = put.header().context("header")?.revision();
-        let deadline = acked + Duration::from_secs(30);
-        'wait: loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            ensure!(!left.is_zero(), "probe at {rev} never reached the target");
-            let Ok(msg) = tokio::time::timeout(left, events.message()).await else {
-                continue;
-            };
-            let Some(resp) = msg? else {
-                bail!("the target's watch ended");
-            };
-            for e in resp.events() {
-                if e.event_type() == EventType::Put
-                    && e.kv().is_some_and(|kv| kv.mod_revision() >= rev)
-                {
-                    samples.push(acked.elapsed());
-                    break 'wait;
-                }
-            }
-        }
+        put_arrives(&mut events, rev).await?;
+        samples.push(acked.elapsed());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(samples)
@@ -312,20 +275,7 @@ async fn main() -> Result<()> {
     let copy_start = Instant::now();
     let mut m = Migrator::start(&source_member.endpoint(), &to, &[])?;
     let pid = m.pid().context("migrator pid")?;
-    let mut peak = 0;
-    let following = {
-        let deadline = Instant::now() + Duration::from_secs(3600);
-        loop {
-            ensure!(Instant::now() < deadline, "the copy took over an hour");
-            peak = peak.max(peak_rss_kib(pid).unwrap_or(0));
-            ensure!(m.is_running(), "the migrator exited: {}", m.log());
-            let s = migrator::status(&to).await?;
-            if s["phase"] == "following" {
-                break s;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    };
+    let (following, mut peak) = until_following(&mut m, &to).await?;
     let copy = copy_start.elapsed();
     let keys = field(&following, "keys_copied");
     // The target's own count, not the migrator's word for it.

@@ -8,16 +8,16 @@
 
 use std::time::{Duration, Instant};
 
-use cairn_proto::migrate::{MigrationState, Phase};
+use cairn_proto::migrate::MigrationState;
 
-use crate::cutover::{bring_to_with, VerifyMode};
+use crate::cutover::{bring_to_with, ready_for_cutover, VerifyMode};
 use crate::error::{Error, Result};
 use crate::kine::db::KineDb;
 use crate::kine::follow::KineFollower;
 use crate::kine::row::{Change, Row};
 use crate::kine::verify::verify;
 use crate::progress::Progress;
-use crate::target::{phase_name, Target};
+use crate::target::Target;
 use crate::verify::{show_key, VerifyReport};
 
 /// What a completed cutover did.
@@ -54,24 +54,7 @@ pub async fn run_cutover(
     mode: VerifyMode,
     still: Duration,
 ) -> Result<KineCutoverDone> {
-    let st = tgt.state().await?;
-    match Phase::try_from(st.phase) {
-        Ok(Phase::Following) => {}
-        Ok(Phase::CutOver) => {
-            return Err(Error::BadInput(format!(
-                "the target at {} is already cut over (at revision {})",
-                tgt.urls(),
-                st.target_revision
-            )))
-        }
-        _ => {
-            return Err(Error::BadInput(format!(
-                "the target at {} is not following kine (phase {}): cutover needs the copy complete (cairn migrate start)",
-                tgt.urls(),
-                phase_name(st.phase)
-            )))
-        }
-    }
+    ready_for_cutover(tgt, "kine").await?;
     let before = db.heads().await?;
     tokio::time::sleep(still).await;
     let r = db.heads().await?.current;

@@ -43,6 +43,21 @@ pub struct BasePage {
     pub heads: Heads,
 }
 
+impl BasePage {
+    /// A page from the names a read of at most `limit` names scanned, in
+    /// name order: its live keys, where the next page starts, whether it may.
+    pub fn from_scanned(scanned: Vec<BaseEntry>, limit: i64, heads: Heads) -> BasePage {
+        let more = scanned.len() as i64 >= limit;
+        let scanned_to = scanned.last().map(|e| e.row.name.clone());
+        BasePage {
+            entries: live_entries(scanned),
+            scanned_to,
+            more,
+            heads,
+        }
+    }
+}
+
 /// Rows after an id, in id order, with the snapshot's heads.
 #[derive(Clone, Debug, Default)]
 pub struct RowsPage {

@@ -20,12 +20,12 @@ use cairn_proto::migrate::{
 
 use crate::connect::timed;
 use crate::error::{Error, Result};
-use crate::follow::{FollowEnd, HOUSEKEEPING};
+use crate::follow::{end_for, target_moved, FollowEnd, HOUSEKEEPING};
 use crate::kine::db::KineDb;
 use crate::kine::row::{event, lease_for, Change, Row};
 use crate::kvread::kv_client;
 use crate::progress::Progress;
-use crate::target::{phase_name, unix_ms, Target};
+use crate::target::{unix_ms, Target};
 use crate::verify::show_key;
 
 /// Rows one poll reads, and one ImportRevisions call carries, at most.
@@ -137,7 +137,7 @@ impl<'a> KineFollower<'a> {
             let lag = self.behind_since.map(|t| t.elapsed()).unwrap_or_default();
             progress.following(self.state.target_revision, self.source_revision, lag);
             if Instant::now() >= next_housekeeping {
-                if let Some(end) = self.housekeeping().await? {
+                if let Some(end) = target_moved(self.tgt, self.state.target_revision).await? {
                     return Ok(end);
                 }
                 next_housekeeping = Instant::now() + HOUSEKEEPING;
@@ -303,7 +303,7 @@ impl<'a> KineFollower<'a> {
                 self.state = st;
                 match Phase::try_from(self.state.phase) {
                     Ok(Phase::Following) => Ok(None),
-                    _ => self.end_for(self.state.clone()).map(Some),
+                    _ => end_for(self.state.clone()).map(Some),
                 }
             }
             Err(e) => {
@@ -319,35 +319,10 @@ impl<'a> KineFollower<'a> {
                     Error::Refused { message, .. } => {
                         tracing::warn!(%message, "the target refused an import; reading its state");
                         let st = self.tgt.state().await?;
-                        self.end_for(st).map(Some)
+                        end_for(st).map(Some)
                     }
                     e => Err(e),
                 }
-            }
-        }
-    }
-
-    async fn housekeeping(&mut self) -> Result<Option<FollowEnd>> {
-        let st = self.tgt.state().await?;
-        // State is one member's applied view, which may trail: only a target
-        // ahead of this follower means someone else imported.
-        if st.phase != Phase::Following as i32 || st.target_revision > self.state.target_revision {
-            return Ok(Some(self.end_for(st)?));
-        }
-        Ok(None)
-    }
-
-    fn end_for(&self, st: MigrationState) -> Result<FollowEnd> {
-        match Phase::try_from(st.phase) {
-            Ok(Phase::CutOver) => Ok(FollowEnd::CutOver(st)),
-            Ok(Phase::Aborted) => Err(Error::TargetAborted),
-            _ => {
-                tracing::info!(
-                    phase = phase_name(st.phase),
-                    target_revision = st.target_revision,
-                    "the target moved without this migrator; going on from where it is"
-                );
-                Ok(FollowEnd::Resync)
             }
         }
     }

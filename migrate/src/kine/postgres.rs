@@ -9,9 +9,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, IsolationLevel};
 
 use crate::error::{Error, Result};
-use crate::kine::db::{
-    check_columns, live_entries, no_kine_table, BaseEntry, BasePage, Heads, RowsPage,
-};
+use crate::kine::db::{check_columns, no_kine_table, BaseEntry, BasePage, Heads, RowsPage};
 use crate::kine::row::Row;
 use crate::kine::source_url::redact_password;
 use crate::kine::tls::split_tls;
@@ -189,14 +187,7 @@ impl PgKine {
                 })
                 .collect::<std::result::Result<Vec<_>, tokio_postgres::Error>>()?;
             scanned.sort_by(|a, b| a.row.name.cmp(&b.row.name));
-            let more = scanned.len() as i64 >= limit;
-            let scanned_to = scanned.last().map(|e| e.row.name.clone());
-            Ok(BasePage {
-                entries: live_entries(scanned),
-                scanned_to,
-                more,
-                heads,
-            })
+            Ok(BasePage::from_scanned(scanned, limit, heads))
         }
         .await;
         res.map_err(|e| classify(&self.db, e))

@@ -11,9 +11,7 @@ use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension};
 
 use crate::error::{Error, Result};
-use crate::kine::db::{
-    check_columns, live_entries, no_kine_table, BaseEntry, BasePage, Heads, RowsPage,
-};
+use crate::kine::db::{check_columns, no_kine_table, BaseEntry, BasePage, Heads, RowsPage};
 use crate::kine::row::Row;
 
 /// How long a read waits on a lock before it fails (kine's own busy timeout is 30s).
@@ -140,14 +138,7 @@ impl SqliteKine {
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             drop(stmt);
             tx.finish()?;
-            let more = scanned.len() as i64 >= limit;
-            let scanned_to = scanned.last().map(|e| e.row.name.clone());
-            Ok(BasePage {
-                entries: live_entries(scanned),
-                scanned_to,
-                more,
-                heads,
-            })
+            Ok(BasePage::from_scanned(scanned, limit, heads))
         })
         .await
     }
