@@ -580,3 +580,67 @@ async fn abort_gives_the_import_up_and_leaves_kine_alone() -> Result<()> {
     ensure!(store.current() == rows_before + 1);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hole_kine_never_filled_stops_the_cutover_and_says_why() -> Result<()> {
+    let target = start_target().await?;
+    let (tgt, _) = Target::connect(&cfg(&target.endpoint())).await?;
+    let (store, _dir) = kine_store(Backend::Sqlite).await?;
+    seed(&store, 50).await?;
+    let mut m = Migrator::start(&store.url, &target.endpoint(), &[])?;
+    // k3s stopped a moment after a transaction that took an id rolled back:
+    // a hole no fill record closed.
+    let hole = store.skip_id().await?;
+    store
+        .update("/registry/pods/ns/p00001", b"after the hole", 0)
+        .await?;
+    wait_state(
+        &tgt,
+        None::<&mut tokio::task::JoinHandle<()>>,
+        "the target at the hole",
+        Duration::from_secs(30),
+        |s| s.phase == Phase::Following as i32 && s.target_revision == hole - 1,
+    )
+    .await
+    .with_context(|| context(&m))?;
+    let cutover = |timeout: &'static str| {
+        let (from, to) = (
+            format!("--from={}", store.url),
+            format!("--to={}", target.endpoint()),
+        );
+        async move {
+            migrator::run(
+                &[
+                    "cutover",
+                    &from,
+                    &to,
+                    "--still=300ms",
+                    timeout,
+                    "--watch-after=100ms",
+                ],
+                Duration::from_secs(60),
+            )
+            .await
+        }
+    };
+    let out = cutover("--timeout=3s").await?;
+    ensure!(
+        out.code == 1
+            && out
+                .stderr
+                .contains(&format!("kine's ids have a hole at revision {hole}")),
+        "{}",
+        out.all()
+    );
+    ensure!(target_state(&tgt).await?.phase == Phase::Following as i32);
+    // kine would have filled it had it run a second longer.
+    store.fill(hole).await?;
+    let out = cutover("--timeout=30s").await?;
+    ensure!(out.code == 0, "{}\n{}", out.all(), context(&m));
+    ensure!(
+        m.wait_exit(Duration::from_secs(30)).await?.success(),
+        "{}",
+        context(&m)
+    );
+    Ok(())
+}

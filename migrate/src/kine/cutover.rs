@@ -72,14 +72,18 @@ pub async fn run_cutover(
         revision = r,
         "kine stayed still; bringing the target to its last revision"
     );
-    let st: MigrationState = bring_to_with(tgt, r, deadline, |st, until| async move {
+    let caught_up = bring_to_with(tgt, r, deadline, |st, until| async move {
         let mut progress = Progress::hidden();
         KineFollower::new(db, tgt, st)
             .await?
             .run(Some(until), &mut progress)
             .await
     })
-    .await?;
+    .await;
+    let st: MigrationState = match caught_up {
+        Err(Error::Timeout(what)) => return Err(hole_or(db, tgt, what).await),
+        other => other?,
+    };
     if st.target_revision != r {
         return Err(Error::Inconsistent(format!(
             "the target is at revision {}, past kine's last revision {r}",
@@ -127,6 +131,25 @@ pub async fn run_cutover(
         took: started.elapsed(),
         verified,
     })
+}
+
+/// Why the target did not reach kine's last revision: a hole in kine's ids
+/// that kine never filled (k3s stopped within a second of it), or the
+/// plain timeout.
+async fn hole_or(db: &KineDb, tgt: &Target, timeout: String) -> Error {
+    let at = match tgt.state().await {
+        Ok(st) => st.target_revision,
+        Err(e) => return e,
+    };
+    match db.rows_after(at, 1).await {
+        Ok(page) if page.rows.first().is_some_and(|r| r.id > at + 1) => Error::BadInput(format!(
+            "kine's ids have a hole at revision {}: no row, and no fill record (kine writes one a second after a hole appears, \
+             but k3s was stopped first). Start k3s for a few seconds so that kine fills it, stop it, and run the cutover again",
+            at + 1
+        )),
+        Ok(_) => Error::Timeout(timeout),
+        Err(e) => e,
+    }
 }
 
 /// Polls kine after `revision` for `window`; one line per row found.
