@@ -322,6 +322,56 @@ impl KineStore {
         self.insert(key, false, true, 0, prev.id, 0, None).await
     }
 
+    /// kine's Update of `key`, in a PostgreSQL transaction left open: its
+    /// id is taken, its row not yet visible, as while kine's insert waits
+    /// to commit. [`HeldUpdate::commit`] ends it.
+    pub async fn hold_update(&self, key: &str, value: &[u8]) -> Result<HeldUpdate> {
+        let Some((admin_url, name)) = &self.owned_db else {
+            bail!("a held transaction needs a PostgreSQL store");
+        };
+        let Some(prev) = self.latest(key).filter(|r| !r.deleted) else {
+            bail!("{key} does not exist")
+        };
+        let (client, conn) =
+            tokio_postgres::connect(&with_database(admin_url, name), tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        client.batch_execute("BEGIN").await?;
+        let create = if prev.created {
+            prev.id
+        } else {
+            prev.create_revision
+        };
+        let id: i64 = client
+            .query_one(
+                POSTGRES_INSERT,
+                &[
+                    &key,
+                    &0i32,
+                    &0i32,
+                    &create,
+                    &prev.id,
+                    &0i32,
+                    &Some(value),
+                    &prev.id,
+                ],
+            )
+            .await?
+            .try_get(0)?;
+        Ok(HeldUpdate {
+            client,
+            row: WrittenRow {
+                id,
+                name: key.to_string(),
+                created: false,
+                deleted: false,
+                create_revision: create,
+                prev_revision: prev.id,
+                lease: 0,
+                value: value.to_vec(),
+            },
+        })
+    }
+
     /// Whether the key exists now.
     pub fn exists(&self, key: &str) -> bool {
         self.latest(key).is_some_and(|r| !r.deleted)
@@ -501,6 +551,26 @@ impl KineStore {
     }
 }
 
+/// An update whose PostgreSQL transaction is still open.
+pub struct HeldUpdate {
+    client: tokio_postgres::Client,
+    row: WrittenRow,
+}
+
+impl HeldUpdate {
+    /// The id the row took.
+    pub fn id(&self) -> i64 {
+        self.row.id
+    }
+
+    /// Commits it; the row joins `store`'s log.
+    pub async fn commit(self, store: &KineStore) -> Result<()> {
+        self.client.batch_execute("COMMIT").await?;
+        lock(&store.log).push(self.row);
+        Ok(())
+    }
+}
+
 /// `postgres://u:p@h:port/db?x` with its database replaced by `db`.
 pub fn with_database(url: &str, db: &str) -> String {
     let (base, _query) = url.split_once('?').unwrap_or((url, ""));
@@ -540,29 +610,42 @@ impl Expected {
     /// there as version 1 if it was the creation and 2 otherwise, then one
     /// more per put.
     pub fn at(&self, r: i64) -> Vec<Kv> {
-        let mut keys: BTreeMap<&str, Kv> = BTreeMap::new();
+        let mut keys: BTreeMap<Vec<u8>, Kv> = BTreeMap::new();
         for row in self.rows.iter().filter(|w| w.id <= r) {
             if row.name == "compact_rev_key" || (row.deleted && row.prev_revision == 0) {
                 continue;
             }
+            // kine serves kube-apiserver's compaction key under its own
+            // name, "<version>|<value>" (kine's pkg/server/compact.go).
+            let apiserver = row.name == "compact_rev_key_apiserver";
+            let key = if apiserver {
+                b"compact_rev_key".to_vec()
+            } else {
+                row.name.clone().into_bytes()
+            };
             if row.deleted {
-                keys.remove(row.name.as_str());
+                keys.remove(&key);
                 continue;
             }
-            let version = if row.created {
-                1
+            let (version, value) = if apiserver {
+                let text = String::from_utf8_lossy(&row.value).into_owned();
+                let (v, val) = text.split_once('|').unwrap_or((text.as_str(), "0"));
+                (v.parse().unwrap_or(0), val.as_bytes().to_vec())
+            } else if row.created {
+                (1, row.value.clone())
             } else if self.start_rows.get(&row.name) == Some(&row.id) {
-                2
+                (2, row.value.clone())
             } else {
-                keys.get(row.name.as_str())
-                    .map(|p| p.version + 1)
-                    .unwrap_or(1)
+                let previous = keys.get(&key).unwrap_or_else(|| {
+                    panic!("the writer's log updates {} before creating it", row.name)
+                });
+                (previous.version + 1, row.value.clone())
             };
             keys.insert(
-                &row.name,
+                key.clone(),
                 Kv {
-                    key: row.name.clone().into_bytes(),
-                    value: row.value.clone(),
+                    key,
+                    value,
                     create_revision: if row.created {
                         row.id
                     } else {

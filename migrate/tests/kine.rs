@@ -79,7 +79,15 @@ async fn seed(k: &KineStore, keys: u64) -> Result<()> {
     for i in (0..keys).step_by(3) {
         k.update(&format!("/registry/pods/ns/p{i:05}"), &value(i + 1), 0)
             .await?;
+        if i % 2 == 0 {
+            // Twice before the compaction: the version the copy counts is a
+            // lower bound (2) of the true one (3).
+            k.update(&format!("/registry/pods/ns/p{i:05}"), &value(i + 7), 0)
+                .await?;
+        }
     }
+    // kube-apiserver's compaction key, as kine stores it.
+    k.create("compact_rev_key_apiserver", b"1|1", 0).await?;
     for i in (0..keys).step_by(10) {
         k.delete(&format!("/registry/pods/ns/p{i:05}")).await?;
     }
@@ -113,6 +121,17 @@ async fn writer(k: Arc<KineStore>, stop: tokio::sync::watch::Receiver<bool>) -> 
             }
         } else {
             k.create(&key, &value(i), 0).await?;
+        }
+        if i % 300 == 150 {
+            // kube-apiserver's compaction Txn, as kine writes it.
+            let version = 2 + i / 300;
+            let rev = k.current();
+            k.update(
+                "compact_rev_key_apiserver",
+                format!("{version}|{rev}").as_bytes(),
+                0,
+            )
+            .await?;
         }
         if i % 25 == 0 {
             // A lease kine's TTL loop ends with a delete.
@@ -582,14 +601,15 @@ async fn abort_gives_the_import_up_and_leaves_kine_alone() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hole_kine_never_filled_stops_the_cutover_and_says_why() -> Result<()> {
+async fn a_hole_no_row_can_fill_any_more_is_imported_as_an_empty_revision() -> Result<()> {
     let target = start_target().await?;
     let (tgt, _) = Target::connect(&cfg(&target.endpoint())).await?;
     let (store, _dir) = kine_store(Backend::Sqlite).await?;
     seed(&store, 50).await?;
     let mut m = Migrator::start(&store.url, &target.endpoint(), &[])?;
-    // k3s stopped a moment after a transaction that took an id rolled back:
-    // a hole no fill record closed.
+    // A transaction took an id and rolled back, and kine restarted before
+    // it filled the hole (a restarted kine polls from its newest id on and
+    // never fills a hole below it).
     let hole = store.skip_id().await?;
     store
         .update("/registry/pods/ns/p00001", b"after the hole", 0)
@@ -603,39 +623,49 @@ async fn a_hole_kine_never_filled_stops_the_cutover_and_says_why() -> Result<()>
     )
     .await
     .with_context(|| context(&m))?;
-    let cutover = |timeout: &'static str| {
-        let (from, to) = (
-            format!("--from={}", store.url),
-            format!("--to={}", target.endpoint()),
+    // Not past it while a row could still come (at least 5 s)...
+    for _ in 0..10 {
+        let s = target_state(&tgt).await?;
+        ensure!(
+            s.target_revision == hole - 1,
+            "the target passed the hole at once: {}",
+            common::show(&s)
         );
-        async move {
-            migrator::run(
-                &[
-                    "cutover",
-                    &from,
-                    &to,
-                    "--still=300ms",
-                    timeout,
-                    "--watch-after=100ms",
-                ],
-                Duration::from_secs(60),
-            )
-            .await
-        }
-    };
-    let out = cutover("--timeout=3s").await?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // ...then past it as a revision that changes no key.
+    let last = store.current();
+    wait_state(
+        &tgt,
+        None::<&mut tokio::task::JoinHandle<()>>,
+        "the target past the permanent hole",
+        Duration::from_secs(30),
+        |s| s.target_revision == last,
+    )
+    .await
+    .with_context(|| context(&m))?;
     ensure!(
-        out.code == 1
-            && out
-                .stderr
-                .contains(&format!("kine's ids have a hole at revision {hole}")),
+        m.log()
+            .contains(&format!("kine's revision {hole} has no row")),
         "{}",
-        out.all()
+        context(&m)
     );
-    ensure!(target_state(&tgt).await?.phase == Phase::Following as i32);
-    // kine would have filled it had it run a second longer.
-    store.fill(hole).await?;
-    let out = cutover("--timeout=30s").await?;
+    let mut client = target.client().await?;
+    ensure!(
+        kvs_at(&mut client, hole).await? == kvs_at(&mut client, hole - 1).await?,
+        "revision {hole} changed a key"
+    );
+    let out = migrator::run(
+        &[
+            "cutover",
+            &format!("--from={}", store.url),
+            &format!("--to={}", target.endpoint()),
+            "--still=300ms",
+            "--watch-after=100ms",
+        ],
+        Duration::from_secs(60),
+    )
+    .await?;
     ensure!(out.code == 0, "{}\n{}", out.all(), context(&m));
     ensure!(
         m.wait_exit(Duration::from_secs(30)).await?.success(),
@@ -643,4 +673,77 @@ async fn a_hole_kine_never_filled_stops_the_cutover_and_says_why() -> Result<()>
         context(&m)
     );
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_whose_transaction_is_still_open_is_waited_for() -> Result<()> {
+    let target = start_target().await?;
+    let (tgt, _) = Target::connect(&cfg(&target.endpoint())).await?;
+    let (store, _dir) = kine_store(Backend::Postgres).await?;
+    seed(&store, 50).await?;
+    let m = Migrator::start(&store.url, &target.endpoint(), &[])?;
+    wait_state(
+        &tgt,
+        None::<&mut tokio::task::JoinHandle<()>>,
+        "following",
+        Duration::from_secs(30),
+        |s| s.phase == Phase::Following as i32,
+    )
+    .await
+    .with_context(|| context(&m))?;
+    // kine's insert took id H and has not committed; a later one has.
+    let held = store
+        .hold_update("/registry/pods/ns/p00002", b"held")
+        .await?;
+    let h = held.id();
+    store
+        .update("/registry/pods/ns/p00003", b"later", 0)
+        .await?;
+    wait_state(
+        &tgt,
+        None::<&mut tokio::task::JoinHandle<()>>,
+        "the target at the open id",
+        Duration::from_secs(30),
+        |s| s.target_revision == h - 1,
+    )
+    .await
+    .with_context(|| context(&m))?;
+    // Past the 5 s after which a hole no transaction can fill is taken for
+    // good, the target still waits: the transaction is open.
+    for _ in 0..65 {
+        let s = target_state(&tgt).await?;
+        ensure!(
+            s.target_revision == h - 1,
+            "the target passed id {h} while its transaction was open: {}",
+            common::show(&s)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    held.commit(&store).await?;
+    let last = store.current();
+    wait_state(
+        &tgt,
+        None::<&mut tokio::task::JoinHandle<()>>,
+        "the target past the committed row",
+        Duration::from_secs(30),
+        |s| s.target_revision == last,
+    )
+    .await
+    .with_context(|| context(&m))?;
+    let mut client = target.client().await?;
+    let at_h = client
+        .get(
+            "/registry/pods/ns/p00002",
+            Some(GetOptions::new().with_revision(h)),
+        )
+        .await?;
+    ensure!(
+        at_h.kvs()
+            .first()
+            .is_some_and(|kv| kv.value() == b"held" && kv.mod_revision() == h),
+        "revision {h} on the target: {:?}",
+        at_h.kvs()
+    );
+    drop(m);
+    store.drop_database().await
 }

@@ -14,14 +14,24 @@ use cairn_proto::mvccpb::KeyValue;
 use crate::copy::{split_page, CopyEnd, IMPORT_BYTES};
 use crate::error::{Error, Result};
 use crate::kine::db::{BaseEntry, KineDb};
-use crate::kine::row::{lease_for, put_kv, version_from_rows};
+use crate::kine::row::{lease_for, put_kv, version_from_rows, APISERVER_COMPACT_KEY};
 use crate::progress::Progress;
 use crate::target::{phase_name, unix_ms, Target};
 
 /// The key-value a base entry imports as, and whether its version is exact.
 pub fn base_kv(e: &BaseEntry) -> (KeyValue, bool) {
     let (version, exact) = version_from_rows(e.puts, e.has_create);
+    // kube-apiserver's compaction key carries its own version.
+    let exact = exact || e.row.name == APISERVER_COMPACT_KEY;
     (put_kv(&e.row, version), exact)
+}
+
+/// A page's key-values in key order: kube-apiserver's compaction key is
+/// served under another name than kine's row has.
+pub fn page_kvs(entries: &[BaseEntry]) -> Vec<(KeyValue, bool)> {
+    let mut kvs: Vec<(KeyValue, bool)> = entries.iter().map(base_kv).collect();
+    kvs.sort_by(|a, b| a.0.key.cmp(&b.0.key));
+    kvs
 }
 
 /// Copies the state at the target's `start_revision`, from its
@@ -60,7 +70,10 @@ pub async fn copy(
         if page.entries.is_empty() && more {
             continue;
         }
-        let kvs: Vec<KeyValue> = page.entries.iter().map(|e| base_kv(e).0).collect();
+        let kvs: Vec<KeyValue> = page_kvs(&page.entries)
+            .into_iter()
+            .map(|(kv, _)| kv)
+            .collect();
         let ttls: HashMap<i64, i64> = page
             .entries
             .iter()

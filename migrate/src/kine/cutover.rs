@@ -134,8 +134,8 @@ pub async fn run_cutover(
 }
 
 /// Why the target did not reach kine's last revision: a hole in kine's ids
-/// that kine never filled (k3s stopped within a second of it), or the
-/// plain timeout.
+/// that a transaction still open may fill (the follower moves past a hole
+/// only once none can), or the plain timeout.
 async fn hole_or(db: &KineDb, tgt: &Target, timeout: String) -> Error {
     let at = match tgt.state().await {
         Ok(st) => st.target_revision,
@@ -143,9 +143,10 @@ async fn hole_or(db: &KineDb, tgt: &Target, timeout: String) -> Error {
     };
     match db.rows_after(at, 1).await {
         Ok(page) if page.rows.first().is_some_and(|r| r.id > at + 1) => Error::BadInput(format!(
-            "kine's ids have a hole at revision {}: no row, and no fill record (kine writes one a second after a hole appears, \
-             but k3s was stopped first). Start k3s for a few seconds so that kine fills it, stop it, and run the cutover again",
-            at + 1
+            "kine's ids have a hole at revision {}: no row yet, and a transaction that may still write it is open \
+             on {}. Is k3s stopped on every server? Run the cutover again once it is",
+            at + 1,
+            db.name()
         )),
         Ok(_) => Error::Timeout(timeout),
         Err(e) => e,

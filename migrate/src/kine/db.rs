@@ -71,7 +71,7 @@ const RETRIES: u32 = 8;
 /// A kine database, read-only.
 pub enum KineDb {
     Sqlite(SqliteKine),
-    Postgres(PgKine),
+    Postgres(Box<PgKine>),
 }
 
 impl KineDb {
@@ -80,7 +80,9 @@ impl KineDb {
     pub async fn open(url: &KineUrl) -> Result<KineDb> {
         match url {
             KineUrl::Sqlite { path } => Ok(KineDb::Sqlite(SqliteKine::open(path).await?)),
-            KineUrl::Postgres { url } => Ok(KineDb::Postgres(PgKine::connect(url).await?)),
+            KineUrl::Postgres { url } => {
+                Ok(KineDb::Postgres(Box::new(PgKine::connect(url).await?)))
+            }
         }
     }
 
@@ -101,9 +103,65 @@ impl KineDb {
     }
 
     /// A stable number for this database, in place of etcd's cluster ID:
-    /// the target refuses to resume an import from another source.
+    /// the target refuses to resume an import from another source. From
+    /// where the database lives (the file's canonical path; host, port and
+    /// database), not from how `--from` spells it.
     pub fn source_id(&self) -> u64 {
-        fnv1a(self.name().as_bytes())
+        let identity = match self {
+            KineDb::Sqlite(d) => &d.identity,
+            KineDb::Postgres(d) => &d.identity,
+        };
+        fnv1a(identity.as_bytes())
+    }
+
+    /// A mark of the transactions open now (PostgreSQL: its snapshot's
+    /// xmax; SQLite has none: a reader's snapshot never misses a row that
+    /// commits later with a lower id, as one writer at a time takes ids in
+    /// order and a rolled-back one returns its id).
+    pub async fn open_transactions(&self) -> Result<Option<i64>> {
+        match self {
+            KineDb::Sqlite(_) => Ok(None),
+            KineDb::Postgres(d) => {
+                let (_, xmax) = self
+                    .retry("reading PostgreSQL's transaction horizon", || d.horizon())
+                    .await?;
+                Ok(Some(xmax))
+            }
+        }
+    }
+
+    /// Whether every transaction open at `mark` has ended (committed its
+    /// rows, or rolled back and left its ids empty for good).
+    pub async fn ended(&self, mark: Option<i64>) -> Result<bool> {
+        match (self, mark) {
+            (KineDb::Postgres(d), Some(xmax)) => {
+                let (xmin, _) = self
+                    .retry("reading PostgreSQL's transaction horizon", || d.horizon())
+                    .await?;
+                Ok(xmin >= xmax)
+            }
+            _ => Ok(true),
+        }
+    }
+
+    /// Waits until every transaction open now has ended, so that no row at
+    /// or below the current revision can still appear.
+    pub async fn settle(&self, within: Duration) -> Result<()> {
+        let mark = self.open_transactions().await?;
+        let deadline = std::time::Instant::now() + within;
+        for _ in 0..u32::MAX {
+            if self.ended(mark).await? {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(Error::Timeout(format!(
+            "a transaction open on {} stayed open {within:?}: kine's rows below its newest may still change",
+            self.name()
+        )))
     }
 
     async fn retry<T, F, Fut>(&self, what: &str, mut call: F) -> Result<T>

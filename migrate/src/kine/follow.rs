@@ -5,8 +5,13 @@
 //! Kine's ids can have a hole for a moment: a transaction that took an id
 //! (a PostgreSQL sequence) commits after a later one. The follower imports
 //! only the unbroken run after the target's revision and waits at a hole
-//! until the row appears or kine writes its fill record there; it never
-//! skips one.
+//! until the row appears or kine writes its fill record there. It moves
+//! past a hole only once no row can ever appear there: every transaction
+//! that was open when the hole was first seen has ended (PostgreSQL's
+//! transaction horizon), and [`HOLE_PERMANENT`] has passed. Kine leaves
+//! such holes for good when it restarts (its poller starts above them and
+//! never fills them); its readers see no change at that revision, and the
+//! target imports it as a revision that changes no key, as a fill record.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -22,7 +27,7 @@ use crate::connect::timed;
 use crate::error::{Error, Result};
 use crate::follow::{end_for, target_moved, FollowEnd, HOUSEKEEPING};
 use crate::kine::db::KineDb;
-use crate::kine::row::{event, lease_for, Change, Row};
+use crate::kine::row::{event, lease_for, Change, Row, APISERVER_COMPACT_KEY};
 use crate::kvread::kv_client;
 use crate::progress::Progress;
 use crate::target::{unix_ms, Target};
@@ -34,6 +39,10 @@ pub const BATCH_ROWS: i64 = 1000;
 pub const POLL: Duration = Duration::from_millis(50);
 /// How long a hole may stay before the follower says it is waiting on it.
 pub const HOLE_REPORT: Duration = Duration::from_secs(2);
+/// How long a hole stays at least before the follower may take it for
+/// permanent: kine fills one after a second while it runs, and a
+/// transaction takes its id a moment before PostgreSQL sees it open.
+pub const HOLE_PERMANENT: Duration = Duration::from_secs(5);
 /// Versions remembered for keys the follower imported (a cache: a miss
 /// reads the target).
 const VERSIONS_KEPT: usize = 200_000;
@@ -45,6 +54,18 @@ pub fn unbroken_run(after: i64, rows: Vec<Row>) -> Vec<Row> {
         .take_while(|(next, r)| r.id == *next)
         .map(|(_, r)| r)
         .collect()
+}
+
+/// A missing id the follower waits at.
+#[derive(Clone, Copy, Debug)]
+struct Hole {
+    id: i64,
+    /// When it was first seen.
+    since: Instant,
+    /// When it was last reported.
+    reported: Instant,
+    /// The transactions open when it was first seen.
+    open: Option<i64>,
 }
 
 /// A key the target holds: (key, mod_revision, version).
@@ -61,7 +82,7 @@ pub struct KineFollower<'a> {
     versions: HashMap<Vec<u8>, (i64, i64)>,
     mirrored_compact: i64,
     source_revision: i64,
-    hole: Option<(i64, Instant)>,
+    hole: Option<Hole>,
     behind_since: Option<Instant>,
 }
 
@@ -113,9 +134,18 @@ impl<'a> KineFollower<'a> {
                 );
                 return Ok(FollowEnd::Compacted(page.heads.compact));
             }
+            if page.heads.current < after {
+                return Err(Error::Inconsistent(format!(
+                    "kine's newest revision is {}, below the target's {after}: {} is not the database this import began from",
+                    page.heads.current,
+                    self.db.name()
+                )));
+            }
             let seen = page.rows.len();
-            let rows = unbroken_run(after, page.rows);
-            self.note_hole(after, seen, rows.len());
+            let mut rows = unbroken_run(after, page.rows);
+            if let Some(fill) = self.settle_hole(after, seen, rows.len()).await? {
+                rows.push(fill);
+            }
             let compact_to = if page.heads.compact > 0 && page.heads.compact > self.mirrored_compact
             {
                 page.heads.compact
@@ -149,28 +179,55 @@ impl<'a> KineFollower<'a> {
         Err(Error::Inconsistent("following never ended".into()))
     }
 
-    /// Notes a hole at `after + 1` (rows beyond it, none at it), and says so
-    /// once it has lasted [`HOLE_REPORT`].
-    fn note_hole(&mut self, after: i64, seen: usize, taken: usize) {
+    /// Notes a hole at `after + 1` (rows beyond it, none at it), says so
+    /// every [`HOLE_REPORT`], and returns its fill once it is permanent.
+    async fn settle_hole(&mut self, after: i64, seen: usize, taken: usize) -> Result<Option<Row>> {
         if taken > 0 || seen == 0 {
             self.hole = None;
-            return;
+            return Ok(None);
         }
         let missing = after + 1;
-        match self.hole {
-            Some((id, since)) if id == missing => {
-                if since.elapsed() >= HOLE_REPORT {
-                    tracing::warn!(
-                        revision = missing,
-                        waited_ms = since.elapsed().as_millis() as u64,
-                        "waiting for kine's row {missing}: later rows are written, this one is not yet \
-                         (a transaction still open, or a fill record kine has not written yet); never skipped"
-                    );
-                    self.hole = Some((missing, Instant::now()));
-                }
+        let hole = match self.hole {
+            Some(h) if h.id == missing => h,
+            _ => {
+                let now = Instant::now();
+                let h = Hole {
+                    id: missing,
+                    since: now,
+                    reported: now,
+                    open: self.db.open_transactions().await?,
+                };
+                self.hole = Some(h);
+                return Ok(None);
             }
-            _ => self.hole = Some((missing, Instant::now())),
+        };
+        if hole.since.elapsed() >= HOLE_PERMANENT && self.db.ended(hole.open).await? {
+            // Read again: the row may have committed just before its transaction ended.
+            let again = self.db.rows_after(after, 1).await?;
+            if again.rows.first().is_some_and(|r| r.id > missing) {
+                tracing::warn!(
+                    revision = missing,
+                    "kine's revision {missing} has no row, and no transaction that could write one is open: \
+                     imported as a revision that changes no key, as kine's readers see it"
+                );
+                self.hole = None;
+                return Ok(Some(Row::absent(missing)));
+            }
+            return Ok(None);
         }
+        if hole.reported.elapsed() >= HOLE_REPORT {
+            tracing::warn!(
+                revision = missing,
+                waited_ms = hole.since.elapsed().as_millis() as u64,
+                "waiting for kine's row {missing}: later rows are written, this one is not yet \
+                 (a transaction still open, or a fill record kine has not written yet)"
+            );
+            self.hole = Some(Hole {
+                reported: Instant::now(),
+                ..hole
+            });
+        }
+        Ok(None)
     }
 
     /// Reads from the target, a few at a time, the keys that rows of this
@@ -180,7 +237,7 @@ impl<'a> KineFollower<'a> {
         let mut in_batch = HashSet::new();
         let mut wanted = Vec::new();
         for row in rows {
-            if row.change() != Change::Put {
+            if row.change() != Change::Put || row.name == APISERVER_COMPACT_KEY {
                 continue;
             }
             let known = in_batch.contains(&row.name)
@@ -219,7 +276,8 @@ impl<'a> KineFollower<'a> {
 
     /// The version a put row leaves its key at (after [`Self::prefetch_versions`]).
     fn version_of(&self, row: &Row) -> Result<i64> {
-        if row.created {
+        if row.created || row.name == APISERVER_COMPACT_KEY {
+            // kube-apiserver's compaction key carries its version (put_kv).
             return Ok(1);
         }
         match self.versions.get(&row.name) {

@@ -53,6 +53,12 @@ const COUNT_AT: &str = "SELECT COUNT(*)::bigint FROM \
 /// A kine PostgreSQL database.
 pub struct PgKine {
     client: Mutex<Client>,
+    /// What a lost connection is made again with.
+    config: tokio_postgres::Config,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
+    /// Where the database lives, without the URL's spelling: the source's
+    /// identity (host, port, database).
+    pub identity: String,
     /// The URL without its password.
     pub db: String,
     /// "kine on PostgreSQL 15.x".
@@ -85,17 +91,8 @@ impl PgKine {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(std::time::Duration::from_secs(5));
         }
-        let user = config.get_user().unwrap_or("(none)").to_string();
-        let (client, connection) = config
-            .connect(wish.connector()?)
-            .await
-            .map_err(|e| connect_error(&db, &user, e))?;
-        let conn_db = db.clone();
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(db = %conn_db, error = %e, "the connection to kine's PostgreSQL ended");
-            }
-        });
+        let tls = wish.connector()?;
+        let client = open(&config, &tls, &db).await?;
         let fail = |e: tokio_postgres::Error| classify(&db, e);
         let tables: Vec<String> = client
             .query(
@@ -130,15 +127,68 @@ impl PgKine {
             .await
             .and_then(|r| r.try_get(0))
             .map_err(fail)?;
+        let hosts: Vec<String> = config
+            .get_hosts()
+            .iter()
+            .map(|h| match h {
+                tokio_postgres::config::Host::Tcp(name) => name.clone(),
+                tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+            })
+            .collect();
+        let identity = format!(
+            "postgres://{}:{:?}/{}",
+            hosts.join(","),
+            config.get_ports(),
+            config.get_dbname().unwrap_or_default()
+        );
         Ok(PgKine {
             client: Mutex::new(client),
+            config,
+            tls,
+            identity,
             version: format!("kine on PostgreSQL {server}"),
             db,
         })
     }
 
+    /// The client, connected again first if the connection was lost (a
+    /// PostgreSQL restart, a network cut): the reads that failed on it are
+    /// retried by [`crate::kine::db::KineDb`].
+    async fn client(&self) -> Result<tokio::sync::MutexGuard<'_, Client>> {
+        let mut client = self.client.lock().await;
+        if client.is_closed() {
+            tracing::warn!(db = %self.db, "the connection to kine's PostgreSQL was lost; connecting again");
+            *client = open(&self.config, &self.tls, &self.db)
+                .await
+                .map_err(|e| match e {
+                    Error::Kine { db, detail } => Error::KineBusy { db, detail },
+                    other => other,
+                })?;
+        }
+        Ok(client)
+    }
+
+    /// PostgreSQL's transaction horizon now: (xmin, xmax) of a fresh
+    /// snapshot. Every transaction that could still commit a row has an
+    /// id at or above xmin; once xmin reaches an earlier xmax, every
+    /// transaction open at that earlier moment has ended.
+    pub async fn horizon(&self) -> Result<(i64, i64)> {
+        let client = self.client().await?;
+        let r = client
+            .query_one(
+                "SELECT txid_snapshot_xmin(txid_current_snapshot()), txid_snapshot_xmax(txid_current_snapshot())",
+                &[],
+            )
+            .await
+            .map_err(|e| classify(&self.db, e))?;
+        Ok((
+            r.try_get(0).map_err(|e| classify(&self.db, e))?,
+            r.try_get(1).map_err(|e| classify(&self.db, e))?,
+        ))
+    }
+
     pub async fn heads(&self) -> Result<Heads> {
-        let client = self.client.lock().await;
+        let client = self.client().await?;
         let r = client
             .query_one(HEADS, &[])
             .await
@@ -148,7 +198,7 @@ impl PgKine {
 
     pub async fn base_page(&self, at: i64, after: &[u8], limit: i64) -> Result<BasePage> {
         let after = String::from_utf8_lossy(after).into_owned();
-        let mut client = self.client.lock().await;
+        let mut client = self.client().await?;
         let res: std::result::Result<BasePage, tokio_postgres::Error> = async {
             let tx = snapshot(&mut client).await?;
             let heads = heads_of(&tx.query_one(HEADS, &[]).await?)?;
@@ -194,7 +244,7 @@ impl PgKine {
     }
 
     pub async fn rows_after(&self, after: i64, limit: i64) -> Result<RowsPage> {
-        let mut client = self.client.lock().await;
+        let mut client = self.client().await?;
         let res: std::result::Result<RowsPage, tokio_postgres::Error> = async {
             let tx = snapshot(&mut client).await?;
             let heads = heads_of(&tx.query_one(HEADS, &[]).await?)?;
@@ -211,13 +261,33 @@ impl PgKine {
     }
 
     pub async fn count_at(&self, at: i64) -> Result<i64> {
-        let client = self.client.lock().await;
+        let client = self.client().await?;
         client
             .query_one(COUNT_AT, &[&at])
             .await
             .and_then(|r| r.try_get(0))
             .map_err(|e| classify(&self.db, e))
     }
+}
+
+/// Connects, the connection driven by a task of its own.
+async fn open(
+    config: &tokio_postgres::Config,
+    tls: &tokio_postgres_rustls::MakeRustlsConnect,
+    db: &str,
+) -> Result<Client> {
+    let user = config.get_user().unwrap_or("(none)").to_string();
+    let (client, connection) = config
+        .connect(tls.clone())
+        .await
+        .map_err(|e| connect_error(db, &user, e))?;
+    let conn_db = db.to_string();
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(db = %conn_db, error = %e, "the connection to kine's PostgreSQL ended");
+        }
+    });
+    Ok(client)
 }
 
 async fn snapshot(

@@ -21,8 +21,38 @@ use cairn_proto::migrate::ImportLease;
 use cairn_proto::mvccpb::event::EventType;
 use cairn_proto::mvccpb::{Event, KeyValue};
 
-/// The name of kine's compaction bookkeeping row.
+/// The name of kine's compaction bookkeeping row, and the key
+/// kube-apiserver keeps its own compaction in.
 pub const COMPACT_REV_KEY: &[u8] = b"compact_rev_key";
+/// Where kine keeps kube-apiserver's `compact_rev_key` (its own row has the
+/// name), the value prefixed by a version kine counts itself:
+/// "<version>|<value>" (kine's `pkg/server/compact.go`, `EncodeVersion`);
+/// kine serves it as `compact_rev_key` with that version and value.
+pub const APISERVER_COMPACT_KEY: &[u8] = b"compact_rev_key_apiserver";
+
+/// kine's `DecodeVersion`: "<version>|<value>", or a bare version from
+/// kines before Kubernetes 1.34 read the value (then the value is "0").
+pub fn decode_version(value: &[u8]) -> (i64, Vec<u8>) {
+    let parse = |b: &[u8]| {
+        std::str::from_utf8(b)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    };
+    match value.iter().position(|b| *b == b'|') {
+        Some(i) => (parse(&value[..i]), value[i + 1..].to_vec()),
+        None => (parse(value), b"0".to_vec()),
+    }
+}
+
+/// The key a row changes, as kine serves it.
+pub fn key_of(row: &Row) -> Vec<u8> {
+    if row.name == APISERVER_COMPACT_KEY {
+        COMPACT_REV_KEY.to_vec()
+    } else {
+        row.name.clone()
+    }
+}
 
 /// One row of `kine`, as read (without `old_value`, which the target
 /// derives from its own history).
@@ -59,6 +89,17 @@ impl Row {
             && self.name == format!("gap-{}", self.id).as_bytes()
     }
 
+    /// A revision without a row that no row can fill any more, imported as
+    /// kine's fill record for it would be.
+    pub fn absent(id: i64) -> Row {
+        Row {
+            id,
+            name: format!("gap-{id}").into_bytes(),
+            deleted: true,
+            ..Default::default()
+        }
+    }
+
     /// What the row does to the key space.
     pub fn change(&self) -> Change {
         if self.name == COMPACT_REV_KEY || self.is_fill() {
@@ -92,14 +133,21 @@ pub fn lease_for(revision: i64, ttl: i64) -> Option<ImportLease> {
     })
 }
 
-/// The key-value a put row leaves, given the key's `version` after it.
+/// The key-value a put row leaves, given the key's `version` after it
+/// (kube-apiserver's compaction key carries its version in its value).
 pub fn put_kv(row: &Row, version: i64) -> KeyValue {
+    let (key, version, value) = if row.name == APISERVER_COMPACT_KEY {
+        let (v, value) = decode_version(&row.value);
+        (COMPACT_REV_KEY.to_vec(), v, value)
+    } else {
+        (row.name.clone(), version, row.value.clone())
+    };
     KeyValue {
-        key: row.name.clone(),
+        key,
         create_revision: row.created_at(),
         mod_revision: row.id,
         version,
-        value: row.value.clone(),
+        value,
         lease: if row.lease > 0 { row.id } else { 0 },
     }
 }
@@ -115,7 +163,7 @@ pub fn event(row: &Row, version: i64) -> Option<Event> {
         Change::Delete => Some(Event {
             r#type: EventType::Delete as i32,
             kv: Some(KeyValue {
-                key: row.name.clone(),
+                key: key_of(row),
                 mod_revision: row.id,
                 ..Default::default()
             }),
@@ -230,6 +278,38 @@ mod tests {
             ..row(14, "gap-14")
         };
         assert_eq!(user_delete.change(), Change::Delete);
+    }
+
+    #[test]
+    fn kube_apiservers_compaction_key_is_served_as_kine_serves_it() {
+        let update = Row {
+            created: false,
+            create_revision: 20,
+            prev_revision: 20,
+            value: b"3|1234".to_vec(),
+            ..row(30, "compact_rev_key_apiserver")
+        };
+        let kv = put_kv(&update, 99);
+        assert_eq!(
+            (
+                kv.key.as_slice(),
+                kv.version,
+                kv.value.as_slice(),
+                kv.create_revision
+            ),
+            (b"compact_rev_key".as_slice(), 3, b"1234".as_slice(), 20)
+        );
+        // Older kines stored the version alone.
+        assert_eq!(decode_version(b"7"), (7, b"0".to_vec()));
+        let delete = Row {
+            deleted: true,
+            prev_revision: 30,
+            ..row(31, "compact_rev_key_apiserver")
+        };
+        assert_eq!(
+            event(&delete, 0).unwrap().kv.unwrap().key,
+            b"compact_rev_key"
+        );
     }
 
     #[test]

@@ -48,6 +48,9 @@ pub struct SqliteKine {
     conn: Arc<Mutex<Connection>>,
     /// `sqlite://<path>`.
     pub db: String,
+    /// The file's canonical path: the source's identity, whichever way
+    /// `--from` spelled it.
+    pub identity: String,
     /// "kine on SQLite" (the file does not say which SQLite kine links).
     pub version: String,
 }
@@ -258,9 +261,13 @@ fn open_blocking(path: &PathBuf) -> Result<SqliteKine> {
         );
     }
     let version = "kine on SQLite".to_string();
+    let identity = std::fs::canonicalize(path)
+        .map(|p| format!("sqlite://{}", p.display()))
+        .unwrap_or_else(|_| db.clone());
     Ok(SqliteKine {
         conn: Arc::new(Mutex::new(conn)),
         db,
+        identity,
         version,
     })
 }

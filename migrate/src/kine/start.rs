@@ -2,6 +2,8 @@
 //! until the cutover completes; resumable from wherever the target stands,
 //! as for an etcd source.
 
+use std::time::Duration;
+
 use cairn_proto::migrate::{BeginRequest, MigrationState, Phase};
 
 use crate::copy::CopyEnd;
@@ -54,6 +56,10 @@ async fn begin(
     restart: bool,
 ) -> Result<MigrationState> {
     let (start_revision, compact_revision) = fresh_start(db, history_none).await?;
+    // A row below the start revision may still be uncommitted (PostgreSQL
+    // hands out ids before commit): the copy waits until it committed or
+    // never will.
+    db.settle(Duration::from_secs(60)).await?;
     tracing::info!(
         source = %db.name(),
         source_version = %db.version(),

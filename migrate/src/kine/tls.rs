@@ -42,14 +42,12 @@ pub fn split_tls(url: &str) -> Result<TlsWish> {
         None => (url, ""),
     };
     let mut mode = Mode::Prefer;
-    let mut explicit = false;
     let mut root_cert = None;
     let mut kept = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         match k {
             "sslmode" => {
-                explicit = true;
                 mode = match v {
                     "disable" => Mode::Disable,
                     "allow" | "prefer" => Mode::Prefer,
@@ -63,12 +61,13 @@ pub fn split_tls(url: &str) -> Result<TlsWish> {
                     }
                 }
             }
-            "sslrootcert" => root_cert = Some(PathBuf::from(v)),
+            "sslrootcert" => root_cert = Some(PathBuf::from(percent_decode(v))),
             _ => kept.push(pair),
         }
     }
-    // libpq: a root file given with `require` (or no mode) means verify-ca.
-    if root_cert.is_some() && (mode == Mode::Require || (!explicit && mode == Mode::Prefer)) {
+    // libpq: a root file given with `require` or `prefer` (or no mode)
+    // verifies the chain, as verify-ca.
+    if root_cert.is_some() && matches!(mode, Mode::Require | Mode::Prefer) {
         mode = Mode::VerifyCa;
     }
     let url = if kept.is_empty() {
@@ -81,6 +80,32 @@ pub fn split_tls(url: &str) -> Result<TlsWish> {
         root_cert,
         url,
     })
+}
+
+/// A URL query value with its %XX escapes decoded (a path in a URL, as
+/// libpq reads it); a malformed escape stays as written.
+fn percent_decode(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl TlsWish {
@@ -305,5 +330,10 @@ mod tests {
         assert_eq!(w.mode, Mode::VerifyCa);
         let w = split_tls("postgres://h/kine?sslrootcert=/ca.pem").unwrap();
         assert_eq!(w.mode, Mode::VerifyCa);
+        let w = split_tls("postgres://h/kine?sslmode=prefer&sslrootcert=%2Fetc%2Fca.pem").unwrap();
+        assert_eq!(
+            (w.mode, w.root_cert),
+            (Mode::VerifyCa, Some(PathBuf::from("/etc/ca.pem")))
+        );
     }
 }

@@ -10,8 +10,8 @@ use std::collections::{HashSet, VecDeque};
 
 use cairn_proto::mvccpb::KeyValue;
 
-use crate::error::Result;
-use crate::kine::copy::base_kv;
+use crate::error::{Error, Result};
+use crate::kine::copy::page_kvs;
 use crate::kine::db::KineDb;
 use crate::kvread::{self, next_limit, Cursor, PAGE_KEYS};
 use crate::target::Target;
@@ -82,8 +82,13 @@ pub async fn verify(db: &KineDb, tgt: &Target, revision: i64) -> Result<VerifyRe
                 src_after = n;
             }
             src_done = !page.more;
-            for e in &page.entries {
-                let (kv, exact) = base_kv(e);
+            if page.heads.compact > revision {
+                return Err(Error::Compacted {
+                    needed: revision,
+                    compact_revision: page.heads.compact,
+                });
+            }
+            for (kv, exact) in page_kvs(&page.entries) {
                 if !exact {
                     inexact.insert(kv.key.clone());
                 }
