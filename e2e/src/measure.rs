@@ -29,6 +29,31 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// The copy's line: keys, time, rate, the migrator's peak RSS.
+pub fn copy_line(keys: i64, took: Duration, peak_kib: u64) -> String {
+    format!(
+        "copy: {keys} keys in {:.1} s = {:.0} keys/s; migrator peak RSS {:.1} MiB",
+        took.as_secs_f64(),
+        keys as f64 / took.as_secs_f64(),
+        peak_kib as f64 / 1024.0
+    )
+}
+
+/// The follow's line: the load's rate, the lag's percentiles (`lag`
+/// sorted), the migrator's peak RSS.
+pub fn follow_line(writes: u64, took: Duration, lag: &[Duration], peak_kib: u64) -> String {
+    format!(
+        "follow: {:.0} writes/s for {:.0} s; lag p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} probes); migrator peak RSS {:.1} MiB",
+        writes as f64 / took.as_secs_f64(),
+        took.as_secs_f64(),
+        percentile(lag, 0.5).as_secs_f64() * 1e3,
+        percentile(lag, 0.99).as_secs_f64() * 1e3,
+        lag.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+        lag.len(),
+        peak_kib as f64 / 1024.0
+    )
+}
+
 /// Waits (an hour at most) until the migration into `to` follows, sampling
 /// the migrator's peak RSS: (the status then, the peak in KiB).
 pub async fn until_following(m: &mut Migrator, to: &str) -> Result<(serde_json::Value, u64)> {

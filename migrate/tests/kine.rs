@@ -145,6 +145,37 @@ async fn writer(k: Arc<KineStore>, stop: tokio::sync::watch::Receiver<bool>) -> 
     Ok(n)
 }
 
+/// Waits (a minute at most) until the target's migration state satisfies
+/// `pred`; the migrator's log tail on failure.
+async fn wait_target(
+    tgt: &Target,
+    m: &Migrator,
+    what: &str,
+    pred: impl Fn(&MigrationState) -> bool,
+) -> Result<MigrationState> {
+    wait_state(
+        tgt,
+        None::<&mut tokio::task::JoinHandle<()>>,
+        what,
+        Duration::from_secs(60),
+        pred,
+    )
+    .await
+    .with_context(|| context(m))
+}
+
+/// `cairn migrate cutover --from <from> --to <to> <extra...>`.
+async fn cutover(from: &str, to: &str, extra: &[&str]) -> Result<migrator::RunOutput> {
+    let mut args = vec![
+        "cutover".to_string(),
+        format!("--from={from}"),
+        format!("--to={to}"),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    migrator::run(&args, Duration::from_secs(60)).await
+}
+
 async fn target_state(tgt: &Target) -> Result<MigrationState> {
     Ok(tgt.state().await?)
 }
@@ -168,27 +199,17 @@ async fn live_migration_keeps_every_revision(backend: Backend) -> Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let writing = tokio::spawn(writer(store.clone(), stop_rx));
 
-    wait_state(
-        &tgt,
-        None::<&mut tokio::task::JoinHandle<()>>,
-        "the copy under way",
-        Duration::from_secs(60),
-        |s| s.phase == Phase::Copying as i32 && s.keys_copied > 100,
-    )
-    .await
-    .with_context(|| context(&m))?;
+    wait_target(&tgt, &m, "the copy under way", |s| {
+        s.phase == Phase::Copying as i32 && s.keys_copied > 100
+    })
+    .await?;
     m.kill9()?;
     let copied = target_state(&tgt).await?.keys_copied;
     m.restart()?;
-    wait_state(
-        &tgt,
-        None::<&mut tokio::task::JoinHandle<()>>,
-        "following after a resumed copy",
-        Duration::from_secs(60),
-        |s| s.phase == Phase::Following as i32,
-    )
-    .await
-    .with_context(|| context(&m))?;
+    wait_target(&tgt, &m, "following after a resumed copy", |s| {
+        s.phase == Phase::Following as i32
+    })
+    .await?;
     ensure!(
         copied < 1500,
         "the copy ended before the kill ({copied} keys)"
@@ -196,29 +217,19 @@ async fn live_migration_keeps_every_revision(backend: Backend) -> Result<()> {
 
     // kill -9 while following, and rerun.
     let at = store.current();
-    wait_state(
-        &tgt,
-        None::<&mut tokio::task::JoinHandle<()>>,
-        "following past the copy",
-        Duration::from_secs(60),
-        |s| s.target_revision >= at,
-    )
-    .await
-    .with_context(|| context(&m))?;
+    wait_target(&tgt, &m, "following past the copy", |s| {
+        s.target_revision >= at
+    })
+    .await?;
     m.kill9()?;
     m.restart()?;
 
     // A compaction while following, to a revision the target holds.
     let c = store.current() - 20;
-    wait_state(
-        &tgt,
-        None::<&mut tokio::task::JoinHandle<()>>,
-        "the target past the compaction",
-        Duration::from_secs(60),
-        |s| s.target_revision >= c,
-    )
-    .await
-    .with_context(|| context(&m))?;
+    wait_target(&tgt, &m, "the target past the compaction", |s| {
+        s.target_revision >= c
+    })
+    .await?;
     store.compact(c).await?;
 
     // A hole in the ids: the writer pauses; an id is taken without a row
@@ -233,15 +244,10 @@ async fn live_migration_keeps_every_revision(backend: Backend) -> Result<()> {
             .update("/registry/pods/ns/p00001", &value(9000 + i), 0)
             .await?;
     }
-    wait_state(
-        &tgt,
-        None::<&mut tokio::task::JoinHandle<()>>,
-        "the target at the hole",
-        Duration::from_secs(30),
-        |s| s.target_revision >= hole - 1,
-    )
-    .await
-    .with_context(|| context(&m))?;
+    wait_target(&tgt, &m, "the target at the hole", |s| {
+        s.target_revision >= hole - 1
+    })
+    .await?;
     for _ in 0..10 {
         let s = target_state(&tgt).await?;
         ensure!(
@@ -253,15 +259,10 @@ async fn live_migration_keeps_every_revision(backend: Backend) -> Result<()> {
     }
     store.fill(hole).await?;
     let last_write = store.current();
-    wait_state(
-        &tgt,
-        None::<&mut tokio::task::JoinHandle<()>>,
-        "the target past the fill record",
-        Duration::from_secs(30),
-        |s| s.target_revision >= last_write,
-    )
-    .await
-    .with_context(|| context(&m))?;
+    wait_target(&tgt, &m, "the target past the fill record", |s| {
+        s.target_revision >= last_write
+    })
+    .await?;
 
     // status and verify, as for an etcd source, while following.
     let st = migrator::status(&cairn.endpoint()).await?;
@@ -292,15 +293,10 @@ async fn live_migration_keeps_every_revision(backend: Backend) -> Result<()> {
         .await?;
 
     // "k3s is stopped": nothing writes. Cut over.
-    let out = migrator::run(
-        &[
-            "cutover",
-            &format!("--from={}", store.url),
-            &format!("--to={}", cairn.endpoint()),
-            "--still=1s",
-            "--watch-after=500ms",
-        ],
-        Duration::from_secs(60),
+    let out = cutover(
+        &store.url,
+        &cairn.endpoint(),
+        &["--still=1s", "--watch-after=500ms"],
     )
     .await?;
     ensure!(
@@ -454,28 +450,19 @@ async fn bad_sqlite_files_get_one_clear_error() -> Result<()> {
     let target = start_target().await?;
     let dir = tempfile::tempdir()?;
     let path = |n: &str| dir.path().join(n);
+    let url = |n: &str| format!("sqlite://{}", path(n).display());
 
-    refused(
-        &target,
-        &format!("sqlite://{}", path("missing.db").display()),
-        "cannot read the file",
-    )
-    .await?;
+    refused(&target, &url("missing.db"), "cannot read the file").await?;
 
     std::fs::write(path("garbage.db"), vec![0x42u8; 8192])?;
-    refused(
-        &target,
-        &format!("sqlite://{}", path("garbage.db").display()),
-        "is not an SQLite database",
-    )
-    .await?;
+    refused(&target, &url("garbage.db"), "is not an SQLite database").await?;
 
     let other = rusqlite::Connection::open(path("other.db"))?;
     other.execute_batch("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")?;
     drop(other);
     refused(
         &target,
-        &format!("sqlite://{}", path("other.db").display()),
+        &url("other.db"),
         "has no table kine: it is not kine's database (its tables: users)",
     )
     .await?;
@@ -488,7 +475,7 @@ async fn bad_sqlite_files_get_one_clear_error() -> Result<()> {
     drop(newer);
     refused(
         &target,
-        &format!("sqlite://{}", path("newer.db").display()),
+        &url("newer.db"),
         "column(s) tenant that kine v0.16.4 does not write",
     )
     .await?;
@@ -502,12 +489,7 @@ async fn bad_sqlite_files_get_one_clear_error() -> Result<()> {
     locked.execute_batch(
         "PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE; INSERT INTO kine(name) VALUES ('x');",
     )?;
-    refused(
-        &target,
-        &format!("sqlite://{}", path("locked.db").display()),
-        "stayed locked for 5s",
-    )
-    .await?;
+    refused(&target, &url("locked.db"), "stayed locked for 5s").await?;
     drop(locked);
 
     // etcd's TLS flags make no sense for kine: said so, nothing started.
@@ -560,15 +542,10 @@ async fn abort_gives_the_import_up_and_leaves_kine_alone() -> Result<()> {
     let (store, _dir) = kine_store(Backend::Sqlite).await?;
     seed(&store, 50).await?;
     let mut m = Migrator::start(&store.url, &target.endpoint(), &[])?;
-    wait_state(
-        &tgt,
-        None::<&mut tokio::task::JoinHandle<()>>,
-        "following",
-        Duration::from_secs(30),
-        |s| s.phase == Phase::Following as i32,
-    )
-    .await
-    .with_context(|| context(&m))?;
+    wait_target(&tgt, &m, "following", |s| {
+        s.phase == Phase::Following as i32
+    })
+    .await?;
     let rows_before = store.current();
     let out = migrator::run(
         &[
@@ -614,15 +591,10 @@ async fn a_hole_no_row_can_fill_any_more_is_imported_as_an_empty_revision() -> R
     store
         .update("/registry/pods/ns/p00001", b"after the hole", 0)
         .await?;
-    wait_state(
-        &tgt,
-        None::<&mut tokio::task::JoinHandle<()>>,
-        "the target at the hole",
-        Duration::from_secs(30),
-        |s| s.phase == Phase::Following as i32 && s.target_revision == hole - 1,
-    )
-    .await
-    .with_context(|| context(&m))?;
+    wait_target(&tgt, &m, "the target at the hole", |s| {
+        s.phase == Phase::Following as i32 && s.target_revision == hole - 1
+    })
+    .await?;
     // Not past it while a row could still come (at least 5 s)...
     for _ in 0..10 {
         let s = target_state(&tgt).await?;
@@ -635,15 +607,10 @@ async fn a_hole_no_row_can_fill_any_more_is_imported_as_an_empty_revision() -> R
     }
     // ...then past it as a revision that changes no key.
     let last = store.current();
-    wait_state(
-        &tgt,
-        None::<&mut tokio::task::JoinHandle<()>>,
-        "the target past the permanent hole",
-        Duration::from_secs(30),
-        |s| s.target_revision == last,
-    )
-    .await
-    .with_context(|| context(&m))?;
+    wait_target(&tgt, &m, "the target past the permanent hole", |s| {
+        s.target_revision == last
+    })
+    .await?;
     ensure!(
         m.log()
             .contains(&format!("kine's revision {hole} has no row")),
@@ -655,15 +622,10 @@ async fn a_hole_no_row_can_fill_any_more_is_imported_as_an_empty_revision() -> R
         kvs_at(&mut client, hole).await? == kvs_at(&mut client, hole - 1).await?,
         "revision {hole} changed a key"
     );
-    let out = migrator::run(
-        &[
-            "cutover",
-            &format!("--from={}", store.url),
-            &format!("--to={}", target.endpoint()),
-            "--still=300ms",
-            "--watch-after=100ms",
-        ],
-        Duration::from_secs(60),
+    let out = cutover(
+        &store.url,
+        &target.endpoint(),
+        &["--still=300ms", "--watch-after=100ms"],
     )
     .await?;
     ensure!(out.code == 0, "{}\n{}", out.all(), context(&m));
@@ -682,15 +644,10 @@ async fn an_id_whose_transaction_is_still_open_is_waited_for() -> Result<()> {
     let (store, _dir) = kine_store(Backend::Postgres).await?;
     seed(&store, 50).await?;
     let m = Migrator::start(&store.url, &target.endpoint(), &[])?;
-    wait_state(
-        &tgt,
-        None::<&mut tokio::task::JoinHandle<()>>,
-        "following",
-        Duration::from_secs(30),
-        |s| s.phase == Phase::Following as i32,
-    )
-    .await
-    .with_context(|| context(&m))?;
+    wait_target(&tgt, &m, "following", |s| {
+        s.phase == Phase::Following as i32
+    })
+    .await?;
     // kine's insert took id H and has not committed; a later one has.
     let held = store
         .hold_update("/registry/pods/ns/p00002", b"held")
@@ -699,15 +656,10 @@ async fn an_id_whose_transaction_is_still_open_is_waited_for() -> Result<()> {
     store
         .update("/registry/pods/ns/p00003", b"later", 0)
         .await?;
-    wait_state(
-        &tgt,
-        None::<&mut tokio::task::JoinHandle<()>>,
-        "the target at the open id",
-        Duration::from_secs(30),
-        |s| s.target_revision == h - 1,
-    )
-    .await
-    .with_context(|| context(&m))?;
+    wait_target(&tgt, &m, "the target at the open id", |s| {
+        s.target_revision == h - 1
+    })
+    .await?;
     // Past the 5 s after which a hole no transaction can fill is taken for
     // good, the target still waits: the transaction is open.
     for _ in 0..65 {
@@ -721,15 +673,10 @@ async fn an_id_whose_transaction_is_still_open_is_waited_for() -> Result<()> {
     }
     held.commit(&store).await?;
     let last = store.current();
-    wait_state(
-        &tgt,
-        None::<&mut tokio::task::JoinHandle<()>>,
-        "the target past the committed row",
-        Duration::from_secs(30),
-        |s| s.target_revision == last,
-    )
-    .await
-    .with_context(|| context(&m))?;
+    wait_target(&tgt, &m, "the target past the committed row", |s| {
+        s.target_revision == last
+    })
+    .await?;
     let mut client = target.client().await?;
     let at_h = client
         .get(

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use cairn_e2e::kine::{fresh_db_name, test_postgres, KineStore};
-use cairn_e2e::measure::{peak_rss_kib, percentile, put_arrives, until_following};
+use cairn_e2e::measure::{copy_line, follow_line, peak_rss_kib, put_arrives, until_following};
 use cairn_e2e::migrator::{self, field, Migrator};
 use cairn_e2e::{Kind, Member, MemberOptions};
 use etcd_client::{GetOptions, WatchOptions};
@@ -185,12 +185,7 @@ async fn main() -> Result<()> {
         "the target holds {held} keys after the copy, not {}",
         args.rows
     );
-    println!(
-        "copy: {keys} keys in {:.1} s = {:.0} keys/s; migrator peak RSS {:.1} MiB",
-        copy.as_secs_f64(),
-        keys as f64 / copy.as_secs_f64(),
-        peak as f64 / 1024.0
-    );
+    println!("{}", copy_line(keys, copy, peak));
 
     let stop = Arc::new(AtomicBool::new(false));
     let load = tokio::spawn(paced_load(store.clone(), args.rate, stop.clone()));
@@ -200,16 +195,7 @@ async fn main() -> Result<()> {
     let writes = load.await??;
     peak = peak.max(peak_rss_kib(pid).unwrap_or(0));
     lag.sort();
-    println!(
-        "follow: {:.0} writes/s for {:.0} s; lag p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} probes); migrator peak RSS {:.1} MiB",
-        writes as f64 / load_start.elapsed().as_secs_f64(),
-        load_start.elapsed().as_secs_f64(),
-        percentile(&lag, 0.5).as_secs_f64() * 1e3,
-        percentile(&lag, 0.99).as_secs_f64() * 1e3,
-        lag.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
-        lag.len(),
-        peak as f64 / 1024.0
-    );
+    println!("{}", follow_line(writes, load_start.elapsed(), &lag, peak));
 
     // k3s stopped: nothing writes any more.
     let cut_start = Instant::now();

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use cairn_e2e::binaries::cairn_bin;
-use cairn_e2e::measure::{peak_rss_kib, percentile, put_arrives, until_following};
+use cairn_e2e::measure::{copy_line, follow_line, peak_rss_kib, put_arrives, until_following};
 use cairn_e2e::migrator::{self, field, wait_status, Migrator};
 use cairn_e2e::ports::free_port;
 use cairn_e2e::source_load::fill_keys;
@@ -296,12 +296,7 @@ async fn main() -> Result<()> {
         "the target holds {held} keys after the copy, not {}",
         args.keys
     );
-    println!(
-        "copy: {keys} keys in {:.1} s = {:.0} keys/s; migrator peak RSS {:.1} MiB",
-        copy.as_secs_f64(),
-        keys as f64 / copy.as_secs_f64(),
-        peak as f64 / 1024.0
-    );
+    println!("{}", copy_line(keys, copy, peak));
 
     let stop = Arc::new(AtomicBool::new(false));
     let load = tokio::spawn(paced_load(source.clone(), args.rate, stop.clone()));
@@ -311,16 +306,7 @@ async fn main() -> Result<()> {
     let writes = load.await??;
     peak = peak.max(peak_rss_kib(pid).unwrap_or(0));
     lag.sort();
-    println!(
-        "follow: {:.0} writes/s for {:.0} s; lag p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} probes); migrator peak RSS {:.1} MiB",
-        writes as f64 / load_start.elapsed().as_secs_f64(),
-        load_start.elapsed().as_secs_f64(),
-        percentile(&lag, 0.5).as_secs_f64() * 1e3,
-        percentile(&lag, 0.99).as_secs_f64() * 1e3,
-        lag.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
-        lag.len(),
-        peak as f64 / 1024.0
-    );
+    println!("{}", follow_line(writes, load_start.elapsed(), &lag, peak));
 
     let switch = tokio::spawn(switch_writer(source.clone(), target_client.clone()));
     tokio::time::sleep(Duration::from_millis(200)).await;
