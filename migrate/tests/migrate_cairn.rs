@@ -27,6 +27,21 @@ const TEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// long enough to be interrupted.
 const SMALL_PAGES: i64 = 20;
 
+/// Runs a test's body, failed if it takes over [`TEST_TIMEOUT`].
+async fn timed(body: impl std::future::Future<Output = Result<()>>) -> Result<()> {
+    tokio::time::timeout(TEST_TIMEOUT, body)
+        .await
+        .context("test timed out")?
+}
+
+/// A source etcd 3.5, an empty Cairn target, and a client of each.
+async fn pair() -> Result<(Member, Member, Client, Client)> {
+    let etcd = Member::start(Kind::Etcd).await?;
+    let cairn = start_target().await?;
+    let (c, t) = (etcd.client().await?, cairn.client().await?);
+    Ok((etcd, cairn, c, t))
+}
+
 async fn sides(etcd: &Member, cairn: &Member) -> Result<(Source, SourceInfo, Target)> {
     common::init_tracing();
     let (tgt, _) = Target::connect(&cfg(&cairn.endpoint())).await?;
@@ -143,11 +158,8 @@ async fn writer(mut c: Client, stop: tokio::sync::watch::Receiver<bool>) -> Resu
 
 #[tokio::test]
 async fn migrates_a_live_source_and_cuts_over() -> Result<()> {
-    tokio::time::timeout(TEST_TIMEOUT, async {
-        let etcd = Member::start(Kind::Etcd).await?;
-        let cairn = start_target().await?;
-        let mut c = etcd.client().await?;
-        let mut t = cairn.client().await?;
+    timed(async {
+        let (etcd, cairn, mut c, mut t) = pair().await?;
         seed(&mut c, 500, 200).await?;
         let long = c.lease_grant(600, None).await?.id();
         for i in 0..20 {
@@ -275,16 +287,12 @@ async fn migrates_a_live_source_and_cuts_over() -> Result<()> {
         Ok(())
     })
     .await
-    .context("test timed out")?
 }
 
 #[tokio::test]
 async fn interrupted_runs_resume_where_the_target_stands() -> Result<()> {
-    tokio::time::timeout(TEST_TIMEOUT, async {
-        let etcd = Member::start(Kind::Etcd).await?;
-        let cairn = start_target().await?;
-        let mut c = etcd.client().await?;
-        let mut t = cairn.client().await?;
+    timed(async {
+        let (etcd, cairn, mut c, mut t) = pair().await?;
         seed_txns(&mut c, 3000, 1024).await?;
         // Compacted: the copy has a base to copy (an uncompacted source is all history).
         let now = src_rev(&mut c).await?;
@@ -364,16 +372,12 @@ async fn interrupted_runs_resume_where_the_target_stands() -> Result<()> {
         Ok(())
     })
     .await
-    .context("test timed out")?
 }
 
 #[tokio::test]
 async fn a_compaction_during_the_copy_restarts_it() -> Result<()> {
-    tokio::time::timeout(TEST_TIMEOUT, async {
-        let etcd = Member::start(Kind::Etcd).await?;
-        let cairn = start_target().await?;
-        let mut c = etcd.client().await?;
-        let mut t = cairn.client().await?;
+    timed(async {
+        let (etcd, cairn, mut c, mut t) = pair().await?;
         seed_txns(&mut c, 2500, 1024).await?;
         let c0 = src_rev(&mut c).await?;
         c.compact(c0, None).await?;
@@ -431,16 +435,12 @@ async fn a_compaction_during_the_copy_restarts_it() -> Result<()> {
         Ok(())
     })
     .await
-    .context("test timed out")?
 }
 
 #[tokio::test]
 async fn history_none_starts_at_the_current_revision() -> Result<()> {
-    tokio::time::timeout(TEST_TIMEOUT, async {
-        let etcd = Member::start(Kind::Etcd).await?;
-        let cairn = start_target().await?;
-        let mut c = etcd.client().await?;
-        let mut t = cairn.client().await?;
+    timed(async {
+        let (etcd, cairn, mut c, mut t) = pair().await?;
         seed(&mut c, 100, 10).await?;
         let now = src_rev(&mut c).await?;
         let (src, info, tgt) = sides(&etcd, &cairn).await?;
@@ -476,12 +476,11 @@ async fn history_none_starts_at_the_current_revision() -> Result<()> {
         Ok(())
     })
     .await
-    .context("test timed out")?
 }
 
 #[tokio::test]
 async fn abort_gives_up_and_lifts_the_fence() -> Result<()> {
-    tokio::time::timeout(TEST_TIMEOUT, async {
+    timed(async {
         let etcd = Member::start(Kind::Etcd).await?;
         let cairn = start_target().await?;
         let mut c = etcd.client().await?;
@@ -526,12 +525,11 @@ async fn abort_gives_up_and_lifts_the_fence() -> Result<()> {
         Ok(())
     })
     .await
-    .context("test timed out")?
 }
 
 #[tokio::test]
 async fn a_target_importing_another_source_is_refused_before_anything_is_written() -> Result<()> {
-    tokio::time::timeout(TEST_TIMEOUT, async {
+    timed(async {
         let etcd = Member::start(Kind::Etcd).await?;
         let cairn = start_target().await?;
         let mut t = cairn.client().await?;
@@ -565,16 +563,12 @@ async fn a_target_importing_another_source_is_refused_before_anything_is_written
         Ok(())
     })
     .await
-    .context("test timed out")?
 }
 
 #[tokio::test]
 async fn a_compaction_past_the_target_while_stopped_restarts_the_import() -> Result<()> {
-    tokio::time::timeout(TEST_TIMEOUT, async {
-        let etcd = Member::start(Kind::Etcd).await?;
-        let cairn = start_target().await?;
-        let mut c = etcd.client().await?;
-        let mut t = cairn.client().await?;
+    timed(async {
+        let (etcd, cairn, mut c, mut t) = pair().await?;
         seed(&mut c, 100, 10).await?;
         let c0 = src_rev(&mut c).await?;
         c.compact(c0, None).await?;
@@ -617,12 +611,11 @@ async fn a_compaction_past_the_target_while_stopped_restarts_the_import() -> Res
         Ok(())
     })
     .await
-    .context("test timed out")?
 }
 
 #[tokio::test]
 async fn a_source_restart_while_following_is_ridden_out() -> Result<()> {
-    tokio::time::timeout(TEST_TIMEOUT, async {
+    timed(async {
         let mut etcd = Member::start(Kind::Etcd).await?;
         let cairn = start_target().await?;
         let mut c = etcd.client().await?;
@@ -663,5 +656,4 @@ async fn a_source_restart_while_following_is_ridden_out() -> Result<()> {
         Ok(())
     })
     .await
-    .context("test timed out")?
 }

@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use cairn_proto::migrate::migration_client::MigrationClient;
 use cairn_proto::migrate::{BeginRequest, CutoverRequest, ImportBaseRequest, Phase, StateRequest};
 use cairn_proto::mvccpb::KeyValue;
-use common::{etcdctl_run, free_port, wait_healthy, Cairn};
+use common::{etcdctl_run, spawn_single};
 
 /// A plain HTTP/1.1 GET on the client port: (status line, body).
 fn http_get(addr: &str, path: &str) -> (String, String) {
@@ -33,22 +33,7 @@ fn http_get(addr: &str, path: &str) -> (String, String) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_migration_is_served_on_the_client_port() {
     let dir = tempfile::tempdir().unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
-    let url = format!("http://{addr}");
-    let mut server = Cairn::spawn(
-        dir.path(),
-        &[
-            "--data-dir",
-            "data",
-            "--listen-peer-urls",
-            "http://127.0.0.1:0",
-            "--listen-client-urls",
-            &url,
-            "--advertise-client-urls",
-            &url,
-        ],
-    );
-    wait_healthy(&mut server, &addr, &[]);
+    let (_server, addr, url) = spawn_single(dir.path());
     let mut client = MigrationClient::connect(url.clone()).await.unwrap();
     let st = client.state(StateRequest {}).await.unwrap().into_inner();
     assert_eq!((st.phase(), st.target_revision), (Phase::None, 1));

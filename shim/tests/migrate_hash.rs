@@ -21,7 +21,7 @@ use cairn_proto::migrate::{
     BeginRequest, ImportBaseRequest, ImportLease, ImportRevision, ImportRevisionsRequest,
 };
 use cairn_proto::mvccpb::Event;
-use common::{free_port, wait_healthy, Cairn};
+use common::{free_port, spawn_single};
 use tonic::transport::Channel;
 
 fn etcd_bin() -> PathBuf {
@@ -208,22 +208,7 @@ async fn a_copy_hashes_as_its_etcd_source() {
     let (start, compact, last) = (7, 7, 12);
 
     // The target.
-    let addr = format!("127.0.0.1:{}", free_port());
-    let url = format!("http://{addr}");
-    let mut server = Cairn::spawn(
-        dir.path(),
-        &[
-            "--data-dir",
-            "data",
-            "--listen-peer-urls",
-            "http://127.0.0.1:0",
-            "--listen-client-urls",
-            &url,
-            "--advertise-client-urls",
-            &url,
-        ],
-    );
-    wait_healthy(&mut server, &addr, &[]);
+    let (_server, _, url) = spawn_single(dir.path());
     let dst = connect(&url).await;
     let mut mig = MigrationClient::new(dst.clone());
     mig.begin(BeginRequest {

@@ -217,6 +217,15 @@ fn status_fields(json: &str) -> Result<(u64, i64, u64)> {
 
 /// A restore with `tool` (cairn or etcdutl) into `data_dir` for a member
 /// `name` at `peer`, in a cluster `initial`.
+/// A one-member cluster of `kind` started from `snap`, restored by `tool`
+/// (`cairn` or `etcdutl`).
+async fn start_restored(kind: Kind, tool: &Path, snap: &Path) -> Result<Member> {
+    Member::start_prepared(kind, MemberOptions::default(), |data_dir, peer| {
+        restore(tool, snap, data_dir, "e2e", peer, &format!("e2e={peer}"))
+    })
+    .await
+}
+
 fn restore(
     tool: &Path,
     snap: &Path,
@@ -271,17 +280,7 @@ async fn etcd_to_cairn_keeps_history_leases_and_hashes() -> Result<()> {
         h.current
     );
 
-    let cairn = Member::start_prepared(Kind::Cairn, MemberOptions::default(), |data_dir, peer| {
-        restore(
-            &cairn_bin()?,
-            &snap,
-            data_dir,
-            "e2e",
-            peer,
-            &format!("e2e={peer}"),
-        )
-    })
-    .await?;
+    let cairn = start_restored(Kind::Cairn, &cairn_bin()?, &snap).await?;
     let mut restored = cairn.client().await?;
     expect_same_history(&mut source, &mut restored, &h, "etcd → cairn").await
 }
@@ -366,17 +365,7 @@ async fn cairn_to_etcd_rollback_keeps_history_leases_and_hashes() -> Result<()> 
     )?)?;
     ensure!(ours == theirs, "status: cairn {ours:?}, etcdutl {theirs:?}");
 
-    let etcd = Member::start_prepared(Kind::Etcd, MemberOptions::default(), |data_dir, peer| {
-        restore(
-            &etcdutl_bin()?,
-            &snap,
-            data_dir,
-            "e2e",
-            peer,
-            &format!("e2e={peer}"),
-        )
-    })
-    .await?;
+    let etcd = start_restored(Kind::Etcd, &etcdutl_bin()?, &snap).await?;
     let mut restored = etcd.client().await?;
     expect_same_history(&mut source, &mut restored, &h, "cairn → etcd").await
 }
@@ -520,18 +509,7 @@ async fn a_snapshot_under_write_load_is_consistent_at_one_revision() -> Result<(
         (before..=after).contains(&rev),
         "snapshot revision {rev} outside [{before}, {after}] ({writes} writes)"
     );
-    let restored =
-        Member::start_prepared(Kind::Cairn, MemberOptions::default(), |data_dir, peer| {
-            restore(
-                &cairn_bin()?,
-                &snap,
-                data_dir,
-                "e2e",
-                peer,
-                &format!("e2e={peer}"),
-            )
-        })
-        .await?;
+    let restored = start_restored(Kind::Cairn, &cairn_bin()?, &snap).await?;
     let mut r = restored.client().await?;
     let now = r
         .get("x", None)

@@ -79,6 +79,29 @@ pub fn etcdctl_run(args: &[&str], stdin: Option<&str>) -> Output {
 }
 
 /// Polls `etcdctl endpoint health` (with `extra` flags) until it succeeds.
+/// A one-member store in `dir/data` serving plain http on a free port,
+/// healthy: (the process, its host:port, its URL).
+pub fn spawn_single(dir: &Path) -> (Cairn, String, String) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let url = format!("http://{addr}");
+    let mut server = Cairn::spawn(
+        dir,
+        &[
+            "--data-dir",
+            "data",
+            // Any free port: a single member never dials itself.
+            "--listen-peer-urls",
+            "http://127.0.0.1:0",
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+        ],
+    );
+    wait_healthy(&mut server, &addr, &[]);
+    (server, addr, url)
+}
+
 pub fn wait_healthy(server: &mut Cairn, endpoint: &str, extra: &[&str]) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
