@@ -14,7 +14,7 @@ use cairn_proto::migrate::{
     StateRequest,
 };
 use cairn_proto::mvccpb::{event::EventType, Event, KeyValue};
-use common::{etcdctl_run, free_port, wait_healthy, Cairn};
+use common::{etcdctl_run, spawn_cluster};
 
 fn kv(key: &str, create: i64, modr: i64, version: i64) -> KeyValue {
     KeyValue {
@@ -30,41 +30,8 @@ fn kv(key: &str, create: i64, modr: i64, version: i64) -> KeyValue {
 #[tokio::test(flavor = "multi_thread")]
 async fn every_member_applies_the_import() {
     let dir = tempfile::tempdir().unwrap();
-    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
-    let initial = ports
-        .iter()
-        .enumerate()
-        .map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{p}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut members = Vec::new();
-    for (i, (c, p)) in ports.iter().enumerate() {
-        let member_dir = dir.path().join(format!("m{i}"));
-        std::fs::create_dir_all(&member_dir).unwrap();
-        let client = format!("http://127.0.0.1:{c}");
-        let peer = format!("http://127.0.0.1:{p}");
-        members.push(Cairn::spawn(
-            &member_dir,
-            &[
-                &format!("--name=m{i}"),
-                "--data-dir=data",
-                &format!("--listen-client-urls={client}"),
-                &format!("--advertise-client-urls={client}"),
-                &format!("--listen-peer-urls={peer}"),
-                &format!("--initial-advertise-peer-urls={peer}"),
-                &format!("--initial-cluster={initial}"),
-                "--heartbeat-interval=50",
-                "--election-timeout=500",
-            ],
-        ));
-    }
-    let endpoints: Vec<String> = ports
-        .iter()
-        .map(|(c, _)| format!("http://127.0.0.1:{c}"))
-        .collect();
-    for (m, ep) in members.iter_mut().zip(&endpoints) {
-        wait_healthy(m, ep, &[]);
-    }
+    let cluster = spawn_cluster(dir.path(), "http", &[]);
+    let endpoints = cluster.endpoints.clone();
     let mut clients = Vec::new();
     for ep in &endpoints {
         clients.push(MigrationClient::connect(ep.clone()).await.unwrap());

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{etcdctl_run, free_port, wait_healthy, Cairn};
+use common::{etcdctl_run, free_port, spawn_cluster, wait_healthy, Cairn};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
@@ -165,45 +165,17 @@ fn peer_mtls_cluster_forms_and_refuses_peers_without_a_certificate() {
     std::fs::write(path("peer.pem"), peer_cert.pem()).unwrap();
     std::fs::write(path("peer-key.pem"), peer_key.serialize_pem()).unwrap();
 
-    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
-    let initial = ports
-        .iter()
-        .enumerate()
-        .map(|(i, (_, p))| format!("m{i}=https://127.0.0.1:{p}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut members = Vec::new();
-    for (i, (c, p)) in ports.iter().enumerate() {
-        let member_dir = dir.path().join(format!("m{i}"));
-        std::fs::create_dir_all(&member_dir).unwrap();
-        let client = format!("http://127.0.0.1:{c}");
-        let peer = format!("https://127.0.0.1:{p}");
-        members.push(Cairn::spawn(
-            &member_dir,
-            &[
-                &format!("--name=m{i}"),
-                "--data-dir=data",
-                &format!("--listen-client-urls={client}"),
-                &format!("--advertise-client-urls={client}"),
-                &format!("--listen-peer-urls={peer}"),
-                &format!("--initial-advertise-peer-urls={peer}"),
-                &format!("--initial-cluster={initial}"),
-                "--heartbeat-interval=50",
-                "--election-timeout=500",
-                &format!("--peer-cert-file={}", path("peer.pem")),
-                &format!("--peer-key-file={}", path("peer-key.pem")),
-                &format!("--peer-trusted-ca-file={}", path("ca.pem")),
-                "--peer-client-cert-auth",
-            ],
-        ));
-    }
-    let endpoints: Vec<String> = ports
-        .iter()
-        .map(|(c, _)| format!("http://127.0.0.1:{c}"))
-        .collect();
-    for (m, ep) in members.iter_mut().zip(&endpoints) {
-        wait_healthy(m, ep, &[]);
-    }
+    let cluster = spawn_cluster(
+        dir.path(),
+        "https",
+        &[
+            format!("--peer-cert-file={}", path("peer.pem")),
+            format!("--peer-key-file={}", path("peer-key.pem")),
+            format!("--peer-trusted-ca-file={}", path("ca.pem")),
+            "--peer-client-cert-auth".to_string(),
+        ],
+    );
+    let endpoints = cluster.endpoints.clone();
     let put = etcdctl_run(
         &["--endpoints", &endpoints[0], "put", "over-tls", "yes"],
         None,
@@ -225,7 +197,7 @@ fn peer_mtls_cluster_forms_and_refuses_peers_without_a_certificate() {
     // handshake fails; with the peer certificate the peer service answers
     // (here, refusing a request that lacks the peer protocol metadata).
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let peer_url = format!("https://127.0.0.1:{}", ports[0].1);
+    let peer_url = cluster.peers[0].clone();
     let call = |identity: Option<tonic::transport::Identity>| {
         let mut tls = tonic::transport::ClientTlsConfig::new()
             .ca_certificate(tonic::transport::Certificate::from_pem(&pki.ca))

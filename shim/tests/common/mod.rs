@@ -102,6 +102,61 @@ pub fn spawn_single(dir: &Path) -> (Cairn, String, String) {
     (server, addr, url)
 }
 
+/// A three-member cluster in `dir/m0..m2`, clients on plain http and peers
+/// on `peer_scheme` ("http" or "https"), each member given `extra` flags
+/// too, all healthy.
+pub fn spawn_cluster(dir: &Path, peer_scheme: &str, extra: &[String]) -> Spawned {
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let initial = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, p))| format!("m{i}={peer_scheme}://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut members = Vec::new();
+    let mut endpoints = Vec::new();
+    let mut peers = Vec::new();
+    for (i, (c, p)) in ports.iter().enumerate() {
+        let member_dir = dir.join(format!("m{i}"));
+        std::fs::create_dir_all(&member_dir).unwrap();
+        let client = format!("http://127.0.0.1:{c}");
+        let peer = format!("{peer_scheme}://127.0.0.1:{p}");
+        let mut args = vec![
+            format!("--name=m{i}"),
+            "--data-dir=data".to_string(),
+            format!("--listen-client-urls={client}"),
+            format!("--advertise-client-urls={client}"),
+            format!("--listen-peer-urls={peer}"),
+            format!("--initial-advertise-peer-urls={peer}"),
+            format!("--initial-cluster={initial}"),
+            "--heartbeat-interval=50".to_string(),
+            "--election-timeout=500".to_string(),
+        ];
+        args.extend(extra.iter().cloned());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        members.push(Cairn::spawn(&member_dir, &args));
+        endpoints.push(client);
+        peers.push(peer);
+    }
+    for (m, ep) in members.iter_mut().zip(&endpoints) {
+        wait_healthy(m, ep, &[]);
+    }
+    Spawned {
+        _members: members,
+        endpoints,
+        peers,
+    }
+}
+
+/// A running cluster: its members stop when this is dropped.
+pub struct Spawned {
+    _members: Vec<Cairn>,
+    /// Client URLs, m0 first.
+    pub endpoints: Vec<String>,
+    /// Peer URLs, m0 first.
+    pub peers: Vec<String>,
+}
+
 pub fn wait_healthy(server: &mut Cairn, endpoint: &str, extra: &[&str]) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
