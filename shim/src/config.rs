@@ -127,9 +127,9 @@ pub struct ServeArgs {
     #[arg(long, alias = "experimental-watch-progress-notify-interval", default_value = "10m", value_parser = parse_duration)]
     pub watch_progress_notify_interval: std::time::Duration,
 
-    /// Log filter, in tracing's EnvFilter syntax (e.g. info, cairn=debug).
-    #[arg(long, default_value = "info", env = "CAIRN_LOG")]
-    pub log_level: String,
+    /// etcd's logging flags.
+    #[command(flatten)]
+    pub log: crate::logging::LogArgs,
 }
 
 impl ServeArgs {

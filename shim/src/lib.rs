@@ -12,6 +12,7 @@ mod cluster_config;
 pub mod config;
 pub mod disk_check;
 mod identity;
+pub mod logging;
 pub mod release;
 pub mod server;
 pub mod snapshot_cli;

@@ -87,14 +87,10 @@ async fn main() -> anyhow::Result<()> {
             cairn_migrate::upgrade::run(args, &cairn_shim::release::this_release()).await,
         ),
         None => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    EnvFilter::try_new(&cli.serve.log_level)
-                        .unwrap_or_else(|_| EnvFilter::new("info")),
-                )
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .init();
+            if let Err(e) = cairn_shim::logging::init(&cli.serve.log) {
+                eprintln!("cairn: {e:#}");
+                std::process::exit(1);
+            }
             // The e2e harness reads this line to know the fail points it set
             // took (a build without the feature ignores FAILPOINTS).
             #[cfg(feature = "failpoints")]

@@ -30,7 +30,7 @@ use crate::lease::{LeaseService, Lessor};
 use crate::maintenance_service::MaintenanceService;
 use crate::metrics::{track, ServerMetrics};
 use crate::migrate_service::MigrationService;
-use crate::node::{Node, SharedNode};
+use crate::node::{Node, SharedNode, ETCD_VERSION};
 use crate::stream_end::StreamEnd;
 use crate::watch::{WatchHub, WatchService};
 use cairn_raft_backend::PeerService;
@@ -270,21 +270,25 @@ async fn publish_self(node: SharedNode) {
 /// Logs when this member loses and regains a leader (quorum), as etcd warns.
 async fn watch_leader(node: SharedNode, metrics: Arc<ServerMetrics>) {
     let replica = &node.store;
+    let name = |id: u64| {
+        replica
+            .raft_status()
+            .members
+            .into_iter()
+            .find(|(m, info, _)| *m == id && !info.name.is_empty())
+            .map(|(_, info, _)| info.name)
+            .unwrap_or_else(|| format!("{id:x}"))
+    };
     let mut last = replica.leader();
     while let Some(now) = replica.leader_change(last).await {
         match (last, now) {
             (Some(_), None) => tracing::warn!(
                 "lost the leader: no quorum reachable; requests fail with \"no leader\""
             ),
-            (None, Some(l)) => tracing::info!(
-                leader = format_args!("{l:x}"),
-                "leader elected; quorum regained"
-            ),
-            (Some(a), Some(b)) if a != b => tracing::info!(
-                from = format_args!("{a:x}"),
-                to = format_args!("{b:x}"),
-                "leader changed"
-            ),
+            (None, Some(l)) => tracing::info!(leader = %name(l), "leader elected; quorum regained"),
+            (Some(a), Some(b)) if a != b => {
+                tracing::info!(from = %name(a), to = %name(b), "leader changed")
+            }
             _ => {}
         }
         metrics.leader_changed(now);
@@ -360,6 +364,13 @@ pub async fn serve(
     args: ServeArgs,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    tracing::info!(
+        cairn_version = crate::release::VERSION,
+        etcd_api = ETCD_VERSION,
+        name = %args.name,
+        data_dir = %args.data_dir().display(),
+        "starting Cairn"
+    );
     let node = open_node(&args).await?;
     let metrics = Arc::new(ServerMetrics::new(&node.registry)?);
     let limit = args.max_request_bytes + GRPC_OVERHEAD_BYTES;

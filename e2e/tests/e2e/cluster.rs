@@ -619,7 +619,7 @@ async fn lagging_member_is_sent_a_snapshot() -> Result<()> {
     converged(&c).await?;
     let log = std::fs::read_to_string(c.members[down].log_path())?;
     assert!(
-        log.contains("installing snapshot from the leader"),
+        log.contains("installing a snapshot from the leader"),
         "no snapshot was installed:\n{}",
         c.log_tail(down)
     );

@@ -22,6 +22,7 @@ mod peer_handlers;
 mod peer_server;
 mod propose;
 mod propose_stream;
+mod raft_events;
 mod read_index;
 mod replica;
 mod state_machine;

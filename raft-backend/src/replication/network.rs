@@ -369,6 +369,13 @@ impl RaftNetworkV2<TypeConfig> for Network {
             }
         };
         let feeder = tokio::spawn(feeder);
+        let index = meta.last_log_id.map(|l| l.index).unwrap_or(0);
+        tracing::info!(
+            to = format_args!("{target:x}"),
+            index,
+            "sending a snapshot to a member behind the log"
+        );
+        let started = std::time::Instant::now();
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
         let mut client = peer.client.clone();
         let call = client.install_snapshot(peer.request(stream, None));
@@ -391,6 +398,12 @@ impl RaftNetworkV2<TypeConfig> for Network {
         let vote = codec::vote_from_pb(resp.vote).map_err(|e| {
             StreamingError::Unreachable(Unreachable::new(&std::io::Error::other(e.to_string())))
         })?;
+        tracing::info!(
+            to = format_args!("{target:x}"),
+            index,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "snapshot sent"
+        );
         Ok(SnapshotResponse { vote })
     }
 

@@ -18,6 +18,7 @@ use super::leader_liveness::{self, LeaderContact};
 use super::log_store::LogStore;
 use super::network::{Factory, Peer};
 use super::options::{member_list, Bootstrap, RaftStatus, ReplicaOptions};
+use super::raft_events;
 use super::state_machine::{Raft, StateMachine};
 use super::types::TypeConfig;
 use super::waiters::Waiters;
@@ -102,6 +103,7 @@ impl Replica {
                 });
             }
         }
+        raft_events::start(raft.metrics(), opts.member_id);
         let contact = Arc::new(LeaderContact::default());
         // Only the metrics: a `Raft` clone here would keep the core alive.
         let reachable_leader = leader_liveness::start(

@@ -269,7 +269,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             .pin()
             .await?
             .ok_or_else(|| io_err("no entry applied yet: nothing to snapshot"))?;
-        tracing::info!(last_log_id = ?snapshot.meta.last_log_id, "state-machine snapshot point");
+        tracing::info!(
+            index = snapshot.meta.last_log_id.map(|l| l.index).unwrap_or(0),
+            "snapshot taken; the log before it can be purged"
+        );
         Ok(snapshot)
     }
 }
@@ -327,7 +330,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         snapshot: SnapshotData,
     ) -> io::Result<()> {
-        tracing::info!(last_log_id = ?meta.last_log_id, "installing snapshot from the leader");
+        tracing::info!(
+            index = meta.last_log_id.map(|l| l.index).unwrap_or(0),
+            "installing a snapshot from the leader"
+        );
         let file = match snapshot {
             SnapshotData::Received(file) => file,
             // openraft installs only what arrived from a leader.

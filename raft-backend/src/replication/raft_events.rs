@@ -1,0 +1,98 @@
+//! One log line per Raft event an operator needs: this member's elections
+//! and leadership, and membership changes (snapshots are logged where they
+//! are built, sent and installed).
+//!
+//! openraft logs its whole state at INFO on these (kilobytes per line); the
+//! server filters that out at info and logs these lines instead, read from
+//! openraft's metrics, with member names where the membership has them.
+
+use std::collections::BTreeMap;
+
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::type_config::alias::WatchReceiverOf;
+use openraft::{RaftMetrics, ServerState};
+
+use super::options::member_list;
+use super::types::TypeConfig;
+
+/// What the last line said, so that each change is logged once.
+#[derive(Default, PartialEq)]
+struct Seen {
+    state: Option<ServerState>,
+    term: u64,
+    membership: Option<(Vec<String>, Vec<String>)>,
+}
+
+/// Logs until the Raft core stops.
+pub(crate) fn start(mut metrics: WatchReceiverOf<TypeConfig, RaftMetrics<TypeConfig>>, id: u64) {
+    tokio::spawn(async move {
+        let mut seen = Seen::default();
+        loop {
+            let now = metrics.borrow_watched().clone();
+            log_changes(&mut seen, &now, id);
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
+fn log_changes(seen: &mut Seen, m: &RaftMetrics<TypeConfig>, id: u64) {
+    let members = member_list(m.membership_config.membership());
+    let names: BTreeMap<u64, String> = members
+        .iter()
+        .map(|(id, info, _)| (*id, display_name(*id, &info.name)))
+        .collect();
+    let name = |id: u64| names.get(&id).cloned().unwrap_or_else(|| format!("{id:x}"));
+
+    // An uninitialized member reports term 0; its first real state comes
+    // with the first election.
+    if m.current_term > 0 && (seen.state != Some(m.state) || seen.term != m.current_term) {
+        match m.state {
+            ServerState::Leader => tracing::info!(
+                member = %name(id), term = m.current_term, "became leader"
+            ),
+            ServerState::Candidate => tracing::info!(
+                member = %name(id), term = m.current_term, "started an election"
+            ),
+            ServerState::Follower if seen.state == Some(ServerState::Leader) => tracing::info!(
+                member = %name(id), term = m.current_term, "stepped down from leader"
+            ),
+            ServerState::Follower | ServerState::Learner | ServerState::Shutdown => {}
+        }
+        seen.state = Some(m.state);
+        seen.term = m.current_term;
+    }
+
+    let voters: Vec<String> = members
+        .iter()
+        .filter(|(_, _, learner)| !learner)
+        .map(|(id, _, _)| name(*id))
+        .collect();
+    let learners: Vec<String> = members
+        .iter()
+        .filter(|(_, _, learner)| *learner)
+        .map(|(id, _, _)| name(*id))
+        .collect();
+    let membership = Some((voters, learners));
+    if !members.is_empty() && seen.membership != membership {
+        if let Some((voters, learners)) = &membership {
+            let what = if seen.membership.is_none() {
+                "membership"
+            } else {
+                "membership changed"
+            };
+            tracing::info!(voters = %voters.join(","), learners = %learners.join(","), "{what}");
+        }
+        seen.membership = membership;
+    }
+}
+
+/// A member's name, or its ID while it has none (added, not yet started).
+fn display_name(id: u64, name: &str) -> String {
+    if name.is_empty() {
+        format!("{id:x}")
+    } else {
+        name.to_string()
+    }
+}
