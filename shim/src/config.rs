@@ -92,7 +92,8 @@ pub struct ServeArgs {
     pub peer_trusted_ca_file: Option<PathBuf>,
 
     /// Enable peer client cert authentication (requires --peer-trusted-ca-file).
-    #[arg(long, default_value_t = false)]
+    #[arg(long, default_value_t = false, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = go_bool)]
     pub peer_client_cert_auth: bool,
 
     /// Maximum client request size in bytes the server will accept.
@@ -120,12 +121,38 @@ pub struct ServeArgs {
     pub trusted_ca_file: Option<PathBuf>,
 
     /// Enable client cert authentication (requires --trusted-ca-file).
-    #[arg(long, default_value_t = false)]
+    #[arg(long, default_value_t = false, num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = go_bool)]
     pub client_cert_auth: bool,
 
     /// Interval between periodic progress notifications to watchers that ask for them.
     #[arg(long, alias = "experimental-watch-progress-notify-interval", default_value = "10m", value_parser = parse_duration)]
     pub watch_progress_notify_interval: std::time::Duration,
+
+    /// List of URLs to also serve /metrics, /health, /livez and /readyz on,
+    /// plain HTTP or HTTPS with the client certificate (kubeadm probes these).
+    #[arg(long, value_delimiter = ',')]
+    pub listen_metrics_urls: Vec<String>,
+
+    /// `extensive` adds gRPC handling-time histograms to the metrics.
+    #[arg(long, value_enum, default_value = "basic")]
+    pub metrics: crate::metrics::MetricsLevel,
+
+    /// Maximum concurrent gRPC streams each client connection may open.
+    #[arg(long, default_value_t = u32::MAX)]
+    pub max_concurrent_streams: u32,
+
+    /// Path to an etcd YAML configuration file (keys are the flags' names).
+    /// As in etcd, the file then configures the member alone: other flags
+    /// and ETCD_* variables are ignored.
+    #[arg(long)]
+    pub config_file: Option<PathBuf>,
+
+    /// etcd 3.6's server feature gates, Name=bool,... Each is checked as
+    /// the flag it replaces: accepted when it changes nothing, refused when
+    /// Cairn does not implement it.
+    #[arg(long)]
+    pub feature_gates: Option<String>,
 
     /// etcd's logging flags.
     #[command(flatten)]
@@ -191,6 +218,16 @@ impl ServeArgs {
         if self.max_txn_ops == 0 {
             bail!("--max-txn-ops must be positive");
         }
+        for url in &self.listen_metrics_urls {
+            match url.split("://").next() {
+                Some("http") => {}
+                Some("https") if self.tls_enabled() => {}
+                Some("https") => bail!(
+                    "listen metrics URL {url:?} uses https:// but --cert-file and --key-file are not given"
+                ),
+                _ => bail!("listen metrics URL {url:?} must use http:// or https://"),
+            }
+        }
         let want = if self.tls_enabled() { "https" } else { "http" };
         for url in &self.listen_client_urls {
             let scheme = url.split("://").next().unwrap_or_default();
@@ -220,6 +257,11 @@ pub async fn resolve_listen_url(url: &str) -> anyhow::Result<Vec<SocketAddr>> {
         bail!("listen URL {url:?} resolves to no address");
     }
     Ok(addrs)
+}
+
+/// A boolean flag's value as Go reads it (`true`, `1`, `T`, `false`, ...).
+fn go_bool(s: &str) -> Result<bool, String> {
+    crate::etcd_flags::parse_go_bool(s).map_err(|e| e.to_string())
 }
 
 /// Parses Go-style durations as etcd's flags take them: "10m", "5s", "100ms", "1h".

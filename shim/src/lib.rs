@@ -11,6 +11,8 @@
 mod cluster_config;
 pub mod config;
 pub mod disk_check;
+pub mod etcd_config_file;
+pub mod etcd_flags;
 mod identity;
 pub mod logging;
 pub mod release;

@@ -3,7 +3,7 @@
 //! With no arguments it serves a one-member store on 127.0.0.1:2379 from
 //! `./default.cairn`, as `etcd` does with `./default.etcd`.
 
-use cairn_shim::{config, server};
+use cairn_shim::{config, etcd_flags, server};
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
@@ -64,11 +64,33 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+/// The command line: a subcommand as clap reads it, or the server's flags
+/// as etcd takes them (Go flag syntax, `ETCD_*` variables, `--config-file`),
+/// with the warnings about etcd flags that have no effect here.
+fn parse_command_line() -> (Cli, Vec<String>) {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let serving = argv
+        .get(1)
+        .is_none_or(|a| a.to_string_lossy().starts_with('-'));
+    if !serving {
+        return (Cli::parse(), Vec::new());
+    }
+    let env = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+    match etcd_flags::normalize(argv, env, &etcd_flags::cairn_flags()) {
+        Ok(line) => (Cli::parse_from(line.args), line.warnings),
+        Err(e) => {
+            eprintln!("cairn: {e:#}");
+            std::process::exit(2)
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
-    let cli = Cli::parse();
+    let (cli, flag_warnings) = parse_command_line();
     match cli.command {
         Some(Cmd::Bench(args)) => cairn_bench::run(args).await,
         Some(Cmd::Migrate(args)) => {
@@ -90,6 +112,9 @@ async fn main() -> anyhow::Result<()> {
             if let Err(e) = cairn_shim::logging::init(&cli.serve.log) {
                 eprintln!("cairn: {e:#}");
                 std::process::exit(1);
+            }
+            for warning in &flag_warnings {
+                tracing::warn!("{warning}");
             }
             // The e2e harness reads this line to know the fail points it set
             // took (a build without the feature ignores FAILPOINTS).

@@ -5,7 +5,14 @@ use std::sync::Arc;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+
+/// `--metrics`: as etcd, `extensive` adds the gRPC handling-time histograms.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricsLevel {
+    Basic,
+    Extensive,
+}
 
 use crate::node::Node;
 
@@ -40,10 +47,12 @@ pub struct ServerMetrics {
     compact_revision: IntGauge,
     grpc_started: IntCounterVec,
     grpc_handled: IntCounterVec,
+    /// `grpc_server_handling_seconds`, with `--metrics extensive` only.
+    grpc_handling: Option<HistogramVec>,
 }
 
 impl ServerMetrics {
-    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+    pub fn new(registry: &Registry, level: MetricsLevel) -> prometheus::Result<Self> {
         let grpc_labels = ["grpc_type", "grpc_service", "grpc_method"];
         let m = ServerMetrics {
             has_leader: IntGauge::new(
@@ -85,6 +94,18 @@ impl ServerMetrics {
                 ),
                 &["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
             )?,
+            // go-grpc-prometheus's default buckets, as etcd exports them.
+            grpc_handling: match level {
+                MetricsLevel::Basic => None,
+                MetricsLevel::Extensive => Some(HistogramVec::new(
+                    HistogramOpts::new(
+                        "grpc_server_handling_seconds",
+                        "Histogram of response latency (seconds) of gRPC that had been application-level handled by the server.",
+                    )
+                    .buckets(prometheus::DEFAULT_BUCKETS.to_vec()),
+                    &grpc_labels,
+                )?),
+            },
         };
         registry.register(Box::new(m.has_leader.clone()))?;
         registry.register(Box::new(m.leader_changes.clone()))?;
@@ -95,6 +116,9 @@ impl ServerMetrics {
         registry.register(Box::new(m.compact_revision.clone()))?;
         registry.register(Box::new(m.grpc_started.clone()))?;
         registry.register(Box::new(m.grpc_handled.clone()))?;
+        if let Some(h) = &m.grpc_handling {
+            registry.register(Box::new(h.clone()))?;
+        }
         registry.register(Box::new(build_info()?))?;
         Ok(m)
     }
@@ -186,7 +210,14 @@ pub async fn track(
         .grpc_started
         .with_label_values(&[kind, service, method])
         .inc();
+    let started = std::time::Instant::now();
     let resp = next.run(req).await;
+    // Only unary calls: a stream's response starts long before it ends,
+    // and this layer sees only the start.
+    if let (Some(h), "unary") = (&metrics.grpc_handling, kind) {
+        h.with_label_values(&[kind, service, method])
+            .observe(started.elapsed().as_secs_f64());
+    }
     let code = resp
         .headers()
         .get("grpc-status")

@@ -248,7 +248,7 @@ async fn publish_self(node: SharedNode) {
             return;
         }
         if !waiting_logged {
-            tracing::info!("publishing member attributes through Raft before serving clients");
+            tracing::debug!("publishing member attributes through Raft before serving clients");
             waiting_logged = true;
         }
         if replica.leader().is_some() && listed.is_some() {
@@ -349,6 +349,46 @@ async fn serve_peers(
     Ok(())
 }
 
+/// Serves /metrics and the health endpoints on `--listen-metrics-urls`, as
+/// etcd does, so that probes and scrapes need no client certificate on
+/// plain `http://` URLs. `https://` ones use the client TLS settings.
+async fn serve_metrics(
+    args: &ServeArgs,
+    node: SharedNode,
+    metrics: Arc<ServerMetrics>,
+    stream_end: &StreamEnd,
+) -> anyhow::Result<()> {
+    for (scheme, tls) in [("http", false), ("https", true)] {
+        let urls: Vec<String> = args
+            .listen_metrics_urls
+            .iter()
+            .filter(|u| u.split("://").next() == Some(scheme))
+            .cloned()
+            .collect();
+        if urls.is_empty() {
+            continue;
+        }
+        let incoming = bind_all(&urls, "metrics").await?;
+        let mut builder = Server::builder().accept_http1(true);
+        if tls {
+            let config = crate::tls::client_listener(args)?.context(
+                "--listen-metrics-urls: an https:// URL needs --cert-file and --key-file",
+            )?;
+            builder = builder.tls_config(config)?;
+        }
+        let app = crate::http::routes(node.clone(), metrics.clone());
+        let server = builder
+            .add_routes(Routes::from(app))
+            .serve_with_incoming_shutdown(incoming, stream_end.stopped());
+        tokio::spawn(async move {
+            if let Err(e) = server.await {
+                tracing::error!(error = %e, "metrics server stopped");
+            }
+        });
+    }
+    Ok(())
+}
+
 /// etcd's request timeout: 5 s plus two election timeouts.
 fn request_timeout(args: &ServeArgs) -> Duration {
     Duration::from_secs(5) + 2 * Duration::from_millis(args.election_timeout)
@@ -372,7 +412,7 @@ pub async fn serve(
         "starting Cairn"
     );
     let node = open_node(&args).await?;
-    let metrics = Arc::new(ServerMetrics::new(&node.registry)?);
+    let metrics = Arc::new(ServerMetrics::new(&node.registry, args.metrics)?);
     let limit = args.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let hub = WatchHub::start(node.clone(), args.watch_progress_notify_interval);
     let election = Duration::from_millis(args.election_timeout);
@@ -392,6 +432,7 @@ pub async fn serve(
     // the client URLs are in the membership, connecting to them never fails;
     // a client that connects early waits in the accept queue.
     let incoming = bind_all(&args.listen_client_urls, "client").await?;
+    serve_metrics(&args, node.clone(), metrics.clone(), &stream_end).await?;
     // As etcd, serve clients only once this member's name and client URLs
     // are in the membership (so MemberList and `endpoint status --cluster`
     // never show it half-published); on a restart they already are.
@@ -433,7 +474,9 @@ pub async fn serve(
         ))
         .layer(axum::middleware::from_fn_with_state(metrics, track));
 
-    let mut builder = Server::builder().accept_http1(true);
+    let mut builder = Server::builder()
+        .accept_http1(true)
+        .max_concurrent_streams(Some(args.max_concurrent_streams));
     if let Some(tls) = crate::tls::client_listener(&args)? {
         builder = builder.tls_config(tls)?;
     }
