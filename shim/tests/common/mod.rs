@@ -35,10 +35,16 @@ pub struct Cairn {
 
 impl Cairn {
     pub fn spawn(cwd: &Path, args: &[&str]) -> Cairn {
+        Cairn::spawn_as(Path::new(env!("CARGO_BIN_EXE_cairn")), cwd, args, &[])
+    }
+
+    /// `binary` (the cairn binary, or a link to it) with `env` set too.
+    pub fn spawn_as(binary: &Path, cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Cairn {
         let log = cwd.join("cairn.log");
         let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        let child = Command::new(binary)
             .args(args)
+            .envs(env.iter().copied())
             .current_dir(cwd)
             .stdout(Stdio::null())
             .stderr(out)
