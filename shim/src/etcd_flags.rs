@@ -630,6 +630,18 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_file_sets_only_flags_cairn_has() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/systemd/cairn.yaml");
+        let c = run(&["--config-file", path], &[("ETCD_NAME", "ignored")]).unwrap();
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        assert!(
+            args(&c).contains(&"--name=cairn-1".to_string()),
+            "{:?}",
+            args(&c)
+        );
+    }
+
+    #[test]
     fn go_durations_and_bools() {
         assert_eq!(
             parse_go_duration("1h30m").unwrap(),

@@ -18,6 +18,7 @@ pub mod logging;
 pub mod release;
 pub mod server;
 pub mod snapshot_cli;
+mod systemd_notify;
 mod tls;
 
 // What every service shares, and how errors reach clients.

@@ -487,6 +487,7 @@ pub async fn serve(
         data_dir = %args.data_dir().display(),
         "ready to serve client requests"
     );
+    crate::systemd_notify::ready();
     // One signal for both: the server stops taking connections as the
     // streams are told to end.
     let server = builder

@@ -382,3 +382,37 @@ fn config_file_and_etcd_variables_configure_a_member() {
         member.log_text()
     );
 }
+
+/// A unit written for etcd (`Type=notify`) waits for `READY=1` on
+/// `NOTIFY_SOCKET`; Cairn sends it once it serves clients.
+#[test]
+fn systemd_hears_ready_once_the_member_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let notify = socket_path.display().to_string();
+    let mut member = Cairn::spawn_as(
+        Path::new(env!("CARGO_BIN_EXE_cairn")),
+        dir.path(),
+        &[
+            "--data-dir=data",
+            "--listen-peer-urls=http://127.0.0.1:0",
+            &format!("--listen-client-urls={url}"),
+            &format!("--advertise-client-urls={url}"),
+        ],
+        &[("NOTIFY_SOCKET", &notify)],
+    );
+    let mut buf = [0u8; 64];
+    let n = socket
+        .recv(&mut buf)
+        .unwrap_or_else(|e| panic!("no READY=1 within 30 s ({e}):\n{}", member.log_text()));
+    assert_eq!(&buf[..n], b"READY=1");
+    // Ready means serving: the first request after it succeeds.
+    let put = etcdctl_run(&["--endpoints", &url, "put", "k", "v"], None);
+    assert!(put.status.success(), "{put:?}");
+    wait_healthy(&mut member, &url, &[]);
+}
