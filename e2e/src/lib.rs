@@ -67,6 +67,7 @@ pub mod failpoints;
 pub mod grpc;
 pub mod http;
 pub mod kine;
+pub mod kube;
 pub mod linearizability;
 pub mod measure;
 pub mod member;

@@ -18,6 +18,7 @@ mod crash;
 mod differential_kv;
 mod etcdctl;
 mod etcdctl_watch_lease;
+mod kube_apiserver;
 mod kube_patterns;
 mod lease;
 mod migrate;
