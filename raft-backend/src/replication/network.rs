@@ -144,6 +144,8 @@ pub struct Factory {
 pub struct Network {
     peer: Result<Peer, String>,
     target: u64,
+    /// The target's name, or its ID while it has none, for logs.
+    target_name: String,
     /// False once the target answered StreamAppend with UNIMPLEMENTED (a
     /// member of an earlier version): replication then uses AppendEntries.
     streaming: bool,
@@ -182,6 +184,11 @@ impl RaftNetworkFactory<TypeConfig> for Factory {
         Network {
             peer: self.transport.client(&node.peer_urls),
             target,
+            target_name: if node.name.is_empty() {
+                format!("{target:x}")
+            } else {
+                node.name.clone()
+            },
             streaming: true,
         }
     }
@@ -370,8 +377,9 @@ impl RaftNetworkV2<TypeConfig> for Network {
         };
         let feeder = tokio::spawn(feeder);
         let index = meta.last_log_id.map(|l| l.index).unwrap_or(0);
+        let to = self.target_name.clone();
         tracing::info!(
-            to = format_args!("{target:x}"),
+            %to,
             index,
             "sending a snapshot to a member behind the log"
         );
@@ -399,7 +407,7 @@ impl RaftNetworkV2<TypeConfig> for Network {
             StreamingError::Unreachable(Unreachable::new(&std::io::Error::other(e.to_string())))
         })?;
         tracing::info!(
-            to = format_args!("{target:x}"),
+            %to,
             index,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "snapshot sent"
