@@ -92,13 +92,14 @@ fn json_lines(log: &str) -> Vec<serde_json::Value> {
 }
 
 /// The warnings a start logged, but the disk check's (this machine's disk
-/// is not what the test is about).
+/// is not what the test is about) and the test's own probes' that came
+/// before the member was ready (as etcd, Cairn logs each failed probe).
 fn warnings(lines: &[serde_json::Value]) -> Vec<String> {
     lines
         .iter()
         .filter(|l| l["level"] == "warn")
         .map(|l| l["msg"].as_str().unwrap_or_default().to_string())
-        .filter(|m| !m.starts_with("disk check"))
+        .filter(|m| !m.starts_with("disk check") && m != "health check failed")
         .collect()
 }
 
@@ -415,4 +416,81 @@ fn systemd_hears_ready_once_the_member_serves() {
     let put = etcdctl_run(&["--endpoints", &url, "put", "k", "v"], None);
     assert!(put.status.success(), "{put:?}");
     wait_healthy(&mut member, &url, &[]);
+}
+
+/// Raft's events reach the log as one short line each, with member names:
+/// the election, the membership, and a leader change after the leader dies.
+#[test]
+fn raft_events_are_one_line_each_with_member_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = common::spawn_cluster(dir.path(), "http", &[]);
+    let log = |i: usize| {
+        std::fs::read_to_string(dir.path().join(format!("m{i}/cairn.log"))).unwrap_or_default()
+    };
+    // The leader of the highest term any member logged winning.
+    let leader = (0..3)
+        .flat_map(|i| {
+            json_lines(&log(i))
+                .into_iter()
+                .filter(move |l| l["msg"] == "became leader" && l["member"] == format!("m{i}"))
+                .map(move |l| (l["term"].as_u64().unwrap_or(0), i))
+        })
+        .max()
+        .map(|(_, i)| i)
+        .unwrap_or_else(|| panic!("no member logged its election:\n{}", log(0)));
+    for i in 0..3 {
+        let lines = json_lines(&log(i));
+        assert!(
+            lines
+                .iter()
+                .any(|l| l["msg"] == "membership" && l["voters"] == "m0,m1,m2"),
+            "m{i}:\n{}",
+            log(i)
+        );
+        if i != leader {
+            assert!(
+                lines
+                    .iter()
+                    .any(|l| l["msg"] == "following the leader"
+                        && l["leader"] == format!("m{leader}")),
+                "m{i}:\n{}",
+                log(i)
+            );
+        }
+        // No state dump: openraft's INFO lines are kilobytes long.
+        let longest = log(i).lines().map(str::len).max().unwrap_or(0);
+        assert!(
+            longest < 600,
+            "m{i} logged a {longest}-byte line:\n{}",
+            log(i)
+        );
+    }
+    let _ = cluster.members[leader].child.kill();
+    let _ = cluster.members[leader].child.wait();
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let elected = survivors.iter().any(|i| {
+            json_lines(&log(*i))
+                .iter()
+                .any(|l| l["msg"] == "became leader" && l["member"] == format!("m{i}"))
+        });
+        let seen = survivors.iter().all(|i| {
+            json_lines(&log(*i)).iter().any(|l| {
+                l["msg"] == "leader changed" && l["from"] == format!("m{leader}")
+                    || l["msg"]
+                        == "lost the leader: no quorum reachable; requests fail with \"no leader\""
+            })
+        });
+        if elected && seen {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new leader logged within 30 s:\n{}\n{}",
+            log(survivors[0]),
+            log(survivors[1])
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -20,6 +20,7 @@ use super::types::TypeConfig;
 struct Seen {
     state: Option<ServerState>,
     term: u64,
+    leader: Option<u64>,
     membership: Option<(Vec<String>, Vec<String>)>,
 }
 
@@ -63,17 +64,31 @@ fn log_changes(seen: &mut Seen, m: &RaftMetrics<TypeConfig>, id: u64) {
         seen.state = Some(m.state);
         seen.term = m.current_term;
     }
+    if matches!(m.state, ServerState::Follower | ServerState::Learner)
+        && m.current_leader.is_some()
+        && m.current_leader != seen.leader
+    {
+        if let Some(leader) = m.current_leader {
+            tracing::info!(
+                member = %name(id), leader = %name(leader), term = m.current_term,
+                "following the leader"
+            );
+        }
+    }
+    seen.leader = m.current_leader;
 
-    let voters: Vec<String> = members
+    let mut voters: Vec<String> = members
         .iter()
         .filter(|(_, _, learner)| !learner)
         .map(|(id, _, _)| name(*id))
         .collect();
-    let learners: Vec<String> = members
+    let mut learners: Vec<String> = members
         .iter()
         .filter(|(_, _, learner)| *learner)
         .map(|(id, _, _)| name(*id))
         .collect();
+    voters.sort();
+    learners.sort();
     let membership = Some((voters, learners));
     if !members.is_empty() && seen.membership != membership {
         if let Some((voters, learners)) = &membership {

@@ -148,7 +148,7 @@ pub fn spawn_cluster(dir: &Path, peer_scheme: &str, extra: &[String]) -> Spawned
         wait_healthy(m, ep, &[]);
     }
     Spawned {
-        _members: members,
+        members,
         endpoints,
         peers,
     }
@@ -156,7 +156,8 @@ pub fn spawn_cluster(dir: &Path, peer_scheme: &str, extra: &[String]) -> Spawned
 
 /// A running cluster: its members stop when this is dropped.
 pub struct Spawned {
-    _members: Vec<Cairn>,
+    /// The processes, m0 first.
+    pub members: Vec<Cairn>,
     /// Client URLs, m0 first.
     pub endpoints: Vec<String>,
     /// Peer URLs, m0 first.
