@@ -23,6 +23,7 @@ mod peer_server;
 mod propose;
 mod propose_stream;
 mod raft_events;
+mod read_batch;
 mod read_index;
 mod replica;
 mod state_machine;

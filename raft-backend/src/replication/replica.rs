@@ -19,6 +19,7 @@ use super::log_store::LogStore;
 use super::network::{Factory, Peer};
 use super::options::{member_list, Bootstrap, RaftStatus, ReplicaOptions};
 use super::raft_events;
+use super::read_index::ReadQueues;
 use super::state_machine::{Raft, StateMachine};
 use super::types::TypeConfig;
 use super::waiters::Waiters;
@@ -43,6 +44,8 @@ pub struct Replica {
     /// changes on this leader (member add/promote, a member publishing its
     /// URLs) queue here instead of failing each other.
     pub(super) membership_changes: tokio::sync::Mutex<()>,
+    /// Linearizable reads waiting for a shared ReadIndex round.
+    pub(super) reads: ReadQueues,
 }
 
 impl Replica {
@@ -119,6 +122,7 @@ impl Replica {
             transport: opts.transport,
         };
         let forwarder = Forwarder::start(locator.clone(), waiters.clone(), opts.request_timeout);
+        let reads = ReadQueues::start(&raft, &locator, opts.request_timeout);
         Ok(Replica {
             raft,
             locator,
@@ -136,6 +140,7 @@ impl Replica {
             state,
             request_timeout: opts.request_timeout,
             membership_changes: tokio::sync::Mutex::new(()),
+            reads,
         })
     }
 
