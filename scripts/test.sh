@@ -47,6 +47,8 @@ export CAIRN_TEST_ETCDCTL="$etcdbin/etcdctl"
 # e2e/src/failpoints.rs). Without the feature the binary ignores FAILPOINTS:
 # the e2e cluster tests then fail at start saying so, and the tests that need
 # other fail points fail or pass without exercising their path. Release and
-# bench builds never have the feature.
-cargo build --workspace --bins --features cairn-shim/failpoints
-cargo test --workspace --features cairn-shim/failpoints -- "$@"
+# bench builds never have the feature. `fuzzing` adds the fuzz targets' entry
+# points, so that the committed fuzz corpus replays as a test on stable
+# (scripts/fuzz.sh runs the fuzzer itself).
+cargo build --workspace --bins --features cairn-shim/failpoints,cairn-shim/fuzzing
+cargo test --workspace --features cairn-shim/failpoints,cairn-shim/fuzzing -- "$@"

@@ -16,11 +16,14 @@
 mod apply;
 mod command;
 mod error;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod mvcc;
 mod replication;
 mod store;
-#[cfg(test)]
-mod testing;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod testing;
 mod txn;
 
 pub use command::{AppliedBatch, Command, CommandOutput, RevisionEvents};

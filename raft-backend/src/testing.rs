@@ -34,6 +34,12 @@ pub struct TestStore {
     pub state: ApplyState,
 }
 
+impl Default for TestStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl TestStore {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
@@ -96,6 +102,11 @@ impl TestStore {
         self.state.persist(&tx)?;
         tx.commit()?;
         Ok(t)
+    }
+
+    /// A Range as the server answers it, on a reader of its own.
+    pub fn range(&self, r: &RangeRequest) -> Result<cairn_proto::etcdserverpb::RangeResponse> {
+        self.read(|t| crate::txn::range(t, r))
     }
 
     /// A reader connection, for `read_with`.

@@ -13,6 +13,8 @@ pub mod config;
 pub mod disk_check;
 pub mod etcd_config_file;
 pub mod etcd_flags;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod identity;
 pub mod logging;
 pub mod release;

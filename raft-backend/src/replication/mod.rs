@@ -7,12 +7,12 @@
 //! (`apply::writer`) → SQLite → applied-event stream. Every openraft type
 //! stays inside this module tree.
 
-mod codec;
+pub(crate) mod codec;
 mod error_map;
 mod forwarder;
 mod leader_liveness;
 mod lease_forward;
-mod log_file;
+pub(crate) mod log_file;
 mod log_store;
 mod membership;
 pub(crate) mod membership_error;
