@@ -130,6 +130,17 @@ pub struct ServeArgs {
     /// Log filter, in tracing's EnvFilter syntax (e.g. info, cairn=debug).
     #[arg(long, default_value = "info", env = "CAIRN_LOG")]
     pub log_level: String,
+
+    // Auto-compaction, gRPC keepalive and the TLS policy, as etcd 3.6 has them.
+    /// How to read --auto-compaction-retention: `periodic` (a duration; a
+    /// plain number is hours) or `revision` (a number of revisions).
+    #[arg(long, default_value = "periodic")]
+    pub auto_compaction_mode: String,
+
+    /// History the leader keeps when it compacts automatically; 0 disables
+    /// auto compaction.
+    #[arg(long, default_value = "0")]
+    pub auto_compaction_retention: String,
 }
 
 impl ServeArgs {
@@ -191,6 +202,10 @@ impl ServeArgs {
         if self.max_txn_ops == 0 {
             bail!("--max-txn-ops must be positive");
         }
+        crate::compactor::AutoCompaction::from_flags(
+            &self.auto_compaction_mode,
+            &self.auto_compaction_retention,
+        )?;
         let want = if self.tls_enabled() { "https" } else { "http" };
         for url in &self.listen_client_urls {
             let scheme = url.split("://").next().unwrap_or_default();

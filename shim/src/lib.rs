@@ -9,8 +9,10 @@
 
 // Configuration and the assembly of a member.
 mod cluster_config;
+mod compactor;
 pub mod config;
 pub mod disk_check;
+pub mod go_duration;
 mod identity;
 pub mod release;
 pub mod server;

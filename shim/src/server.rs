@@ -390,6 +390,7 @@ pub async fn serve(
         () = &mut shutdown => return Ok(()),
     }
     tokio::spawn(watch_leader(node.clone(), metrics.clone()));
+    let _compactor = crate::compactor::start(node.clone(), crate::compactor::from_args(&args)?);
     let grpc =
         Routes::new(KvServer::new(KvService::new(node.clone())).max_decoding_message_size(limit))
             .add_service(
