@@ -141,6 +141,21 @@ pub struct ServeArgs {
     /// auto compaction.
     #[arg(long, default_value = "0")]
     pub auto_compaction_retention: String,
+
+    /// Minimum interval a client should wait between keepalive pings.
+    /// Accepted but not enforced: hyper's HTTP/2 server has no ping policy,
+    /// so clients that ping more often are not sent GOAWAY (more permissive
+    /// than etcd).
+    #[arg(long, default_value = "5s", value_parser = crate::go_duration::parse_flag)]
+    pub grpc_keepalive_min_time: crate::go_duration::GoDuration,
+
+    /// Interval of server-to-client pings on idle client connections (0 disables).
+    #[arg(long, default_value = "2h", value_parser = crate::go_duration::parse_flag)]
+    pub grpc_keepalive_interval: crate::go_duration::GoDuration,
+
+    /// How long to wait for a ping's answer before closing the connection (0 disables).
+    #[arg(long, default_value = "20s", value_parser = crate::go_duration::parse_flag)]
+    pub grpc_keepalive_timeout: crate::go_duration::GoDuration,
 }
 
 impl ServeArgs {

@@ -14,6 +14,7 @@ pub mod config;
 pub mod disk_check;
 pub mod go_duration;
 mod identity;
+mod keepalive;
 pub mod release;
 pub mod server;
 pub mod snapshot_cli;

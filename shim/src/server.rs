@@ -423,7 +423,7 @@ pub async fn serve(
         ))
         .layer(axum::middleware::from_fn_with_state(metrics, track));
 
-    let mut builder = Server::builder().accept_http1(true);
+    let mut builder = crate::keepalive::apply(Server::builder().accept_http1(true), &args);
     if let Some(tls) = crate::tls::client_listener(&args)? {
         builder = builder.tls_config(tls)?;
     }

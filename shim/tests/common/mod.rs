@@ -82,22 +82,26 @@ pub fn etcdctl_run(args: &[&str], stdin: Option<&str>) -> Output {
 /// A one-member store in `dir/data` serving plain http on a free port,
 /// healthy: (the process, its host:port, its URL).
 pub fn spawn_single(dir: &Path) -> (Cairn, String, String) {
+    spawn_single_with(dir, &[])
+}
+
+/// `spawn_single` with `extra` flags.
+pub fn spawn_single_with(dir: &Path, extra: &[&str]) -> (Cairn, String, String) {
     let addr = format!("127.0.0.1:{}", free_port());
     let url = format!("http://{addr}");
-    let mut server = Cairn::spawn(
-        dir,
-        &[
-            "--data-dir",
-            "data",
-            // Any free port: a single member never dials itself.
-            "--listen-peer-urls",
-            "http://127.0.0.1:0",
-            "--listen-client-urls",
-            &url,
-            "--advertise-client-urls",
-            &url,
-        ],
-    );
+    let mut args = vec![
+        "--data-dir",
+        "data",
+        // Any free port: a single member never dials itself.
+        "--listen-peer-urls",
+        "http://127.0.0.1:0",
+        "--listen-client-urls",
+        &url,
+        "--advertise-client-urls",
+        &url,
+    ];
+    args.extend_from_slice(extra);
+    let mut server = Cairn::spawn(dir, &args);
     wait_healthy(&mut server, &addr, &[]);
     (server, addr, url)
 }
