@@ -156,6 +156,31 @@ pub struct ServeArgs {
     /// How long to wait for a ping's answer before closing the connection (0 disables).
     #[arg(long, default_value = "20s", value_parser = crate::go_duration::parse_flag)]
     pub grpc_keepalive_timeout: crate::go_duration::GoDuration,
+
+    /// Comma-separated TLS 1.2 cipher suites (Go's names) the client and peer
+    /// listeners accept; empty means rustls's defaults. TLS 1.3 suites are
+    /// not configurable, as in etcd.
+    #[arg(long, value_delimiter = ',')]
+    pub cipher_suites: Vec<String>,
+
+    /// Minimum TLS version of the client and peer listeners: TLS1.2 or TLS1.3.
+    #[arg(long, default_value = "TLS1.2")]
+    pub tls_min_version: String,
+
+    /// Maximum TLS version of the client and peer listeners: TLS1.2 or
+    /// TLS1.3 (empty: the highest, TLS1.3).
+    #[arg(long, default_value = "")]
+    pub tls_max_version: String,
+
+    /// Certificate revocation list (PEM) checked against client certificates
+    /// on the client listener (with --client-cert-auth).
+    #[arg(long)]
+    pub client_crl_file: Option<PathBuf>,
+
+    /// Certificate revocation list (PEM) checked against peer certificates on
+    /// the peer listener (with --peer-client-cert-auth).
+    #[arg(long)]
+    pub peer_crl_file: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -221,6 +246,7 @@ impl ServeArgs {
             &self.auto_compaction_mode,
             &self.auto_compaction_retention,
         )?;
+        crate::tls_policy::TlsPolicy::from_args(self)?;
         let want = if self.tls_enabled() { "https" } else { "http" };
         for url in &self.listen_client_urls {
             let scheme = url.split("://").next().unwrap_or_default();

@@ -19,6 +19,8 @@ pub mod release;
 pub mod server;
 pub mod snapshot_cli;
 mod tls;
+mod tls_accept;
+mod tls_policy;
 
 // What every service shares, and how errors reach clients.
 mod errors;

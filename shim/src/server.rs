@@ -293,7 +293,8 @@ async fn watch_leader(node: SharedNode, metrics: Arc<ServerMetrics>) {
 }
 
 /// Connections accepted on every address the URLs resolve to.
-type Incoming = futures::stream::BoxStream<'static, std::io::Result<tokio::net::TcpStream>>;
+pub(crate) type Incoming =
+    futures::stream::BoxStream<'static, std::io::Result<tokio::net::TcpStream>>;
 
 /// Binds every address of `urls` (`what`: "client" or "peer", for errors
 /// and logs). Accepted connections have Nagle off: small request/response
@@ -323,10 +324,8 @@ async fn serve_peers(
     metrics: Arc<ServerMetrics>,
 ) -> anyhow::Result<()> {
     let incoming = bind_all(&args.listen_peer_urls, "peer").await?;
+    let incoming = crate::tls_accept::incoming(incoming, crate::tls::peer_listener(args)?);
     let mut builder = Server::builder();
-    if let Some(tls) = crate::tls::peer_listener(args)? {
-        builder = builder.tls_config(tls)?;
-    }
     // Counted under grpc_server_*_total like client RPCs (service
     // cairnpb.peer.v1.Peer), which is how idle Raft traffic is measured.
     let routes = Routes::new(
@@ -423,10 +422,8 @@ pub async fn serve(
         ))
         .layer(axum::middleware::from_fn_with_state(metrics, track));
 
+    let incoming = crate::tls_accept::incoming(incoming, crate::tls::client_listener(&args)?);
     let mut builder = crate::keepalive::apply(Server::builder().accept_http1(true), &args);
-    if let Some(tls) = crate::tls::client_listener(&args)? {
-        builder = builder.tls_config(tls)?;
-    }
     tracing::info!(
         name = %node.id.name,
         member_id = format_args!("{:x}", node.id.member_id),
