@@ -114,18 +114,23 @@ fn revision_interval() -> Duration {
     }
 }
 
-/// Compacts once, logging as etcd does (one line, at INFO when done);
-/// whether the compactor may move on.
-async fn compact_logged<C: Compactable>(member: &C, revision: i64, retry: Duration) -> bool {
-    tracing::debug!(revision, "starting auto compaction");
+/// Compacts once, logging as etcd does (one line, at INFO when done;
+/// `mode` names the compactor in it); whether the compactor may move on.
+async fn compact_logged<C: Compactable>(
+    member: &C,
+    mode: &str,
+    revision: i64,
+    retry: Duration,
+) -> bool {
+    tracing::debug!(revision, "starting auto {mode} compaction");
     let started = tokio::time::Instant::now();
     match member.compact(revision).await {
         Ok(()) | Err(StoreError::Compacted) => {
-            tracing::info!(revision, took = ?started.elapsed(), "completed auto compaction");
+            tracing::info!(revision, took = ?started.elapsed(), "completed auto {mode} compaction");
             true
         }
         Err(e) => {
-            tracing::warn!(revision, retry_interval = ?retry, error = %e, "failed auto compaction");
+            tracing::warn!(revision, retry_interval = ?retry, error = %e, "failed auto {mode} compaction");
             false
         }
     }

@@ -51,7 +51,7 @@ pub(super) async fn run<C: Compactable>(member: Arc<C>, period: Duration) {
             continue;
         }
         wait = compact_interval;
-        if compact_logged(&*member, rev, retry).await {
+        if compact_logged(&*member, "periodic", rev, retry).await {
             last_revision = rev;
             last_success = Instant::now();
         }

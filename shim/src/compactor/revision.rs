@@ -19,7 +19,7 @@ pub(super) async fn run<C: Compactable>(member: Arc<C>, retention: i64, interval
         if rev <= 0 || rev == prev {
             continue;
         }
-        if compact_logged(&*member, rev, interval).await {
+        if compact_logged(&*member, "revision", rev, interval).await {
             prev = rev;
         }
     }
