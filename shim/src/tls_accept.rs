@@ -66,6 +66,12 @@ pub fn incoming(
                     Ok(Ok(tls)) => {
                         let _ = tx.send(Ok(MaybeTls::Tls(Box::new(tls)))).await;
                     }
+                    // A refused certificate, version or suite, as etcd
+                    // warns "rejected connection"; a peer that hung up
+                    // (probes, scanners) only at debug.
+                    Ok(Err(e)) if is_tls_error(&e) => {
+                        tracing::warn!(?peer, error = %e, "rejected TLS connection")
+                    }
                     Ok(Err(e)) => tracing::debug!(?peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(?peer, "TLS handshake timed out"),
                 }
@@ -73,6 +79,12 @@ pub fn incoming(
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
+}
+
+/// Whether the handshake failed on TLS's terms, not the socket's.
+fn is_tls_error(e: &io::Error) -> bool {
+    e.get_ref()
+        .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
 }
 
 impl Connected for MaybeTls {

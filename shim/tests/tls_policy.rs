@@ -211,7 +211,7 @@ fn spawn_tls_member(dir: &std::path::Path, extra: &[&str]) -> (Cairn, String, St
 fn crl_refuses_a_revoked_certificate_on_both_listeners() {
     let dir = tempfile::tempdir().unwrap();
     write_pki(dir.path());
-    let (_server, client, peer) = spawn_tls_member(dir.path(), &[]);
+    let (server, client, peer) = spawn_tls_member(dir.path(), &[]);
     for addr in [&client, &peer] {
         let good = connect(
             dir.path(),
@@ -263,6 +263,14 @@ fn crl_refuses_a_revoked_certificate_on_both_listeners() {
     assert!(
         !etcdctl("revoked").status.success(),
         "etcdctl with a revoked certificate wrote"
+    );
+    // The member says why, as etcd warns "rejected connection".
+    let log = server.log_text();
+    assert!(
+        log.lines().any(|l| l.contains("WARN")
+            && l.contains("rejected TLS connection")
+            && l.contains("Revoked")),
+        "no warning for the revoked certificate:\n{log}"
     );
 }
 
