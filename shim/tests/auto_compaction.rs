@@ -5,39 +5,11 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{etcdctl_run, free_port, wait_healthy, Cairn};
+use common::{etcdctl_run, spawn_cluster_env, spawn_single_env};
 
-/// A one-member store with `flags` and `env`, healthy: (process, host:port).
-fn spawn(dir: &Path, flags: &[&str], env: &[(&str, &str)]) -> (Cairn, String) {
-    let addr = format!("127.0.0.1:{}", free_port());
-    let url = format!("http://{addr}");
-    let log = dir.join("cairn.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args([
-            "--data-dir",
-            "data",
-            "--listen-peer-urls",
-            "http://127.0.0.1:0",
-            "--listen-client-urls",
-            &url,
-            "--advertise-client-urls",
-            &url,
-        ])
-        .args(flags)
-        .envs(env.iter().copied())
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut server = Cairn { child, log };
-    wait_healthy(&mut server, &addr, &[]);
-    (server, addr)
-}
+const INTERVAL_ENV: (&str, &str) = ("CAIRN_TEST_REVISION_COMPACTION_INTERVAL", "1s");
 
 /// Writes `n` keys; the revision after the last.
 fn put_many(addr: &str, n: usize) -> i64 {
@@ -78,13 +50,13 @@ fn compacted_to(addr: &str, revision: i64) -> bool {
 }
 
 /// Waits until the compact revision is `revision`.
-fn wait_compacted_to(server: &Cairn, addr: &str, revision: i64, limit: Duration) {
+fn wait_compacted_to(log: &dyn Fn() -> String, addr: &str, revision: i64, limit: Duration) {
     let deadline = Instant::now() + limit;
     while !compacted_to(addr, revision) {
         assert!(
             Instant::now() < deadline,
-            "not compacted to {revision} within {limit:?}:\n{}",
-            server.log_text()
+            "{addr} not compacted to {revision} within {limit:?}:\n{}",
+            log()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -96,7 +68,7 @@ fn wait_compacted_to(server: &Cairn, addr: &str, revision: i64, limit: Duration)
 #[test]
 fn revision_mode_keeps_the_last_n_revisions() {
     let dir = tempfile::tempdir().unwrap();
-    let (server, addr) = spawn(
+    let (server, addr, _) = spawn_single_env(
         dir.path(),
         &[
             "--auto-compaction-mode",
@@ -104,12 +76,22 @@ fn revision_mode_keeps_the_last_n_revisions() {
             "--auto-compaction-retention",
             "5",
         ],
-        &[("CAIRN_TEST_REVISION_COMPACTION_INTERVAL", "1s")],
+        &[INTERVAL_ENV],
     );
     let rev = put_many(&addr, 12);
-    wait_compacted_to(&server, &addr, rev - 5, Duration::from_secs(20));
+    wait_compacted_to(
+        &|| server.log_text(),
+        &addr,
+        rev - 5,
+        Duration::from_secs(20),
+    );
     let rev = put_many(&addr, 4);
-    wait_compacted_to(&server, &addr, rev - 5, Duration::from_secs(20));
+    wait_compacted_to(
+        &|| server.log_text(),
+        &addr,
+        rev - 5,
+        Duration::from_secs(20),
+    );
     let log = server.log_text();
     let line = format!("revision={}", rev - 5);
     assert!(
@@ -125,7 +107,7 @@ fn revision_mode_keeps_the_last_n_revisions() {
 #[test]
 fn periodic_mode_compacts_to_the_revision_one_retention_ago() {
     let dir = tempfile::tempdir().unwrap();
-    let (server, addr) = spawn(
+    let (server, addr, _) = spawn_single_env(
         dir.path(),
         &[
             "--auto-compaction-mode",
@@ -136,5 +118,56 @@ fn periodic_mode_compacts_to_the_revision_one_retention_ago() {
         &[],
     );
     let rev = put_many(&addr, 10);
-    wait_compacted_to(&server, &addr, rev, Duration::from_secs(20));
+    wait_compacted_to(&|| server.log_text(), &addr, rev, Duration::from_secs(20));
+}
+
+/// Three members, revision mode: only the leader compacts (one member logs
+/// compactions, and it is the leader), and every member reaches the same
+/// compact revision, through the log.
+#[test]
+fn only_the_leader_compacts_and_every_member_follows() {
+    let dir = tempfile::tempdir().unwrap();
+    let flags = [
+        "--auto-compaction-mode=revision",
+        "--auto-compaction-retention=3",
+    ]
+    .map(String::from);
+    let cluster = spawn_cluster_env(dir.path(), "http", &flags, &[INTERVAL_ENV]);
+    let log = |i: usize| {
+        std::fs::read_to_string(dir.path().join(format!("m{i}/cairn.log"))).unwrap_or_default()
+    };
+    let all_logs = || {
+        (0..3)
+            .map(|i| format!("m{i}:\n{}", log(i)))
+            .collect::<String>()
+    };
+    let rev = put_many(&cluster.endpoints[0], 8);
+    for ep in &cluster.endpoints {
+        wait_compacted_to(&all_logs, ep, rev - 3, Duration::from_secs(20));
+    }
+    let status = etcdctl_run(
+        &[
+            "--endpoints",
+            &cluster.endpoints.join(","),
+            "-w",
+            "json",
+            "endpoint",
+            "status",
+        ],
+        None,
+    );
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let leader = status[0]["Status"]["leader"].as_u64().unwrap();
+    let is_leader: Vec<bool> = (0..3)
+        .map(|i| status[i]["Status"]["header"]["member_id"].as_u64() == Some(leader))
+        .collect();
+    let compacted: Vec<bool> = (0..3)
+        .map(|i| log(i).contains("completed auto revision compaction"))
+        .collect();
+    assert_eq!(
+        compacted,
+        is_leader,
+        "compacting members vs the leader:\n{}",
+        all_logs()
+    );
 }

@@ -35,10 +35,16 @@ pub struct Cairn {
 
 impl Cairn {
     pub fn spawn(cwd: &Path, args: &[&str]) -> Cairn {
+        Self::spawn_env(cwd, args, &[])
+    }
+
+    /// `spawn` with environment variables set for the process.
+    pub fn spawn_env(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Cairn {
         let log = cwd.join("cairn.log");
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_cairn"))
             .args(args)
+            .envs(env.iter().copied())
             .current_dir(cwd)
             .stdout(Stdio::null())
             .stderr(out)
@@ -87,6 +93,15 @@ pub fn spawn_single(dir: &Path) -> (Cairn, String, String) {
 
 /// `spawn_single` with `extra` flags.
 pub fn spawn_single_with(dir: &Path, extra: &[&str]) -> (Cairn, String, String) {
+    spawn_single_env(dir, extra, &[])
+}
+
+/// `spawn_single_with` with environment variables set for the process.
+pub fn spawn_single_env(
+    dir: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (Cairn, String, String) {
     let addr = format!("127.0.0.1:{}", free_port());
     let url = format!("http://{addr}");
     let mut args = vec![
@@ -101,7 +116,7 @@ pub fn spawn_single_with(dir: &Path, extra: &[&str]) -> (Cairn, String, String) 
         &url,
     ];
     args.extend_from_slice(extra);
-    let mut server = Cairn::spawn(dir, &args);
+    let mut server = Cairn::spawn_env(dir, &args, env);
     wait_healthy(&mut server, &addr, &[]);
     (server, addr, url)
 }
@@ -110,6 +125,16 @@ pub fn spawn_single_with(dir: &Path, extra: &[&str]) -> (Cairn, String, String) 
 /// on `peer_scheme` ("http" or "https"), each member given `extra` flags
 /// too, all healthy.
 pub fn spawn_cluster(dir: &Path, peer_scheme: &str, extra: &[String]) -> Spawned {
+    spawn_cluster_env(dir, peer_scheme, extra, &[])
+}
+
+/// `spawn_cluster` with environment variables set for every member.
+pub fn spawn_cluster_env(
+    dir: &Path,
+    peer_scheme: &str,
+    extra: &[String],
+    env: &[(&str, &str)],
+) -> Spawned {
     let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
     let initial = ports
         .iter()
@@ -138,7 +163,7 @@ pub fn spawn_cluster(dir: &Path, peer_scheme: &str, extra: &[String]) -> Spawned
         ];
         args.extend(extra.iter().cloned());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        members.push(Cairn::spawn(&member_dir, &args));
+        members.push(Cairn::spawn_env(&member_dir, &args, env));
         endpoints.push(client);
         peers.push(peer);
     }
