@@ -184,7 +184,7 @@ fn spawn_tls_member(dir: &std::path::Path, extra: &[&str]) -> (Cairn, String, St
     ];
     args.extend_from_slice(extra);
     let mut server = Cairn::spawn(dir, &args);
-    // Not etcdctl's health check: etcdctl 3.5 speaks only TLS 1.2.
+    // Not etcdctl's health check: etcdctl 3.5.1 caps TLS at 1.2.
     let deadline = Instant::now() + Duration::from_secs(30);
     let good = Offer {
         cert: Some("good"),
@@ -206,7 +206,7 @@ fn spawn_tls_member(dir: &std::path::Path, extra: &[&str]) -> (Cairn, String, St
 
 /// A revoked client certificate is refused on the client and the peer
 /// port, by the server, at the handshake; the good one from the same CA
-/// gets through, and etcdctl (TLS 1.2) with each sees the same.
+/// gets through, and etcdctl 3.5.1 (TLS 1.2) with each sees the same.
 #[test]
 fn crl_refuses_a_revoked_certificate_on_both_listeners() {
     let dir = tempfile::tempdir().unwrap();
