@@ -154,6 +154,57 @@ pub struct ServeArgs {
     #[arg(long)]
     pub feature_gates: Option<String>,
 
+    // Auto-compaction, gRPC keepalive and the TLS policy, as etcd 3.6 has them.
+    /// How to read --auto-compaction-retention: `periodic` (a duration; a
+    /// plain number is hours) or `revision` (a number of revisions).
+    #[arg(long, default_value = "periodic")]
+    pub auto_compaction_mode: String,
+
+    /// History the leader keeps when it compacts automatically; 0 disables
+    /// auto compaction.
+    #[arg(long, default_value = "0")]
+    pub auto_compaction_retention: String,
+
+    /// Minimum interval a client should wait between keepalive pings.
+    /// Accepted but not enforced: hyper's HTTP/2 server has no ping policy,
+    /// so clients that ping more often are not sent GOAWAY (more permissive
+    /// than etcd).
+    #[arg(long, default_value = "5s", value_parser = crate::go_duration::parse_flag)]
+    pub grpc_keepalive_min_time: crate::go_duration::GoDuration,
+
+    /// Interval of server-to-client pings on idle client connections (0 disables).
+    #[arg(long, default_value = "2h", value_parser = crate::go_duration::parse_flag)]
+    pub grpc_keepalive_interval: crate::go_duration::GoDuration,
+
+    /// How long to wait for a ping's answer before closing the connection (0 disables).
+    #[arg(long, default_value = "20s", value_parser = crate::go_duration::parse_flag)]
+    pub grpc_keepalive_timeout: crate::go_duration::GoDuration,
+
+    /// Comma-separated TLS 1.2 cipher suites (Go's names) the client and peer
+    /// listeners accept; empty means rustls's defaults. TLS 1.3 suites are
+    /// not configurable, as in etcd.
+    #[arg(long, value_delimiter = ',')]
+    pub cipher_suites: Vec<String>,
+
+    /// Minimum TLS version of the client and peer listeners: TLS1.2 or TLS1.3.
+    #[arg(long, default_value = "TLS1.2")]
+    pub tls_min_version: String,
+
+    /// Maximum TLS version of the client and peer listeners: TLS1.2 or
+    /// TLS1.3 (empty: the highest, TLS1.3).
+    #[arg(long, default_value = "")]
+    pub tls_max_version: String,
+
+    /// Certificate revocation list (PEM) checked against client certificates
+    /// on the client listener (with --client-cert-auth).
+    #[arg(long)]
+    pub client_crl_file: Option<PathBuf>,
+
+    /// Certificate revocation list (PEM) checked against peer certificates on
+    /// the peer listener (with --peer-client-cert-auth).
+    #[arg(long)]
+    pub peer_crl_file: Option<PathBuf>,
+
     /// etcd's logging flags.
     #[command(flatten)]
     pub log: crate::logging::LogArgs,
@@ -228,6 +279,11 @@ impl ServeArgs {
                 _ => bail!("listen metrics URL {url:?} must use http:// or https://"),
             }
         }
+        crate::compactor::AutoCompaction::from_flags(
+            &self.auto_compaction_mode,
+            &self.auto_compaction_retention,
+        )?;
+        crate::tls_policy::TlsPolicy::from_args(self)?;
         let want = if self.tls_enabled() { "https" } else { "http" };
         for url in &self.listen_client_urls {
             let scheme = url.split("://").next().unwrap_or_default();

@@ -36,13 +36,30 @@ fn parse(text: &str) -> anyhow::Result<Vec<(String, Option<String>)>> {
             "client-transport-security" => security(key, value, "", &mut flags)?,
             "peer-transport-security" => security(key, value, "peer-", &mut flags)?,
             _ => {
-                if let Some(v) = scalar(key, value)? {
-                    flags.push((key.to_string(), Some(v)));
-                }
+                let value = match value {
+                    // A Go time.Duration read from YAML is a number of
+                    // nanoseconds; the flag takes a duration string.
+                    Yaml::Integer(ns) if is_duration(key) => format!("{ns}ns"),
+                    _ => match scalar(key, value)? {
+                        Some(v) => v,
+                        None => continue,
+                    },
+                };
+                flags.push((key.to_string(), Some(value)));
             }
         }
     }
     Ok(flags)
+}
+
+/// etcd's settings of type time.Duration: the flags named `*-time`,
+/// `*-interval`, `*-timeout` and `*-duration`, but the two Raft timings,
+/// which are numbers of milliseconds.
+fn is_duration(key: &str) -> bool {
+    !matches!(key, "heartbeat-interval" | "election-timeout")
+        && ["-time", "-interval", "-timeout", "-duration"]
+            .iter()
+            .any(|s| key.ends_with(s))
 }
 
 /// One transport-security map, as the flags it stands for.
@@ -134,6 +151,19 @@ mod tests {
         .map(|(k, v)| (k.to_string(), Some(v.to_string())))
         .collect();
         assert_eq!(flags, want);
+    }
+
+    #[test]
+    fn durations_are_nanoseconds_and_raft_timings_milliseconds() {
+        let flags = parse(
+            "grpc-keepalive-min-time: 5000000000\n\
+             watch-progress-notify-interval: 5s\n\
+             heartbeat-interval: 100\n\
+             election-timeout: 1000\n",
+        )
+        .unwrap();
+        let values: Vec<&str> = flags.iter().filter_map(|(_, v)| v.as_deref()).collect();
+        assert_eq!(values, ["5000000000ns", "5s", "100", "1000"]);
     }
 
     #[test]

@@ -18,7 +18,6 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 
@@ -450,9 +449,16 @@ fn feature_gates(spec: &str, warnings: &mut Vec<String>) -> anyhow::Result<()> {
 fn same_value(kind: Kind, given: &str, default: &str) -> anyhow::Result<bool> {
     Ok(match kind {
         Kind::Bool => parse_go_bool(given)? == parse_go_bool(default)?,
-        Kind::Duration => parse_go_duration(given)? == parse_go_duration(default)?,
+        Kind::Duration => go_duration(given)? == go_duration(default)?,
         Kind::Text => given.trim() == default,
     })
+}
+
+/// A duration flag's value in nanoseconds, as Go's `time.ParseDuration`.
+fn go_duration(s: &str) -> anyhow::Result<i64> {
+    crate::go_duration::parse(s)
+        .map(|d| d.0)
+        .map_err(|e| anyhow!("{e}"))
 }
 
 /// Go's `strconv.ParseBool`.
@@ -462,42 +468,6 @@ pub fn parse_go_bool(s: &str) -> anyhow::Result<bool> {
         "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
         _ => bail!("{s:?} is not a boolean"),
     }
-}
-
-/// Go's `time.ParseDuration`, zero included ("0" needs no unit).
-fn parse_go_duration(s: &str) -> anyhow::Result<Duration> {
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let mut total = 0f64;
-    let mut rest = s;
-    if rest.is_empty() {
-        bail!("empty duration");
-    }
-    while !rest.is_empty() {
-        let num_end = rest
-            .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(rest.len());
-        let n: f64 = rest[..num_end]
-            .parse()
-            .map_err(|_| anyhow!("{s:?} is not a duration"))?;
-        rest = &rest[num_end..];
-        let unit_end = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let scale = match &rest[..unit_end] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => bail!("{s:?} is not a duration (missing or unknown unit)"),
-        };
-        total += n * scale;
-        rest = &rest[unit_end..];
-    }
-    Ok(Duration::from_secs_f64(total))
 }
 
 #[cfg(test)]
@@ -643,12 +613,9 @@ mod tests {
 
     #[test]
     fn go_durations_and_bools() {
-        assert_eq!(
-            parse_go_duration("1h30m").unwrap(),
-            Duration::from_secs(5400)
-        );
-        assert_eq!(parse_go_duration("0s").unwrap(), Duration::ZERO);
-        assert!(parse_go_duration("5").is_err());
+        assert!(same_value(Kind::Duration, "0", "0s").unwrap());
+        assert!(same_value(Kind::Duration, "90m", "1h30m").unwrap());
+        assert!(same_value(Kind::Duration, "5", "0s").is_err());
         assert!(parse_go_bool("T").unwrap());
         assert!(parse_go_bool("yes").is_err());
     }

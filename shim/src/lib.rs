@@ -9,19 +9,24 @@
 
 // Configuration and the assembly of a member.
 mod cluster_config;
+mod compactor;
 pub mod config;
 pub mod disk_check;
 pub mod etcd_config_file;
 pub mod etcd_flags;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+pub mod go_duration;
 mod identity;
+mod keepalive;
 pub mod logging;
 pub mod release;
 pub mod server;
 pub mod snapshot_cli;
 mod systemd_notify;
 mod tls;
+mod tls_accept;
+mod tls_policy;
 
 // What every service shares, and how errors reach clients.
 mod errors;

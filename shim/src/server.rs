@@ -297,7 +297,8 @@ async fn watch_leader(node: SharedNode, metrics: Arc<ServerMetrics>) {
 }
 
 /// Connections accepted on every address the URLs resolve to.
-type Incoming = futures::stream::BoxStream<'static, std::io::Result<tokio::net::TcpStream>>;
+pub(crate) type Incoming =
+    futures::stream::BoxStream<'static, std::io::Result<tokio::net::TcpStream>>;
 
 /// Binds every address of `urls` (`what`: "client" or "peer", for errors
 /// and logs). Accepted connections have Nagle off: small request/response
@@ -327,10 +328,8 @@ async fn serve_peers(
     metrics: Arc<ServerMetrics>,
 ) -> anyhow::Result<()> {
     let incoming = bind_all(&args.listen_peer_urls, "peer").await?;
+    let incoming = crate::tls_accept::incoming(incoming, crate::tls::peer_listener(args)?);
     let mut builder = Server::builder();
-    if let Some(tls) = crate::tls::peer_listener(args)? {
-        builder = builder.tls_config(tls)?;
-    }
     // Counted under grpc_server_*_total like client RPCs (service
     // cairnpb.peer.v1.Peer), which is how idle Raft traffic is measured.
     let routes = Routes::new(
@@ -368,16 +367,17 @@ async fn serve_metrics(
         if urls.is_empty() {
             continue;
         }
-        let incoming = bind_all(&urls, "metrics").await?;
-        let mut builder = Server::builder().accept_http1(true);
-        if tls {
-            let config = crate::tls::client_listener(args)?.context(
+        let tcp = bind_all(&urls, "metrics").await?;
+        let config = match tls {
+            true => Some(crate::tls::client_listener(args)?.context(
                 "--listen-metrics-urls: an https:// URL needs --cert-file and --key-file",
-            )?;
-            builder = builder.tls_config(config)?;
-        }
+            )?),
+            false => None,
+        };
+        let incoming = crate::tls_accept::incoming(tcp, config);
         let app = crate::http::routes(node.clone(), metrics.clone());
-        let server = builder
+        let server = Server::builder()
+            .accept_http1(true)
             .add_routes(Routes::from(app))
             .serve_with_incoming_shutdown(incoming, stream_end.stopped());
         tokio::spawn(async move {
@@ -442,6 +442,7 @@ pub async fn serve(
         () = &mut shutdown => return Ok(()),
     }
     tokio::spawn(watch_leader(node.clone(), metrics.clone()));
+    let _compactor = crate::compactor::start(node.clone(), crate::compactor::from_args(&args)?);
     let grpc =
         Routes::new(KvServer::new(KvService::new(node.clone())).max_decoding_message_size(limit))
             .add_service(
@@ -474,12 +475,13 @@ pub async fn serve(
         ))
         .layer(axum::middleware::from_fn_with_state(metrics, track));
 
-    let mut builder = Server::builder()
-        .accept_http1(true)
-        .max_concurrent_streams(Some(args.max_concurrent_streams));
-    if let Some(tls) = crate::tls::client_listener(&args)? {
-        builder = builder.tls_config(tls)?;
-    }
+    let incoming = crate::tls_accept::incoming(incoming, crate::tls::client_listener(&args)?);
+    let mut builder = crate::keepalive::apply(
+        Server::builder()
+            .accept_http1(true)
+            .max_concurrent_streams(Some(args.max_concurrent_streams)),
+        &args,
+    );
     tracing::info!(
         name = %node.id.name,
         member_id = format_args!("{:x}", node.id.member_id),

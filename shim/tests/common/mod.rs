@@ -38,6 +38,11 @@ impl Cairn {
         Cairn::spawn_as(Path::new(env!("CARGO_BIN_EXE_cairn")), cwd, args, &[])
     }
 
+    /// `spawn` with environment variables set for the process.
+    pub fn spawn_env(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Cairn {
+        Cairn::spawn_as(Path::new(env!("CARGO_BIN_EXE_cairn")), cwd, args, env)
+    }
+
     /// `binary` (the cairn binary, or a link to it) with `env` set too.
     pub fn spawn_as(binary: &Path, cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Cairn {
         let log = cwd.join("cairn.log");
@@ -88,22 +93,35 @@ pub fn etcdctl_run(args: &[&str], stdin: Option<&str>) -> Output {
 /// A one-member store in `dir/data` serving plain http on a free port,
 /// healthy: (the process, its host:port, its URL).
 pub fn spawn_single(dir: &Path) -> (Cairn, String, String) {
+    spawn_single_with(dir, &[])
+}
+
+/// `spawn_single` with `extra` flags.
+pub fn spawn_single_with(dir: &Path, extra: &[&str]) -> (Cairn, String, String) {
+    spawn_single_env(dir, extra, &[])
+}
+
+/// `spawn_single_with` with environment variables set for the process.
+pub fn spawn_single_env(
+    dir: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (Cairn, String, String) {
     let addr = format!("127.0.0.1:{}", free_port());
     let url = format!("http://{addr}");
-    let mut server = Cairn::spawn(
-        dir,
-        &[
-            "--data-dir",
-            "data",
-            // Any free port: a single member never dials itself.
-            "--listen-peer-urls",
-            "http://127.0.0.1:0",
-            "--listen-client-urls",
-            &url,
-            "--advertise-client-urls",
-            &url,
-        ],
-    );
+    let mut args = vec![
+        "--data-dir",
+        "data",
+        // Any free port: a single member never dials itself.
+        "--listen-peer-urls",
+        "http://127.0.0.1:0",
+        "--listen-client-urls",
+        &url,
+        "--advertise-client-urls",
+        &url,
+    ];
+    args.extend_from_slice(extra);
+    let mut server = Cairn::spawn_env(dir, &args, env);
     wait_healthy(&mut server, &addr, &[]);
     (server, addr, url)
 }
@@ -112,6 +130,16 @@ pub fn spawn_single(dir: &Path) -> (Cairn, String, String) {
 /// on `peer_scheme` ("http" or "https"), each member given `extra` flags
 /// too, all healthy.
 pub fn spawn_cluster(dir: &Path, peer_scheme: &str, extra: &[String]) -> Spawned {
+    spawn_cluster_env(dir, peer_scheme, extra, &[])
+}
+
+/// `spawn_cluster` with environment variables set for every member.
+pub fn spawn_cluster_env(
+    dir: &Path,
+    peer_scheme: &str,
+    extra: &[String],
+    env: &[(&str, &str)],
+) -> Spawned {
     let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
     let initial = ports
         .iter()
@@ -140,7 +168,7 @@ pub fn spawn_cluster(dir: &Path, peer_scheme: &str, extra: &[String]) -> Spawned
         ];
         args.extend(extra.iter().cloned());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        members.push(Cairn::spawn(&member_dir, &args));
+        members.push(Cairn::spawn_env(&member_dir, &args, env));
         endpoints.push(client);
         peers.push(peer);
     }
