@@ -93,7 +93,7 @@ fn revision_mode_keeps_the_last_n_revisions() {
         Duration::from_secs(20),
     );
     let log = server.log_text();
-    let line = format!("revision={}", rev - 5);
+    let line = format!("\"revision\":{}", rev - 5);
     assert!(
         log.lines()
             .any(|l| l.contains("completed auto revision compaction") && l.contains(&line)),

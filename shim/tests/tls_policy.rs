@@ -267,7 +267,7 @@ fn crl_refuses_a_revoked_certificate_on_both_listeners() {
     // The member says why, as etcd warns "rejected connection".
     let log = server.log_text();
     assert!(
-        log.lines().any(|l| l.contains("WARN")
+        log.lines().any(|l| l.contains("\"level\":\"warn\"")
             && l.contains("rejected TLS connection")
             && l.contains("Revoked")),
         "no warning for the revoked certificate:\n{log}"
