@@ -8,11 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::pki::{TestCa, AUTHENTICATE, SERVE_AND_AUTHENTICATE};
 use common::{etcdctl_run, free_port, wait_healthy, Cairn};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
-};
 
 /// kubeadm's etcd certificates under `dir/pki/etcd`, named as kubeadm names
 /// them: the server and peer certificates serve and authenticate (both
@@ -20,34 +17,15 @@ use rcgen::{
 fn kubeadm_pki(dir: &Path, node_ip: &str) -> PathBuf {
     let pki = dir.join("pki/etcd");
     std::fs::create_dir_all(&pki).unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "etcd-ca");
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let ca = TestCa::new("etcd-ca");
     std::fs::write(pki.join("ca.crt"), ca.pem()).unwrap();
-    let both = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
     for (name, usages) in [
-        ("server", both.clone()),
-        ("peer", both),
-        (
-            "healthcheck-client",
-            vec![ExtendedKeyUsagePurpose::ClientAuth],
-        ),
+        ("server", SERVE_AND_AUTHENTICATE),
+        ("peer", SERVE_AND_AUTHENTICATE),
+        ("healthcheck-client", AUTHENTICATE),
     ] {
-        let sans = vec!["127.0.0.1".into(), node_ip.to_string(), "localhost".into()];
-        let mut p = CertificateParams::new(sans).unwrap();
-        p.distinguished_name.push(DnType::CommonName, name);
-        p.extended_key_usages = usages;
-        let key = KeyPair::generate().unwrap();
-        let cert = p.signed_by(&key, &ca).unwrap();
-        std::fs::write(pki.join(format!("{name}.crt")), cert.pem()).unwrap();
-        std::fs::write(pki.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+        ca.leaf(name, &["127.0.0.1", node_ip, "localhost"], usages, None)
+            .write(&pki, &format!("{name}.crt"), &format!("{name}.key"));
     }
     pki
 }

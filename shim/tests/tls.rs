@@ -2,64 +2,19 @@
 
 mod common;
 
+use common::pki::{TestCa, AUTHENTICATE, SERVE, SERVE_AND_AUTHENTICATE};
 use common::{etcdctl_run, free_port, spawn_cluster, wait_healthy, Cairn};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
-};
-
-struct Pki {
-    ca: String,
-    issuer: CertifiedIssuer<'static, KeyPair>,
-    server: (String, String),
-    client: (String, String),
-}
-
-fn make_pki() -> Pki {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "cairn test CA");
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-
-    let leaf = |names: Vec<String>, usage: ExtendedKeyUsagePurpose, cn: &str| {
-        let mut p = CertificateParams::new(names).unwrap();
-        p.distinguished_name.push(DnType::CommonName, cn);
-        p.extended_key_usages = vec![usage];
-        let key = KeyPair::generate().unwrap();
-        let cert = p.signed_by(&key, &ca).unwrap();
-        (cert.pem(), key.serialize_pem())
-    };
-    let server = leaf(
-        vec!["127.0.0.1".into(), "localhost".into()],
-        ExtendedKeyUsagePurpose::ServerAuth,
-        "cairn",
-    );
-    let client = leaf(vec![], ExtendedKeyUsagePurpose::ClientAuth, "root");
-    Pki {
-        ca: ca.pem(),
-        issuer: ca,
-        server,
-        client,
-    }
-}
 
 #[test]
 fn mtls_accepts_trusted_client_and_refuses_others() {
     let dir = tempfile::tempdir().unwrap();
-    let pki = make_pki();
+    let ca = TestCa::new("cairn test CA");
     let path = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
-    for (name, text) in [
-        ("ca.pem", &pki.ca),
-        ("server.pem", &pki.server.0),
-        ("server-key.pem", &pki.server.1),
-        ("client.pem", &pki.client.0),
-        ("client-key.pem", &pki.client.1),
-    ] {
-        std::fs::write(dir.path().join(name), text).unwrap();
-    }
+    std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+    ca.leaf("cairn", &["127.0.0.1", "localhost"], SERVE, None)
+        .write(dir.path(), "server.pem", "server-key.pem");
+    ca.leaf("root", &[], AUTHENTICATE, None)
+        .write(dir.path(), "client.pem", "client-key.pem");
     let url = format!("https://127.0.0.1:{}", free_port());
     let mut server = Cairn::spawn(
         dir.path(),
@@ -148,22 +103,16 @@ fn mtls_accepts_trusted_client_and_refuses_others() {
 #[test]
 fn peer_mtls_cluster_forms_and_refuses_peers_without_a_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let pki = make_pki();
-    let mut peer_params =
-        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
-    peer_params
-        .distinguished_name
-        .push(DnType::CommonName, "cairn peer");
-    peer_params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    let peer_key = KeyPair::generate().unwrap();
-    let peer_cert = peer_params.signed_by(&peer_key, &pki.issuer).unwrap();
+    let ca = TestCa::new("cairn test CA");
     let path = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
-    std::fs::write(path("ca.pem"), &pki.ca).unwrap();
-    std::fs::write(path("peer.pem"), peer_cert.pem()).unwrap();
-    std::fs::write(path("peer-key.pem"), peer_key.serialize_pem()).unwrap();
+    std::fs::write(path("ca.pem"), ca.pem()).unwrap();
+    let peer = ca.leaf(
+        "cairn peer",
+        &["127.0.0.1", "localhost"],
+        SERVE_AND_AUTHENTICATE,
+        None,
+    );
+    peer.write(dir.path(), "peer.pem", "peer-key.pem");
 
     let cluster = spawn_cluster(
         dir.path(),
@@ -200,7 +149,7 @@ fn peer_mtls_cluster_forms_and_refuses_peers_without_a_certificate() {
     let peer_url = cluster.peers[0].clone();
     let call = |identity: Option<tonic::transport::Identity>| {
         let mut tls = tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(&pki.ca))
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca.pem()))
             .domain_name("127.0.0.1");
         if let Some(id) = identity {
             tls = tls.identity(id);
@@ -237,8 +186,7 @@ fn peer_mtls_cluster_forms_and_refuses_peers_without_a_certificate() {
         "a peer without a certificate got through the handshake: {anonymous:?}"
     );
     let trusted = call(Some(tonic::transport::Identity::from_pem(
-        peer_cert.pem(),
-        peer_key.serialize_pem(),
+        &peer.cert, &peer.key,
     )));
     assert!(
         trusted

@@ -10,12 +10,8 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::pki::{TestCa, SERVE_AND_AUTHENTICATE};
 use common::{etcdctl_run, free_port, Cairn};
-use rcgen::{
-    date_time_ymd, BasicConstraints, CertificateParams, CertificateRevocationListParams,
-    CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose,
-    RevocationReason, RevokedCertParams, SerialNumber,
-};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{CipherSuite, ClientConfig, ProtocolVersion, SupportedProtocolVersion};
@@ -26,46 +22,19 @@ const REVOKED_SERIAL: u64 = 1002;
 /// A CA, a server certificate (also for peer use), two client certificates
 /// of which one is revoked, and the CA's CRL, written to `dir`.
 fn write_pki(dir: &std::path::Path) {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "cairn test CA");
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let leaf = |name: &str, names: Vec<String>, serial: u64| {
-        let mut p = CertificateParams::new(names).unwrap();
-        p.distinguished_name.push(DnType::CommonName, name);
-        p.serial_number = Some(SerialNumber::from(serial));
-        p.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let key = KeyPair::generate().unwrap();
-        let cert = p.signed_by(&key, &ca).unwrap();
-        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
-        std::fs::write(dir.join(format!("{name}-key.pem")), key.serialize_pem()).unwrap();
-    };
-    leaf("server", vec!["127.0.0.1".into()], 1);
-    leaf("good", vec![], GOOD_SERIAL);
-    leaf("revoked", vec![], REVOKED_SERIAL);
-    let crl = CertificateRevocationListParams {
-        this_update: date_time_ymd(2024, 1, 1),
-        next_update: date_time_ymd(2099, 1, 1),
-        crl_number: SerialNumber::from(1u64),
-        issuing_distribution_point: None,
-        revoked_certs: vec![RevokedCertParams {
-            serial_number: SerialNumber::from(REVOKED_SERIAL),
-            revocation_time: date_time_ymd(2024, 1, 1),
-            reason_code: Some(RevocationReason::KeyCompromise),
-            invalidity_date: None,
-        }],
-        key_identifier_method: KeyIdMethod::Sha256,
-    }
-    .signed_by(&ca)
-    .unwrap();
+    let ca = TestCa::new("cairn test CA");
+    let both = SERVE_AND_AUTHENTICATE;
+    ca.leaf("server", &["127.0.0.1"], both, Some(1))
+        .write(dir, "server.pem", "server-key.pem");
+    ca.leaf("good", &[], both, Some(GOOD_SERIAL))
+        .write(dir, "good.pem", "good-key.pem");
+    ca.leaf("revoked", &[], both, Some(REVOKED_SERIAL)).write(
+        dir,
+        "revoked.pem",
+        "revoked-key.pem",
+    );
     std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-    std::fs::write(dir.join("ca.crl"), crl.pem().unwrap()).unwrap();
+    std::fs::write(dir.join("ca.crl"), ca.crl(&[REVOKED_SERIAL])).unwrap();
 }
 
 /// What a client offers.
