@@ -424,7 +424,21 @@ fn create_segment(dir: &Path, path: &Path) -> io::Result<File> {
         .write(true)
         .create_new(true)
         .open(path)?;
-    preallocate(&f, SEGMENT_BYTES)?;
+    if let Err(e) = preallocate(&f, SEGMENT_BYTES) {
+        // Leave no empty segment behind: the next start retries cleanly.
+        let _ = std::fs::remove_file(path);
+        return Err(match e.raw_os_error() {
+            Some(libc::ENOSPC) => io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!(
+                    "no room for a new {} MiB Raft log segment in {}: free disk space (the log preallocates its segments)",
+                    SEGMENT_BYTES >> 20,
+                    dir.display()
+                ),
+            ),
+            _ => e,
+        });
+    }
     f.sync_all()?;
     // The new file's name must survive a crash before anything in it counts.
     sync_dir(dir)?;
