@@ -51,6 +51,11 @@
 #   BENCH_KEEP=1     keep the temporary directory (data and server logs)
 #   BENCH_OUT        also write the summary as JSON to this file
 #   BENCH_CLIENT     the bench client command (default "target/release/cairn bench")
+#   BENCH_CLIENT_LIB the client library of the put and range runs:
+#                    etcd-client (default; the independent Rust crate, built
+#                    in with the bench-etcd-client feature, needs protoc) or
+#                    generated (Cairn's own tonic client); watch runs always
+#                    use the generated client
 #   BENCH_NO_BUILD=1 skip the cargo build
 #   READY_TIMEOUT    seconds to wait for a server to answer (default 60)
 set -euo pipefail
@@ -94,9 +99,17 @@ etcd=$etcdbin/etcd
 etcdctl=$etcdbin/etcdctl
 [ -x "$etcd" ] && [ -x "$etcdctl" ] || die "etcd binaries not found in $etcdbin"
 
+client_lib=${BENCH_CLIENT_LIB:-etcd-client}
 if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
-  log "building: cargo build --release -p cairn-shim"
-  cargo build --release -p cairn-shim
+  if [ "$client_lib" = etcd-client ]; then
+    # etcd-client's build script needs protoc (as the tests do).
+    command -v protoc >/dev/null 2>&1 || die "protoc is needed for --client etcd-client: run ./scripts/test.sh once, or install protobuf-compiler"
+    log "building: cargo build --release -p cairn-shim --features bench-etcd-client"
+    cargo build --release -p cairn-shim --features bench-etcd-client
+  else
+    log "building: cargo build --release -p cairn-shim"
+    cargo build --release -p cairn-shim
+  fi
 fi
 read -r -a client_cmd <<<"$client"
 if ! "${client_cmd[@]}" --help >/dev/null 2>&1; then
@@ -326,6 +339,8 @@ for round in $(seq 1 "$rounds"); do
       extra=(${wargs[@]+"${wargs[@]}"})
       if [ "$w" = watch ]; then
         extra+=(--server-pid "$server_pid")
+      else
+        extra+=(--client "$client_lib")
       fi
       busy0=$(machine_busy)
       srv0=$(procs_cpu "${server_pids[@]}")
@@ -368,6 +383,9 @@ rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 out = sys.argv[2]
 
 print()
+clients = sorted({r["result"].get("client", "generated") for r in rows
+                  if "result" in r and not r["workload"].startswith("watch")})
+print(f"client library of the put and range runs: {', '.join(clients) or '-'} (watch runs: generated)")
 print("CPU s: seconds of CPU used while the client ran (populate and warm-up included) by the server,")
 print("the client, and everything else on the machine; RSS: the server's peak resident memory.")
 print("watch-WxR rows: W watchers, R writes/s; ops/s = events delivered per second, latency = delivery")

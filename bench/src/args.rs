@@ -72,6 +72,13 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 256)]
     pub val_size: usize,
 
+    /// The client of the put and range workloads: `generated` (Cairn's own
+    /// tonic client) or `etcd-client` (the independent Rust crate; needs a
+    /// cairn built with the `bench-etcd-client` feature). Watch runs use the
+    /// generated client.
+    #[arg(long, value_enum, default_value_t = BenchClient::Generated)]
+    pub client: BenchClient,
+
     /// Range consistency: `l` (linearizable, etcd's default) or `s`
     /// (serializable). Only for --workload range.
     #[arg(long, value_enum, default_value_t = Consistency::L)]
@@ -143,6 +150,24 @@ pub enum Workload {
     Range,
     /// Watch fan-out: many watchers on one prefix, a paced writer under it.
     Watch,
+}
+
+/// Which client library issues the requests.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BenchClient {
+    /// Cairn's generated tonic client (cairn-proto).
+    Generated,
+    /// The `etcd-client` crate, a client we did not write.
+    EtcdClient,
+}
+
+impl BenchClient {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            BenchClient::Generated => "generated",
+            BenchClient::EtcdClient => "etcd-client",
+        }
+    }
 }
 
 /// Consistency of Range requests.

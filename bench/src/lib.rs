@@ -38,6 +38,7 @@
 mod args;
 mod connect;
 mod cpu;
+mod kv;
 mod latency;
 mod phase;
 mod watch;
@@ -47,7 +48,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail};
 
-pub use args::{BenchArgs, Consistency, Workload};
+pub use args::{BenchArgs, BenchClient, Consistency, Workload};
 
 use args::validate;
 use cairn_proto::etcdserverpb::kv_client::KvClient;
@@ -101,9 +102,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let value: Vec<u8> = (0..args.val_size)
         .map(|_| b'a' + rng.below(26) as u8)
         .collect();
-    let clients = (0..args.clients)
-        .map(|i| KvClient::new(channels[i % channels.len()].clone()))
-        .collect();
+    let clients = kv::KvConn::open(args.client, &endpoints, &channels, args.clients).await?;
     let ctx = Arc::new(Ctx {
         clients,
         keys: Keys {
@@ -220,6 +219,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     let result = serde_json::json!({
         "workload": args.workload.name(),
+        "client": args.client.name(),
         "endpoints": endpoints,
         "server": server,
         "conns": args.conns,

@@ -8,11 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use cairn_proto::etcdserverpb::kv_client::KvClient;
-use cairn_proto::etcdserverpb::{PutRequest, RangeRequest};
 use hdrhistogram::Histogram;
-use tonic::transport::Channel;
 
+use crate::kv::KvConn;
 use crate::latency::{lock, merge, new_hist, HIST_MAX_US};
 
 /// Completed requests (of a phase) before the error-rate check may abort.
@@ -107,7 +105,7 @@ pub(crate) struct PhaseResult {
 
 /// Everything the clients need, shared.
 pub(crate) struct Ctx {
-    pub(crate) clients: Vec<KvClient<Channel>>,
+    pub(crate) clients: Vec<KvConn>,
     pub(crate) keys: Keys,
     pub(crate) value: Vec<u8>,
     pub(crate) key_space: u64,
@@ -164,38 +162,15 @@ pub(crate) async fn run_phase(
                 let t0 = Instant::now();
                 let res = tokio::time::timeout(ctx.request_timeout, async {
                     match op {
-                        Op::Populate | Op::Put => client
-                            .put(PutRequest {
-                                key,
-                                value: ctx.value.clone(),
-                                ..Default::default()
-                            })
-                            .await
-                            .map(|_| ())
-                            .map_err(|s| (format!("{:?}", s.code()), s.message().to_string())),
-                        Op::Range => {
-                            match client
-                                .range(RangeRequest {
-                                    key,
-                                    serializable: ctx.serializable,
-                                    ..Default::default()
-                                })
-                                .await
-                            {
-                                Ok(resp) => {
-                                    let n = resp.get_ref().kvs.len();
-                                    if n == 1 {
-                                        Ok(())
-                                    } else {
-                                        Err((
-                                            "WrongResult".to_string(),
-                                            format!("range of one key returned {n} kvs"),
-                                        ))
-                                    }
-                                }
-                                Err(s) => Err((format!("{:?}", s.code()), s.message().to_string())),
-                            }
-                        }
+                        Op::Populate | Op::Put => client.put(key, ctx.value.clone()).await,
+                        Op::Range => match client.range(key, ctx.serializable).await {
+                            Ok(1) => Ok(()),
+                            Ok(n) => Err((
+                                "WrongResult".to_string(),
+                                format!("range of one key returned {n} kvs"),
+                            )),
+                            Err(e) => Err(e),
+                        },
                     }
                 })
                 .await;
