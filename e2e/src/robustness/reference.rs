@@ -1,0 +1,113 @@
+//! The reference watcher: one watcher of the whole keyspace from revision
+//! 1, with prev_kv, that resumes on another member whenever its stream fails
+//! and so collects every event of the run (the [`History`] the checks judge
+//! against). It publishes how far it got in `Shared::reference_seen`, which
+//! bounds the compactor, so a resume is never refused as compacted.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use etcd_client::WatchOptions;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tokio::sync::watch;
+
+use crate::events::Ev;
+use crate::robustness::history::History;
+use crate::robustness::shared::{connect, Shared, REQUEST_TIMEOUT};
+use crate::robustness::watchers::event;
+
+/// Collects events until it has every event up to the revision sent on
+/// `until` (which starts at `i64::MAX`: run until told), or `deadline`
+/// passes after that.
+pub async fn reference(
+    shared: Arc<Shared>,
+    mut until: watch::Receiver<i64>,
+    patience: Duration,
+) -> Result<History> {
+    let mut rng = StdRng::seed_from_u64(0x0ef);
+    let mut events: Vec<Ev> = Vec::new();
+    let mut seen = 1i64;
+    let mut deadline: Option<Instant> = None;
+    // Bounded by the deadline once the end is known; until then, by the run.
+    for attempt in 0..u64::MAX {
+        let target = *until.borrow_and_update();
+        if target != i64::MAX && deadline.is_none() {
+            deadline = Some(Instant::now() + patience);
+        }
+        if seen >= target {
+            return Ok(History::new(events));
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            bail!(
+                "the reference watcher reached revision {seen} of {target} in {patience:?} ({attempt} streams)"
+            );
+        }
+        let Some(ep) = shared.pick_endpoint(&mut rng) else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let Ok(mut c) = connect(&ep).await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let opts = WatchOptions::new()
+            .with_all_keys()
+            .with_start_revision(seen + 1)
+            .with_prev_key();
+        let Ok(Ok((mut watcher, mut stream))) =
+            tokio::time::timeout(REQUEST_TIMEOUT, c.watch(vec![0u8], Some(opts))).await
+        else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let mut next_progress = Instant::now();
+        loop {
+            let target = *until.borrow();
+            if target != i64::MAX && deadline.is_none() {
+                deadline = Some(Instant::now() + patience);
+            }
+            if seen >= target || deadline.is_some_and(|d| Instant::now() >= d) {
+                break;
+            }
+            if Instant::now() >= next_progress {
+                if watcher.request_progress().await.is_err() {
+                    break;
+                }
+                next_progress = Instant::now() + Duration::from_millis(200);
+            }
+            let wait = next_progress.saturating_duration_since(Instant::now());
+            let r = match tokio::time::timeout(wait, stream.message()).await {
+                Err(_) => continue,
+                Ok(Ok(Some(r))) => r,
+                Ok(_) => break,
+            };
+            if r.canceled() {
+                if r.compact_revision() > 0 {
+                    bail!(
+                        "the reference watcher's resume from revision {} was refused as compacted at {} \
+                         (the compactor never compacts above {seen})",
+                        seen + 1,
+                        r.compact_revision()
+                    );
+                }
+                break;
+            }
+            if r.events().is_empty() {
+                // A progress notification: every event up to it was sent.
+                let rev = r.header().map_or(0, |h| h.revision());
+                seen = seen.max(rev);
+            }
+            for e in r.events() {
+                let ev = event(e);
+                seen = seen.max(ev.rev());
+                events.push(ev);
+            }
+            shared.reference_seen.store(seen, Ordering::SeqCst);
+        }
+        let _ = watcher.cancel().await;
+    }
+    bail!("unreachable: the attempt counter overflowed")
+}
