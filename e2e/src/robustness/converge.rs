@@ -61,7 +61,16 @@ pub async fn check_converged(
             bad.push(format!("{e:#}"));
             continue;
         }
-        let got = kvs_at(&mut c, rev).await?;
+        let got = match kvs_at(&mut c, rev).await {
+            Ok(got) => got,
+            Err(e) => {
+                let compacted = hash_at(&mut c, 0).await.map(|h| h.1);
+                bad.push(format!(
+                    "m{i} cannot read revision {rev} (its compact revision: {compacted:?}): {e:#}"
+                ));
+                continue;
+            }
+        };
         if got != want {
             let at = got
                 .iter()
@@ -76,7 +85,13 @@ pub async fn check_converged(
                 want.get(at)
             ));
         }
-        let hash = hash_at(&mut c, rev).await?;
+        let hash = match hash_at(&mut c, rev).await {
+            Ok(h) => h,
+            Err(e) => {
+                bad.push(format!("m{i}: {e:#}"));
+                continue;
+            }
+        };
         match first {
             None => first = Some((i, hash)),
             Some((j, h)) if h != hash => bad.push(format!(

@@ -226,6 +226,18 @@ impl Injector {
                 async move {
                     match client.member_remove(victim_id).await {
                         Ok(_) => Ok(Poll::Ready(())),
+                        // An earlier attempt applied, though its answer was lost.
+                        Err(e) if e.to_string().contains("member not found") => {
+                            let gone = client
+                                .member_list()
+                                .await
+                                .is_ok_and(|l| l.members().iter().all(|m| m.id() != victim_id));
+                            if gone {
+                                Ok(Poll::Ready(()))
+                            } else {
+                                Ok(Poll::NotYet(e.to_string()))
+                            }
+                        }
                         Err(e) => Ok(Poll::NotYet(e.to_string())),
                     }
                 }

@@ -49,6 +49,10 @@ pub const PREFIXES: [&str; 5] = [PODS, CONFIGMAPS, EVENTS, LEASES, TMP];
 /// election timeout, short enough to expire many times in a run.
 pub const SHORT_TTL: i64 = 2;
 
+/// Pod keys: more keys make fewer operations per key, which the
+/// linearizability check, exponential per key at worst, needs.
+const PODS_KEYS: u32 = 48;
+
 /// Ops one worker sends at most (the stop flag ends it long before).
 const MAX_OPS: u64 = 10_000_000;
 
@@ -80,7 +84,12 @@ pub async fn worker(id: usize, seed: u64, shared: Arc<Shared>) {
         let answered = w.one(c).await;
         w.shared.count(answered);
         if !answered {
+            // Back off, then another member: as clientv3 retries, and so that
+            // a cluster without a leader is not flooded with requests whose
+            // outcome the checks must treat as unknown.
             client = None;
+            let ms = w.rng.random_range(100..300);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
         }
     }
 }
@@ -137,11 +146,11 @@ impl Worker {
     }
 
     fn pod_key(&mut self) -> String {
-        format!("{PODS}p{}", self.rng.random_range(0..24))
+        format!("{PODS}p{}", self.rng.random_range(0..PODS_KEYS))
     }
 
     fn configmap_key(&mut self) -> String {
-        format!("{CONFIGMAPS}c{}", self.rng.random_range(0..8))
+        format!("{CONFIGMAPS}c{}", self.rng.random_range(0..16))
     }
 
     /// A unique value (the linearizability check tells writes apart by value).
@@ -284,8 +293,8 @@ impl Worker {
         let mut from = PODS.as_bytes().to_vec();
         let mut rev = 0;
         let mut kvs = Vec::new();
-        // Bounded: at most 24 pods, so at most 4 pages (and a margin).
-        for _ in 0..10 {
+        // Bounded: at most 48 pods, so at most 7 pages (and a margin).
+        for _ in 0..12 {
             let mut opts = GetOptions::new().with_range(end.clone()).with_limit(7);
             if rev != 0 {
                 opts = opts.with_revision(rev);

@@ -31,6 +31,8 @@ pub async fn reference(
     let mut events: Vec<Ev> = Vec::new();
     let mut seen = 1i64;
     let mut deadline: Option<Instant> = None;
+    // Why the last stream ended, for the report.
+    let mut why = String::from("no stream yet");
     // Bounded by the deadline once the end is known; until then, by the run.
     for attempt in 0..u64::MAX {
         let target = *until.borrow_and_update();
@@ -42,27 +44,39 @@ pub async fn reference(
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
             bail!(
-                "the reference watcher reached revision {seen} of {target} in {patience:?} ({attempt} streams)"
+                "the reference watcher reached revision {seen} of {target} in {patience:?} \
+                 ({attempt} streams; the last ended: {why})"
             );
         }
         let Some(ep) = shared.pick_endpoint(&mut rng) else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let Ok(mut c) = connect(&ep).await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
+        let mut c = match connect(&ep).await {
+            Ok(c) => c,
+            Err(e) => {
+                why = format!("{e:#}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let opts = WatchOptions::new()
             .with_all_keys()
             .with_start_revision(seen + 1)
             .with_prev_key();
-        let Ok(Ok((mut watcher, mut stream))) =
-            tokio::time::timeout(REQUEST_TIMEOUT, c.watch(vec![0u8], Some(opts))).await
-        else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
+        let (mut watcher, mut stream) =
+            match tokio::time::timeout(REQUEST_TIMEOUT, c.watch(vec![0u8], Some(opts))).await {
+                Ok(Ok(w)) => w,
+                Ok(Err(e)) => {
+                    why = format!("{ep}: watch from {}: {e}", seen + 1);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                Err(_) => {
+                    why = format!("{ep}: watch from {}: no Created response", seen + 1);
+                    continue;
+                }
+            };
         let mut next_progress = Instant::now();
         loop {
             let target = *until.borrow();
@@ -82,7 +96,14 @@ pub async fn reference(
             let r = match tokio::time::timeout(wait, stream.message()).await {
                 Err(_) => continue,
                 Ok(Ok(Some(r))) => r,
-                Ok(_) => break,
+                Ok(Ok(None)) => {
+                    why = format!("{ep}: the stream ended at revision {seen}");
+                    break;
+                }
+                Ok(Err(e)) => {
+                    why = format!("{ep}: the stream failed at revision {seen}: {e}");
+                    break;
+                }
             };
             if r.canceled() {
                 if r.compact_revision() > 0 {
@@ -93,6 +114,7 @@ pub async fn reference(
                         r.compact_revision()
                     );
                 }
+                why = format!("{ep}: canceled: {}", r.cancel_reason());
                 break;
             }
             if r.events().is_empty() {
