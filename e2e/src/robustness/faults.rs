@@ -302,8 +302,8 @@ fn signal(sig: &str, pid: u32) -> Result<()> {
     Ok(())
 }
 
-/// Refuses a member count the campaign cannot run: member changes need a
-/// quorum that survives one member down.
+/// Refuses a member count Cairn does not run (1, 3, 5 or 7 members are
+/// usual; any count up to 7 starts).
 pub fn check_members(n: usize) -> Result<()> {
     if !(1..=7).contains(&n) {
         bail!("--members must be 1..=7, got {n}");

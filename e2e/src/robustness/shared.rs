@@ -46,10 +46,6 @@ impl Shared {
         *lock(&self.endpoints) = eps;
     }
 
-    pub fn endpoints(&self) -> Vec<String> {
-        lock(&self.endpoints).clone()
-    }
-
     /// One current member's URL, at random.
     pub fn pick_endpoint(&self, rng: &mut impl Rng) -> Option<String> {
         let eps = lock(&self.endpoints);

@@ -61,7 +61,7 @@ async fn run_stream(
     shared: &Shared,
 ) -> (Stream, i64) {
     let Ok(mut c) = connect(ep).await else {
-        let resume = s_resume(&s);
+        let resume = resume_from(&s);
         return (s, resume);
     };
     if s.start == 0 {
@@ -79,7 +79,7 @@ async fn run_stream(
     let Ok(Ok((mut watcher, mut responses))) =
         tokio::time::timeout(REQUEST_TIMEOUT, c.watch(s.prefix.clone(), Some(opts))).await
     else {
-        let resume = s_resume(&s);
+        let resume = resume_from(&s);
         return (s, resume);
     };
     let end = Instant::now() + life;
@@ -105,21 +105,21 @@ async fn run_stream(
             let resume = if r.compact_revision() > 0 {
                 0
             } else {
-                s_resume(&s)
+                resume_from(&s)
             };
             return (s, resume);
         }
         record(&mut s, &r);
     }
     let _ = watcher.cancel().await;
-    let resume = s_resume(&s);
+    let resume = resume_from(&s);
     (s, resume)
 }
 
 /// Where the next stream resumes: after the last event, else where this
 /// one started (a progress notification promises nothing about a resumed
 /// stream's start, so it is not used).
-fn s_resume(s: &Stream) -> i64 {
+fn resume_from(s: &Stream) -> i64 {
     s.seen
         .iter()
         .rev()
