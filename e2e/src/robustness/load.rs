@@ -449,7 +449,11 @@ pub async fn compactor(seed: u64, interval: Duration, shared: Arc<Shared>) {
     let mut rng = StdRng::seed_from_u64(seed ^ 0xc0c0);
     let mut version = 0;
     let mut previous = 0;
-    while !shared.stopped() {
+    // Bounded: one round per interval until stopped (and a count).
+    for _ in 0..MAX_OPS {
+        if shared.stopped() {
+            break;
+        }
         tokio::time::sleep(interval).await;
         let Some(ep) = shared.pick_endpoint(&mut rng) else {
             continue;

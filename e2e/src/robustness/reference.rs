@@ -19,6 +19,9 @@ use crate::robustness::history::History;
 use crate::robustness::shared::{connect, Shared, REQUEST_TIMEOUT};
 use crate::robustness::watchers::event;
 
+/// Responses one stream is read for at most (it ends long before).
+const MAX_RESPONSES: u64 = 100_000_000;
+
 /// Collects events until it has every event up to the revision sent on
 /// `until` (which starts at `i64::MAX`: run until told), or `deadline`
 /// passes after that.
@@ -78,7 +81,9 @@ pub async fn reference(
                 }
             };
         let mut next_progress = Instant::now();
-        loop {
+        // Bounded: a response or a progress request per iteration, until the
+        // stream fails or the deadline passes once the end is known.
+        for _ in 0..MAX_RESPONSES {
             let target = *until.borrow();
             if target != i64::MAX && deadline.is_none() {
                 deadline = Some(Instant::now() + patience);
