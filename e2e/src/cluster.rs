@@ -41,6 +41,9 @@ pub struct ClusterMember {
     child: Option<Child>,
     state: &'static str,
     extra: Vec<String>,
+    /// The --initial-cluster it was first started with: restarts pass the
+    /// same, as an operator's unit file does after later member changes.
+    initial: Option<String>,
 }
 
 impl ClusterMember {
@@ -126,6 +129,7 @@ impl Cluster {
                 child: None,
                 state: "new",
                 extra: Vec::new(),
+                initial: None,
             });
         }
         for from in 0..n {
@@ -184,9 +188,13 @@ impl Cluster {
             .collect();
         let mut points = vec![failpoints::peer_dial(&dial)];
         points.extend(self.failpoints.iter().cloned());
-        let initial = self.initial_cluster();
+        let initial = match &self.members[i].initial {
+            Some(first) => first.clone(),
+            None => self.initial_cluster(),
+        };
         let (heartbeat, election) = self.timing;
         let m = &mut self.members[i];
+        m.initial = Some(initial.clone());
         let mut args = vec![
             format!("--name={}", m.name),
             format!("--data-dir={}", m.dir.path().join("data").display()),
@@ -405,6 +413,7 @@ impl Cluster {
             child: None,
             state: "existing",
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            initial: None,
         });
         for other in 0..i {
             self.add_proxy(other, i)?;

@@ -133,12 +133,5 @@ pub async fn events_between(client: &mut Client, from: i64, to: i64) -> Result<V
 }
 
 fn k(kv: &etcd_client::KeyValue) -> K {
-    K {
-        key: kv.key().to_vec(),
-        value: kv.value().to_vec(),
-        create: kv.create_revision(),
-        modr: kv.mod_revision(),
-        version: kv.version(),
-        lease: kv.lease(),
-    }
+    K::from_client(kv)
 }

@@ -38,6 +38,20 @@ impl From<&mvccpb::KeyValue> for K {
     }
 }
 
+impl K {
+    /// The same key-value as the `etcd-client` crate returns it.
+    pub fn from_client(kv: &etcd_client::KeyValue) -> K {
+        K {
+            key: kv.key().to_vec(),
+            value: kv.value().to_vec(),
+            create: kv.create_revision(),
+            modr: kv.mod_revision(),
+            version: kv.version(),
+            lease: kv.lease(),
+        }
+    }
+}
+
 impl fmt::Debug for K {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let v: &[u8] = if self.value.len() > 48 {

@@ -31,6 +31,8 @@
 //!   [`events::Flat`], one watcher's flattened history.
 //! * [`model`]: [`model::Model`], the events a single writer's acknowledged
 //!   writes must produce.
+//! * [`robustness`]: campaigns of seeded faults under a Kubernetes-shaped
+//!   load, and the checks of what the clients saw (the `robustness` binary).
 //!
 //! The suite itself is one test binary, `tests/e2e/main.rs`, with a module
 //! per area (run one with a filter: `cargo test -p cairn-e2e --test e2e --
@@ -76,6 +78,7 @@ pub mod model;
 pub mod ports;
 pub mod proxy;
 pub mod raw;
+pub mod robustness;
 pub mod source_load;
 pub mod wait;
 pub mod watch;

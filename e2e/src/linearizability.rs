@@ -802,6 +802,16 @@ impl PendingOp {
         self.record(output);
     }
 
+    /// Records the op as `input` answered with `output`: for a conditional
+    /// write (a Txn on mod_revision) whose failed compare made it a read of
+    /// the key (its else branch), known only once the response arrives.
+    pub fn complete_as(mut self, input: Input, output: Output) {
+        if let Some(op) = self.op.as_mut() {
+            op.1 = input;
+        }
+        self.record(output);
+    }
+
     fn record(&mut self, output: Output) {
         if let Some((client, input, call)) = self.op.take() {
             let ret = self.recorder.now();

@@ -665,6 +665,39 @@ async fn lagging_member_is_sent_a_snapshot() -> Result<()> {
     Ok(())
 }
 
+/// A leader killed with its followers and restarted first stands for
+/// election like any member: the term moves on. openraft's default
+/// restores a restarted leader in its old term, and one whose log had lost
+/// a tail its followers held (it replicates before its own write is done)
+/// then wrote other entries under the same log ids: acknowledged writes
+/// were lost (the robustness campaign, seed 102; docs/reliability.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_leader_stands_for_election() -> Result<()> {
+    let all = [0, 1, 2];
+    let mut c = Cluster::start(3, &[]).await?;
+    let leader = c.leader(&all, Duration::from_secs(10)).await?;
+    c.client(leader).await?.put("before", "v", None).await?;
+    let before = terms(&c, &[leader]).await?[0];
+    for i in all {
+        c.kill9(i)?;
+    }
+    // The old leader first: with leader restore it would be leader again
+    // before any follower is back to start an election.
+    c.restart(leader)?;
+    for i in all.into_iter().filter(|i| *i != leader) {
+        c.restart(i)?;
+    }
+    c.wait_all_ready(Duration::from_secs(30)).await?;
+    let now = c.leader(&all, Duration::from_secs(10)).await?;
+    let after = terms(&c, &[now]).await?[0];
+    assert!(
+        after > before,
+        "the cluster came back in term {after}, the term before the restart ({before}): \
+         m{now} leads without an election"
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn move_leader_hands_over() -> Result<()> {
     let c = Cluster::start(3, &[]).await?;

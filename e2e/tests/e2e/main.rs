@@ -23,6 +23,7 @@ mod kube_patterns;
 mod lease;
 mod migrate;
 mod peer_traffic;
+mod robustness;
 mod snapshot;
 mod upgrade;
 mod watch_differential;

@@ -80,6 +80,13 @@ impl Replica {
             // A member that rejoins after a partition must not depose a
             // healthy leader (etcd's --pre-vote, on by default since 3.5).
             enable_pre_vote: Some(true),
+            // A restarted leader stands for election like any member, as in
+            // Raft and etcd. openraft's default restores its leadership in
+            // the same term, but its log may have lost a tail the followers
+            // already hold (it replicates before its own append is written),
+            // and it would then write different entries under the same log
+            // ids: acknowledged writes lost (robustness campaign, seed 102).
+            enable_leader_restore: Some(false),
             install_snapshot_timeout: 60_000,
             ..Default::default()
         }

@@ -1,0 +1,86 @@
+//! Short robustness campaigns on every test run: three seeds, each a
+//! 15-second Kubernetes-shaped load with faults, checked whole (see
+//! `cairn_e2e::robustness`); and the `robustness` binary's self-check of
+//! the checkers. Long campaigns run with the binary (docs/reliability.md).
+//!
+//! The seeds are chosen so that their first 15 seconds draw every fault
+//! kind between them: 104 (member change, pause, restart of all; the seed
+//! that found lost writes after a restart of all), 107 (kill, member change,
+//! restart of all) and 119 (kill, member change, partition, pause).
+
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use cairn_e2e::robustness::{self, Config};
+
+/// One short campaign; the failure report (seed, schedule, anomalies with
+/// their excerpts) is the error.
+async fn campaign(seed: u64) -> Result<()> {
+    let report = robustness::run(&Config::new(seed, Duration::from_secs(15))).await?;
+    eprintln!("{}", report.summary());
+    ensure!(report.ok(), "{}", report.failure());
+    // A run that injected nothing, or whose clients got nothing done, proves nothing.
+    ensure!(
+        report.faults() >= 2 && report.kv_answered >= 100 && report.streams >= 5,
+        "too little happened: {}",
+        report.summary()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn campaign_seed_104() -> Result<()> {
+    campaign(104).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn campaign_seed_107() -> Result<()> {
+    campaign(107).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn campaign_seed_119() -> Result<()> {
+    campaign(119).await
+}
+
+fn robustness_bin(args: &[&str]) -> Result<std::process::Output> {
+    Command::new(env!("CARGO_BIN_EXE_robustness"))
+        .args(args)
+        .output()
+        .context("running robustness")
+}
+
+#[test]
+fn self_check_catches_every_planted_anomaly() -> Result<()> {
+    let out = robustness_bin(&["--self-check"])?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(out.status.success(), "{}\n{stdout}", out.status);
+    for planted in [
+        "stale read",
+        "lost write",
+        "reordered watch event",
+        "duplicated watch event",
+        "progress notification ahead of an event",
+    ] {
+        ensure!(
+            stdout.contains(&format!("ok     {planted}")),
+            "{planted} not caught:\n{stdout}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn disk_faults_are_refused_not_faked() -> Result<()> {
+    for fault in ["disk-full", "slow-disk"] {
+        let out = robustness_bin(&["--faults", &format!("kill,{fault}"), "--duration", "1s"])?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            out.status.code() == Some(2) && stderr.contains("not implemented yet"),
+            "{fault}: {} {stderr}",
+            out.status
+        );
+    }
+    Ok(())
+}
