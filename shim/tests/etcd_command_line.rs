@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::pki::{TestCa, AUTHENTICATE, SERVE_AND_AUTHENTICATE};
-use common::{etcdctl_run, free_port, wait_healthy, Cairn};
+use common::{etcdctl_run, free_port, wait_healthy, Cairn, TlsEtcdctl};
 
 /// kubeadm's etcd certificates under `dir/pki/etcd`, named as kubeadm names
 /// them: the server and peer certificates serve and authenticate (both
@@ -158,26 +158,14 @@ fn kubeadm_member(new_style: bool) {
     // kube-apiserver's view: TLS with its client certificate, on the node
     // address.
     let endpoint = format!("https://{ip}:{client}");
-    let (ca, cert, key) = (
-        f("ca.crt"),
-        f("healthcheck-client.crt"),
-        f("healthcheck-client.key"),
+    let etcdctl = TlsEtcdctl::new(
+        &endpoint,
+        &f("ca.crt"),
+        &f("healthcheck-client.crt"),
+        &f("healthcheck-client.key"),
     );
-    let tls = [
-        "--cacert",
-        ca.as_str(),
-        "--cert",
-        cert.as_str(),
-        "--key",
-        key.as_str(),
-    ];
-    wait_healthy(&mut member, &endpoint, &tls);
-    let run = |cmd: &[&str]| {
-        let mut all = vec!["--endpoints", endpoint.as_str()];
-        all.extend_from_slice(&tls);
-        all.extend_from_slice(cmd);
-        etcdctl_run(&all, None)
-    };
+    wait_healthy(&mut member, &endpoint, &etcdctl.flags());
+    let run = |cmd: &[&str]| etcdctl.run(cmd);
     assert!(run(&["put", "/registry/ns/default", "v"]).status.success());
     let got = run(&["get", "/registry/ns/default", "--print-value-only"]);
     assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "v");

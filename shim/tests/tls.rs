@@ -3,7 +3,7 @@
 mod common;
 
 use common::pki::{TestCa, AUTHENTICATE, SERVE, SERVE_AND_AUTHENTICATE};
-use common::{etcdctl_run, free_port, spawn_cluster, wait_healthy, Cairn};
+use common::{etcdctl_run, free_port, spawn_cluster, wait_healthy, Cairn, TlsEtcdctl};
 
 #[test]
 fn mtls_accepts_trusted_client_and_refuses_others() {
@@ -37,23 +37,10 @@ fn mtls_accepts_trusted_client_and_refuses_others() {
             "--client-cert-auth",
         ],
     );
-    let (ca, cert, key) = (path("ca.pem"), path("client.pem"), path("client-key.pem"));
-    let auth = [
-        "--cacert",
-        ca.as_str(),
-        "--cert",
-        cert.as_str(),
-        "--key",
-        key.as_str(),
-    ];
-    wait_healthy(&mut server, &url, &auth);
-
-    let with_auth = |args: &[&str]| {
-        let mut all = vec!["--endpoints", url.as_str()];
-        all.extend_from_slice(&auth);
-        all.extend_from_slice(args);
-        etcdctl_run(&all, None)
-    };
+    let ca = path("ca.pem");
+    let etcdctl = TlsEtcdctl::new(&url, &ca, &path("client.pem"), &path("client-key.pem"));
+    wait_healthy(&mut server, &url, &etcdctl.flags());
+    let with_auth = |args: &[&str]| etcdctl.run(args);
     assert!(with_auth(&["put", "secure", "yes"]).status.success());
     let got = with_auth(&["get", "secure", "--print-value-only"]);
     assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "yes");

@@ -91,6 +91,35 @@ pub fn etcdctl_run(args: &[&str], stdin: Option<&str>) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// etcdctl with a client certificate: its TLS flags, and a runner that
+/// adds them and `--endpoints` to every command.
+pub struct TlsEtcdctl {
+    pub endpoint: String,
+    pub flags: Vec<String>,
+}
+
+impl TlsEtcdctl {
+    pub fn new(endpoint: &str, ca: &str, cert: &str, key: &str) -> TlsEtcdctl {
+        let flags = ["--cacert", ca, "--cert", cert, "--key", key];
+        TlsEtcdctl {
+            endpoint: endpoint.to_string(),
+            flags: flags.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// The TLS flags, for `wait_healthy`.
+    pub fn flags(&self) -> Vec<&str> {
+        self.flags.iter().map(String::as_str).collect()
+    }
+
+    pub fn run(&self, cmd: &[&str]) -> Output {
+        let mut all = vec!["--endpoints", self.endpoint.as_str()];
+        all.extend(self.flags());
+        all.extend_from_slice(cmd);
+        etcdctl_run(&all, None)
+    }
+}
+
 /// Polls `etcdctl endpoint health` (with `extra` flags) until it succeeds.
 /// A one-member store in `dir/data` serving plain http on a free port,
 /// healthy: (the process, its host:port, its URL).
