@@ -126,7 +126,7 @@ pub struct ServeArgs {
     pub client_cert_auth: bool,
 
     /// Interval between periodic progress notifications to watchers that ask for them.
-    #[arg(long, alias = "experimental-watch-progress-notify-interval", default_value = "10m", value_parser = parse_duration)]
+    #[arg(long, alias = "experimental-watch-progress-notify-interval", default_value = "10m", value_parser = crate::go_duration::parse_positive)]
     pub watch_progress_notify_interval: std::time::Duration,
 
     /// List of URLs to also serve /metrics, /health, /livez and /readyz on,
@@ -318,26 +318,4 @@ pub async fn resolve_listen_url(url: &str) -> anyhow::Result<Vec<SocketAddr>> {
 /// A boolean flag's value as Go reads it (`true`, `1`, `T`, `false`, ...).
 fn go_bool(s: &str) -> Result<bool, String> {
     crate::etcd_flags::parse_go_bool(s).map_err(|e| e.to_string())
-}
-
-/// Parses Go-style durations as etcd's flags take them: "10m", "5s", "100ms", "1h".
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
-    let secs = match unit {
-        "ns" => n / 1e9,
-        "us" | "µs" => n / 1e6,
-        "ms" => n / 1e3,
-        "s" | "" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("invalid duration unit in {s:?}")),
-    };
-    if !(secs.is_finite() && secs > 0.0) {
-        return Err(format!("duration {s:?} must be positive"));
-    }
-    Ok(std::time::Duration::from_secs_f64(secs))
 }

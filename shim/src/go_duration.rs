@@ -150,6 +150,13 @@ pub fn parse_flag(s: &str) -> Result<GoDuration, String> {
     parse(s).map_err(|e| e.to_string())
 }
 
+/// For clap: a Go duration flag that must be positive, as a std Duration.
+pub fn parse_positive(s: &str) -> Result<Duration, String> {
+    parse_flag(s)?
+        .positive()
+        .ok_or_else(|| format!("duration {s:?} must be positive"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
