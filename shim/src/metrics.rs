@@ -210,11 +210,16 @@ pub async fn track(
         .grpc_started
         .with_label_values(&[kind, service, method])
         .inc();
-    let started = std::time::Instant::now();
+    // Timed only with --metrics extensive, and only unary calls: a
+    // stream's response starts long before it ends, and this layer sees
+    // only the start.
+    let timed = metrics
+        .grpc_handling
+        .as_ref()
+        .filter(|_| kind == "unary")
+        .map(|h| (h, std::time::Instant::now()));
     let resp = next.run(req).await;
-    // Only unary calls: a stream's response starts long before it ends,
-    // and this layer sees only the start.
-    if let (Some(h), "unary") = (&metrics.grpc_handling, kind) {
+    if let Some((h, started)) = timed {
         h.with_label_values(&[kind, service, method])
             .observe(started.elapsed().as_secs_f64());
     }
