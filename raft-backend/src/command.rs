@@ -14,6 +14,9 @@ use cairn_proto::migrate::{
     MigrationState,
 };
 use cairn_proto::mvccpb::Event;
+use cairn_proto::peer::{ClusterVersionSet, DowngradeInfoSet};
+
+use crate::versions::VersionState;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
@@ -43,6 +46,11 @@ pub enum Command {
     MigrationCutover(CutoverRequest),
     /// Gives the import up; writes stay refused.
     MigrationAbort(AbortRequest),
+    // The cluster version and downgrades (`versions`): proposed by the
+    // leader's version monitor and by Maintenance.Downgrade, which check
+    // them first; applied as they come, as etcd applies its own.
+    ClusterVersionSet(ClusterVersionSet),
+    DowngradeInfoSet(DowngradeInfoSet),
 }
 
 impl Command {
@@ -75,6 +83,8 @@ pub enum CommandOutput {
     /// A migration command's answer: the migration's state after it, as
     /// the service reports it (`target_revision` filled in).
     Migration(MigrationState),
+    /// The versions after a ClusterVersionSet or DowngradeInfoSet.
+    Versions(VersionState),
 }
 
 /// The events of one revision.

@@ -93,6 +93,13 @@ pub enum StoreError {
         oldest: i64,
         newest: i64,
     },
+    /// This member's release may not serve in its cluster (an older
+    /// release without a downgrade to it); refused at start.
+    #[error("{0}")]
+    ReleaseRefused(String),
+    /// A cluster version or downgrade target that is no release version.
+    #[error("invalid version {0:?}")]
+    InvalidVersion(String),
     /// A membership change was refused; its message is etcd's.
     #[error(transparent)]
     Membership(#[from] MembershipError),

@@ -25,6 +25,8 @@ mod store;
 #[doc(hidden)]
 pub mod testing;
 mod txn;
+mod version_monitor;
+pub mod versions;
 
 pub use command::{AppliedBatch, Command, CommandOutput, RevisionEvents};
 pub use error::{Cause, Result, StoreError};

@@ -27,6 +27,7 @@ use crate::replication::{
     RaftStatus, Replica, ReplicaOptions, StateMachine,
 };
 use crate::txn;
+use crate::versions::{MinorVersion, VersionState};
 
 /// How many applied batches a slow subscriber may fall behind before it is
 /// told it lagged (and must catch up from history).
@@ -51,6 +52,13 @@ pub struct Store {
     lease_changes: Arc<std::sync::atomic::AtomicU64>,
     prev_kv: PrevKvInterest,
     file_size: FileSize,
+    version_monitor: tokio::task::AbortHandle,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.version_monitor.abort();
+    }
 }
 
 /// A point-in-time summary for Status and metrics.
@@ -75,6 +83,11 @@ impl Store {
         let metrics = StoreMetrics::new(registry)
             .map_err(|e| StoreError::Storage(format!("register metrics: {e}")))?;
         let state_now = ApplyState::load(&conn)?;
+        // etcd's MustDetectDowngrade: an older release does not join a
+        // cluster that moved past it unless a downgrade to it is enabled.
+        crate::mvcc::cluster_version::load(&conn)?
+            .admits(MinorVersion::this_release())
+            .map_err(StoreError::ReleaseRefused)?;
         let membership_now = crate::mvcc::membership_blob::load(&conn)?;
         let (state_tx, state) = watch::channel(state_now);
         let (membership_tx, membership) = watch::channel(membership_now);
@@ -125,8 +138,15 @@ impl Store {
             waiters.clone(),
         )?;
         let replica = Arc::new(Replica::start(opts, log, sm, state.clone(), waiters).await?);
+        let readers = Readers::new(&path, index, MAX_READERS);
+        let version_monitor = tokio::spawn(crate::version_monitor::run(
+            Arc::downgrade(&replica),
+            readers.clone(),
+        ))
+        .abort_handle();
         Ok(Store {
-            readers: Readers::new(&path, index, MAX_READERS),
+            readers,
+            version_monitor,
             replica,
             path,
             writer,
@@ -394,6 +414,13 @@ impl Store {
     /// Every lease as (id, granted TTL seconds).
     pub async fn leases(&self) -> Result<Vec<(i64, i64)>> {
         self.readers.read(|v| v.leases()).await
+    }
+
+    /// The cluster version and the downgrade under way, as applied here.
+    pub async fn version_state(&self) -> Result<VersionState> {
+        self.readers
+            .with_conn(crate::mvcc::cluster_version::load)
+            .await
     }
 
     pub async fn alarms(&self) -> Result<Vec<cairn_proto::etcdserverpb::AlarmMember>> {

@@ -1047,3 +1047,101 @@ async fn put_events_carry_prev_kv_only_while_wanted() {
         .collect();
     assert_eq!(prevs, vec![Some(2), Some(3), Some(4)]);
 }
+
+/// The cluster version and downgrade go through the log, survive a restart,
+/// and a member whose release is below the cluster version is refused at
+/// start unless a downgrade to its release is enabled (etcd's
+/// MustDetectDowngrade).
+#[tokio::test]
+async fn an_older_release_is_refused_unless_a_downgrade_to_it_is_enabled() {
+    use cairn_proto::peer::{ClusterVersionSet, DowngradeInfoSet};
+    use cairn_raft_backend::versions::{MinorVersion, VersionState};
+
+    let ours = MinorVersion::this_release();
+    let newer = MinorVersion {
+        major: ours.major,
+        minor: ours.minor + 1,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir).await;
+    // The one member's monitor decides the version from its own release.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while s.version_state().await.unwrap().cluster != Some(ours) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no cluster version decided"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let out = s
+        .propose(Command::ClusterVersionSet(ClusterVersionSet {
+            version: newer.to_string(),
+        }))
+        .await
+        .unwrap();
+    let at_newer = VersionState {
+        cluster: Some(newer),
+        downgrade_target: None,
+    };
+    assert_eq!(out, CommandOutput::Versions(at_newer));
+    let bad = s
+        .propose(Command::ClusterVersionSet(ClusterVersionSet {
+            version: "next".into(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(bad, StoreError::InvalidVersion("next".into()));
+    s.shutdown().await;
+    drop(s);
+
+    let refused = match Store::open_single(dir.path(), &prometheus::Registry::new()).await {
+        Ok(_) => panic!("an older release started in a newer cluster"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        refused.starts_with(&format!(
+            "invalid downgrade; server version {ours} is lower than determined cluster version {newer}"
+        )),
+        "{refused}"
+    );
+
+    // With a downgrade to this release enabled (written as the newer
+    // release would have, before this one took the data dir over), it starts.
+    let conn = db(&dir);
+    conn.execute(
+        "INSERT OR REPLACE INTO meta (name, value) VALUES ('downgrade_target', ?1)",
+        [((ours.major as i64) << 32) | ours.minor as i64],
+    )
+    .unwrap();
+    drop(conn);
+    let s = open(&dir).await;
+    let st = s.version_state().await.unwrap();
+    assert_eq!(st.downgrade_target, Some(ours));
+    // Its monitor lowers the version to the target, then, every member
+    // running it, ends the downgrade.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let st = s.version_state().await.unwrap();
+        if st
+            == (VersionState {
+                cluster: Some(ours),
+                downgrade_target: None,
+            })
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "downgrade never finished: {st:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let out = s
+        .propose(Command::DowngradeInfoSet(DowngradeInfoSet {
+            enabled: true,
+            target_version: "0.x".into(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(out, StoreError::InvalidVersion("0.x".into()));
+}

@@ -116,6 +116,9 @@ pub fn store_status(e: StoreError) -> Status {
             tracing::warn!(error = %msg, "the leader failed a forwarded request");
             Status::internal(format!("etcdserver: {msg}"))
         }
+        // Refused at start, never an answer to a request.
+        StoreError::ReleaseRefused(m) => Status::failed_precondition(format!("etcdserver: {m}")),
+        StoreError::InvalidVersion(_) => Status::invalid_argument(format!("etcdserver: {e}")),
         StoreError::Storage(_)
         | StoreError::Sqlite(_)
         | StoreError::Io { .. }

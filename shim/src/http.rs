@@ -313,11 +313,21 @@ async fn readyz_one(
     one_check(m, node, check, q, READYZ).await
 }
 
-async fn version() -> impl IntoResponse {
+/// etcd's fields, and Cairn's release with its cluster version and any
+/// downgrade under way (as applied here; absent when unreadable).
+async fn version(State(node): State<SharedNode>) -> impl IntoResponse {
+    let mut cairn = crate::release::version_json();
+    if let Ok(v) = node.store.version_state().await {
+        cairn["cluster"] = json!(v.cluster.map(|v| v.to_string()).unwrap_or_default());
+        cairn["downgradeTarget"] = json!(v
+            .downgrade_target
+            .map(|v| v.target_string())
+            .unwrap_or_default());
+    }
     axum::Json(json!({
         "etcdserver": ETCD_VERSION,
         "etcdcluster": ETCD_VERSION,
-        "cairn": crate::release::version_json(),
+        "cairn": cairn,
     }))
 }
 

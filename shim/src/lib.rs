@@ -35,6 +35,7 @@ mod stream_end;
 
 // The client services.
 mod cluster_service;
+mod downgrade;
 mod kv_service;
 mod lease;
 mod maintenance_service;

@@ -4,9 +4,9 @@ use std::pin::Pin;
 
 use cairn_proto::etcdserverpb::{
     maintenance_server::Maintenance, AlarmRequest, AlarmResponse, AlarmType, DefragmentRequest,
-    DefragmentResponse, DowngradeRequest, DowngradeResponse, HashKvRequest, HashKvResponse,
-    HashRequest, HashResponse, MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest,
-    SnapshotResponse, StatusRequest, StatusResponse,
+    DefragmentResponse, DowngradeInfo, DowngradeRequest, DowngradeResponse, HashKvRequest,
+    HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest, MoveLeaderResponse,
+    SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
 };
 use cairn_raft_backend::{Command, CommandOutput};
 use futures::Stream;
@@ -64,6 +64,12 @@ impl Maintenance for MaintenanceService {
         let st = self.node.store.status().await.map_err(store_status)?;
         let alarms = self.node.store.alarms().await.map_err(store_status)?;
         let raft = self.node.store.raft_status();
+        let versions = self
+            .node
+            .store
+            .version_state()
+            .await
+            .map_err(store_status)?;
         Ok(Response::new(StatusResponse {
             header: self.node.header(),
             version: ETCD_VERSION.to_string(),
@@ -81,7 +87,14 @@ impl Maintenance for MaintenanceService {
             is_learner: raft.is_learner,
             storage_version: ETCD_VERSION.to_string(),
             db_size_quota: self.node.quota_bytes,
-            downgrade_info: None,
+            // As etcd 3.6: always present, the target while enabled.
+            downgrade_info: Some(DowngradeInfo {
+                enabled: versions.downgrade_target.is_some(),
+                target_version: versions
+                    .downgrade_target
+                    .map(|t| t.target_string())
+                    .unwrap_or_default(),
+            }),
         }))
     }
 
@@ -174,8 +187,16 @@ impl Maintenance for MaintenanceService {
 
     async fn downgrade(
         &self,
-        _req: Request<DowngradeRequest>,
+        req: Request<DowngradeRequest>,
     ) -> Result<Response<DowngradeResponse>, Status> {
-        Err(Status::unimplemented("Downgrade is not supported"))
+        let r = req.into_inner();
+        let span = tracing::info_span!("downgrade", action = r.action, version = %r.version);
+        let version = crate::downgrade::downgrade(&self.node, r)
+            .instrument(span)
+            .await?;
+        Ok(Response::new(DowngradeResponse {
+            header: self.node.header(),
+            version,
+        }))
     }
 }

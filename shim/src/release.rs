@@ -9,6 +9,7 @@ use std::sync::LazyLock;
 
 use cairn_migrate::upgrade::{CairnRelease, Version};
 use cairn_proto::cairnpb::peer::v1::PROTOCOL_VERSION;
+use cairn_raft_backend::versions::MinorVersion;
 use cairn_raft_backend::{OLDEST_SCHEMA_VERSION, SCHEMA_VERSION};
 use serde_json::json;
 
@@ -41,6 +42,37 @@ pub fn this_release() -> CairnRelease {
         peer_min: PROTOCOL_VERSION as u64,
         peer: PROTOCOL_VERSION as u64,
     }
+}
+
+/// Earlier releases as (major, minor, schema_min, schema, peer_min, peer),
+/// newest first: what each reads and speaks, so that a downgrade is checked
+/// against the release it goes to (`downgrade.rs`). Each release adds the
+/// one before it when it bumps the workspace version.
+const EARLIER_RELEASES: &[(u64, u64, u64, u64, u64, u64)] = &[];
+
+/// What the release `v` (major.minor) reads and speaks, if this build knows it.
+pub fn known_release(v: MinorVersion) -> Option<CairnRelease> {
+    let this = this_release();
+    if this.version.minor_line() == (v.major as u64, v.minor as u64) {
+        return Some(this);
+    }
+    EARLIER_RELEASES
+        .iter()
+        .find(|r| (r.0, r.1) == (v.major as u64, v.minor as u64))
+        .map(
+            |&(major, minor, schema_min, schema, peer_min, peer)| CairnRelease {
+                version: Version {
+                    major,
+                    minor,
+                    patch: 0,
+                    pre: String::new(),
+                },
+                schema_min,
+                schema,
+                peer_min,
+                peer,
+            },
+        )
 }
 
 /// The `cairn` object of `/version`, beside etcd's `etcdserver` and `etcdcluster`.

@@ -9,10 +9,12 @@ use crate::command::{Command, CommandOutput, RevisionEvents};
 use crate::error::{Result, StoreError};
 use crate::mvcc::alarms::{apply_alarm, nospace};
 use crate::mvcc::apply_state::ApplyState;
+use crate::mvcc::cluster_version;
 use crate::mvcc::key_index::KeyIndex;
 use crate::mvcc::txn_read::TxnRead;
 use crate::mvcc::write_txn::WriteTxn;
 use crate::txn::{self, is_txn_readonly, txn_has_put};
+use crate::versions::MinorVersion;
 
 /// What applying one command produced.
 pub struct Applied {
@@ -165,6 +167,33 @@ fn apply_to<'c>(
                     ..Default::default()
                 }),
             })
+        }
+        Command::ClusterVersionSet(c) => {
+            let v = MinorVersion::parse(&c.version)
+                .ok_or_else(|| StoreError::InvalidVersion(c.version.clone()))?;
+            cluster_version::set_cluster(conn, v)?;
+            let ours = MinorVersion::this_release();
+            if ours < v {
+                // The leader raises it only once every member reported a
+                // release at least as new, so this member was replaced by an
+                // older one since: etcd stops such a member
+                // (MustDetectDowngrade); it is refused at its next start.
+                tracing::error!(cluster_version = %v, release = %ours,
+                    "the cluster version is above this member's release: it must be upgraded");
+            }
+            CommandOutput::Versions(cluster_version::load(conn)?)
+        }
+        Command::DowngradeInfoSet(d) => {
+            let target = if d.enabled {
+                Some(
+                    MinorVersion::parse(&d.target_version)
+                        .ok_or_else(|| StoreError::InvalidVersion(d.target_version.clone()))?,
+                )
+            } else {
+                None
+            };
+            cluster_version::set_downgrade(conn, target)?;
+            CommandOutput::Versions(cluster_version::load(conn)?)
         }
         // Applied by `apply` before this.
         Command::MigrationBegin(_)

@@ -7,6 +7,7 @@
 pub(crate) mod alarms;
 pub(crate) mod apply_state;
 pub(crate) mod checkpointer;
+pub(crate) mod cluster_version;
 pub(crate) mod compactor;
 pub(crate) mod defragment;
 pub mod etcd_snapshot;

@@ -158,6 +158,8 @@ pub fn command_to_pb(c: &LogCommand) -> pb::Command {
         Command::ImportRevisions(x) => Op::ImportRevisions(x.clone()),
         Command::MigrationCutover(x) => Op::MigrationCutover(*x),
         Command::MigrationAbort(x) => Op::MigrationAbort(*x),
+        Command::ClusterVersionSet(x) => Op::ClusterVersionSet(x.clone()),
+        Command::DowngradeInfoSet(x) => Op::DowngradeInfoSet(x.clone()),
     };
     pb::Command {
         origin: c.origin,
@@ -191,6 +193,8 @@ pub fn command_from_pb(c: pb::Command) -> Result<LogCommand, DecodeError> {
         Op::ImportRevisions(x) => Command::ImportRevisions(x),
         Op::MigrationCutover(x) => Command::MigrationCutover(x),
         Op::MigrationAbort(x) => Command::MigrationAbort(x),
+        Op::ClusterVersionSet(x) => Command::ClusterVersionSet(x),
+        Op::DowngradeInfoSet(x) => Command::DowngradeInfoSet(x),
     };
     Ok(LogCommand {
         origin: c.origin,

@@ -14,6 +14,7 @@ mod leader_liveness;
 mod lease_forward;
 pub(crate) mod log_file;
 mod log_store;
+mod member_releases;
 mod membership;
 pub(crate) mod membership_error;
 mod network;

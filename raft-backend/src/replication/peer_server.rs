@@ -280,6 +280,7 @@ impl<L: LeaseAuthority> Peer for PeerService<L> {
             leader_id: self.replica.leader().unwrap_or(0),
             membership: Some(self.replica.membership_pb()),
             version: self.version.to_string(),
+            release: crate::versions::RELEASE.to_string(),
         }))
     }
 
