@@ -50,5 +50,10 @@ export CAIRN_TEST_ETCDCTL="$etcdbin/etcdctl"
 # bench builds never have the feature. `fuzzing` adds the fuzz targets' entry
 # points, so that the committed fuzz corpus replays as a test on stable
 # (scripts/fuzz.sh runs the fuzzer itself).
+# The previous release's binary, for the rolling upgrade test: built once
+# from the commit e2e/previous-release records, then cached under target/.
+CAIRN_PREVIOUS_BIN=$(scripts/previous-release.sh)
+export CAIRN_PREVIOUS_BIN
+
 cargo build --workspace --bins --features cairn-shim/failpoints,cairn-shim/fuzzing
 cargo test --workspace --features cairn-shim/failpoints,cairn-shim/fuzzing -- "$@"

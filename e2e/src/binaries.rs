@@ -112,3 +112,38 @@ pub fn cairn_bin() -> Result<PathBuf> {
         candidate.display()
     )
 }
+
+/// The previous release the rolling upgrade test starts from: its version
+/// and its `cairn` binary. `$CAIRN_PREVIOUS_BIN` if set, else where
+/// `scripts/previous-release.sh` caches it for the release and commit
+/// recorded in `e2e/previous-release`.
+pub fn previous_release_bin() -> Result<(String, PathBuf)> {
+    let record = workspace_root().join("e2e").join("previous-release");
+    let text = std::fs::read_to_string(&record)
+        .with_context(|| format!("reading {}", record.display()))?;
+    let mut fields = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .context("e2e/previous-release names no release")?
+        .split_whitespace();
+    let (Some(version), Some(commit)) = (fields.next(), fields.next()) else {
+        bail!("e2e/previous-release: expected `<version> <commit>`");
+    };
+    if let Some(p) = from_env("CAIRN_PREVIOUS_BIN")? {
+        return Ok((version.to_string(), p));
+    }
+    let bin = workspace_root()
+        .join("target")
+        .join("previous-release")
+        .join(format!("{version}-{commit}"))
+        .join("cairn");
+    if !bin.is_file() {
+        bail!(
+            "Cairn {version}'s binary is not at {}: build it with scripts/previous-release.sh \
+             (scripts/test.sh does), or set CAIRN_PREVIOUS_BIN",
+            bin.display()
+        );
+    }
+    Ok((version.to_string(), bin))
+}

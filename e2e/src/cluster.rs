@@ -44,6 +44,9 @@ pub struct ClusterMember {
     /// The --initial-cluster it was first started with: restarts pass the
     /// same, as an operator's unit file does after later member changes.
     initial: Option<String>,
+    /// The `cairn` binary it runs when not the one under test (another
+    /// release, for rolling upgrades).
+    binary: Option<PathBuf>,
 }
 
 impl ClusterMember {
@@ -104,11 +107,31 @@ impl Cluster {
         Self::launch(n, (HEARTBEAT_MS, ELECTION_MS), &[], points).await
     }
 
+    /// As [`Cluster::start`], every member running `binary` (another
+    /// release, built with the fail points) until [`Cluster::set_binary`].
+    pub async fn start_with_binary(
+        n: usize,
+        binary: &std::path::Path,
+        extra: &[&str],
+    ) -> Result<Cluster> {
+        Self::launch_with(n, (HEARTBEAT_MS, ELECTION_MS), extra, &[], Some(binary)).await
+    }
+
     async fn launch(
         n: usize,
         timing: (u64, u64),
         extra: &[&str],
         points: &[&str],
+    ) -> Result<Cluster> {
+        Self::launch_with(n, timing, extra, points, None).await
+    }
+
+    async fn launch_with(
+        n: usize,
+        timing: (u64, u64),
+        extra: &[&str],
+        points: &[&str],
+        binary: Option<&std::path::Path>,
     ) -> Result<Cluster> {
         let mut c = Cluster {
             members: Vec::new(),
@@ -127,6 +150,7 @@ impl Cluster {
                     .prefix("cairn-cluster-")
                     .tempdir()?,
                 child: None,
+                binary: binary.map(|b| b.to_path_buf()),
                 state: "new",
                 extra: Vec::new(),
                 initial: None,
@@ -215,7 +239,11 @@ impl Cluster {
             .append(true)
             .open(m.log_path())?;
         writeln!(log, "===== cluster start: cairn {}", args.join(" "))?;
-        let child = Command::new(cairn_bin()?)
+        let bin = match &m.binary {
+            Some(b) => b.clone(),
+            None => cairn_bin()?,
+        };
+        let child = Command::new(bin)
             .args(&args)
             .env(failpoints::ENV, failpoints::env_value(&points))
             .stdin(Stdio::null())
@@ -354,6 +382,69 @@ impl Cluster {
         Ok(())
     }
 
+    /// The binary member `i` runs from its next start on (`None`: the one
+    /// under test).
+    pub fn set_binary(&mut self, i: usize, binary: Option<PathBuf>) {
+        self.members[i].binary = binary;
+    }
+
+    /// Stops member `i` as an operator does (SIGTERM), waiting up to
+    /// `timeout` for it to exit; kill -9 after that. Whether it exited on
+    /// its own.
+    pub async fn stop(&mut self, i: usize, timeout: Duration) -> Result<bool> {
+        let Some(mut child) = self.members[i].child.take() else {
+            return Ok(true);
+        };
+        let pid = child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .context("kill -TERM")?;
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if child.try_wait()?.is_some() {
+                return Ok(true);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        child.kill().context("kill -9 after SIGTERM")?;
+        child.wait()?;
+        Ok(false)
+    }
+
+    /// Starts a stopped member on its data dir and ports and waits for the
+    /// process to exit within `timeout`: for a start that must be refused.
+    /// Its exit status, or `None` if it was still running (then stopped).
+    pub async fn start_expecting_exit(
+        &mut self,
+        i: usize,
+        timeout: Duration,
+    ) -> Result<Option<std::process::ExitStatus>> {
+        self.spawn(i)?;
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            let exited = match self.members[i].child.as_mut() {
+                Some(c) => c.try_wait()?,
+                None => None,
+            };
+            if let Some(status) = exited {
+                self.members[i].child = None;
+                return Ok(Some(status));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.kill9(i)?;
+        Ok(None)
+    }
+
+    /// Starts a stopped member again (no-op while it runs).
+    pub fn start_member(&mut self, i: usize) -> Result<()> {
+        if self.members[i].child.is_some() {
+            return Ok(());
+        }
+        self.spawn(i)
+    }
+
     /// Restarts a killed member on its data dir and ports.
     pub fn restart(&mut self, i: usize) -> Result<()> {
         self.kill9(i)?;
@@ -411,6 +502,7 @@ impl Cluster {
                 .prefix("cairn-cluster-")
                 .tempdir()?,
             child: None,
+            binary: None,
             state: "existing",
             extra: extra.iter().map(|s| s.to_string()).collect(),
             initial: None,

@@ -43,17 +43,19 @@ pub(crate) async fn run(replica: Weak<Replica>, readers: Readers) {
 async fn step(replica: &Replica, readers: &Readers) -> crate::Result<()> {
     let state = readers.with_conn(cluster_version::load).await?;
     let releases = replica.member_releases(ASK_TIMEOUT).await;
+    let now = state
+        .cluster
+        .map_or_else(|| "none".to_string(), |v| v.to_string());
     let cmd = match decide(&state, &releases) {
         None => return Ok(()),
         Some(VersionStep::SetCluster(v)) => {
-            tracing::info!(from = ?state.cluster.map(|v| v.to_string()), to = %v, "setting the cluster version");
+            tracing::info!(from = %now, to = %v, "setting the cluster version");
             Command::ClusterVersionSet(ClusterVersionSet {
                 version: v.to_string(),
             })
         }
         Some(VersionStep::FinishDowngrade) => {
-            tracing::info!(cluster_version = ?state.cluster.map(|v| v.to_string()),
-                "the cluster has been downgraded");
+            tracing::info!(cluster_version = %now, "the cluster has been downgraded");
             Command::DowngradeInfoSet(DowngradeInfoSet {
                 enabled: false,
                 target_version: String::new(),

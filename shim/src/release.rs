@@ -48,7 +48,10 @@ pub fn this_release() -> CairnRelease {
 /// newest first: what each reads and speaks, so that a downgrade is checked
 /// against the release it goes to (`downgrade.rs`). Each release adds the
 /// one before it when it bumps the workspace version.
-const EARLIER_RELEASES: &[(u64, u64, u64, u64, u64, u64)] = &[];
+const EARLIER_RELEASES: &[(u64, u64, u64, u64, u64, u64)] = &[
+    // 0.1.0: writes schema 3 and opens 1..=3; speaks and accepts peer protocol 1.
+    (0, 1, 1, 3, 1, 1),
+];
 
 /// What the release `v` (major.minor) reads and speaks, if this build knows it.
 pub fn known_release(v: MinorVersion) -> Option<CairnRelease> {

@@ -46,7 +46,7 @@ impl Injector {
         inj
     }
 
-    fn publish(&self) {
+    pub fn publish(&self) {
         self.shared.set_endpoints(
             self.active
                 .iter()
@@ -55,7 +55,7 @@ impl Injector {
         );
     }
 
-    fn note(&mut self, what: String) {
+    pub fn note(&mut self, what: String) {
         let line = format!("{:>7.2}s {what}", self.start.elapsed().as_secs_f64());
         eprintln!("robustness: {line}");
         self.log.push(line);

@@ -101,6 +101,11 @@ pub struct Report {
     pub reads: usize,
     pub acked: usize,
     pub compactions: u64,
+    /// The longest time between two successful writes' answers: how long
+    /// the cluster took no write.
+    pub longest_write_gap: Duration,
+    /// When that gap began, from the start of the load.
+    pub longest_write_gap_at: Duration,
     pub anomalies: Vec<Anomaly>,
     pub elapsed: Duration,
 }
@@ -124,7 +129,7 @@ impl Report {
         format!(
             "seed {}: {} in {:.0?}: {} requests ({} answered), {} KV ops checked for linearizability \
              ({} answered), {} acknowledged writes, {} reads at a revision, {} events, \
-             {} watch streams ({} items), {} compactions, {} faults [{}], {} anomalies",
+             {} watch streams ({} items), {} compactions, {} faults [{}], longest without a write {:.1?} (at {:.1?}), {} anomalies",
             self.seed,
             if self.ok() { "PASS" } else { "FAIL" },
             self.elapsed,
@@ -140,6 +145,8 @@ impl Report {
             self.compactions,
             self.faults(),
             kinds.join(" "),
+            self.longest_write_gap,
+            self.longest_write_gap_at,
             self.anomalies.len()
         )
     }
@@ -172,6 +179,34 @@ pub async fn run(cfg: &Config) -> Result<Report> {
     faults::check_members(cfg.members)?;
     let start = Instant::now();
     let cluster = Cluster::start(cfg.members, &["--snapshot-count=2000"]).await?;
+    // Enough faults for the duration: each takes at least half a second.
+    let n = (cfg.duration.as_millis() / 500) as usize + 1;
+    let schedule = schedule::draw(cfg.seed, &cfg.faults, n, Duration::from_millis(ELECTION_MS));
+    let faults = schedule.clone();
+    let mut report = run_with(cfg, cluster, move |inj, until| {
+        Box::pin(async move { inj.run(&faults, until).await })
+    })
+    .await?;
+    report.schedule = schedule;
+    report.elapsed = start.elapsed();
+    Ok(report)
+}
+
+/// Runs the load and every check on `cluster` while `drive` acts on it:
+/// the fault schedule, or a scripted scenario (a rolling upgrade). `drive`
+/// gets the injector and the end of the load (`cfg.duration` from now; the
+/// load goes on to `drive`'s end if that is later); its error is a
+/// `recovery` anomaly.
+pub async fn run_with<F>(cfg: &Config, cluster: Cluster, drive: F) -> Result<Report>
+where
+    F: for<'a> FnOnce(
+            &'a mut Injector,
+            Instant,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + 'a>>
+        + Send,
+{
+    let start = Instant::now();
     let shared = Arc::new(Shared::default());
     let mut inj = Injector::new(cluster, shared.clone());
     let mut report = Report {
@@ -205,12 +240,9 @@ pub async fn run(cfg: &Config) -> Result<Report> {
         shared.clone(),
     )));
 
-    // Enough faults for the duration: each takes at least half a second.
-    let n = (cfg.duration.as_millis() / 500) as usize + 1;
-    report.schedule = schedule::draw(cfg.seed, &cfg.faults, n, Duration::from_millis(ELECTION_MS));
     let until = Instant::now() + cfg.duration;
     let mut anomalies = Vec::new();
-    if let Err(e) = inj.run(&report.schedule, until).await {
+    if let Err(e) = drive(&mut inj, until).await {
         anomalies.push(Anomaly {
             check: "recovery",
             detail: format!("{e:#}"),
@@ -246,6 +278,8 @@ pub async fn run(cfg: &Config) -> Result<Report> {
     report.sent = shared.sent.load(Ordering::Relaxed);
     report.answered = shared.answered.load(Ordering::Relaxed);
     report.compactions = shared.compactions.load(Ordering::Relaxed);
+    (report.longest_write_gap, report.longest_write_gap_at) =
+        longest_write_gap(&shared.rec.history());
     report.elapsed = start.elapsed();
     if !report.ok() {
         inj.cluster.keep();
@@ -254,6 +288,25 @@ pub async fn run(cfg: &Config) -> Result<Report> {
         }
     }
     Ok(report)
+}
+
+/// The longest time between consecutive answers of successful writes
+/// (from the first to the last), and when it started (from the history's
+/// origin, about when the load started).
+pub fn longest_write_gap(ops: &[crate::linearizability::Operation]) -> (Duration, Duration) {
+    let mut rets: Vec<u128> = ops
+        .iter()
+        .filter(|o| matches!(o.output, Output::Written { .. }))
+        .map(|o| o.ret)
+        .collect();
+    rets.sort_unstable();
+    let nanos = |n: u128| Duration::from_nanos(n.min(u64::MAX as u128) as u64);
+    rets.windows(2)
+        .map(|w| (w[1] - w[0], w[0]))
+        .max()
+        .map_or((Duration::ZERO, Duration::ZERO), |(gap, at)| {
+            (nanos(gap), nanos(at))
+        })
 }
 
 /// Heals, lets the short leases expire, collects the reference history up

@@ -25,6 +25,7 @@ mod lease;
 mod migrate;
 mod peer_traffic;
 mod robustness;
+mod rolling_upgrade;
 mod snapshot;
 mod upgrade;
 mod watch_differential;
