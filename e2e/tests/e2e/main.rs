@@ -12,6 +12,7 @@ mod util;
 
 mod bad_input;
 mod check_disk;
+mod checker_cross_check;
 mod cluster;
 mod cluster_etcdctl;
 mod crash;
