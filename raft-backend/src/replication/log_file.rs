@@ -349,7 +349,10 @@ impl LogFile {
         if self.active_len >= SEGMENT_BYTES {
             self.rotate()?;
         }
+        fail::fail_point!("raft_log_write_error", |errno| Err(injected(errno)));
         self.active.write_all(records)?;
+        // `slow_fsync=sleep(ms)`: a slow disk, every log fsync taking longer.
+        fail::fail_point!("slow_fsync");
         self.active.sync_data()?;
         self.active_len += records.len() as u64;
         if let Some(seg) = self.segments.last_mut() {
@@ -418,6 +421,16 @@ impl LogFile {
     }
 }
 
+/// The error the `raft_log_write_error` fail point makes an append fail
+/// with: `return(enospc)` a full disk, anything else an I/O error.
+#[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
+fn injected(errno: Option<String>) -> io::Error {
+    match errno.as_deref() {
+        Some("enospc") => io::Error::from_raw_os_error(libc::ENOSPC),
+        _ => io::Error::from_raw_os_error(libc::EIO),
+    }
+}
+
 fn create_segment(dir: &Path, path: &Path) -> io::Result<File> {
     let f = OpenOptions::new()
         .read(true)
@@ -431,7 +444,7 @@ fn create_segment(dir: &Path, path: &Path) -> io::Result<File> {
             Some(libc::ENOSPC) => io::Error::new(
                 io::ErrorKind::StorageFull,
                 format!(
-                    "no room for a new {} MiB Raft log segment in {}: free disk space (the log preallocates its segments)",
+                    "no room for a new {} MiB Raft log segment in {} (ENOSPC): free disk space (the log preallocates its segments)",
                     SEGMENT_BYTES >> 20,
                     dir.display()
                 ),
