@@ -16,6 +16,7 @@ mod cluster;
 mod cluster_etcdctl;
 mod crash;
 mod differential_kv;
+mod disk_full;
 mod etcdctl;
 mod etcdctl_watch_lease;
 mod kube_apiserver;
