@@ -650,6 +650,30 @@ mod tests {
         assert_eq!(log.segment_count(), 2);
     }
 
+    #[cfg(feature = "failpoints")]
+    #[test]
+    fn the_fail_points_fail_and_slow_an_append() {
+        let scenario = fail::FailScenario::setup();
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = LogFile::open(dir.path()).unwrap();
+        append_entries(&mut log, 1..=2);
+        fail::cfg("raft_log_write_error", "return(enospc)").unwrap();
+        let e = log.append(&records(3..=3), Some(3)).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
+        fail::cfg("raft_log_write_error", "return(eio)").unwrap();
+        let e = log.append(&records(3..=3), Some(3)).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EIO));
+        fail::remove("raft_log_write_error");
+        fail::cfg("slow_fsync", "sleep(50)").unwrap();
+        let started = std::time::Instant::now();
+        append_entries(&mut log, 3..=3);
+        assert!(started.elapsed() >= std::time::Duration::from_millis(50));
+        scenario.teardown();
+        drop(log);
+        let (_, rec) = LogFile::open(dir.path()).unwrap();
+        assert_eq!(indexes(&rec), vec![1, 2, 3]);
+    }
+
     #[test]
     fn the_active_segment_is_never_removed() {
         let dir = tempfile::tempdir().unwrap();
