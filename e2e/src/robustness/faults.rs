@@ -353,12 +353,14 @@ impl Injector {
     }
 }
 
-/// The last non-empty line of a log tail (what a member said as it exited).
+/// What a member said as it exited: the binary's last `cairn: ` line in a
+/// log tail (other threads may log after it), else the last line.
 fn last_line(tail: &str) -> String {
-    let line = tail
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
+    let mut lines = tail.lines().rev().filter(|l| !l.trim().is_empty());
+    let line = lines
+        .clone()
+        .find(|l| l.starts_with("cairn: "))
+        .or_else(|| lines.next())
         .unwrap_or_default();
     line.chars().take(300).collect()
 }
