@@ -27,6 +27,7 @@ use crate::client::{connect_with, ClientTimeouts};
 use crate::failpoints;
 use crate::ports::free_port;
 use crate::proxy::Proxy;
+use crate::tmpfs::Tmpfs;
 use crate::wait::{wait_until, Poll};
 
 /// Raft timings the fault tests run with (etcd's flags, in ms).
@@ -37,6 +38,9 @@ pub struct ClusterMember {
     pub name: String,
     pub client_port: u16,
     pub peer_port: u16,
+    /// The data dir's own filesystem, when the cluster runs on tmpfs
+    /// (declared before `dir`: unmounted before the dir is removed).
+    fs: Option<Tmpfs>,
     dir: TempDir,
     child: Option<Child>,
     state: &'static str,
@@ -85,6 +89,8 @@ pub struct Cluster {
     failpoints: Vec<String>,
     /// --heartbeat-interval and --election-timeout, in ms.
     timing: (u64, u64),
+    /// Each member's data dir on a tmpfs of this size (to fill it).
+    tmpfs_bytes: Option<u64>,
     keep: bool,
 }
 
@@ -114,7 +120,30 @@ impl Cluster {
         binary: &std::path::Path,
         extra: &[&str],
     ) -> Result<Cluster> {
-        Self::launch_with(n, (HEARTBEAT_MS, ELECTION_MS), extra, &[], Some(binary)).await
+        Self::launch_with(
+            n,
+            (HEARTBEAT_MS, ELECTION_MS),
+            extra,
+            &[],
+            Some(binary),
+            None,
+        )
+        .await
+    }
+
+    /// As [`Cluster::start`], each member's data dir on a tmpfs of its own
+    /// of `bytes` (see [`crate::tmpfs`]; root only), so that a test can fill
+    /// it ([`Cluster::fill_disk`]).
+    pub async fn start_on_tmpfs(n: usize, extra: &[&str], bytes: u64) -> Result<Cluster> {
+        Self::launch_with(
+            n,
+            (HEARTBEAT_MS, ELECTION_MS),
+            extra,
+            &[],
+            None,
+            Some(bytes),
+        )
+        .await
     }
 
     async fn launch(
@@ -123,7 +152,7 @@ impl Cluster {
         extra: &[&str],
         points: &[&str],
     ) -> Result<Cluster> {
-        Self::launch_with(n, timing, extra, points, None).await
+        Self::launch_with(n, timing, extra, points, None, None).await
     }
 
     async fn launch_with(
@@ -132,6 +161,7 @@ impl Cluster {
         extra: &[&str],
         points: &[&str],
         binary: Option<&std::path::Path>,
+        tmpfs_bytes: Option<u64>,
     ) -> Result<Cluster> {
         let mut c = Cluster {
             members: Vec::new(),
@@ -139,6 +169,7 @@ impl Cluster {
             extra: extra.iter().map(|s| s.to_string()).collect(),
             failpoints: points.iter().map(|s| s.to_string()).collect(),
             timing,
+            tmpfs_bytes,
             keep: std::env::var_os("CAIRN_E2E_KEEP").is_some(),
         };
         for i in 0..n {
@@ -146,6 +177,7 @@ impl Cluster {
                 name: format!("m{i}"),
                 client_port: free_port()?,
                 peer_port: free_port()?,
+                fs: None,
                 dir: tempfile::Builder::new()
                     .prefix("cairn-cluster-")
                     .tempdir()?,
@@ -218,6 +250,9 @@ impl Cluster {
         };
         let (heartbeat, election) = self.timing;
         let m = &mut self.members[i];
+        if let (Some(bytes), None) = (self.tmpfs_bytes, &m.fs) {
+            m.fs = Some(Tmpfs::mount(&m.dir.path().join("data"), bytes)?);
+        }
         m.initial = Some(initial.clone());
         let mut args = vec![
             format!("--name={}", m.name),
@@ -376,7 +411,10 @@ impl Cluster {
 
     pub fn kill9(&mut self, i: usize) -> Result<()> {
         if let Some(mut child) = self.members[i].child.take() {
-            child.kill().context("kill -9")?;
+            // A member that exited on its own (a storage fault) is only reaped.
+            if child.try_wait()?.is_none() {
+                child.kill().context("kill -9")?;
+            }
             child.wait()?;
         }
         Ok(())
@@ -445,6 +483,34 @@ impl Cluster {
         self.spawn(i)
     }
 
+    /// How member `i` exited, if it stopped on its own (None while it runs
+    /// or after `kill9`).
+    pub fn exited(&mut self, i: usize) -> Option<std::process::ExitStatus> {
+        self.members[i]
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Fills member `i`'s filesystem (a cluster started on tmpfs); the bytes
+    /// it took.
+    pub fn fill_disk(&self, i: usize) -> Result<u64> {
+        match &self.members[i].fs {
+            Some(fs) => fs.fill(),
+            None => Err(anyhow!(
+                "m{i} has no filesystem of its own: start the cluster on tmpfs"
+            )),
+        }
+    }
+
+    /// Frees what `fill_disk` took (nothing if it was not filled).
+    pub fn free_disk(&self, i: usize) -> Result<()> {
+        match &self.members[i].fs {
+            Some(fs) => fs.free(),
+            None => Ok(()),
+        }
+    }
+
     /// Restarts a killed member on its data dir and ports.
     pub fn restart(&mut self, i: usize) -> Result<()> {
         self.kill9(i)?;
@@ -498,6 +564,7 @@ impl Cluster {
             name: format!("m{i}"),
             client_port: free_port()?,
             peer_port: free_port()?,
+            fs: None,
             dir: tempfile::Builder::new()
                 .prefix("cairn-cluster-")
                 .tempdir()?,
@@ -543,6 +610,14 @@ impl Drop for Cluster {
         }
         if self.keep || std::thread::panicking() {
             for m in &mut self.members {
+                if let Some(fs) = m.fs.take() {
+                    // Kept mounted for the investigation.
+                    eprintln!(
+                        "keeping the tmpfs at {} mounted: umount it when done",
+                        fs.path().display()
+                    );
+                    std::mem::forget(fs);
+                }
                 let dir = std::mem::replace(
                     &mut m.dir,
                     match tempfile::tempdir() {

@@ -38,6 +38,28 @@ pub fn peer_dial(pairs: &[(String, String)]) -> String {
     format!("peer_dial=return({})", map.join(","))
 }
 
+/// The Raft log's fdatasync (a slow disk): `sleep(ms)` before each.
+pub const SLOW_FSYNC: &str = "slow_fsync";
+
+/// A Raft log append fails: `return(enospc)` a full disk, `return(eio)`
+/// (or any other argument) an I/O error, as a failed fsync reports.
+pub const RAFT_LOG_WRITE_ERROR: &str = "raft_log_write_error";
+
+/// Sets fail point `name` to `action` in a running member (a failpoints
+/// build's `PUT /debug/failpoints/NAME`), on its client port.
+pub async fn set(port: u16, name: &str, action: &str) -> anyhow::Result<()> {
+    crate::http::request(port, "PUT", &format!("/debug/failpoints/{name}"), action)
+        .await
+        .map(drop)
+}
+
+/// Clears fail point `name` in a running member.
+pub async fn clear(port: u16, name: &str) -> anyhow::Result<()> {
+    crate::http::request(port, "DELETE", &format!("/debug/failpoints/{name}"), "")
+        .await
+        .map(drop)
+}
+
 /// The value of [`ENV`] that sets every point in `points`.
 pub fn env_value<S: AsRef<str>>(points: &[S]) -> String {
     points

@@ -1,4 +1,4 @@
-//! Plain HTTP/1.1 GETs of a member's `/metrics`, `/health` and the like: one
+//! Plain HTTP/1.1 requests to a member's `/metrics`, `/health` and the like: one
 //! request per connection, enough for scraping in tests without an HTTP
 //! client dependency.
 
@@ -10,10 +10,20 @@ use tokio::net::TcpStream;
 
 /// The body of `GET path` on 127.0.0.1:`port`; an error unless the status is 200.
 pub async fn get_text(port: u16, path: &str) -> Result<String> {
+    request(port, "GET", path, "").await
+}
+
+/// `method path` with `body` on 127.0.0.1:`port` (a fail point set or
+/// cleared at runtime: `PUT /debug/failpoints/NAME`); the response body, or
+/// an error unless the status is 200.
+pub async fn request(port: u16, method: &str, path: &str, body: &str) -> Result<String> {
     let fetch = async {
         let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
-        let req =
-            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
         s.write_all(req.as_bytes()).await?;
         let mut raw = Vec::new();
         s.read_to_end(&mut raw).await?;
@@ -21,14 +31,14 @@ pub async fn get_text(port: u16, path: &str) -> Result<String> {
     };
     let raw = tokio::time::timeout(Duration::from_secs(10), fetch)
         .await
-        .with_context(|| format!("GET {path} on port {port} timed out"))??;
+        .with_context(|| format!("{method} {path} on port {port} timed out"))??;
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text
         .split_once("\r\n\r\n")
-        .with_context(|| format!("GET {path}: no header end in {text:?}"))?;
+        .with_context(|| format!("{method} {path}: no header end in {text:?}"))?;
     let status = head.lines().next().unwrap_or_default();
     if !status.contains(" 200 ") {
-        bail!("GET {path}: {status}");
+        bail!("{method} {path}: {status} {body}");
     }
     if head
         .lines()

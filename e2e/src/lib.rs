@@ -80,6 +80,7 @@ pub mod proxy;
 pub mod raw;
 pub mod robustness;
 pub mod source_load;
+pub mod tmpfs;
 pub mod wait;
 pub mod watch;
 

@@ -16,6 +16,7 @@
 mod apply;
 mod command;
 mod error;
+mod fault;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod mvcc;
@@ -30,6 +31,7 @@ pub mod versions;
 
 pub use command::{AppliedBatch, Command, CommandOutput, RevisionEvents};
 pub use error::{Cause, Result, StoreError};
+pub use fault::StorageFault;
 pub use mvcc::schema::{DOWNGRADE_TO_V1_FOR_TESTS, OLDEST_SCHEMA_VERSION, SCHEMA_VERSION};
 pub use mvcc::{
     prefix_end, HistoryRead, KeyRange, KvHash, PrevKvInterest, PrevKvWanted, StoreMetrics,

@@ -198,6 +198,13 @@ impl Store {
         self.replica.shutdown().await
     }
 
+    /// Resolves once this member's Raft core has stopped on a fault (see
+    /// [`StorageFault`]); never on a clean shutdown. The member can serve
+    /// nothing trustworthy after it: the server exits with its message.
+    pub async fn storage_fault(&self) -> crate::StorageFault {
+        self.replica.storage_fault().await
+    }
+
     // ---- Replication: this member's Raft state and the cluster's membership ----
 
     /// The leader, while it is reachable (heard from within an election

@@ -37,7 +37,39 @@ pub fn routes(node: SharedNode, server_metrics: Arc<ServerMetrics>) -> Router {
             "/metrics",
             get(move |node: State<SharedNode>| metrics(node, server_metrics)),
         )
+        .merge(failpoint_routes())
         .with_state(node)
+}
+
+/// A build with fail points sets and clears them at runtime, as etcd's
+/// gofail HTTP endpoint does: `PUT /debug/failpoints/NAME` with the action as
+/// the body (`sleep(100)`, `return(enospc)`, `off`), `DELETE` to clear. A
+/// build without the feature has no such route (404).
+#[cfg(feature = "failpoints")]
+fn failpoint_routes() -> Router<SharedNode> {
+    use axum::extract::Path;
+    use axum::http::StatusCode;
+    use axum::routing::put;
+    async fn set(Path(name): Path<String>, body: String) -> (StatusCode, String) {
+        match fail::cfg(name.clone(), body.trim()) {
+            Ok(()) => {
+                tracing::info!(failpoint = %name, action = %body.trim(), "fail point set");
+                (StatusCode::OK, String::new())
+            }
+            Err(e) => (StatusCode::BAD_REQUEST, e),
+        }
+    }
+    async fn clear(Path(name): Path<String>) -> StatusCode {
+        fail::remove(&name);
+        tracing::info!(failpoint = %name, "fail point cleared");
+        StatusCode::OK
+    }
+    Router::new().route("/debug/failpoints/{name}", put(set).delete(clear))
+}
+
+#[cfg(not(feature = "failpoints"))]
+fn failpoint_routes() -> Router<SharedNode> {
+    Router::new()
 }
 
 /// The values of one query parameter, in order (`exclude=A&exclude=B`).

@@ -122,7 +122,13 @@ async fn main() -> anyhow::Result<()> {
             if let Ok(points) = std::env::var("FAILPOINTS") {
                 tracing::info!(failpoints = %points, "fail points set");
             }
-            server::serve(cli.serve, shutdown_signal()).await
+            // A storage fault ends serving with an error that says what the
+            // operator does: printed plainly, exit status 1 (as etcd's fatal).
+            if let Err(e) = server::serve(cli.serve, shutdown_signal()).await {
+                eprintln!("cairn: {e:#}");
+                std::process::exit(1);
+            }
+            Ok(())
         }
     }
 }

@@ -394,6 +394,39 @@ fn request_timeout(args: &ServeArgs) -> Duration {
     Duration::from_secs(5) + 2 * Duration::from_millis(args.election_timeout)
 }
 
+/// What the member says as it exits on a fault of its storage: logged, and
+/// the error `serve` returns (the binary prints it and exits with status 1,
+/// as etcd's `lg.Fatal` does).
+fn stop_on_fault(args: &ServeArgs, fault: cairn_raft_backend::StorageFault) -> anyhow::Error {
+    let data_dir = args.data_dir();
+    if fault.disk_full {
+        tracing::error!(
+            data_dir = %data_dir.display(),
+            error = %fault,
+            "stopping: no space left on device (ENOSPC) under the data dir. Free space on its \
+             filesystem, then restart this member: every write it acknowledged is in its Raft \
+             log, and the restart applies what it had not"
+        );
+        anyhow::anyhow!(
+            "no space left on device (ENOSPC) under the data dir {}: {fault}; free space there \
+             and restart this member (nothing it acknowledged is lost)",
+            data_dir.display()
+        )
+    } else {
+        tracing::error!(
+            data_dir = %data_dir.display(),
+            error = %fault,
+            "stopping: a storage fault stopped Raft. After a failed write or fsync the files' \
+             state is unknown, so this member stops rather than go on (as etcd does); check the \
+             disk, then restart it: the restart recovers from what is durable"
+        );
+        anyhow::anyhow!(
+            "storage fault under the data dir {}: {fault}; check the disk, then restart this member",
+            data_dir.display()
+        )
+    }
+}
+
 /// Serves until `shutdown` resolves.
 ///
 /// Then: no new connections; watch and keep-alive streams, which never end
@@ -412,6 +445,11 @@ pub async fn serve(
         "starting Cairn"
     );
     let node = open_node(&args).await?;
+    // A storage fault stops the Raft core; the member then exits (below).
+    let mut fault = Box::pin({
+        let node = node.clone();
+        async move { node.store.storage_fault().await }
+    });
     let metrics = Arc::new(ServerMetrics::new(&node.registry, args.metrics)?);
     let limit = args.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let hub = WatchHub::start(node.clone(), args.watch_progress_notify_interval);
@@ -440,6 +478,7 @@ pub async fn serve(
     tokio::select! {
         () = publish_self(node.clone()) => {}
         () = &mut shutdown => return Ok(()),
+        f = &mut fault => return Err(stop_on_fault(&args, f)),
     }
     tokio::spawn(watch_leader(node.clone(), metrics.clone()));
     let _compactor = crate::compactor::start(node.clone(), crate::compactor::from_args(&args)?);
@@ -498,6 +537,11 @@ pub async fn serve(
     tokio::pin!(server);
     tokio::select! {
         r = &mut server => r?,
+        f = &mut fault => {
+            // No grace: nothing more this member answers can be trusted.
+            stop_streams.stop();
+            return Err(stop_on_fault(&args, f));
+        }
         () = &mut shutdown => {
             stop_streams.stop();
             let grace = request_timeout(&args);

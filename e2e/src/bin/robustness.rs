@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! robustness --seed S --duration 60s --members 3 --faults kill,partition,pause,restart-all,member-change [--runs N]
+//! robustness --seed S --duration 30s --faults disk-full,slow-disk,kill [--runs N]   (disk-full: as root)
 //! robustness --self-check
 //! ```
 //!
@@ -18,6 +19,10 @@ use cairn_e2e::robustness::{self, schedule, Config};
 const USAGE: &str = "usage: robustness [--seed S] [--duration 60s] [--members 3] \
 [--faults kill,partition,pause,restart-all,member-change] [--runs N] [--workers N] [--watchers N]
        robustness --self-check
+
+--faults defaults to the five above; disk-full (each member's data dir on a tmpfs
+of its own, filled; needs root to mount) and slow-disk (slow Raft log fsyncs)
+are asked for by name.
 
 --runs N runs seeds S, S+1, ... S+N-1 one after another and prints their totals.
 The cluster's `cairn` is $CAIRN_BIN, else target/<profile>/cairn; it must be

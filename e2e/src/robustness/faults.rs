@@ -12,6 +12,7 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use etcd_client::MemberAddOptions;
 
 use crate::cluster::Cluster;
+use crate::failpoints;
 use crate::robustness::schedule::{Fault, Kind, Target};
 use crate::robustness::shared::Shared;
 use crate::wait::{wait_until, Poll};
@@ -29,6 +30,8 @@ pub struct Injector {
     /// What was done, when (for the report).
     pub log: Vec<String>,
     pub injected: BTreeMap<Kind, usize>,
+    /// Kinds the schedule holds (what healing must undo).
+    pub kinds_used: Vec<Kind>,
 }
 
 impl Injector {
@@ -41,6 +44,7 @@ impl Injector {
             start: Instant::now(),
             log: Vec::new(),
             injected: BTreeMap::new(),
+            kinds_used: Vec::new(),
         };
         inj.publish();
         inj
@@ -64,6 +68,7 @@ impl Injector {
     /// Runs the schedule's faults until `until`; stops at the first fault
     /// the cluster does not recover from.
     pub async fn run(&mut self, schedule: &[Fault], until: Instant) -> Result<()> {
+        self.kinds_used = schedule.iter().map(|f| f.kind).collect();
         for f in schedule {
             // The schedule's quiet time: load runs without faults.
             tokio::time::sleep(f.after).await;
@@ -169,6 +174,65 @@ impl Injector {
                 self.note(format!("SIGCONT m{i}"));
             }
             Kind::MemberChange => self.member_change(f).await?,
+            Kind::DiskFull => self.disk_full(f).await?,
+            Kind::SlowDisk => {
+                let (i, role) = self.target(f.target, f.pick).await;
+                let port = self.cluster.members[i].client_port;
+                let delay = Kind::fsync_delay(f.pick);
+                failpoints::set(
+                    port,
+                    failpoints::SLOW_FSYNC,
+                    &format!("sleep({})", delay.as_millis()),
+                )
+                .await
+                .with_context(|| format!("slowing m{i}'s fsync"))?;
+                self.note(format!(
+                    "slowed m{i}'s ({role}) Raft log fsync by {delay:?} for {:?}",
+                    f.hold
+                ));
+                tokio::time::sleep(f.hold).await;
+                failpoints::clear(port, failpoints::SLOW_FSYNC)
+                    .await
+                    .with_context(|| format!("clearing m{i}'s slow fsync"))?;
+                self.note(format!("m{i}'s fsync back to normal"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Fills one member's filesystem for the hold, then frees it; a member
+    /// that stopped on the full disk (as it must once it needs space) is
+    /// restarted, as an operator does after freeing space.
+    async fn disk_full(&mut self, f: &Fault) -> Result<()> {
+        let (i, role) = self.target(f.target, f.pick).await;
+        let bytes = self
+            .cluster
+            .fill_disk(i)
+            .with_context(|| format!("filling m{i}'s disk"))?;
+        self.note(format!(
+            "filled m{i}'s ({role}) disk ({} MiB) for {:?}",
+            bytes >> 20,
+            f.hold
+        ));
+        let deadline = Instant::now() + f.hold;
+        let mut exited = None;
+        // Bounded by the hold (at most 4 s).
+        while Instant::now() < deadline {
+            if exited.is_none() {
+                exited = self.cluster.exited(i);
+                if let Some(status) = exited {
+                    let said = last_line(&self.cluster.log_tail(i));
+                    self.note(format!("m{i} stopped ({status}): {said}"));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.cluster.free_disk(i)?;
+        if exited.is_some() || self.cluster.exited(i).is_some() {
+            self.cluster.restart(i)?;
+            self.note(format!("freed m{i}'s disk and restarted it"));
+        } else {
+            self.note(format!("freed m{i}'s disk; it kept running"));
         }
         Ok(())
     }
@@ -254,12 +318,24 @@ impl Injector {
     }
 
     /// Heals everything a failed fault may have left: every member in the
-    /// cluster running, resumed and connected.
-    pub fn heal_all(&mut self) -> Result<()> {
-        for &i in &self.active {
+    /// cluster with room on its disk, running at normal speed, resumed and
+    /// connected.
+    pub async fn heal_all(&mut self) -> Result<()> {
+        for i in self.active.clone() {
             self.cluster.heal(i);
+            self.cluster.free_disk(i)?;
+            if self.cluster.exited(i).is_some() {
+                self.cluster.restart(i)?;
+            }
             match self.cluster.members[i].pid() {
-                Some(pid) => signal("-CONT", pid)?,
+                Some(pid) => {
+                    signal("-CONT", pid)?;
+                    if self.kinds_used.contains(&Kind::SlowDisk) {
+                        // Best effort: a member still starting has none set.
+                        let port = self.cluster.members[i].client_port;
+                        let _ = failpoints::clear(port, failpoints::SLOW_FSYNC).await;
+                    }
+                }
                 None => self.cluster.restart(i)?,
             }
         }
@@ -275,6 +351,18 @@ impl Injector {
             .filter(|i| running.contains(i))
             .collect()
     }
+}
+
+/// What a member said as it exited: the binary's last `cairn: ` line in a
+/// log tail (other threads may log after it), else the last line.
+fn last_line(tail: &str) -> String {
+    let mut lines = tail.lines().rev().filter(|l| !l.trim().is_empty());
+    let line = lines
+        .clone()
+        .find(|l| l.starts_with("cairn: "))
+        .or_else(|| lines.next())
+        .unwrap_or_default();
+    line.chars().take(300).collect()
 }
 
 /// Sends SIGCONT when dropped, whatever happened while paused.

@@ -1,7 +1,7 @@
 //! Robustness campaigns: a Kubernetes-shaped load on a Cairn cluster while
 //! faults drawn from a seed hit it (kill -9, partitions, SIGSTOP pauses,
-//! restarts of every member, member changes), then checks of everything the
-//! clients saw against what a correct store allows.
+//! restarts of every member, member changes, a full disk, slow fsyncs), then
+//! checks of everything the clients saw against what a correct store allows.
 //!
 //! * [`schedule`]: the fault kinds and a seed's schedule.
 //! * [`faults`]: injecting them ([`faults::Injector`]).
@@ -47,6 +47,10 @@ use crate::linearizability::{check, CheckResult, Output};
 use faults::Injector;
 use schedule::{Fault, Kind};
 use shared::Shared;
+
+/// Each member's filesystem with `disk-full` among the faults: room for
+/// two Raft log segments (64 MiB each, preallocated) and the store.
+pub const DISK_BYTES: u64 = 256 << 20;
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -178,7 +182,13 @@ impl Report {
 pub async fn run(cfg: &Config) -> Result<Report> {
     faults::check_members(cfg.members)?;
     let start = Instant::now();
-    let cluster = Cluster::start(cfg.members, &["--snapshot-count=2000"]).await?;
+    let extra = ["--snapshot-count=2000"];
+    let cluster = if cfg.faults.contains(&Kind::DiskFull) {
+        // Each member on a filesystem of its own, to fill.
+        Cluster::start_on_tmpfs(cfg.members, &extra, DISK_BYTES).await?
+    } else {
+        Cluster::start(cfg.members, &extra).await?
+    };
     // Enough faults for the duration: each takes at least half a second.
     let n = (cfg.duration.as_millis() / 500) as usize + 1;
     let schedule = schedule::draw(cfg.seed, &cfg.faults, n, Duration::from_millis(ELECTION_MS));
@@ -320,7 +330,7 @@ async fn finish(
 ) -> Result<Vec<Anomaly>> {
     let mut found = Vec::new();
     let f = &mut found;
-    inj.heal_all()?;
+    inj.heal_all().await?;
     if let Err(e) = inj.cluster.wait_all_ready(faults::RECOVERY).await {
         add(
             f,

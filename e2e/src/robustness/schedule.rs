@@ -25,8 +25,16 @@ pub enum Kind {
     RestartAll,
     /// A learner added, caught up and promoted, then another member removed.
     MemberChange,
+    /// One member's filesystem (a tmpfs of its own) filled; freed after the
+    /// hold, and the member restarted if it stopped.
+    DiskFull,
+    /// One member's Raft log fsyncs slowed (the `slow_fsync` fail point,
+    /// set at runtime) for the hold.
+    SlowDisk,
 }
 
+/// The default `--faults`: every kind that needs no privilege. Adding a
+/// kind here would change what the existing seeds draw.
 pub const ALL: [Kind; 5] = [
     Kind::Kill,
     Kind::Partition,
@@ -34,6 +42,10 @@ pub const ALL: [Kind; 5] = [
     Kind::RestartAll,
     Kind::MemberChange,
 ];
+
+/// The disk faults, asked for by name. `disk-full` mounts a tmpfs per member
+/// (root only).
+pub const DISK: [Kind; 2] = [Kind::DiskFull, Kind::SlowDisk];
 
 impl Kind {
     pub fn name(self) -> &'static str {
@@ -43,29 +55,29 @@ impl Kind {
             Kind::Pause => "pause",
             Kind::RestartAll => "restart-all",
             Kind::MemberChange => "member-change",
+            Kind::DiskFull => "disk-full",
+            Kind::SlowDisk => "slow-disk",
         }
+    }
+
+    /// For `slow-disk`: how much longer each Raft log fsync takes, drawn
+    /// through `pick` (100 to 400 ms).
+    pub fn fsync_delay(pick: usize) -> Duration {
+        Duration::from_millis(100 * (1 + pick as u64 % 4))
     }
 }
 
-/// Parses a `--faults` list (comma-separated names). The issue's disk
-/// faults are refused: Cairn has no fail point to fill the disk or slow the
-/// log's fsync yet, and a campaign must not claim faults it did not inject.
+/// Parses a `--faults` list (comma-separated names).
 pub fn parse_kinds(list: &str) -> Result<Vec<Kind>> {
     let mut out = Vec::new();
     for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let kind = match name {
-            "disk-full" | "slow-disk" => bail!(
-                "fault `{name}` is not implemented yet: Cairn has no fail point for a full \
-                 disk or a slow fsync, and the campaign does not mount a filesystem; \
-                 leave it out of --faults"
+        let kind = match ALL.iter().chain(DISK.iter()).find(|k| k.name() == name) {
+            Some(k) => *k,
+            None => bail!(
+                "unknown fault `{name}`; known: {},{}",
+                ALL.map(Kind::name).join(","),
+                DISK.map(Kind::name).join(",")
             ),
-            _ => match ALL.iter().find(|k| k.name() == name) {
-                Some(k) => *k,
-                None => bail!(
-                    "unknown fault `{name}`; known: {}",
-                    ALL.map(Kind::name).join(",")
-                ),
-            },
         };
         if !out.contains(&kind) {
             out.push(kind);
@@ -101,6 +113,14 @@ impl fmt::Display for Fault {
         match self.kind {
             Kind::RestartAll => write!(f, " (down {:?})", self.hold),
             Kind::MemberChange => write!(f, " (remove {:?} #{})", self.target, self.pick),
+            Kind::SlowDisk => write!(
+                f,
+                " (fsync +{:?}) of the {:?} #{} for {:?}",
+                Kind::fsync_delay(self.pick),
+                self.target,
+                self.pick,
+                self.hold
+            ),
             _ => write!(
                 f,
                 " of the {:?} #{} for {:?}",
@@ -131,6 +151,7 @@ pub fn draw(seed: u64, kinds: &[Kind], n: usize, election: Duration) -> Vec<Faul
                 Kind::Partition => ms(rng.random_range(500..3000)),
                 Kind::Kill | Kind::RestartAll => ms(rng.random_range(0..2000)),
                 Kind::MemberChange => Duration::ZERO,
+                Kind::DiskFull | Kind::SlowDisk => ms(rng.random_range(1000..4000)),
             };
             Fault {
                 after: ms(rng.random_range(500..2500)),
@@ -152,20 +173,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn kinds_parse_and_disk_faults_are_refused() {
+    fn kinds_parse_and_disk_faults_are_named_not_defaults() {
         assert_eq!(
             parse_kinds("kill,partition,kill").ok(),
             Some(vec![Kind::Kill, Kind::Partition])
         );
         let all = parse_kinds("kill,partition,pause,restart-all,member-change").ok();
         assert_eq!(all, Some(ALL.to_vec()));
-        let err = parse_kinds("kill,disk-full").unwrap_err().to_string();
-        assert!(err.contains("not implemented yet"), "{err}");
-        assert!(parse_kinds("slow-disk").is_err());
+        assert_eq!(
+            parse_kinds("kill,disk-full,slow-disk").ok(),
+            Some(vec![Kind::Kill, Kind::DiskFull, Kind::SlowDisk])
+        );
+        assert!(!ALL.contains(&Kind::DiskFull) && !ALL.contains(&Kind::SlowDisk));
         assert!(parse_kinds("flood")
             .unwrap_err()
             .to_string()
             .contains("unknown"));
+    }
+
+    #[test]
+    fn disk_faults_hold_one_to_four_seconds() {
+        let e = Duration::from_millis(500);
+        let d = draw(3, &DISK, 50, e);
+        assert!(d.iter().all(|f| DISK.contains(&f.kind)
+            && f.hold >= Duration::from_secs(1)
+            && f.hold < Duration::from_secs(4)));
+        assert!((0..16).all(|p| {
+            let d = Kind::fsync_delay(p);
+            d >= Duration::from_millis(100) && d <= Duration::from_millis(400)
+        }));
     }
 
     #[test]

@@ -17,6 +17,7 @@ mod cluster;
 mod cluster_etcdctl;
 mod crash;
 mod differential_kv;
+mod disk_full;
 mod downgrade;
 mod etcdctl;
 mod etcdctl_watch_lease;

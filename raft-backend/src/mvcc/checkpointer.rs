@@ -71,10 +71,22 @@ impl Checkpointer {
             .name("cairn-checkpoint".into())
             .spawn(move || {
                 yield_to_request_path();
+                // Logged when passes start failing and when they succeed
+                // again, not every pass: a full disk fails ten a second.
+                let mut failing = false;
                 // recv_timeout doubles as the period and the shutdown signal.
                 while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(INTERVAL) {
-                    if let Err(e) = checkpoint(&conn, &restart) {
-                        tracing::warn!(error = %e, "WAL checkpoint failed");
+                    match checkpoint(&conn, &restart) {
+                        Err(e) if !failing => {
+                            failing = true;
+                            tracing::warn!(error = %e, "WAL checkpoint failed (retried every pass; logged again once it succeeds)");
+                        }
+                        Err(_) => {}
+                        Ok(_) if failing => {
+                            failing = false;
+                            tracing::info!("WAL checkpoint succeeded again");
+                        }
+                        Ok(_) => {}
                     }
                     size.refresh();
                 }

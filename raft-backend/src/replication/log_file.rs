@@ -349,7 +349,10 @@ impl LogFile {
         if self.active_len >= SEGMENT_BYTES {
             self.rotate()?;
         }
+        fail::fail_point!("raft_log_write_error", |errno| Err(injected(errno)));
         self.active.write_all(records)?;
+        // `slow_fsync=sleep(ms)`: a slow disk, every log fsync taking longer.
+        fail::fail_point!("slow_fsync");
         self.active.sync_data()?;
         self.active_len += records.len() as u64;
         if let Some(seg) = self.segments.last_mut() {
@@ -418,6 +421,16 @@ impl LogFile {
     }
 }
 
+/// The error the `raft_log_write_error` fail point makes an append fail
+/// with: `return(enospc)` a full disk, anything else an I/O error.
+#[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
+fn injected(errno: Option<String>) -> io::Error {
+    match errno.as_deref() {
+        Some("enospc") => io::Error::from_raw_os_error(libc::ENOSPC),
+        _ => io::Error::from_raw_os_error(libc::EIO),
+    }
+}
+
 fn create_segment(dir: &Path, path: &Path) -> io::Result<File> {
     let f = OpenOptions::new()
         .read(true)
@@ -431,7 +444,7 @@ fn create_segment(dir: &Path, path: &Path) -> io::Result<File> {
             Some(libc::ENOSPC) => io::Error::new(
                 io::ErrorKind::StorageFull,
                 format!(
-                    "no room for a new {} MiB Raft log segment in {}: free disk space (the log preallocates its segments)",
+                    "no room for a new {} MiB Raft log segment in {} (ENOSPC): free disk space (the log preallocates its segments)",
                     SEGMENT_BYTES >> 20,
                     dir.display()
                 ),
@@ -635,6 +648,30 @@ mod tests {
         assert_eq!(rec.state.vote.as_deref(), Some(&b"v"[..]));
         assert_eq!(rec.state.purged, Some(purged(5)));
         assert_eq!(log.segment_count(), 2);
+    }
+
+    #[cfg(feature = "failpoints")]
+    #[test]
+    fn the_fail_points_fail_and_slow_an_append() {
+        let scenario = fail::FailScenario::setup();
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = LogFile::open(dir.path()).unwrap();
+        append_entries(&mut log, 1..=2);
+        fail::cfg("raft_log_write_error", "return(enospc)").unwrap();
+        let e = log.append(&records(3..=3), Some(3)).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
+        fail::cfg("raft_log_write_error", "return(eio)").unwrap();
+        let e = log.append(&records(3..=3), Some(3)).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EIO));
+        fail::remove("raft_log_write_error");
+        fail::cfg("slow_fsync", "sleep(50)").unwrap();
+        let started = std::time::Instant::now();
+        append_entries(&mut log, 3..=3);
+        assert!(started.elapsed() >= std::time::Duration::from_millis(50));
+        scenario.teardown();
+        drop(log);
+        let (_, rec) = LogFile::open(dir.path()).unwrap();
+        assert_eq!(indexes(&rec), vec![1, 2, 3]);
     }
 
     #[test]

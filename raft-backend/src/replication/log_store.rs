@@ -12,7 +12,9 @@
 //! the store is synced (`PurgeBarrier`): a purged entry is always in state
 //! that survives power loss. A failed write leaves the files out of step with
 //! what openraft was told; every later append then fails, and openraft stops
-//! this member rather than let it diverge.
+//! this member rather than let it diverge (the server then exits, see
+//! `crate::StorageFault`). So does a failed sync of the store before a
+//! purge: a failed fsync is never retried as if the next could succeed.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -375,8 +377,14 @@ impl Writer {
 
     fn purge(&mut self, log_id: Vec<u8>, upto: u64) {
         if let Err(e) = (self.before_purge)() {
-            // Keeping the entries is always safe; the next purge retries.
-            tracing::error!(error = %e, "syncing the store before a raft log purge failed; log kept");
+            // The entries are kept. No later purge may trust a retried sync:
+            // after a failed fsync the kernel may have dropped the store's
+            // dirty pages and the next fsync succeeds without them. Every
+            // later append fails, and openraft stops this member, whose
+            // restart replays the store from this log.
+            self.fail(format!(
+                "syncing the store before a raft log purge failed: {e}"
+            ));
             return;
         }
         if let Err(e) = self.save_state(|s| s.purged = Some(log_id)) {
@@ -546,7 +554,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_store_is_synced_before_a_purge_and_a_failed_sync_keeps_the_log() {
+    async fn the_store_is_synced_before_a_purge_and_a_failed_sync_keeps_the_log_and_stops_appends()
+    {
         use std::sync::atomic::{AtomicUsize, Ordering};
         let dir = tempfile::tempdir().unwrap();
         let syncs = Arc::new(AtomicUsize::new(0));
@@ -563,6 +572,18 @@ mod tests {
             log.purge(LogId::new(2u64.into(), 3)).await.unwrap();
             // Operations run in order: once this vote is saved, the purge ran.
             log.save_vote(&Vote::new(3, 1)).await.unwrap();
+            // A failed sync is not retried as if it could work: every later
+            // append fails (and openraft stops the member).
+            use openraft::type_config::TypeConfigExt;
+            let (tx, rx) = TypeConfig::oneshot();
+            log.append(
+                std::iter::once(entry(6)),
+                IOFlushed::<TypeConfig>::signal(tx),
+            )
+            .await
+            .unwrap();
+            let err = rx.await.unwrap().unwrap_err().to_string();
+            assert!(err.contains("syncing the store"), "{err}");
         }
         assert_eq!(syncs.load(Ordering::SeqCst), 1);
         // The store could not be synced, so nothing was purged on disk.

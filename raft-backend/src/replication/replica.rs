@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::async_runtime::watch::WatchReceiver;
+use openraft::errors::Fatal;
 use openraft::{Config, ServerState, SnapshotPolicy};
 use tokio::sync::watch;
 
@@ -24,6 +25,7 @@ use super::state_machine::{Raft, StateMachine};
 use super::types::TypeConfig;
 use super::waiters::Waiters;
 use crate::error::{Result, StoreError};
+use crate::fault::StorageFault;
 use crate::mvcc::ApplyState;
 
 pub struct Replica {
@@ -222,6 +224,27 @@ impl Replica {
 
     pub async fn shutdown(&self) {
         let _ = self.raft.shutdown().await;
+    }
+
+    /// Resolves once the Raft core has stopped on a fault (a storage error,
+    /// or a panic: its metrics sender gone while it reported running);
+    /// never on a clean shutdown.
+    pub async fn storage_fault(&self) -> StorageFault {
+        let mut rx = self.raft.metrics();
+        let mut ended = false;
+        loop {
+            match &rx.borrow_watched().running_state {
+                Err(Fatal::Stopped) => break,
+                Err(f) => return StorageFault::new(f.to_string()),
+                Ok(()) if ended => {
+                    return StorageFault::new("the Raft core ended unexpectedly".into())
+                }
+                Ok(()) => {}
+            }
+            // Fails once the core's task has ended: its last report says how.
+            ended = rx.changed().await.is_err();
+        }
+        std::future::pending().await
     }
 }
 
