@@ -175,6 +175,10 @@ pub fn measure(dir: &Path, count: u32, limit: Duration) -> Result<Report, DiskCh
         let t = Instant::now();
         file.write_all(&buf[..n]).map_err(io("cannot write"))?;
         file.sync_data().map_err(io("cannot fdatasync"))?;
+        // The log's own `slow_fsync=sleep(ms)` fail point: a test slows
+        // this disk as it slows the log's, to see the slow verdict.
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("slow_fsync");
         samples.push(t.elapsed());
         bytes += n as u64;
     }
