@@ -177,6 +177,9 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
 mod tests {
     use std::path::{Path, PathBuf};
 
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
     fn corpus() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus")
     }
@@ -206,6 +209,88 @@ mod tests {
                 inputs += 1;
             }
             assert!(inputs > 0, "no corpus for {name}");
+        }
+    }
+
+    /// One mutation of `input`, libFuzzer-style: flip bits, overwrite,
+    /// insert or erase bytes, truncate, or splice in a part of `other`.
+    fn mutate(rng: &mut StdRng, input: &[u8], other: &[u8]) -> Vec<u8> {
+        let mut out = input.to_vec();
+        for _ in 0..rng.random_range(1..=4) {
+            let at = rng.random_range(0..=out.len());
+            match rng.random_range(0..6) {
+                0 if !out.is_empty() => {
+                    let i = at.min(out.len() - 1);
+                    out[i] ^= 1 << rng.random_range(0..8);
+                }
+                1 if !out.is_empty() => {
+                    let i = at.min(out.len() - 1);
+                    out[i] = rng.random();
+                }
+                2 => {
+                    let n = rng.random_range(1..=16);
+                    let bytes: Vec<u8> = (0..n).map(|_| rng.random()).collect();
+                    out.splice(at..at, bytes);
+                }
+                3 if at < out.len() => {
+                    let end = (at + rng.random_range(1..=16)).min(out.len());
+                    out.drain(at..end);
+                }
+                4 => out.truncate(at),
+                _ if !other.is_empty() => {
+                    let from = rng.random_range(0..other.len());
+                    let to = (from + rng.random_range(1..=64)).min(other.len());
+                    out.splice(at..at, other[from..to].iter().copied());
+                }
+                _ => {}
+            }
+        }
+        out.truncate(1 << 16);
+        out
+    }
+
+    /// CI's short fuzzing run, on stable: every target gets mutations of
+    /// its corpus (a fixed seed, so a failure reproduces) for a couple of
+    /// seconds. No coverage guidance: the long, guided runs are libFuzzer's
+    /// (`scripts/fuzz.sh`, docs/reliability.md); this keeps every target
+    /// exercised beyond its seeds on every submission.
+    #[test]
+    fn fuzz_targets_survive_mutated_corpus_inputs() {
+        type Target = fn(&[u8]);
+        let targets: [(&str, Target); 4] = [
+            ("client_requests", super::client_requests),
+            ("peer_messages", cairn_raft_backend::fuzzing::peer_message),
+            (
+                "raft_log_recovery",
+                cairn_raft_backend::fuzzing::raft_log_recovery,
+            ),
+            ("etcd_snapshot", cairn_raft_backend::fuzzing::etcd_snapshot),
+        ];
+        let budget = std::time::Duration::from_secs(2);
+        for (name, target) in targets {
+            let dir = corpus().join(name);
+            let mut inputs: Vec<Vec<u8>> = std::fs::read_dir(&dir)
+                .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+                .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+                .collect();
+            inputs.sort();
+            let mut rng = StdRng::seed_from_u64(0xf022);
+            let started = std::time::Instant::now();
+            let mut runs = 0u64;
+            while started.elapsed() < budget && runs < 200_000 {
+                let a = &inputs[rng.random_range(0..inputs.len())];
+                let b = &inputs[rng.random_range(0..inputs.len())];
+                let input = mutate(&mut rng, a, b);
+                let outcome = std::panic::catch_unwind(|| target(&input));
+                assert!(
+                    outcome.is_ok(),
+                    "{name}: mutated input #{runs} (seed 0xf022) failed: {:02x?}",
+                    input
+                );
+                runs += 1;
+            }
+            eprintln!("{name}: {runs} mutated inputs in {:?}", started.elapsed());
+            assert!(runs > 0, "{name}: no input ran");
         }
     }
 
