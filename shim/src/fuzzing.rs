@@ -184,12 +184,11 @@ mod tests {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus")
     }
 
-    /// Every committed corpus input (seeds, and inputs that once failed)
-    /// through its target, on stable: the fuzz targets' regression test.
-    #[test]
-    fn fuzz_corpus_replays_cleanly() {
-        type Target = fn(&[u8]);
-        let targets: [(&str, Target); 4] = [
+    type Target = fn(&[u8]);
+
+    /// Every fuzz target's entry point, by its corpus directory's name.
+    fn targets() -> [(&'static str, Target); 4] {
+        [
             ("client_requests", super::client_requests),
             ("peer_messages", cairn_raft_backend::fuzzing::peer_message),
             (
@@ -197,7 +196,14 @@ mod tests {
                 cairn_raft_backend::fuzzing::raft_log_recovery,
             ),
             ("etcd_snapshot", cairn_raft_backend::fuzzing::etcd_snapshot),
-        ];
+        ]
+    }
+
+    /// Every committed corpus input (seeds, and inputs that once failed)
+    /// through its target, on stable: the fuzz targets' regression test.
+    #[test]
+    fn fuzz_corpus_replays_cleanly() {
+        let targets = targets();
         for (name, target) in targets {
             let dir = corpus().join(name);
             let mut inputs = 0;
@@ -256,16 +262,7 @@ mod tests {
     /// exercised beyond its seeds on every submission.
     #[test]
     fn fuzz_targets_survive_mutated_corpus_inputs() {
-        type Target = fn(&[u8]);
-        let targets: [(&str, Target); 4] = [
-            ("client_requests", super::client_requests),
-            ("peer_messages", cairn_raft_backend::fuzzing::peer_message),
-            (
-                "raft_log_recovery",
-                cairn_raft_backend::fuzzing::raft_log_recovery,
-            ),
-            ("etcd_snapshot", cairn_raft_backend::fuzzing::etcd_snapshot),
-        ];
+        let targets = targets();
         let budget = std::time::Duration::from_secs(2);
         for (name, target) in targets {
             let dir = corpus().join(name);
