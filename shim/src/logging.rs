@@ -20,7 +20,9 @@ use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
+use tracing_subscriber::layer::{Context as LayerContext, Layer, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 /// `--log-format`: etcd's two, plus the default that picks by destination.
@@ -182,17 +184,62 @@ pub fn init(args: &LogArgs) -> anyhow::Result<()> {
         LogFormat::Json
     });
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let stale = StaleMessageNotice {
+        show: !matches!(
+            args.log_level.trim().to_ascii_lowercase().as_str(),
+            "info" | "warn" | "warning" | "error" | "dpanic" | "panic" | "fatal"
+        ),
+    };
     let result = match format {
         LogFormat::Json => builder
             .event_format(ZapJson)
             .with_writer(outputs)
+            .finish()
+            .with(stale)
             .try_init(),
         LogFormat::Console => builder
             .with_ansi(outputs.all_terminals())
             .with_writer(outputs)
+            .finish()
+            .with(stale)
             .try_init(),
     };
     result.map_err(|e| anyhow::anyhow!("set up the log: {e}"))
+}
+
+/// openraft warns when it drops a message sent under a vote the member no
+/// longer holds ("A message will be ignored because ... vote changed"),
+/// which by its own account is a stale message to ignore: at a one-member
+/// start, the notice that its first vote was saved arrives after it has
+/// voted again. Not operator news, so shown only from `--log-level debug`
+/// on (or a tracing filter), like openraft's INFO lines.
+struct StaleMessageNotice {
+    show: bool,
+}
+
+const STALE_MESSAGE: &str = "A message will be ignored because";
+
+impl<S: Subscriber> Layer<S> for StaleMessageNotice {
+    fn event_enabled(&self, event: &Event<'_>, _: LayerContext<'_, S>) -> bool {
+        let meta = event.metadata();
+        if self.show || *meta.level() != Level::WARN || !meta.target().starts_with("openraft") {
+            return true;
+        }
+        let mut message = MessagePrefix(false);
+        event.record(&mut message);
+        !message.0
+    }
+}
+
+/// Whether an event's message starts with [`STALE_MESSAGE`].
+struct MessagePrefix(bool);
+
+impl Visit for MessagePrefix {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if field.name() == "message" {
+            self.0 = format!("{value:?}").starts_with(STALE_MESSAGE);
+        }
+    }
 }
 
 /// zap's JSON line: `{"level","ts","caller","msg", fields...}`.
@@ -321,6 +368,37 @@ mod tests {
         assert!(info.contains("openraft=warn"), "{info}");
         let debug = filter("debug").map(|f| f.to_string()).unwrap_or_default();
         assert!(!debug.contains("openraft"), "{debug}");
+    }
+
+    /// openraft's stale-message warning is hidden at info and shown at
+    /// debug; its other warnings, and other crates' with the same words,
+    /// are not touched.
+    #[test]
+    fn openrafts_stale_message_warning_is_shown_only_at_debug() {
+        let lines_at = |show: bool| {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("log.json");
+            let outputs = Outputs::open(&[path.display().to_string()]).unwrap();
+            let subscriber = tracing_subscriber::fmt()
+                .with_env_filter(filter("info").unwrap())
+                .event_format(ZapJson)
+                .with_writer(outputs)
+                .finish()
+                .with(StaleMessageNotice { show });
+            tracing::subscriber::with_default(subscriber, || {
+                tracing::warn!(
+                    target: "openraft::core::raft_core",
+                    "A message will be ignored because Leader vote changed: msg sent by vote: T0"
+                );
+                tracing::warn!(target: "openraft::core::raft_core", "replication failed");
+                tracing::warn!("A message will be ignored because of a test");
+            });
+            std::fs::read_to_string(&path).unwrap()
+        };
+        let info = lines_at(false);
+        assert_eq!(info.lines().count(), 2, "{info}");
+        assert!(!info.contains("vote changed"), "{info}");
+        assert_eq!(lines_at(true).lines().count(), 3);
     }
 
     #[test]
