@@ -19,6 +19,10 @@ if [ -x "$out/cairn" ]; then
   echo "$PWD/$out/cairn"
   exit 0
 fi
+if ! git cat-file -e "$commit^{commit}" 2>/dev/null && [ "$(git rev-parse --is-shallow-repository)" = true ]; then
+  # A shallow clone: fetch the history the release commit is in.
+  git fetch --quiet --unshallow >&2 || true
+fi
 if ! git cat-file -e "$commit^{commit}" 2>/dev/null; then
   echo "commit $commit (Cairn $version) is not in this clone: the rolling upgrade test needs the history (git fetch --unshallow)" >&2
   exit 1
