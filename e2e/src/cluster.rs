@@ -433,11 +433,7 @@ impl Cluster {
         let Some(mut child) = self.members[i].child.take() else {
             return Ok(true);
         };
-        let pid = child.id().to_string();
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .context("kill -TERM")?;
+        crate::signal::signal("-TERM", child.id())?;
         let deadline = std::time::Instant::now() + timeout;
         while std::time::Instant::now() < deadline {
             if child.try_wait()?.is_some() {

@@ -79,6 +79,7 @@ pub mod ports;
 pub mod proxy;
 pub mod raw;
 pub mod robustness;
+pub mod signal;
 pub mod source_load;
 pub mod tmpfs;
 pub mod wait;

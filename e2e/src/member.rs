@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use etcd_client::Client;
 use tempfile::TempDir;
 
@@ -268,12 +268,8 @@ impl Member {
         let Some(child) = self.child.as_mut() else {
             bail!("{} is not running", self.kind);
         };
-        let pid = child.id().to_string();
-        let sent = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .context("running kill -TERM")?;
-        ensure!(sent.success(), "kill -TERM {pid} failed: {sent}");
+        let pid = child.id();
+        crate::signal::signal("-TERM", pid)?;
         let deadline = std::time::Instant::now() + within;
         loop {
             if let Some(status) = child.try_wait().context("waiting for the process")? {

@@ -4,17 +4,17 @@
 //! within [`RECOVERY`] is a finding: the campaign reports it.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use etcd_client::MemberAddOptions;
 
 use crate::cluster::Cluster;
 use crate::failpoints;
 use crate::robustness::schedule::{Fault, Kind, Target};
 use crate::robustness::shared::Shared;
+use crate::signal::{signal, Paused};
 use crate::wait::{wait_until, Poll};
 
 /// How long the cluster may take to serve again after a fault heals.
@@ -363,31 +363,6 @@ fn last_line(tail: &str) -> String {
         .or_else(|| lines.next())
         .unwrap_or_default();
     line.chars().take(300).collect()
-}
-
-/// Sends SIGCONT when dropped, whatever happened while paused.
-struct Paused(u32);
-
-impl Paused {
-    fn pause(pid: u32) -> Result<Paused> {
-        signal("-STOP", pid)?;
-        Ok(Paused(pid))
-    }
-}
-
-impl Drop for Paused {
-    fn drop(&mut self) {
-        let _ = signal("-CONT", self.0);
-    }
-}
-
-fn signal(sig: &str, pid: u32) -> Result<()> {
-    let status = Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .context("running kill")?;
-    ensure!(status.success(), "kill {sig} {pid}: {status}");
-    Ok(())
 }
 
 /// Refuses a member count Cairn does not run (1, 3, 5 or 7 members are

@@ -10,6 +10,7 @@ use anyhow::{ensure, Context, Result};
 use cairn_e2e::cluster::Cluster;
 use cairn_e2e::member::start_cluster;
 use cairn_e2e::migrator::{run_cairn, RunOutput};
+use cairn_e2e::signal::Paused;
 use cairn_e2e::wait::{wait_until, Poll};
 use cairn_e2e::{Kind, Member};
 use etcd_client::{AlarmAction, AlarmOptions, AlarmType, Client};
@@ -190,31 +191,6 @@ async fn an_etcd_nospace_alarm_fails_the_check() -> Result<()> {
     expect(&f, "alarms", "FAIL", "NOSPACE on e2e")?;
     // etcd's /health and Status say so too.
     expect(&f, "reachability", "FAIL", "NOSPACE")?;
-    Ok(())
-}
-
-/// Sends SIGCONT to a paused process when dropped, whatever the test did.
-struct Paused(u32);
-
-impl Paused {
-    fn pause(pid: u32) -> Result<Paused> {
-        signal("-STOP", pid)?;
-        Ok(Paused(pid))
-    }
-}
-
-impl Drop for Paused {
-    fn drop(&mut self) {
-        let _ = signal("-CONT", self.0);
-    }
-}
-
-fn signal(sig: &str, pid: u32) -> Result<()> {
-    let status = std::process::Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .context("running kill")?;
-    ensure!(status.success(), "kill {sig} {pid}: {status}");
     Ok(())
 }
 
