@@ -15,8 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use openraft::async_runtime::watch::WatchReceiver;
+use openraft::metrics::RaftServerMetrics;
 use openraft::type_config::alias::WatchReceiverOf;
-use openraft::{Instant as _, ServerState};
+use openraft::{Instant as _, RaftMetrics, ServerState};
 use tokio::sync::watch;
 
 use super::types::TypeConfig;
@@ -42,8 +43,14 @@ impl LeaderContact {
 
 /// Starts tracking; the receiver holds the reachable leader, if any. The task
 /// ends when the Raft core stops.
+///
+/// `metrics` changes with every write; the task wakes on it only while it
+/// is a leader waiting for a quorum to answer, when any change may end the
+/// wait. Otherwise the server metrics (state, leader, membership) and the
+/// tick cover every way the answer can change, and a write wakes nothing.
 pub(crate) fn start(
-    mut metrics: WatchReceiverOf<TypeConfig, openraft::RaftMetrics<TypeConfig>>,
+    mut metrics: WatchReceiverOf<TypeConfig, RaftMetrics<TypeConfig>>,
+    mut server: WatchReceiverOf<TypeConfig, RaftServerMetrics<TypeConfig>>,
     id: u64,
     election: Duration,
     tick: Duration,
@@ -55,8 +62,14 @@ pub(crate) fn start(
         loop {
             let now = reachable(&metrics.borrow_watched(), id, election, &contact);
             tx.send_if_modified(|l| std::mem::replace(l, now) != now);
+            let awaiting_quorum =
+                now.is_none() && server.borrow_watched().state == ServerState::Leader;
             tokio::select! {
-                changed = metrics.changed() => if changed.is_err() {
+                changed = metrics.changed(), if awaiting_quorum => if changed.is_err() {
+                    tx.send_replace(None);
+                    return;
+                },
+                changed = server.changed() => if changed.is_err() {
                     tx.send_replace(None);
                     return;
                 },
@@ -69,7 +82,7 @@ pub(crate) fn start(
 }
 
 fn reachable(
-    m: &openraft::RaftMetrics<TypeConfig>,
+    m: &RaftMetrics<TypeConfig>,
     id: u64,
     election: Duration,
     contact: &LeaderContact,

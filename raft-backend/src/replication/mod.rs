@@ -27,6 +27,7 @@ mod raft_events;
 mod read_batch;
 mod read_index;
 mod replica;
+mod solo_member;
 mod state_machine;
 mod types;
 mod waiters;

@@ -9,8 +9,9 @@
 use std::collections::BTreeMap;
 
 use openraft::async_runtime::watch::WatchReceiver;
+use openraft::metrics::RaftServerMetrics;
 use openraft::type_config::alias::WatchReceiverOf;
-use openraft::{RaftMetrics, ServerState};
+use openraft::ServerState;
 
 use super::options::member_list;
 use super::types::TypeConfig;
@@ -24,8 +25,12 @@ struct Seen {
     membership: Option<(Vec<String>, Vec<String>)>,
 }
 
-/// Logs until the Raft core stops.
-pub(crate) fn start(mut metrics: WatchReceiverOf<TypeConfig, RaftMetrics<TypeConfig>>, id: u64) {
+/// Logs until the Raft core stops. Reads the server metrics, which change
+/// with the state, vote and membership only, not with every write.
+pub(crate) fn start(
+    mut metrics: WatchReceiverOf<TypeConfig, RaftServerMetrics<TypeConfig>>,
+    id: u64,
+) {
     tokio::spawn(async move {
         let mut seen = Seen::default();
         loop {
@@ -38,7 +43,8 @@ pub(crate) fn start(mut metrics: WatchReceiverOf<TypeConfig, RaftMetrics<TypeCon
     });
 }
 
-fn log_changes(seen: &mut Seen, m: &RaftMetrics<TypeConfig>, id: u64) {
+fn log_changes(seen: &mut Seen, m: &RaftServerMetrics<TypeConfig>, id: u64) {
+    let term = m.vote.leader_id.term;
     let members = member_list(m.membership_config.membership());
     let names: BTreeMap<u64, String> = members
         .iter()
@@ -48,21 +54,21 @@ fn log_changes(seen: &mut Seen, m: &RaftMetrics<TypeConfig>, id: u64) {
 
     // An uninitialized member reports term 0; its first real state comes
     // with the first election.
-    if m.current_term > 0 && (seen.state != Some(m.state) || seen.term != m.current_term) {
+    if term > 0 && (seen.state != Some(m.state) || seen.term != term) {
         match m.state {
             ServerState::Leader => tracing::info!(
-                member = %name(id), term = m.current_term, "became leader"
+                member = %name(id), term = term, "became leader"
             ),
             ServerState::Candidate => tracing::info!(
-                member = %name(id), term = m.current_term, "started an election"
+                member = %name(id), term = term, "started an election"
             ),
             ServerState::Follower if seen.state == Some(ServerState::Leader) => tracing::info!(
-                member = %name(id), term = m.current_term, "stepped down from leader"
+                member = %name(id), term = term, "stepped down from leader"
             ),
             ServerState::Follower | ServerState::Learner | ServerState::Shutdown => {}
         }
         seen.state = Some(m.state);
-        seen.term = m.current_term;
+        seen.term = term;
     }
     if matches!(m.state, ServerState::Follower | ServerState::Learner)
         && m.current_leader.is_some()
@@ -70,7 +76,7 @@ fn log_changes(seen: &mut Seen, m: &RaftMetrics<TypeConfig>, id: u64) {
     {
         if let Some(leader) = m.current_leader {
             tracing::info!(
-                member = %name(id), leader = %name(leader), term = m.current_term,
+                member = %name(id), leader = %name(leader), term = term,
                 "following the leader"
             );
         }

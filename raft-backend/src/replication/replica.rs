@@ -19,11 +19,11 @@ use super::leader_liveness::{self, LeaderContact};
 use super::log_store::LogStore;
 use super::network::{Factory, Peer};
 use super::options::{member_list, Bootstrap, RaftStatus, ReplicaOptions};
-use super::raft_events;
 use super::read_index::ReadQueues;
 use super::state_machine::{Raft, StateMachine};
 use super::types::TypeConfig;
 use super::waiters::Waiters;
+use super::{raft_events, solo_member};
 use crate::error::{Result, StoreError};
 use crate::fault::StorageFault;
 use crate::mvcc::ApplyState;
@@ -97,6 +97,7 @@ impl Replica {
         let factory = Factory {
             transport: opts.transport.clone(),
         };
+        let inline_appends = log.inline_appends();
         let raft = Raft::new(opts.member_id, Arc::new(config), factory, log, sm.clone())
             .await
             .map_err(fatal)?;
@@ -115,11 +116,15 @@ impl Replica {
                 });
             }
         }
-        raft_events::start(raft.metrics(), opts.member_id);
+        raft_events::start(raft.server_metrics(), opts.member_id);
+        // Server metrics change only with the state and membership, not with
+        // every write as `metrics()` does: no wake-up per write.
+        solo_member::start(raft.server_metrics(), opts.member_id, inline_appends);
         let contact = Arc::new(LeaderContact::default());
         // Only the metrics: a `Raft` clone here would keep the core alive.
         let reachable_leader = leader_liveness::start(
             raft.metrics(),
+            raft.server_metrics(),
             opts.member_id,
             t.election,
             t.heartbeat,
@@ -230,7 +235,10 @@ impl Replica {
     /// or a panic: its metrics sender gone while it reported running);
     /// never on a clean shutdown.
     pub async fn storage_fault(&self) -> StorageFault {
-        let mut rx = self.raft.metrics();
+        // Woken by the server metrics, which change rarely and close when the
+        // core ends; the running state is read from the full metrics.
+        let mut changes = self.raft.server_metrics();
+        let rx = self.raft.metrics();
         let mut ended = false;
         loop {
             match &rx.borrow_watched().running_state {
@@ -242,7 +250,7 @@ impl Replica {
                 Ok(()) => {}
             }
             // Fails once the core's task has ended: its last report says how.
-            ended = rx.changed().await.is_err();
+            ended = changes.changed().await.is_err();
         }
         std::future::pending().await
     }
