@@ -4,10 +4,12 @@
 #   scripts/bench.sh [cairn bench flags...]
 #
 # Builds `cargo build --release -p cairn-shim`, then for each workload (put,
-# range, and watch fan-out at each size of BENCH_WATCH_RUNS) and each server (etcd, then Cairn) starts that server alone on free
+# range, watch fan-out at each size of BENCH_WATCH_RUNS, and `etcdctl check
+# perf`) and each server (etcd, then Cairn) starts that server alone on free
 # 127.0.0.1 ports with a fresh data directory, waits for it to answer, runs the
 # identical `target/release/cairn bench --workload W --json [flags...]` against
-# it, and stops it again, so that the two never run at the same time nor
+# it (for perf: etcdctl 3.5.1's `check perf`, Go clientv3, through
+# scripts/bench-etcdctl-perf.py), and stops it again, so that the two never run at the same time nor
 # compete for the cores. Rounds alternate which server goes first. All data directories are under one temporary
 # directory, hence on the same disk. Then prints every result and the ratios
 # (throughput Cairn/etcd, p99 latency Cairn/etcd; for watch: delivery p50 and
@@ -26,7 +28,7 @@
 # settings; all members on this machine, each with its own data directory on
 # the same disk), and the client spreads its connections over the three
 # members' endpoints, as etcd's benchmark tool does. Cluster runs default to
-# the put workload at 100 clients and at 1 client (BENCH_PUT_CLIENTS="100 1").
+# put at 100 clients and at 1 client (BENCH_PUT_CLIENTS="100 1"), range and perf.
 #
 # Extra flags are given to every `cairn bench` run, e.g.
 #   scripts/bench.sh --total 50000 --clients 50
@@ -37,8 +39,10 @@
 #                    15s; --duration alone sets no request limit);
 #                    unset (the single-member default): one put run with the
 #                    client's own defaults (100 clients)
-#   BENCH_WORKLOADS  workloads to run (default "put range watch"; with
-#                    BENCH_MEMBERS=3: "put")
+#   BENCH_WORKLOADS  workloads to run (default "put range watch perf"; with
+#                    BENCH_MEMBERS=3: "put range perf")
+#   BENCH_PERF_LOAD  the load of `etcdctl check perf` (default l: 8,000
+#                    writes/s asked of 500 clients for 60 s; s, m, l, xl)
 #   BENCH_WATCH_RUNS watch fan-out sizes, each WATCHERS:RATE[:DURATION]
 #                    (default "1000:100 10000:10": 1,000 watchers with 100
 #                    writes/s and 10,000 with 10 writes/s, 10 s each, i.e.
@@ -64,8 +68,8 @@ root=$(pwd)
 
 members=${BENCH_MEMBERS:-1}
 case $members in
-  1) default_workloads="put range watch" ;;
-  3) default_workloads="put"; : "${BENCH_PUT_CLIENTS=100 1}" ;;
+  1) default_workloads="put range watch perf" ;;
+  3) default_workloads="put range perf"; : "${BENCH_PUT_CLIENTS=100 1}" ;;
   *) echo "bench.sh: BENCH_MEMBERS must be 1 or 3" >&2; exit 2 ;;
 esac
 workloads=${BENCH_WORKLOADS:-$default_workloads}
@@ -78,6 +82,7 @@ fi
 put_clients=${BENCH_PUT_CLIENTS:-}
 put_duration=${BENCH_PUT_DURATION:-15s}
 watch_runs=${BENCH_WATCH_RUNS:-1000:100 10000:10}
+perf_load=${BENCH_PERF_LOAD:-l}
 servers=${BENCH_SERVERS:-etcd cairn}
 rounds=${BENCH_ROUNDS:-3}
 ready_timeout=${READY_TIMEOUT:-60}
@@ -144,6 +149,10 @@ for w in $workloads; do
           runs+=("put:$pc")
         done
       fi
+      ;;
+    perf)
+      case $perf_load in s | m | l | xl) ;; *) die "bad BENCH_PERF_LOAD $perf_load (want s, m, l or xl)" ;; esac
+      runs+=(perf)
       ;;
     *) runs+=("$w") ;;
   esac
@@ -318,6 +327,9 @@ for round in $(seq 1 "$rounds"); do
       label=put-c$pc
       wargs=(--clients "$pc" --conns "$((pc < 10 ? pc : 10))" --duration "$put_duration")
     fi
+    if [ "$w" = perf ]; then
+      label=perf-$perf_load
+    fi
     if [ "$w" = watch ]; then
       IFS=: read -r _ ww wr wd <<<"$run"
       label=watch-${ww}x${wr}
@@ -340,16 +352,21 @@ for round in $(seq 1 "$rounds"); do
       if [ "$w" = watch ]; then
         extra+=(--server-pid "$server_pid")
       else
-        extra+=(--client "$client_lib")
+        extra+=(--client "$client_lib" --server-pids "$(IFS=,; echo "${server_pids[*]}")")
       fi
       busy0=$(machine_busy)
       srv0=$(procs_cpu "${server_pids[@]}")
       # In the background and waited for, so that a signal reaches the trap
       # (and the cleanup) at once rather than when the client is done.
-      RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0 \
-        "${client_cmd[@]}" --endpoints "$url" --workload "$w" \
-        ${extra[@]+"${extra[@]}"} "$@" --json \
-        >"$dir/result.json" 2>"$dir/bench.log" &
+      if [ "$w" = perf ]; then
+        python3 "$root/scripts/bench-etcdctl-perf.py" "$etcdctl" "$url" "$perf_load" \
+          >"$dir/result.json" 2>"$dir/bench.log" &
+      else
+        RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0 \
+          "${client_cmd[@]}" --endpoints "$url" --workload "$w" \
+          ${extra[@]+"${extra[@]}"} "$@" --json \
+          >"$dir/result.json" 2>"$dir/bench.log" &
+      fi
       client_pid=$!
       rc=0
       wait "$client_pid" || rc=$?
@@ -382,16 +399,39 @@ import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 out = sys.argv[2]
 
+def _dig(r, path):
+    for k in path:
+        if not isinstance(r, dict):
+            return None
+        r = r.get(k)
+    return r
+
 print()
 clients = sorted({r["result"].get("client", "generated") for r in rows
                   if "result" in r and not r["workload"].startswith("watch")})
-print(f"client library of the put and range runs: {', '.join(clients) or '-'} (watch runs: generated)")
+print(f"client library of the put and range runs: {', '.join(clients) or '-'} (watch runs: generated;")
+print("perf-* runs: etcdctl 3.5.1 check perf, Go clientv3, 60 s paced; it reports no percentiles, max = its")
+print("slowest request).")
 print("CPU s: seconds of CPU used while the client ran (populate and warm-up included) by the server,")
 print("the client, and everything else on the machine; RSS: the server's peak resident memory.")
+print("us/op: CPU per successful request of the measured phase alone, client (cli) and server (srv,")
+print("all members); for perf runs, of the whole run.")
 print("watch-WxR rows: W watchers, R writes/s; ops/s = events delivered per second, latency = delivery")
 print("latency (event received - write sent), errors = missing + duplicate + out-of-order + other")
 print("correctness errors + events undelivered at the deadline.")
-print(f"{'round':>5} {'workload':<16} {'server':<6} {'ops/s':>10} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'max ms':>8} {'errors':>6} {'srv CPU s':>9} {'cli CPU s':>9} {'other':>6} {'RSS MB':>6}")
+print(f"{'round':>5} {'workload':<16} {'server':<6} {'ops/s':>10} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'max ms':>8} {'errors':>6} {'srv CPU s':>9} {'cli CPU s':>9} {'other':>6} {'RSS MB':>6} {'cli us/op':>9} {'srv us/op':>9}")
+
+def ms(v, width):
+    return f"{'-':>{width}}" if v is None else f"{v/1e3:>{width}.2f}"
+
+def per_op(r, who):
+    """CPU us per successful request: the client's, or the server's (from
+    the measured phase when the client read it, else from the whole run)."""
+    x = r["result"]
+    v = x.get(f"{who}_cpu_us_per_op")
+    if v is None and who == "server" and x.get("ok"):
+        v = r.get("server_ticks", 0) / (r.get("hz") or 100) * 1e6 / x["ok"]
+    return v
 for r in rows:
     head = f"{r['round']:>5} {r['workload']:<16} {r['server']:<6}"
     if "result" not in r:
@@ -404,7 +444,9 @@ for r in rows:
     other = max(0.0, r.get("busy_ticks", 0) / hz - srv - cli)
     r["cpu_s"] = {"server": srv, "client": cli, "other": other}
     note = "" if r.get("rc", 0) == 0 else f"  FAILED (exit {r['rc']}, stopped by {x['stopped_by']}); not used below"
-    print(f"{head} {x['ops_per_sec']:>10.0f} {l['p50']/1e3:>8.2f} {l['p90']/1e3:>8.2f} {l['p99']/1e3:>8.2f} {l['p99_9']/1e3:>9.2f} {l['max']/1e3:>8.2f} {x['errors']:>6} {srv:>9.1f} {cli:>9.1f} {other:>6.1f} {r.get('peak_rss_mb') or 0:>6}{note}")
+    r["cpu_us_per_op"] = {"client": per_op(r, "client"), "server": per_op(r, "server")}
+    us = lambda v: f"{'-':>9}" if v is None else f"{v:>9.1f}"
+    print(f"{head} {x['ops_per_sec']:>10.0f} {ms(l['p50'], 8)} {ms(l['p90'], 8)} {ms(l['p99'], 8)} {ms(l['p99_9'], 9)} {ms(l['max'], 8)} {x['errors']:>6} {srv:>9.1f} {cli:>9.1f} {other:>6.1f} {r.get('peak_rss_mb') or 0:>6} {us(r['cpu_us_per_op']['client'])} {us(r['cpu_us_per_op']['server'])}{note}")
 
 watch_rows = [r for r in rows if r["workload"].startswith("watch") and "result" in r]
 if watch_rows:
@@ -429,40 +471,63 @@ if watch_rows:
             print(f"      {msg}")
 
 def med(w, s, f):
-    v = [f(r["result"]) for r in rows
+    """Median over the server's successful runs of workload w of f(run)."""
+    v = [f(r) for r in rows
          if r["workload"] == w and r["server"] == s and "result" in r and r.get("rc", 0) == 0]
+    v = [x for x in v if x is not None]
     return statistics.median(v) if v else None
+
+def ratio(c, e):
+    return (c / e) if e and c is not None else None
 
 summary = {}
 print()
 for w in dict.fromkeys(r["workload"] for r in rows):
-    e_tp, c_tp = med(w, "etcd", lambda x: x["ops_per_sec"]), med(w, "cairn", lambda x: x["ops_per_sec"])
-    e_99, c_99 = med(w, "etcd", lambda x: x["latency_us"]["p99"]), med(w, "cairn", lambda x: x["latency_us"]["p99"])
-    summary[w] = {"etcd_ops_per_sec": e_tp, "cairn_ops_per_sec": c_tp,
-                  "etcd_p99_us": e_99, "cairn_p99_us": c_99,
-                  "throughput_ratio": (c_tp / e_tp) if e_tp and c_tp is not None else None,
-                  "p99_ratio": (c_99 / e_99) if e_99 and c_99 is not None else None}
-    s = summary[w]
+    get = lambda *path: (lambda r: _dig(r, path))
+    def pair(*path):
+        return med(w, "cairn", get(*path)), med(w, "etcd", get(*path))
+    c_tp, e_tp = pair("result", "ops_per_sec")
+    c_50, e_50 = pair("result", "latency_us", "p50")
+    c_99, e_99 = pair("result", "latency_us", "p99")
+    c_mx, e_mx = pair("result", "latency_us", "max")
+    c_cli, e_cli = pair("cpu_us_per_op", "client")
+    c_srv, e_srv = pair("cpu_us_per_op", "server")
+    summary[w] = s = {"etcd_ops_per_sec": e_tp, "cairn_ops_per_sec": c_tp,
+                      "etcd_p50_us": e_50, "cairn_p50_us": c_50,
+                      "etcd_p99_us": e_99, "cairn_p99_us": c_99,
+                      "etcd_max_us": e_mx, "cairn_max_us": c_mx,
+                      "etcd_client_cpu_us_per_op": e_cli, "cairn_client_cpu_us_per_op": c_cli,
+                      "etcd_server_cpu_us_per_op": e_srv, "cairn_server_cpu_us_per_op": c_srv,
+                      "throughput_ratio": ratio(c_tp, e_tp),
+                      "p50_ratio": ratio(c_50, e_50),
+                      "p99_ratio": ratio(c_99, e_99),
+                      "client_cpu_ratio": ratio(c_cli, e_cli),
+                      "server_cpu_ratio": ratio(c_srv, e_srv)}
     if w.startswith("watch"):
-        e_50, c_50 = med(w, "etcd", lambda x: x["latency_us"]["p50"]), med(w, "cairn", lambda x: x["latency_us"]["p50"])
-        pw = lambda x: (x.get("server_rss") or {}).get("per_watcher_bytes")
-        e_m, c_m = med(w, "etcd", pw), med(w, "cairn", pw)
-        s.update({"etcd_p50_us": e_50, "cairn_p50_us": c_50,
-                  "p50_ratio": (c_50 / e_50) if e_50 and c_50 is not None else None,
-                  "etcd_rss_per_watcher_bytes": e_m, "cairn_rss_per_watcher_bytes": c_m})
+        pw = get("result", "server_rss", "per_watcher_bytes")
+        s.update({"etcd_rss_per_watcher_bytes": med(w, "etcd", pw),
+                  "cairn_rss_per_watcher_bytes": med(w, "cairn", pw)})
     n = len({r["round"] for r in rows if r["workload"] == w})
     w = f"{w} (medians of {n} rounds)" if n > 1 else w
+    pad = " " * len(w)
     if s["throughput_ratio"] is None:
         fmt = lambda v: "not measured" if v is None else f"{v:.0f} ops/s"
         print(f"{w}: no ratio (etcd {fmt(e_tp)}, cairn {fmt(c_tp)})")
-    else:
-        print(f"{w}: throughput Cairn/etcd = {s['throughput_ratio']:.2f}x "
-              f"({c_tp:.0f} vs {e_tp:.0f} ops/s); "
-              f"p99 Cairn/etcd = {s['p99_ratio']:.2f}x ({c_99/1e3:.2f} vs {e_99/1e3:.2f} ms)")
-    if "p50_ratio" in s and s["p50_ratio"] is not None:
+        continue
+    print(f"{w}: throughput Cairn/etcd = {s['throughput_ratio']:.2f}x ({c_tp:.0f} vs {e_tp:.0f} ops/s)")
+    what = "delivery " if w.startswith("watch") else ""
+    for q, r_, c, e in (("p50", s["p50_ratio"], c_50, e_50), ("p99", s["p99_ratio"], c_99, e_99)):
+        if r_ is not None:
+            print(f"{pad}  {what}{q} Cairn/etcd = {r_:.2f}x ({c/1e3:.2f} vs {e/1e3:.2f} ms)")
+    if s["p99_ratio"] is None and c_mx is not None and e_mx:
+        print(f"{pad}  slowest request Cairn/etcd = {c_mx/e_mx:.2f}x ({c_mx/1e3:.1f} vs {e_mx/1e3:.1f} ms)")
+    for who, r_, c, e in (("client", s["client_cpu_ratio"], c_cli, e_cli),
+                          ("server", s["server_cpu_ratio"], c_srv, e_srv)):
+        if r_ is not None:
+            print(f"{pad}  {who} CPU per request Cairn/etcd = {r_:.2f}x ({c:.1f} vs {e:.1f} us)")
+    if w.startswith("watch"):
         kb = lambda v: "?" if v is None else f"{v/1024:.1f} KB"
-        print(f"{' ' * len(w)}  delivery p50 Cairn/etcd = {s['p50_ratio']:.2f}x "
-              f"({c_50/1e3:.2f} vs {e_50/1e3:.2f} ms); server RSS per watcher: "
+        print(f"{pad}  server RSS per watcher: "
               f"Cairn {kb(s['cairn_rss_per_watcher_bytes'])}, etcd {kb(s['etcd_rss_per_watcher_bytes'])}")
 if out:
     with open(out, "w") as f:

@@ -132,6 +132,12 @@ pub struct BenchArgs {
     #[arg(long)]
     pub server_pid: Option<u32>,
 
+    /// put, range: PIDs of the server's processes on this machine (one per
+    /// member), whose CPU time is read from /proc/PID/stat at the start and
+    /// the end of the measured phase, for the server's CPU per operation.
+    #[arg(long, value_delimiter = ',')]
+    pub server_pids: Vec<u32>,
+
     /// Print the result as one JSON object on stdout instead of text.
     #[arg(long)]
     pub json: bool,

@@ -54,7 +54,7 @@ use args::validate;
 use cairn_proto::etcdserverpb::kv_client::KvClient;
 use cairn_proto::etcdserverpb::RangeRequest;
 use connect::{connect, server_status};
-use cpu::process_cpu_seconds;
+use cpu::{process_cpu_seconds, processes_cpu_seconds};
 use latency::latency_summary_ms;
 use phase::{check_phase, run_phase, Ctx, Keys, Op, Rng, Stop};
 
@@ -200,8 +200,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.conns
     ));
     let cpu_before = process_cpu_seconds();
+    let server_before = processes_cpu_seconds(&args.server_pids);
     let r = run_phase(&ctx, "measure", op, total, deadline, deadline_stop, true).await?;
     let cpu_after = process_cpu_seconds();
+    let server_after = processes_cpu_seconds(&args.server_pids);
+    let client_cpu = cpu_before.zip(cpu_after).map(|(a, b)| b - a);
+    let server_cpu = (!args.server_pids.is_empty())
+        .then(|| server_before.zip(server_after).map(|(a, b)| b - a))
+        .flatten();
+    // Per successful request; CPU time has a 10 ms tick, so short runs are coarse.
+    let per_op_us = |cpu: Option<f64>| cpu.filter(|_| r.ok > 0).map(|c| c * 1e6 / r.ok as f64);
 
     let ops_per_sec = r.ok as f64 / r.elapsed.as_secs_f64().max(1e-9);
     let h = &r.hist;
@@ -243,8 +251,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "first_errors": r.first_errors,
         "elapsed_s": r.elapsed.as_secs_f64(),
         "ops_per_sec": ops_per_sec,
-        "client_cpu_s": cpu_before.zip(cpu_after).map(|(a, b)| b - a),
+        "client_cpu_s": client_cpu,
         "client_cpu_total_s": cpu_after,
+        "client_cpu_us_per_op": per_op_us(client_cpu),
+        "server_cpu_s": server_cpu,
+        "server_cpu_us_per_op": per_op_us(server_cpu),
         "latency_us": {
             "min": if h.is_empty() { 0 } else { h.min() },
             "mean": if h.is_empty() { 0.0 } else { h.mean() },
@@ -287,6 +298,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
         println!("  throughput: {ops_per_sec:.1} ops/s");
         println!("  latency ms: {}", latency_summary_ms(h));
+        let us = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+        println!(
+            "  CPU per request, us: client {}, server {}",
+            us(per_op_us(client_cpu)),
+            us(per_op_us(server_cpu))
+        );
         if r.errors > 0 {
             println!("  errors by kind: {:?}", r.error_kinds);
             for e in &r.first_errors {
