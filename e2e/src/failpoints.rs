@@ -27,6 +27,10 @@ pub const PEER_REFUSE_STREAMING: &str = "peer_refuse_streaming=return";
 /// watcher reads the revisions it needs from history.
 pub const PREV_KV_NEVER_LOAD: &str = "prev_kv_never_load=return";
 
+/// Linearizable reads are answered with the read index of an earlier
+/// ReadIndex round, one that started before they arrived: a planted bug.
+pub const READ_INDEX_STALE_ROUND: &str = "read_index_stale_round=return";
+
 /// `peer_dial`: for a peer advertising `adv`, this member dials `dial`
 /// instead (each pair is `(adv, dial)`), so a test can route each ordered
 /// pair of members through its own proxy.
