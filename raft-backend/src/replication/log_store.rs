@@ -573,8 +573,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // A lone entry means no write queued behind it at openraft's core:
         // nothing waits on the core during the fsync. Under load the core
         // batches, and the log's thread (group commit) serves it better:
-        // measured, writing batches here too cost 12% of the puts/s at 100
-        // clients, both Raft tasks then blocking on I/O (docs/benchmarks.md).
+        // writing batches here too blocked both Raft tasks on I/O at once
+        // and cost throughput (docs/benchmarks.md).
         // `queued` only grows on this caller's thread: seen empty, the log's
         // thread holds nothing this append could overtake.
         if rows.len() == 1 && self.inline.on() && self.queued.load(Ordering::Acquire) == 0 {

@@ -1,8 +1,8 @@
 //! A member that is the whole cluster writes its log on openraft's own
 //! thread (`InlineAppends`): with no follower to replicate to, nothing else
 //! waits on that thread during the fdatasync, and a write then skips the
-//! two thread wake-ups of a hand-off to the log's thread and back (about
-//! 30–50 µs each on an idle virtual CPU; docs/benchmarks.md).
+//! two thread wake-ups of a hand-off to the log's thread and back, each a
+//! halted CPU's wake-up on a quiet machine (docs/benchmarks.md).
 
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::metrics::RaftServerMetrics;
