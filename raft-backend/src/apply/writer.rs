@@ -64,7 +64,8 @@ pub enum Payload {
 /// for blank and membership entries.
 pub type EntryResult = Option<Result<CommandOutput>>;
 
-/// Called on the writer thread once a batch is decided: after its commit
+/// Called once a batch is decided (on the writer thread, or on the caller's
+/// for a batch applied there): after its commit
 /// and after its events went to the watch hub, with one result per entry in
 /// order; or with the error every batch after a storage fault is refused
 /// with. Dropped uncalled when the batch itself fails.
@@ -172,7 +173,11 @@ impl Writer {
     /// Applies `entries` on this thread if the writer's thread has nothing
     /// queued, else hands them over as `apply` does. Only for a caller that
     /// hands batches over one at a time (the state machine), so that no
-    /// other batch can be queued between the check and the apply.
+    /// other batch can be queued between the check and the apply. Whatever
+    /// could make it wait is left to the writer's thread instead: a message
+    /// that took the lock since the check (a defragmentation), or a
+    /// compaction pass holding the database's write lock between batches;
+    /// the caller is an async task and must not block on either.
     pub fn apply_here_if_idle(
         &self,
         entries: Vec<LogEntry>,
@@ -181,8 +186,16 @@ impl Writer {
         if self.queued.load(Ordering::Acquire) != 0 {
             return self.apply(entries, answer);
         }
+        let mut a = match self.applier.try_lock() {
+            Ok(a) => a,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return self.apply(entries, answer),
+        };
+        if a.out.compactor.running() {
+            drop(a);
+            return self.apply(entries, answer);
+        }
         let (reply, rx) = oneshot::channel();
-        let mut a = lock_applier(&self.applier);
         a.apply(vec![Handed { entries, answer }], vec![reply]);
         let restart = a.out.wal_restart.requested();
         drop(a);

@@ -575,8 +575,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // batches, and the log's thread (group commit) serves it better:
         // writing batches here too blocked both Raft tasks on I/O at once
         // and cost throughput (docs/benchmarks.md).
-        // `queued` only grows on this caller's thread: seen empty, the log's
-        // thread holds nothing this append could overtake.
+        // Only openraft's core sends to the log's thread, one call at a
+        // time, and this is that call: `queued` seen empty, the thread holds
+        // nothing this append could overtake, nor the lock.
         if rows.len() == 1 && self.inline.on() && self.queued.load(Ordering::Acquire) == 0 {
             lock_writer(&self.writer).write_group(vec![(rows, callback)]);
             return Ok(());

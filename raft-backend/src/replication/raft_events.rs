@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use openraft::async_runtime::watch::WatchReceiver;
 use openraft::metrics::RaftServerMetrics;
 use openraft::type_config::alias::WatchReceiverOf;
-use openraft::ServerState;
+use openraft::{RaftMetrics, ServerState};
 
 use super::options::member_list;
 use super::types::TypeConfig;
@@ -25,17 +25,21 @@ struct Seen {
     membership: Option<(Vec<String>, Vec<String>)>,
 }
 
-/// Logs until the Raft core stops. Reads the server metrics, which change
-/// with the state, vote and membership only, not with every write.
+/// Logs until the Raft core stops. Wakes on the server metrics, which
+/// change with the state, vote and membership only, not with every write.
+/// Their vote is the last one saved, which lags a new candidacy; the term is
+/// the full metrics' (the vote in memory), read without waiting on them.
 pub(crate) fn start(
     mut metrics: WatchReceiverOf<TypeConfig, RaftServerMetrics<TypeConfig>>,
+    all: WatchReceiverOf<TypeConfig, RaftMetrics<TypeConfig>>,
     id: u64,
 ) {
     tokio::spawn(async move {
         let mut seen = Seen::default();
         loop {
             let now = metrics.borrow_watched().clone();
-            log_changes(&mut seen, &now, id);
+            let term = all.borrow_watched().current_term;
+            log_changes(&mut seen, &now, term, id);
             if metrics.changed().await.is_err() {
                 return;
             }
@@ -43,8 +47,8 @@ pub(crate) fn start(
     });
 }
 
-fn log_changes(seen: &mut Seen, m: &RaftServerMetrics<TypeConfig>, id: u64) {
-    let term = m.vote.leader_id.term;
+fn log_changes(seen: &mut Seen, m: &RaftServerMetrics<TypeConfig>, term: u64, id: u64) {
+    let term = term.max(m.vote.leader_id.term);
     let members = member_list(m.membership_config.membership());
     let names: BTreeMap<u64, String> = members
         .iter()

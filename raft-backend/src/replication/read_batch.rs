@@ -62,7 +62,7 @@ impl ReadBatcher {
     }
 }
 
-/// Fail point `read_index_stale_round` (test builds only) plants the bug
+/// Fail point `read_index_stale_round` (builds with the `failpoints` feature) plants the bug
 /// this module exists to prevent: reads are answered with the index of a
 /// round that started before they arrived. The e2e suite checks that the
 /// robustness campaign's linearizability check catches it.

@@ -116,7 +116,7 @@ impl Replica {
                 });
             }
         }
-        raft_events::start(raft.server_metrics(), opts.member_id);
+        raft_events::start(raft.server_metrics(), raft.metrics(), opts.member_id);
         // Server metrics change only with the state and membership, not with
         // every write as `metrics()` does: no wake-up per write.
         solo_member::start(raft.server_metrics(), opts.member_id, inline_appends);
