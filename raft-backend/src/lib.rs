@@ -19,6 +19,7 @@ mod error;
 mod fault;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+mod handoff;
 mod mvcc;
 mod replication;
 mod store;

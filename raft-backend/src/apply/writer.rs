@@ -23,9 +23,9 @@
 //! payload is opaque bytes, stored as they are (see `membership_blob`).
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Instant;
 
 use rusqlite::Connection;
@@ -34,6 +34,7 @@ use tokio::sync::{broadcast, oneshot, watch};
 use crate::apply::apply_command::apply;
 use crate::command::{AppliedBatch, Command, CommandOutput};
 use crate::error::{Result, StoreError};
+use crate::handoff::{Handoff, Owner};
 use crate::mvcc::apply_state::ApplyState;
 use crate::mvcc::checkpointer::WalRestart;
 use crate::mvcc::compactor::Compactor;
@@ -112,15 +113,10 @@ pub struct WriterOutputs {
 }
 
 pub struct Writer {
-    tx: Option<mpsc::Sender<WriterMsg>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    applier: Arc<Mutex<Applier>>,
-    /// Messages sent to the thread and not yet done: a batch applied on a
-    /// caller's thread may not overtake them.
-    queued: Arc<AtomicUsize>,
+    thread: Handoff<Applier>,
 }
 
-/// What the thread owns, behind a lock a caller may take while it is idle.
+/// What the thread owns; a caller may take it while the thread is idle.
 struct Applier {
     conn: Connection,
     state: ApplyState,
@@ -129,72 +125,38 @@ struct Applier {
     out: WriterOutputs,
 }
 
-fn lock_applier(a: &Mutex<Applier>) -> MutexGuard<'_, Applier> {
-    // A panic under the lock comes from SQLite or a callback; the
-    // transaction rolled back with it, and `failed` says what is known.
-    a.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Writer {
     pub fn start(conn: Connection, out: WriterOutputs) -> Result<Self> {
         let state = ApplyState::load(&conn)?;
-        let (tx, rx) = mpsc::channel();
-        let applier = Arc::new(Mutex::new(Applier {
+        let applier = Applier {
             conn,
             state,
             failed: None,
             out,
-        }));
-        let queued = Arc::new(AtomicUsize::new(0));
-        let thread = {
-            let (applier, queued) = (applier.clone(), queued.clone());
-            std::thread::Builder::new()
-                .name("cairn-apply".into())
-                .spawn(move || run(&applier, &queued, rx))
-                .map_err(|e| StoreError::io("spawn apply thread", e))?
         };
-        Ok(Writer {
-            tx: Some(tx),
-            thread: Some(thread),
-            applier,
-            queued,
-        })
+        let thread = Handoff::start("cairn-apply", applier)
+            .map_err(|e| StoreError::io("spawn apply thread", e))?;
+        Ok(Writer { thread })
     }
 
     fn send(&self, msg: WriterMsg) -> Result<()> {
-        let tx = self.tx.as_ref().ok_or(StoreError::Stopped)?;
-        self.queued.fetch_add(1, Ordering::AcqRel);
-        tx.send(msg).map_err(|_| {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
-            StoreError::Stopped
-        })
+        self.thread.send(msg).map_err(|_| StoreError::Stopped)
     }
 
-    /// Applies `entries` on this thread if the writer's thread has nothing
-    /// queued, else hands them over as `apply` does. Only for a caller that
-    /// hands batches over one at a time (the state machine), so that no
-    /// other batch can be queued between the check and the apply. Whatever
-    /// could make it wait is left to the writer's thread instead: a message
-    /// that took the lock since the check (a defragmentation), or a
-    /// compaction pass holding the database's write lock between batches;
-    /// the caller is an async task and must not block on either.
+    /// Applies `entries` on this thread if the writer's thread is idle (see
+    /// `Handoff::idle`), else hands them over as `apply` does. Only for the
+    /// caller that hands batches over one at a time (the state machine).
+    /// A compaction pass, which takes the database's write lock between its
+    /// batches, also leaves the batch to the writer's thread: the caller is
+    /// an async task and must not wait for that lock.
     pub fn apply_here_if_idle(
         &self,
         entries: Vec<LogEntry>,
         answer: Answer,
     ) -> Result<oneshot::Receiver<Result<()>>> {
-        if self.queued.load(Ordering::Acquire) != 0 {
+        let Some(mut a) = self.thread.idle().filter(|a| !a.out.compactor.running()) else {
             return self.apply(entries, answer);
-        }
-        let mut a = match self.applier.try_lock() {
-            Ok(a) => a,
-            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return self.apply(entries, answer),
         };
-        if a.out.compactor.running() {
-            drop(a);
-            return self.apply(entries, answer);
-        }
         let (reply, rx) = oneshot::channel();
         a.apply(vec![Handed { entries, answer }], vec![reply]);
         let restart = a.out.wal_restart.requested();
@@ -242,15 +204,6 @@ impl Writer {
     }
 }
 
-impl Drop for Writer {
-    fn drop(&mut self) {
-        self.tx.take();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// Upper bound on entries folded into one transaction, to bound how long
 /// the first of them waits for its answer.
 const MAX_FOLDED_ENTRIES: usize = 4096;
@@ -261,26 +214,11 @@ struct Handed {
     answer: Answer,
 }
 
-/// The writer's thread: takes each message, and every `Apply` queued behind
-/// an `Apply`, under the applier's lock, and counts them done only after.
-fn run(applier: &Mutex<Applier>, queued: &AtomicUsize, rx: mpsc::Receiver<WriterMsg>) {
-    let mut next = rx.recv().ok();
-    while let Some(msg) = next.take() {
-        let mut a = lock_applier(applier);
-        let (done, after) = a.take(msg, &rx);
-        drop(a);
-        queued.fetch_sub(done, Ordering::AcqRel);
-        next = match after {
-            Some(msg) => Some(msg),
-            None => rx.recv().ok(),
-        };
-    }
-}
+impl Owner for Applier {
+    type Msg = WriterMsg;
 
-impl Applier {
     /// Does `msg` and, if it is an `Apply`, every `Apply` already queued
-    /// behind it, in one transaction. Returns how many messages were done
-    /// and the message that ended the fold, to be done next.
+    /// behind it, in one transaction.
     fn take(
         &mut self,
         msg: WriterMsg,
@@ -362,7 +300,9 @@ impl Applier {
         }
         (done, next)
     }
+}
 
+impl Applier {
     /// Applies the batches in one transaction and answers them; a storage
     /// fault makes every later message refused.
     fn apply(&mut self, handed: Vec<Handed>, replies: Vec<oneshot::Sender<Result<()>>>) {

@@ -24,7 +24,7 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -36,6 +36,7 @@ use tokio::sync::oneshot;
 use super::codec;
 use super::log_file::{self, LogFile};
 use super::types::{Entry, LogId, TypeConfig, Vote};
+use crate::handoff::{Handoff, Owner};
 use crate::mvcc::StoreMetrics;
 
 /// Where earlier builds kept the log (one SQLite file); imported once.
@@ -89,12 +90,8 @@ pub type PurgeBarrier = Box<dyn Fn() -> io::Result<()> + Send>;
 #[derive(Clone)]
 pub struct LogStore {
     cache: Arc<Mutex<Cached>>,
-    tx: mpsc::Sender<Op>,
+    writer: Arc<Handoff<Writer>>,
     pending_commit: PendingCommit,
-    writer: Arc<Mutex<Writer>>,
-    /// Operations sent to the thread and not yet done: an inline append may
-    /// not overtake them.
-    queued: Arc<AtomicUsize>,
     inline: InlineAppends,
 }
 
@@ -115,12 +112,6 @@ impl InlineAppends {
     fn on(&self) -> bool {
         self.0.load(Ordering::Relaxed)
     }
-}
-
-fn lock_writer(w: &Mutex<Writer>) -> MutexGuard<'_, Writer> {
-    // Only this module's code runs under the lock, and none of it panics
-    // mid-update; a poisoned lock still guards a consistent writer.
-    w.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn io_err(e: impl std::fmt::Display) -> io::Error {
@@ -224,7 +215,6 @@ impl LogStore {
         if let Some(c) = &rec.committed {
             cached.committed = Some(decode_log_id(c)?);
         }
-        let (tx, rx) = mpsc::channel();
         let pending_commit = PendingCommit::default();
         let writer = Writer {
             log,
@@ -241,20 +231,10 @@ impl LogStore {
                 .or(cached.last_purged.map(|p| p.index))
                 .unwrap_or(0),
         };
-        let writer = Arc::new(Mutex::new(writer));
-        let queued = Arc::new(AtomicUsize::new(0));
-        {
-            let (writer, queued) = (writer.clone(), queued.clone());
-            std::thread::Builder::new()
-                .name("cairn-raft-log".into())
-                .spawn(move || run(&writer, &queued, rx))?;
-        }
         Ok(LogStore {
             cache: Arc::new(Mutex::new(cached)),
-            tx,
+            writer: Arc::new(Handoff::start("cairn-raft-log", writer)?),
             pending_commit,
-            writer,
-            queued,
             inline: InlineAppends::default(),
         })
     }
@@ -270,11 +250,9 @@ impl LogStore {
     }
 
     fn send(&self, op: Op) -> io::Result<()> {
-        self.queued.fetch_add(1, Ordering::AcqRel);
-        self.tx.send(op).map_err(|_| {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
-            io_err("raft log writer has stopped")
-        })
+        self.writer
+            .send(op)
+            .map_err(|_| io_err("raft log writer has stopped"))
     }
 }
 
@@ -294,28 +272,11 @@ struct Writer {
     written_upto: u64,
 }
 
-/// The log's thread: takes each operation, and every append queued behind
-/// an append, under the writer's lock, and counts them done only after.
-fn run(writer: &Mutex<Writer>, queued: &AtomicUsize, rx: mpsc::Receiver<Op>) {
-    let mut next = rx.recv().ok();
-    while let Some(op) = next.take() {
-        let mut w = lock_writer(writer);
-        let (done, after) = w.take(op, &rx);
-        drop(w);
-        queued.fetch_sub(done, Ordering::AcqRel);
-        next = match after {
-            Some(op) => Some(op),
-            None => rx.recv().ok(),
-        };
-    }
-    // Shutting down: keep the last commit index seen, if not yet written.
-    lock_writer(writer).save_commit_at_exit();
-}
+impl Owner for Writer {
+    type Msg = Op;
 
-impl Writer {
     /// Does `op` and, if it is an append, every append already queued behind
-    /// it. Returns how many operations were done and the operation that
-    /// ended the group, to be done next.
+    /// it (one write, one fsync).
     fn take(&mut self, op: Op, rx: &mpsc::Receiver<Op>) -> (usize, Option<Op>) {
         let mut next = None;
         match op {
@@ -363,6 +324,19 @@ impl Writer {
         (1, next)
     }
 
+    /// Shutting down: keeps the last commit index seen, if not yet written.
+    fn stopped(&mut self) {
+        if let (Some(c), None) = (self.commit_to_write(self.written_upto), &self.failed) {
+            let mut buf = Vec::new();
+            log_file::encode_committed(&mut buf, &c);
+            if let Err(e) = self.log.append(&buf, None) {
+                tracing::warn!(error = %e, "raft log: saving the commit index at shutdown");
+            }
+        }
+    }
+}
+
+impl Writer {
     /// One write and one fdatasync for the group, then each append's
     /// callback with the outcome.
     fn write_group(&mut self, group: Vec<Append>) {
@@ -381,16 +355,6 @@ impl Writer {
         }
         for (_, done) in group {
             done.io_completed(result.clone().map_err(io_err));
-        }
-    }
-
-    fn save_commit_at_exit(&mut self) {
-        if let (Some(c), None) = (self.commit_to_write(self.written_upto), &self.failed) {
-            let mut buf = Vec::new();
-            log_file::encode_committed(&mut buf, &c);
-            if let Err(e) = self.log.append(&buf, None) {
-                tracing::warn!(error = %e, "raft log: saving the commit index at shutdown");
-            }
         }
     }
 
@@ -576,11 +540,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // writing batches here too blocked both Raft tasks on I/O at once
         // and cost throughput (docs/benchmarks.md).
         // Only openraft's core sends to the log's thread, one call at a
-        // time, and this is that call: `queued` seen empty, the thread holds
-        // nothing this append could overtake, nor the lock.
-        if rows.len() == 1 && self.inline.on() && self.queued.load(Ordering::Acquire) == 0 {
-            lock_writer(&self.writer).write_group(vec![(rows, callback)]);
-            return Ok(());
+        // time, and this is that call (see `Handoff::idle`).
+        if rows.len() == 1 && self.inline.on() {
+            if let Some(mut w) = self.writer.idle() {
+                w.write_group(vec![(rows, callback)]);
+                return Ok(());
+            }
         }
         self.send(Op::Append {
             rows,
@@ -767,7 +732,16 @@ mod tests {
         use openraft::type_config::TypeConfigExt;
         let dir = tempfile::tempdir().unwrap();
         {
-            let mut log = open(dir.path());
+            let (release, held) = std::sync::mpsc::channel::<()>();
+            let (synced, syncing) = std::sync::mpsc::channel::<()>();
+            let mut log = open_with(
+                dir.path(),
+                Box::new(move || {
+                    let _ = synced.send(());
+                    let _ = held.recv();
+                    Ok(())
+                }),
+            );
             log.inline_appends().set(true);
             // The thread idle and one entry: written on this thread, and
             // reported durable before `append` returns.
@@ -777,17 +751,11 @@ mod tests {
                 .unwrap();
             assert!(matches!(rx.try_recv(), Ok(Ok(()))));
 
-            // The thread held up: a batch goes to it (two entries never go
-            // inline), and a lone entry after it must queue behind it.
-            let (release, held) = std::sync::mpsc::channel::<()>();
-            let (locked, holding) = std::sync::mpsc::channel::<()>();
-            let writer = log.writer.clone();
-            let holder = std::thread::spawn(move || {
-                let _w = lock_writer(&writer);
-                let _ = locked.send(());
-                let _ = held.recv();
-            });
-            holding.recv().unwrap();
+            // The thread held up, by a purge whose store sync waits: a batch
+            // goes to it (two entries never go inline), and a lone entry
+            // after it must queue behind it.
+            log.purge(LogId::new(2u64.into(), 1)).await.unwrap();
+            syncing.recv().unwrap();
             let (tx2, rx2) = TypeConfig::oneshot();
             log.append([entry(2), entry(3)], IOFlushed::<TypeConfig>::signal(tx2))
                 .await
@@ -798,13 +766,14 @@ mod tests {
                 .unwrap();
             assert!(rx4.try_recv().is_err(), "queued behind the batch");
             release.send(()).unwrap();
-            holder.join().unwrap();
             rx2.await.unwrap().unwrap();
             rx4.await.unwrap().unwrap();
         }
         let mut log = open(dir.path());
         let got = log.try_get_log_entries(0..10).await.unwrap();
-        assert_eq!(got, (1..=4).map(entry).collect::<Vec<_>>());
+        assert_eq!(got, (2..=4).map(entry).collect::<Vec<_>>());
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(1));
     }
 
     #[tokio::test]
