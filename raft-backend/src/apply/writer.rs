@@ -14,11 +14,6 @@
 //! batch, so that the replication wing stops this member rather than let it
 //! diverge, as etcd panics.
 //!
-//! A caller that would otherwise wait for an idle thread to wake up may have
-//! its batch applied on its own thread instead (`apply_here_if_idle`): the
-//! same transaction under the same lock, only without the two wake-ups of
-//! the hand-off and the answer (docs/benchmarks.md).
-//!
 //! Entries are plain: an index, a term and a payload. A membership entry's
 //! payload is opaque bytes, stored as they are (see `membership_blob`).
 
@@ -65,8 +60,7 @@ pub enum Payload {
 /// for blank and membership entries.
 pub type EntryResult = Option<Result<CommandOutput>>;
 
-/// Called once a batch is decided (on the writer thread, or on the caller's
-/// for a batch applied there): after its commit
+/// Called on the writer thread once a batch is decided: after its commit
 /// and after its events went to the watch hub, with one result per entry in
 /// order; or with the error every batch after a storage fault is refused
 /// with. Dropped uncalled when the batch itself fails.
@@ -86,9 +80,6 @@ enum WriterMsg {
     },
     /// Rewrites the database file to return free pages (etcd's defragment).
     Defragment { reply: oneshot::Sender<Result<()>> },
-    /// Starts the WAL over if the checkpointer asked, after a batch applied
-    /// on a caller's thread: that caller should not wait for it.
-    RestartWal,
 }
 
 /// Where the writer publishes what it did.
@@ -116,7 +107,7 @@ pub struct Writer {
     thread: Handoff<Applier>,
 }
 
-/// What the thread owns; a caller may take it while the thread is idle.
+/// What the writer's thread owns.
 struct Applier {
     conn: Connection,
     state: ApplyState,
@@ -141,32 +132,6 @@ impl Writer {
 
     fn send(&self, msg: WriterMsg) -> Result<()> {
         self.thread.send(msg).map_err(|_| StoreError::Stopped)
-    }
-
-    /// Applies `entries` on this thread if the writer's thread is idle (see
-    /// `Handoff::idle`), else hands them over as `apply` does. Only for the
-    /// caller that hands batches over one at a time (the state machine).
-    /// A compaction pass, which takes the database's write lock between its
-    /// batches, also leaves the batch to the writer's thread: the caller is
-    /// an async task and must not wait for that lock.
-    pub fn apply_here_if_idle(
-        &self,
-        entries: Vec<LogEntry>,
-        answer: Answer,
-    ) -> Result<oneshot::Receiver<Result<()>>> {
-        let Some(mut a) = self.thread.idle().filter(|a| !a.out.compactor.running()) else {
-            return self.apply(entries, answer);
-        };
-        let (reply, rx) = oneshot::channel();
-        a.apply(vec![Handed { entries, answer }], vec![reply]);
-        let restart = a.out.wal_restart.requested();
-        drop(a);
-        if restart {
-            // The batch is applied and answered whatever becomes of this: a
-            // writer thread that has stopped only leaves the WAL long.
-            let _ = self.send(WriterMsg::RestartWal);
-        }
-        Ok(rx)
     }
 
     /// Hands `entries` over without waiting; the receiver resolves when
@@ -296,7 +261,6 @@ impl Owner for Applier {
                 self.out.file_size.refresh();
                 let _ = reply.send(r);
             }
-            WriterMsg::RestartWal => self.restart_wal(),
         }
         (done, next)
     }
@@ -306,19 +270,6 @@ impl Applier {
     /// Applies the batches in one transaction and answers them; a storage
     /// fault makes every later message refused.
     fn apply(&mut self, handed: Vec<Handed>, replies: Vec<oneshot::Sender<Result<()>>>) {
-        if let Some(e) = &self.failed {
-            for Handed { answer, .. } in handed {
-                answer(Err(StoreError::Storage(format!(
-                    "store failed earlier: {e}"
-                ))));
-            }
-            for reply in replies {
-                let _ = reply.send(Err(StoreError::Storage(format!(
-                    "store failed earlier: {e}"
-                ))));
-            }
-            return;
-        }
         let r = apply_batch(&mut self.conn, &mut self.state, handed, &self.out);
         if let Err(e) = &r {
             self.failed = Some(e.clone());
@@ -354,7 +305,6 @@ fn refuse(msg: WriterMsg, e: &StoreError) {
         WriterMsg::Defragment { reply } => {
             let _ = reply.send(Err(err()));
         }
-        WriterMsg::RestartWal => {}
     }
 }
 
@@ -615,67 +565,6 @@ mod tests {
         drop(f.writer);
         // Nothing of the failed batch or after it reached the store.
         assert_eq!(history_keys(&f.path), vec![b"a".to_vec()]);
-    }
-
-    /// What an answer saw: which batch, on which thread, and the outcome.
-    type Seen = (u64, std::thread::ThreadId, Result<Vec<EntryResult>>);
-
-    fn reporting(i: u64, to: &std::sync::mpsc::Sender<Seen>) -> Answer {
-        let to = to.clone();
-        Box::new(move |r| {
-            let _ = to.send((i, std::thread::current().id(), r));
-        })
-    }
-
-    #[tokio::test]
-    async fn an_idle_writer_applies_on_the_callers_thread_and_a_busy_one_keeps_the_order() {
-        let f = start(|_| {});
-        let here = std::thread::current().id();
-        let (tx, rx) = std::sync::mpsc::channel::<Seen>();
-        // Idle: applied and answered before the call returns, on this thread.
-        let fate = f
-            .writer
-            .apply_here_if_idle(vec![cmd(1, put("a", "1"))], reporting(1, &tx))
-            .unwrap();
-        let (i, thread, r) = rx.try_recv().expect("answered before returning");
-        assert_eq!((i, thread), (1, here));
-        assert!(matches!(&r.unwrap()[..], [Some(Ok(CommandOutput::Put(_)))]));
-        fate.await.unwrap().unwrap();
-        assert_eq!(f.state.borrow().applied_index, 1);
-
-        // Busy: a batch whose answer blocks holds the writer's thread; the
-        // next batch must queue behind it, not overtake it here.
-        let (release, held) = std::sync::mpsc::channel::<()>();
-        let (entered, answering) = std::sync::mpsc::channel::<()>();
-        let first = f
-            .writer
-            .apply(
-                vec![cmd(2, put("b", "1"))],
-                Box::new(move |_| {
-                    let _ = entered.send(());
-                    let _ = held.recv();
-                }),
-            )
-            .unwrap();
-        answering.recv().unwrap();
-        let second = f
-            .writer
-            .apply_here_if_idle(vec![cmd(3, put("c", "1"))], reporting(3, &tx))
-            .unwrap();
-        assert!(rx.try_recv().is_err(), "queued, not applied on this thread");
-        release.send(()).unwrap();
-        first.await.unwrap().unwrap();
-        second.await.unwrap().unwrap();
-        let (i, thread, r) = rx.try_recv().expect("answered");
-        assert_eq!(i, 3);
-        assert_ne!(thread, here);
-        assert!(r.is_ok());
-        let state = *f.state.borrow();
-        assert_eq!((state.applied_index, state.current_rev), (3, 4));
-        assert_eq!(
-            history_keys(&f.path),
-            vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]
-        );
     }
 
     #[tokio::test]

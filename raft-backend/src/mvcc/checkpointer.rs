@@ -52,11 +52,6 @@ impl WalRestart {
         Ok(true)
     }
 
-    /// Whether a restart is asked for, without taking the request.
-    pub(crate) fn requested(&self) -> bool {
-        self.0.load(Ordering::Acquire)
-    }
-
     fn request(&self) {
         self.0.store(true, Ordering::Release);
     }

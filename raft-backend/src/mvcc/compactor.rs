@@ -11,7 +11,6 @@
 //! name those rows again until a restart rebuilt the index.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
@@ -31,8 +30,6 @@ const BATCH_KEYS: usize = 1000;
 pub struct Compactor {
     targets: mpsc::Sender<i64>,
     done: watch::Receiver<i64>,
-    /// Set while a pass runs: its transactions take the write lock in turn.
-    running: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -44,8 +41,6 @@ impl Compactor {
         let finished = schema::get_meta(&conn, meta::COMPACT_DONE_REV)?;
         let (targets, rx) = mpsc::channel::<i64>();
         let (done_tx, done) = watch::channel(finished);
-        let running = Arc::new(AtomicBool::new(false));
-        let pass = running.clone();
         if scheduled > finished {
             let _ = targets.send(scheduled);
         }
@@ -59,10 +54,7 @@ impl Compactor {
                     while let Ok(next) = rx.try_recv() {
                         target = target.max(next);
                     }
-                    pass.store(true, Ordering::Release);
-                    let outcome = compact_to(&mut conn, &index, target, &mut left);
-                    pass.store(false, Ordering::Release);
-                    match outcome {
+                    match compact_to(&mut conn, &index, target, &mut left) {
                         Ok(removed) => {
                             tracing::info!(revision = target, removed, "compaction finished");
                             done_tx.send_replace(target);
@@ -83,15 +75,8 @@ impl Compactor {
         Ok(Compactor {
             targets,
             done,
-            running,
             thread: Some(thread),
         })
-    }
-
-    /// Whether a compaction pass is under way, so that a write may have to
-    /// wait for the lock between its transactions.
-    pub fn running(&self) -> bool {
-        self.running.load(Ordering::Acquire)
     }
 
     /// Asks for history up to `revision` to be removed. Call after the

@@ -299,9 +299,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(());
         }
         // Handed over without waiting, so that batches queue behind a running
-        // commit and the writer folds them into its next one; applied right
-        // here when the writer is idle, which spares a lone write two thread
-        // wake-ups (the hand-off and the answer). Clients are
+        // commit and the writer folds them into its next one. Clients are
         // answered by the writer after its commit, and reads wait for the
         // store's applied index, so nothing observes an entry before it is
         // in the store. openraft's own applied index runs ahead by the
@@ -318,10 +316,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
         }
         let (entries, answer) = to_plain(batch, self.member_id, self.waiters.clone());
-        let rx = self
-            .writer
-            .apply_here_if_idle(entries, answer)
-            .map_err(io_err)?;
+        let rx = self.writer.apply(entries, answer).map_err(io_err)?;
         self.inflight().push_back(rx);
         Ok(())
     }
