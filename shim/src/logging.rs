@@ -63,16 +63,21 @@ const QUIET_AT_INFO: &[&str] = &["openraft"];
 /// named in a filter.
 const QUIET_AT_DEBUG: &[&str] = &["h2", "hyper", "hyper_util", "tower", "rustls"];
 
-/// The tracing filter for `--log-level`.
-pub fn filter(level: &str) -> anyhow::Result<EnvFilter> {
-    let bare = match level.trim().to_ascii_lowercase().as_str() {
+/// etcd's (zap's) level names as tracing's; `None` for a tracing filter.
+fn etcd_level(level: &str) -> Option<&'static str> {
+    match level.trim().to_ascii_lowercase().as_str() {
         "debug" => Some("debug"),
         "info" => Some("info"),
         "warn" | "warning" => Some("warn"),
         "error" | "dpanic" | "panic" | "fatal" => Some("error"),
         "trace" => Some("trace"),
         _ => None,
-    };
+    }
+}
+
+/// The tracing filter for `--log-level`.
+pub fn filter(level: &str) -> anyhow::Result<EnvFilter> {
+    let bare = etcd_level(level);
     let directives = match bare {
         Some(l @ ("info" | "warn" | "error")) => {
             let mut d = l.to_string();
@@ -185,10 +190,7 @@ pub fn init(args: &LogArgs) -> anyhow::Result<()> {
     });
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let stale = StaleMessageNotice {
-        show: !matches!(
-            args.log_level.trim().to_ascii_lowercase().as_str(),
-            "info" | "warn" | "warning" | "error" | "dpanic" | "panic" | "fatal"
-        ),
+        show: !matches!(etcd_level(&args.log_level), Some("info" | "warn" | "error")),
     };
     let result = match format {
         LogFormat::Json => builder

@@ -129,6 +129,88 @@ async fn downgrade_requests_are_answered_as_etcd_answers_them() -> Result<()> {
     Ok(())
 }
 
+/// Every member's `/version` `cairn.cluster`, once they all show `want`.
+async fn wait_cluster_version(cluster: &Cluster, want: &str) -> Result<()> {
+    wait_until(
+        &format!("every member to apply cluster version {want}"),
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async {
+            let mut seen = Vec::new();
+            for i in 0..cluster.members.len() {
+                seen.push(cluster_version(cluster, i).await?);
+            }
+            Ok(if seen.iter().all(|v| v == want) {
+                Poll::Ready(())
+            } else {
+                Poll::NotYet(format!("{seen:?}"))
+            })
+        },
+    )
+    .await
+}
+
+/// A downgrade enabled and then cancelled on a cluster of this release: the
+/// leader lowers the cluster version to the target, Status reports the
+/// downgrade, and after the cancel the version rises back, every member
+/// still running this release (etcd's cancel path, which nothing else runs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_enabled_downgrade_lowers_the_cluster_version_and_a_cancel_restores_it() -> Result<()> {
+    let release = this_release_minor();
+    let (major, minor) = release.split_once('.').context("release")?;
+    let Some(before) = minor.parse::<u32>()?.checked_sub(1) else {
+        eprintln!("release {release} has no earlier minor to downgrade to");
+        return Ok(());
+    };
+    let target = format!("{major}.{before}");
+    let cluster = Cluster::start(3, &[]).await?;
+    wait_cluster_version(&cluster, &release).await?;
+    let mut c = maintenance(&cluster.endpoint(0)).await?;
+
+    let got = downgrade(&mut c, DowngradeAction::Validate as i32, &target)
+        .await
+        .map_err(|e| anyhow::anyhow!("validate: {e:?}"))?;
+    ensure!(got.version == release, "validate answered {got:?}");
+    let got = downgrade(&mut c, DowngradeAction::Enable as i32, &target)
+        .await
+        .map_err(|e| anyhow::anyhow!("enable: {e:?}"))?;
+    ensure!(got.version == release, "enable answered {got:?}");
+    wait_cluster_version(&cluster, &target).await?;
+    let st = c.status(pb::StatusRequest {}).await?.into_inner();
+    ensure!(
+        st.downgrade_info
+            == Some(pb::DowngradeInfo {
+                enabled: true,
+                target_version: format!("{target}.0"),
+            }),
+        "Status.downgrade_info while enabled: {:?}",
+        st.downgrade_info
+    );
+    // A second enable once the version is lowered: etcd checks the target
+    // against the (now lowered) cluster version first.
+    let got = downgrade(&mut c, DowngradeAction::Enable as i32, &target).await;
+    ensure!(
+        got.as_ref().err()
+            == Some(&(
+                tonic::Code::InvalidArgument,
+                "etcdserver: invalid downgrade target version".to_string()
+            )),
+        "second enable: {got:?}"
+    );
+
+    downgrade(&mut c, DowngradeAction::Cancel as i32, "")
+        .await
+        .map_err(|e| anyhow::anyhow!("cancel: {e:?}"))?;
+    wait_cluster_version(&cluster, &release).await?;
+    let st = c.status(pb::StatusRequest {}).await?.into_inner();
+    ensure!(
+        st.downgrade_info.as_ref().is_some_and(|d| !d.enabled),
+        "Status.downgrade_info after the cancel: {:?}",
+        st.downgrade_info
+    );
+    Ok(())
+}
+
 /// This build's release as the cluster version shows it (major.minor).
 fn this_release_minor() -> String {
     let v = env!("CARGO_PKG_VERSION");
